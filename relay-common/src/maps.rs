@@ -1,0 +1,252 @@
+//! BPF map names, sizes, keys and values.
+//!
+//! Slots: every registered spoke has a slot number (its registry id), stable
+//! across restarts and independent of which hub serves it. Slot 0 is never
+//! used so that a zeroed value can mean "none".
+
+/// `HashMap<Endpoint, u32>`: authenticated spoke endpoint -> slot.
+pub const MAP_ENDPOINT_SLOTS: &str = "ENDPOINT_SLOTS";
+/// `Array<SpokeSlot>` indexed by slot: the spoke's current endpoint.
+pub const MAP_SLOTS: &str = "SLOTS";
+/// `LruHashMap<SessionKey, SessionValue>`: relay sessions.
+pub const MAP_SESSIONS: &str = "SESSIONS";
+/// `Array<HubConfig>` with one entry.
+pub const MAP_CONFIG: &str = "CONFIG";
+/// `PerCpuArray<SlotCounters>` indexed by slot.
+pub const MAP_SLOT_COUNTERS: &str = "SLOT_COUNTERS";
+/// `PerCpuArray<u64>` indexed by [`counter`] ids.
+pub const MAP_COUNTERS: &str = "COUNTERS";
+/// `RingBuf` of [`InitiationEvent`]s for the controller.
+pub const MAP_INITIATIONS: &str = "INITIATIONS";
+
+/// Name of the relay XDP program in the object file.
+pub const PROG_RELAY: &str = "relay";
+/// A program that only returns XDP_PASS: attached to the peer of a veth so
+/// that XDP_TX frames are delivered (tests and benchmarks).
+pub const PROG_PASS: &str = "xdp_pass";
+
+/// Default capacities; the loader may override them.
+pub const MAX_SLOTS: u32 = 16384;
+pub const MAX_ENDPOINTS: u32 = 16384;
+pub const MAX_SESSIONS: u32 = 131072;
+pub const INITIATIONS_RING_BYTES: u32 = 256 * 1024;
+
+/// "No slot": an unknown source.
+pub const NO_SLOT: u32 = u32::MAX;
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// An IPv4 or IPv6 UDP endpoint. IPv4 addresses sit in `addr[0..4]`, the
+/// rest zero, so one key type serves both families.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Endpoint {
+    /// Network byte order.
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    /// [`FAMILY_V4`], [`FAMILY_V6`], or 0 for "unset".
+    pub family: u8,
+    pub _pad: u8,
+}
+
+impl Endpoint {
+    pub const fn v4(addr: [u8; 4], port: u16) -> Self {
+        let mut a = [0u8; 16];
+        a[0] = addr[0];
+        a[1] = addr[1];
+        a[2] = addr[2];
+        a[3] = addr[3];
+        Self {
+            addr: a,
+            port,
+            family: FAMILY_V4,
+            _pad: 0,
+        }
+    }
+
+    pub const fn v6(addr: [u8; 16], port: u16) -> Self {
+        Self {
+            addr,
+            port,
+            family: FAMILY_V6,
+            _pad: 0,
+        }
+    }
+
+    pub const fn is_set(&self) -> bool {
+        self.family != 0
+    }
+}
+
+/// Value of [`MAP_SLOTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SpokeSlot {
+    pub endpoint: Endpoint,
+    /// `SLOT_ACTIVE` when the spoke may send and receive relayed frames.
+    pub flags: u32,
+}
+
+pub const SLOT_ACTIVE: u32 = 1;
+
+/// Key of [`MAP_SESSIONS`]: who sent the frame and the receiver index in
+/// it. Indices are unique only per receiving host, so the sender is part
+/// of the key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SessionKey {
+    pub src_slot: u32,
+    /// As read from the frame (little-endian on the wire, host u32 here).
+    pub receiver: u32,
+}
+
+/// Value of [`MAP_SESSIONS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SessionValue {
+    pub dst_slot: u32,
+    /// `SESSION_*` bits.
+    pub flags: u32,
+    /// `bpf_ktime_get_ns()` when a frame last used the entry (refreshed at
+    /// most about once a second to keep the cache line quiet).
+    pub last_seen_ns: u64,
+}
+
+/// Installed by the controller when it routed an initiation.
+pub const SESSION_FROM_INITIATION: u32 = 1;
+/// Learned by the XDP program from a relayed response.
+pub const SESSION_FROM_RESPONSE: u32 = 2;
+
+/// Value of [`MAP_CONFIG`] (index 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HubConfig {
+    /// The hub's UDP port, host byte order. 0 = not configured: pass all.
+    pub port: u16,
+    pub _pad: u16,
+    /// Reserved, zero.
+    pub flags: u32,
+}
+
+/// Value of [`MAP_SLOT_COUNTERS`], per CPU. "rx" = from the spoke, "tx" =
+/// relayed to the spoke. Bytes are UDP payload bytes (the WireGuard
+/// message), the same for both address families.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SlotCounters {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Keepalives from this spoke relayed to another spoke.
+    pub rx_keepalives: u64,
+    /// Frames from this spoke passed to the hub's own WireGuard.
+    pub hub_packets: u64,
+    /// Keepalives from this spoke to the hub's own WireGuard.
+    pub hub_keepalives: u64,
+    /// `bpf_ktime_get_ns()` of the last frame from this spoke.
+    pub last_rx_ns: u64,
+    /// `bpf_ktime_get_ns()` of the last keepalive from this spoke.
+    pub last_keepalive_ns: u64,
+}
+
+/// Indices of [`MAP_COUNTERS`].
+pub mod counter {
+    /// UDP frames to the hub port that the program looked at.
+    pub const SEEN: u32 = 0;
+    pub const RELAYED_PACKETS: u32 = 1;
+    /// UDP payload bytes relayed.
+    pub const RELAYED_BYTES: u32 = 2;
+    pub const RELAYED_TRANSPORT: u32 = 3;
+    pub const RELAYED_RESPONSE: u32 = 4;
+    pub const RELAYED_COOKIE: u32 = 5;
+    pub const RELAYED_KEEPALIVES: u32 = 6;
+    /// A relayed response taught the reverse session entry.
+    pub const RESPONSE_LEARNED: u32 = 7;
+    /// Initiations copied to the controller.
+    pub const INITIATIONS_QUEUED: u32 = 8;
+    /// Initiations not copied because the ring buffer was full.
+    pub const INITIATIONS_RING_FULL: u32 = 9;
+    /// Passed: source is not an authenticated spoke endpoint.
+    pub const PASS_UNKNOWN_SOURCE: u32 = 10;
+    /// Passed: no relay session (the hub's own WireGuard session).
+    pub const PASS_NO_SESSION: u32 = 11;
+    /// Passed: not a well-formed WireGuard message.
+    pub const PASS_MALFORMED: u32 = 12;
+    /// Passed: IP options, fragments or IPv6 extension headers.
+    pub const PASS_UNSUPPORTED: u32 = 13;
+    /// Dropped: session points at a spoke without a current endpoint.
+    pub const DROP_NO_DESTINATION: u32 = 14;
+    /// Dropped: no route or neighbour for the destination.
+    pub const DROP_NO_ROUTE: u32 = 15;
+    /// Dropped: session would send the frame back to its sender.
+    pub const DROP_LOOP: u32 = 16;
+    /// bpf_fib_lookup said forwarding is disabled; frame sent back to the
+    /// L2 neighbour it came from.
+    pub const FIB_FALLBACK: u32 = 17;
+    /// Passed: cross-family relay (IPv4 <-> IPv6) is not done in XDP.
+    pub const PASS_CROSS_FAMILY: u32 = 18;
+    pub const COUNT: u32 = 19;
+
+    /// Metric label for each counter index.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "seen",
+        "relayed_packets",
+        "relayed_bytes",
+        "relayed_transport",
+        "relayed_response",
+        "relayed_cookie",
+        "relayed_keepalives",
+        "response_learned",
+        "initiations_queued",
+        "initiations_ring_full",
+        "pass_unknown_source",
+        "pass_no_session",
+        "pass_malformed",
+        "pass_unsupported",
+        "drop_no_destination",
+        "drop_no_route",
+        "drop_loop",
+        "fib_fallback",
+        "pass_cross_family",
+    ];
+}
+
+/// Ring buffer record: a copy of an initiation for the controller.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct InitiationEvent {
+    /// Where it came from.
+    pub src: Endpoint,
+    /// The hub address and port it was sent to.
+    pub dst: Endpoint,
+    /// The sender's slot as the XDP program saw it, or [`NO_SLOT`].
+    pub src_slot: u32,
+    pub ifindex: u32,
+    pub frame: [u8; crate::wire::INITIATION_LEN],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are repr(C), made of integers and byte arrays, with no
+    // implicit padding (checked by the size assertions below).
+    unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for SpokeSlot {}
+    unsafe impl aya::Pod for SessionKey {}
+    unsafe impl aya::Pod for SessionValue {}
+    unsafe impl aya::Pod for HubConfig {}
+    unsafe impl aya::Pod for SlotCounters {}
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<Endpoint>() == 20);
+    assert!(core::mem::size_of::<SpokeSlot>() == 24);
+    assert!(core::mem::size_of::<SessionKey>() == 8);
+    assert!(core::mem::size_of::<SessionValue>() == 16);
+    assert!(core::mem::size_of::<HubConfig>() == 8);
+    assert!(core::mem::size_of::<SlotCounters>() == 72);
+    assert!(core::mem::size_of::<InitiationEvent>() == 20 + 20 + 4 + 4 + 148);
+};

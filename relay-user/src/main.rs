@@ -1,0 +1,3 @@
+fn main() {
+    println!("{} bytes of eBPF", relay_user::EBPF_OBJECT.len());
+}
