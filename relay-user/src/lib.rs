@@ -1,8 +1,19 @@
 //! relayhub's controller: loads the XDP relay, routes handshakes, keeps the
 //! spoke registry and exports metrics.
 
+pub mod cli;
+pub mod controller;
+pub mod datapath;
+pub mod handshake;
+pub mod http;
+pub mod hubwg;
+pub mod metrics;
+pub mod netinfo;
 pub mod registry;
 pub mod render;
+pub mod sender;
+pub mod sessions;
+pub mod spoke_cmd;
 pub mod state;
 
 /// The compiled XDP object (built by build.rs with aya-build).

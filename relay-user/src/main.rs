@@ -1,3 +1,75 @@
+use anyhow::Context as _;
+use clap::Parser as _;
+use relay_user::cli::{Cli, Command, SpokeCommand};
+use relay_user::controller::{self, RunConfig};
+use relay_user::datapath::Capacity;
+use relay_user::state::StateDir;
+use relay_user::{netinfo, spoke_cmd};
+
 fn main() {
-    println!("{} bytes of eBPF", relay_user::EBPF_OBJECT.len());
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = real_main(cli) {
+        // One line, the whole chain: what failed and what to do.
+        eprintln!("relayhub: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => {
+            let iface = match args.iface {
+                Some(i) => i,
+                None => netinfo::default_route_interface()
+                    .context("no --iface given and no default route to pick one from")?,
+            };
+            let cfg = RunConfig {
+                state_dir: cli.state_dir,
+                iface,
+                port: cli.port,
+                net: cli.network,
+                wg_iface: args.wg_iface,
+                metrics_addr: args.metrics_addr,
+                xdp_mode: args.xdp_mode,
+                capacity: Capacity {
+                    slots: args.max_spokes,
+                    sessions: args.max_sessions,
+                },
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(controller::run(cfg, relay_user::EBPF_OBJECT))
+        }
+        Command::Spoke(cmd) => {
+            let state = StateDir::open(&cli.state_dir)?;
+            let ctx = |keepalive| spoke_cmd::SpokeCtx {
+                state: &state,
+                net: &cli.network,
+                endpoint: cli.endpoint.as_deref(),
+                port: cli.port,
+                keepalive,
+            };
+            let out = match cmd {
+                SpokeCommand::Add {
+                    name,
+                    pubkey,
+                    keepalive,
+                } => spoke_cmd::add(&ctx(keepalive), &name, pubkey.as_deref())?,
+                SpokeCommand::Config { name, keepalive } => {
+                    spoke_cmd::config(&ctx(keepalive), &name)?
+                }
+                SpokeCommand::List => spoke_cmd::list(&ctx(0))?,
+                SpokeCommand::Remove { name } => spoke_cmd::remove(&ctx(0), &name)?,
+            };
+            print!("{out}");
+            Ok(())
+        }
+    }
 }

@@ -1,1 +1,1105 @@
-//! TODO(helper): registry
+//! The spoke registry: who may use the hub, their tunnel addresses and their
+//! XDP slots, plus the store it lives in.
+//!
+//! A spoke's `id` is its slot in the XDP maps: the lowest free id >= 1, kept
+//! for the spoke's lifetime and independent of its address. Its address is
+//! the lowest free host of the tunnel network, never the network, broadcast
+//! or hub address.
+//!
+//! The registry sits behind [`RegistryStore`] so that the embedded
+//! [`FileStore`] (one JSON file in the state directory) can later be swapped
+//! for a shared store (etcd or similar) without touching the callers.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+use wireguard_control::Key;
+
+/// The registry file format version this build reads and writes.
+pub const REGISTRY_VERSION: u32 = 1;
+
+/// Longest spoke name (names become Prometheus label values and comments).
+pub const MAX_NAME_LEN: usize = 32;
+
+/// Highest spoke id: ids index the XDP slot array, slot 0 is never used.
+pub const MAX_SPOKE_ID: u32 = relay_common::maps::MAX_SLOTS - 1;
+
+/// Everything that can go wrong with the registry or its store.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(
+        "invalid spoke name {name:?}: {reason}; use 1 to {MAX_NAME_LEN} characters of A-Z a-z 0-9 . _ -"
+    )]
+    InvalidName { name: String, reason: &'static str },
+    #[error("a spoke named {0:?} already exists; pick another name or remove it first")]
+    DuplicateName(String),
+    #[error(
+        "spoke {existing:?} already uses this public key; every spoke needs its own key pair (wg genkey)"
+    )]
+    DuplicateKey { existing: String },
+    #[error("that public key is the hub's own key; give the spoke its own key pair (wg genkey)")]
+    HubKey,
+    #[error(
+        "the public key is all zeros, which WireGuard rejects; generate a real one (wg genkey | wg pubkey)"
+    )]
+    ZeroKey,
+    #[error("no spoke named {0:?}; `relayhub spoke list` shows the registered spokes")]
+    NotFound(String),
+    #[error(
+        "tunnel network {net} is full ({used} spokes); remove unused spokes or use a larger --net"
+    )]
+    NetworkFull { net: TunnelNet, used: usize },
+    #[error("all {MAX_SPOKE_ID} spoke slots are in use; remove unused spokes first")]
+    SlotsFull,
+    #[error(
+        "spoke {name:?} has address {address}, which is not a usable host of the tunnel network {net}; \
+         run with the --net the spokes were added with, or remove the spoke"
+    )]
+    OutsideNet {
+        name: String,
+        address: Ipv4Addr,
+        net: TunnelNet,
+    },
+    #[error(
+        "{path}: {detail}; fix the file by hand (it is JSON written by relayhub) or restore it from a backup"
+    )]
+    Corrupt { path: PathBuf, detail: String },
+    #[error(
+        "{path}: registry format version {found} is not supported (this relayhub reads version {REGISTRY_VERSION}); \
+         use the relayhub release that wrote it"
+    )]
+    UnsupportedVersion { path: PathBuf, found: u64 },
+    #[error("{path}: {source}; check that the state directory exists and is writable by this user")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl RegistryError {
+    fn io(path: &Path, source: io::Error) -> Self {
+        RegistryError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// Errors parsing a tunnel network such as `10.88.0.0/24`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TunnelNetError {
+    #[error("tunnel network {0:?} is not of the form A.B.C.D/PREFIX, for example 10.88.0.0/24")]
+    Syntax(String),
+    #[error(
+        "tunnel network prefix /{0} is too long; it must be /30 or shorter to leave room for the hub and a spoke"
+    )]
+    PrefixTooLong(u8),
+    #[error("tunnel network {given} has host bits set; did you mean {suggest}?")]
+    HostBits { given: String, suggest: String },
+}
+
+/// The tunnel network: an IPv4 prefix whose first host is the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TunnelNet {
+    pub network: Ipv4Addr,
+    pub prefix: u8,
+    pub hub: Ipv4Addr,
+}
+
+impl TunnelNet {
+    /// The network with the hub on its first host.
+    pub fn new(network: Ipv4Addr, prefix: u8) -> Result<Self, TunnelNetError> {
+        if prefix > 30 {
+            return Err(TunnelNetError::PrefixTooLong(prefix));
+        }
+        let mask = mask(prefix);
+        let bits = u32::from(network);
+        if bits & !mask != 0 {
+            return Err(TunnelNetError::HostBits {
+                given: format!("{network}/{prefix}"),
+                suggest: format!("{}/{prefix}", Ipv4Addr::from(bits & mask)),
+            });
+        }
+        Ok(TunnelNet {
+            network,
+            prefix,
+            hub: Ipv4Addr::from(bits + 1),
+        })
+    }
+
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(mask(self.prefix))
+    }
+
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) | !mask(self.prefix))
+    }
+
+    /// Whether `addr` lies inside the network (including network and broadcast).
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
+        u32::from(addr) & mask(self.prefix) == u32::from(self.network)
+    }
+
+    /// Whether `addr` may be given to a spoke: inside, and not the network,
+    /// broadcast or hub address.
+    pub fn is_spoke_host(&self, addr: Ipv4Addr) -> bool {
+        self.contains(addr) && addr != self.network && addr != self.broadcast() && addr != self.hub
+    }
+
+    /// How many spoke addresses the network holds.
+    pub fn spoke_capacity(&self) -> u64 {
+        let hosts = (1u64 << (32 - self.prefix)) - 2;
+        if self.contains(self.hub) && self.hub != self.network && self.hub != self.broadcast() {
+            hosts - 1
+        } else {
+            hosts
+        }
+    }
+}
+
+fn mask(prefix: u8) -> u32 {
+    if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix))
+    }
+}
+
+impl Default for TunnelNet {
+    fn default() -> Self {
+        TunnelNet::new(Ipv4Addr::new(10, 88, 0, 0), 24).expect("valid default network")
+    }
+}
+
+impl FromStr for TunnelNet {
+    type Err = TunnelNetError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let syntax = || TunnelNetError::Syntax(s.to_owned());
+        let (addr, prefix) = s.trim().split_once('/').ok_or_else(syntax)?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| syntax())?;
+        if prefix.is_empty() || prefix.len() > 2 || !prefix.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(syntax());
+        }
+        let prefix: u8 = prefix.parse().map_err(|_| syntax())?;
+        if prefix > 32 {
+            return Err(syntax());
+        }
+        TunnelNet::new(addr, prefix)
+    }
+}
+
+impl fmt::Display for TunnelNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+/// One registered spoke. The registry keeps only its public key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spoke {
+    /// XDP slot, >= 1, stable for the spoke's lifetime.
+    pub id: u32,
+    pub name: String,
+    pub address: Ipv4Addr,
+    pub public_key: Key,
+    /// When the spoke was added (seconds since the Unix epoch).
+    pub added_unix: u64,
+}
+
+/// Checks a spoke name: 1..=32 characters of `[A-Za-z0-9._-]`.
+pub fn validate_name(name: &str) -> Result<(), RegistryError> {
+    let reason = if name.is_empty() {
+        Some("it is empty")
+    } else if name.len() > MAX_NAME_LEN {
+        Some("it is too long")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        Some("it contains a character that is not allowed")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(RegistryError::InvalidName {
+            name: name.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The set of registered spokes, ordered by id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Registry {
+    spokes: Vec<Spoke>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// All spokes, ordered by id.
+    pub fn spokes(&self) -> &[Spoke] {
+        &self.spokes
+    }
+
+    pub fn len(&self) -> usize {
+        self.spokes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spokes.is_empty()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Spoke> {
+        self.spokes.iter().find(|s| s.name == name)
+    }
+
+    pub fn get_by_id(&self, id: u32) -> Option<&Spoke> {
+        self.spokes
+            .binary_search_by_key(&id, |s| s.id)
+            .ok()
+            .map(|i| &self.spokes[i])
+    }
+
+    pub fn get_by_key(&self, public_key: &Key) -> Option<&Spoke> {
+        self.spokes.iter().find(|s| &s.public_key == public_key)
+    }
+
+    /// Registers a spoke, giving it the lowest free id and address.
+    pub fn add(
+        &mut self,
+        name: &str,
+        public_key: Key,
+        net: &TunnelNet,
+    ) -> Result<&Spoke, RegistryError> {
+        self.add_spoke(name, public_key, net, None)
+    }
+
+    /// Like [`Registry::add`], also refusing the hub's own public key.
+    pub fn add_spoke(
+        &mut self,
+        name: &str,
+        public_key: Key,
+        net: &TunnelNet,
+        hub_public_key: Option<&Key>,
+    ) -> Result<&Spoke, RegistryError> {
+        validate_name(name)?;
+        if self.get(name).is_some() {
+            return Err(RegistryError::DuplicateName(name.to_owned()));
+        }
+        if public_key == Key::zero() {
+            return Err(RegistryError::ZeroKey);
+        }
+        if hub_public_key == Some(&public_key) {
+            return Err(RegistryError::HubKey);
+        }
+        if let Some(existing) = self.get_by_key(&public_key) {
+            return Err(RegistryError::DuplicateKey {
+                existing: existing.name.clone(),
+            });
+        }
+        self.check_net(net)?;
+        let address = self.free_address(net)?;
+        let id = self.free_id()?;
+        let added_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs();
+        let pos = self.spokes.partition_point(|s| s.id < id);
+        self.spokes.insert(
+            pos,
+            Spoke {
+                id,
+                name: name.to_owned(),
+                address,
+                public_key,
+                added_unix,
+            },
+        );
+        Ok(&self.spokes[pos])
+    }
+
+    /// Unregisters a spoke; its id and address become free for reuse.
+    pub fn remove(&mut self, name: &str) -> Result<Spoke, RegistryError> {
+        let pos = self
+            .spokes
+            .iter()
+            .position(|s| s.name == name)
+            .ok_or_else(|| RegistryError::NotFound(name.to_owned()))?;
+        Ok(self.spokes.remove(pos))
+    }
+
+    /// Checks that every spoke's address is a usable host of `net` (the
+    /// registry does not record the network; a changed `--net` is caught
+    /// here rather than producing unroutable configs).
+    pub fn check_net(&self, net: &TunnelNet) -> Result<(), RegistryError> {
+        match self.spokes.iter().find(|s| !net.is_spoke_host(s.address)) {
+            Some(s) => Err(RegistryError::OutsideNet {
+                name: s.name.clone(),
+                address: s.address,
+                net: *net,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn free_id(&self) -> Result<u32, RegistryError> {
+        // Spokes are sorted by id: the first gap is the lowest free id.
+        let mut want = 1u32;
+        for s in &self.spokes {
+            if s.id != want {
+                break;
+            }
+            want += 1;
+        }
+        if want > MAX_SPOKE_ID {
+            Err(RegistryError::SlotsFull)
+        } else {
+            Ok(want)
+        }
+    }
+
+    fn free_address(&self, net: &TunnelNet) -> Result<Ipv4Addr, RegistryError> {
+        let used: HashSet<u32> = self.spokes.iter().map(|s| u32::from(s.address)).collect();
+        let first = u32::from(net.network) + 1;
+        let last = u32::from(net.broadcast()) - 1;
+        (first..=last)
+            .map(Ipv4Addr::from)
+            .find(|&a| a != net.hub && !used.contains(&u32::from(a)))
+            .ok_or(RegistryError::NetworkFull {
+                net: *net,
+                used: self.spokes.len(),
+            })
+    }
+
+    /// Parses the registry file format. `path` only names the source in errors.
+    pub fn from_json(text: &str, path: &Path) -> Result<Registry, RegistryError> {
+        let corrupt = |detail: String| RegistryError::Corrupt {
+            path: path.to_owned(),
+            detail,
+        };
+        // The version first, so a newer format is reported as such rather
+        // than as whatever field it happens to trip over.
+        let probe: VersionProbe =
+            serde_json::from_str(text).map_err(|e| corrupt(json_detail(&e)))?;
+        match probe.version {
+            None => return Err(corrupt("it has no \"version\" field".to_owned())),
+            Some(v) if v != u64::from(REGISTRY_VERSION) => {
+                return Err(RegistryError::UnsupportedVersion {
+                    path: path.to_owned(),
+                    found: v,
+                });
+            }
+            Some(_) => {}
+        }
+        let file: RegistryFile =
+            serde_json::from_str(text).map_err(|e| corrupt(json_detail(&e)))?;
+        let mut spokes = Vec::with_capacity(file.spokes.len());
+        let mut names = HashSet::new();
+        let mut ids = HashSet::new();
+        let mut addresses = HashSet::new();
+        let mut keys = HashSet::new();
+        for (i, rec) in file.spokes.into_iter().enumerate() {
+            let what = format!("spoke #{} ({:?})", i + 1, rec.name);
+            validate_name(&rec.name).map_err(|e| corrupt(format!("{what}: {e}")))?;
+            if rec.id == 0 || rec.id > MAX_SPOKE_ID {
+                return Err(corrupt(format!(
+                    "{what}: id {} is outside 1..={MAX_SPOKE_ID}",
+                    rec.id
+                )));
+            }
+            let public_key = parse_key(&rec.public_key).ok_or_else(|| {
+                corrupt(format!(
+                    "{what}: public_key is not a base64 WireGuard key (44 characters)"
+                ))
+            })?;
+            if !names.insert(rec.name.clone()) {
+                return Err(corrupt(format!("{what}: the name appears twice")));
+            }
+            if !ids.insert(rec.id) {
+                return Err(corrupt(format!("{what}: id {} appears twice", rec.id)));
+            }
+            if !addresses.insert(rec.address) {
+                return Err(corrupt(format!(
+                    "{what}: address {} appears twice",
+                    rec.address
+                )));
+            }
+            if !keys.insert(public_key.clone()) {
+                return Err(corrupt(format!("{what}: the public key appears twice")));
+            }
+            spokes.push(Spoke {
+                id: rec.id,
+                name: rec.name,
+                address: rec.address,
+                public_key,
+                added_unix: rec.added_unix,
+            });
+        }
+        spokes.sort_by_key(|s| s.id);
+        Ok(Registry { spokes })
+    }
+
+    /// The registry file format: pretty JSON, one spoke per object, ending in a newline.
+    pub fn to_json(&self) -> String {
+        let file = RegistryFile {
+            version: u64::from(REGISTRY_VERSION),
+            spokes: self
+                .spokes
+                .iter()
+                .map(|s| SpokeRecord {
+                    id: s.id,
+                    name: s.name.clone(),
+                    address: s.address,
+                    public_key: s.public_key.to_base64(),
+                    added_unix: s.added_unix,
+                })
+                .collect(),
+        };
+        let mut out = serde_json::to_string_pretty(&file).expect("registry serializes");
+        out.push('\n');
+        out
+    }
+}
+
+/// Strict base64 WireGuard key: exactly 44 characters, 32 bytes, canonical.
+pub fn parse_key(s: &str) -> Option<Key> {
+    use base64::Engine as _;
+    let s = s.trim();
+    if s.len() != 44 {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::STANDARD.decode(s).ok()?;
+    let bytes: [u8; 32] = bytes.try_into().ok()?;
+    Some(Key(bytes))
+}
+
+fn json_detail(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Io => "could not be read",
+        Category::Syntax => "is not valid JSON",
+        Category::Data => "does not have the expected fields",
+        Category::Eof => "ends too early (truncated?)",
+    };
+    // serde_json's Display already ends in "at line L column C".
+    format!("{what}: {e}")
+}
+
+#[derive(Deserialize)]
+struct VersionProbe {
+    version: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistryFile {
+    version: u64,
+    #[serde(default)]
+    spokes: Vec<SpokeRecord>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpokeRecord {
+    id: u32,
+    name: String,
+    address: Ipv4Addr,
+    public_key: String,
+    #[serde(default)]
+    added_unix: u64,
+}
+
+/// Where the registry is kept. Implementations make `update` atomic with
+/// respect to every other user of the same store.
+pub trait RegistryStore {
+    /// The current registry (empty if none was stored yet).
+    fn load(&self) -> Result<Registry, RegistryError>;
+    /// Read-modify-write under the store's lock. Nothing is stored when `f`
+    /// fails. Returns the registry as stored afterwards.
+    fn update(
+        &self,
+        f: &mut dyn FnMut(&mut Registry) -> Result<(), RegistryError>,
+    ) -> Result<Registry, RegistryError>;
+    /// A cheap value that changes whenever the stored registry changes
+    /// (it may also change when it did not). Polled by the running hub.
+    fn stamp(&self) -> Result<u64, RegistryError>;
+}
+
+/// The embedded store: one JSON file, replaced atomically (temp file +
+/// rename) under an `flock`ed lock file next to it.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    path: PathBuf,
+    lock_path: PathBuf,
+    tmp_path: PathBuf,
+}
+
+impl FileStore {
+    /// A store kept in the file `path` (for example `<state_dir>/spokes.json`).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        let with_suffix = |suffix: &str| {
+            let mut p = path.clone().into_os_string();
+            p.push(suffix);
+            PathBuf::from(p)
+        };
+        FileStore {
+            lock_path: with_suffix(".lock"),
+            tmp_path: with_suffix(".tmp"),
+            path,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> Result<Flock<File>, RegistryError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&self.lock_path)
+            .map_err(|e| RegistryError::io(&self.lock_path, e))?;
+        Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| RegistryError::io(&self.lock_path, errno.into()))
+    }
+
+    fn write(&self, registry: &Registry) -> Result<(), RegistryError> {
+        let previous = fs::metadata(&self.path).ok().map(|m| mtime(&m));
+        let io_tmp = |e| RegistryError::io(&self.tmp_path, e);
+        // Under the lock there is a single writer, so a fixed temp name is safe;
+        // a leftover from a crash is simply truncated.
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&self.tmp_path)
+            .map_err(io_tmp)?;
+        file.write_all(registry.to_json().as_bytes())
+            .map_err(io_tmp)?;
+        // Make the stamp change even for two writes within one clock tick.
+        let now = SystemTime::now();
+        if let Some(prev) = previous {
+            let mut next = if now > prev {
+                now
+            } else {
+                prev + Duration::from_nanos(1)
+            };
+            file.set_modified(next).map_err(io_tmp)?;
+            let stored = mtime(&file.metadata().map_err(io_tmp)?);
+            if stored <= prev {
+                // Coarse timestamps on this file system.
+                next = prev + Duration::from_secs(1);
+                file.set_modified(next).map_err(io_tmp)?;
+            }
+        }
+        file.sync_all().map_err(io_tmp)?;
+        drop(file);
+        fs::rename(&self.tmp_path, &self.path).map_err(|e| RegistryError::io(&self.path, e))?;
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| RegistryError::io(dir, e))?;
+        }
+        Ok(())
+    }
+}
+
+fn mtime(m: &fs::Metadata) -> SystemTime {
+    m.modified().unwrap_or(UNIX_EPOCH)
+}
+
+impl RegistryStore for FileStore {
+    fn load(&self) -> Result<Registry, RegistryError> {
+        match fs::read_to_string(&self.path) {
+            Ok(text) => Registry::from_json(&text, &self.path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Registry::new()),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(RegistryError::Corrupt {
+                path: self.path.clone(),
+                detail: "is not UTF-8 text".to_owned(),
+            }),
+            Err(e) => Err(RegistryError::io(&self.path, e)),
+        }
+    }
+
+    fn update(
+        &self,
+        f: &mut dyn FnMut(&mut Registry) -> Result<(), RegistryError>,
+    ) -> Result<Registry, RegistryError> {
+        let _lock = self.lock()?;
+        let before = self.load()?;
+        let mut after = before.clone();
+        f(&mut after)?;
+        if after != before {
+            self.write(&after)?;
+        }
+        Ok(after)
+    }
+
+    fn stamp(&self) -> Result<u64, RegistryError> {
+        let m = match fs::metadata(&self.path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(RegistryError::io(&self.path, e)),
+        };
+        let mut h = DefaultHasher::new();
+        (
+            m.dev(),
+            m.ino(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+        )
+            .hash(&mut h);
+        // 0 is reserved for "no registry stored".
+        Ok(h.finish().max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::test_support::TempDir;
+
+    fn key(n: u8) -> Key {
+        let mut b = [n; 32];
+        b[0] = 0xA0;
+        Key(b)
+    }
+
+    fn net(s: &str) -> TunnelNet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn tunnel_net_parse_display() {
+        let n = TunnelNet::default();
+        assert_eq!(n.to_string(), "10.88.0.0/24");
+        assert_eq!(n.hub, Ipv4Addr::new(10, 88, 0, 1));
+        assert_eq!(n, net("10.88.0.0/24"));
+        assert_eq!(net("192.168.0.0/16").hub, Ipv4Addr::new(192, 168, 0, 1));
+        assert_eq!(net("10.0.0.0/30").broadcast(), Ipv4Addr::new(10, 0, 0, 3));
+        assert_eq!(net("10.0.0.0/30").spoke_capacity(), 1);
+        assert_eq!(net("10.88.0.0/24").spoke_capacity(), 253);
+        assert_eq!(
+            net("10.88.0.0/24").netmask(),
+            Ipv4Addr::new(255, 255, 255, 0)
+        );
+        assert!(n.contains(Ipv4Addr::new(10, 88, 0, 255)));
+        assert!(!n.contains(Ipv4Addr::new(10, 88, 1, 0)));
+        assert!(!n.is_spoke_host(n.hub));
+        assert!(!n.is_spoke_host(n.network));
+        assert!(!n.is_spoke_host(n.broadcast()));
+        assert!(n.is_spoke_host(Ipv4Addr::new(10, 88, 0, 2)));
+        for bad in [
+            "10.88.0.0",
+            "10.88.0/24",
+            "10.88.0.0/",
+            "10.88.0.0/33",
+            "x/24",
+            "10.88.0.0/+4",
+        ] {
+            assert!(
+                matches!(bad.parse::<TunnelNet>(), Err(TunnelNetError::Syntax(_))),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            "10.0.0.0/31".parse::<TunnelNet>(),
+            Err(TunnelNetError::PrefixTooLong(31))
+        );
+        let e = "10.88.0.5/24".parse::<TunnelNet>().unwrap_err();
+        assert!(e.to_string().contains("did you mean 10.88.0.0/24"), "{e}");
+    }
+
+    #[test]
+    fn allocation_lowest_free_and_reuse() {
+        let n = TunnelNet::default();
+        let mut r = Registry::new();
+        for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+            let s = r.add(name, key(i as u8 + 1), &n).unwrap();
+            assert_eq!(s.id, i as u32 + 1);
+            assert_eq!(s.address, Ipv4Addr::new(10, 88, 0, i as u8 + 2));
+        }
+        r.remove("b").unwrap();
+        r.remove("c").unwrap();
+        let e = r.add("e", key(9), &n).unwrap();
+        assert_eq!((e.id, e.address), (2, Ipv4Addr::new(10, 88, 0, 3)));
+        let f = r.add("f", key(10), &n).unwrap();
+        assert_eq!((f.id, f.address), (3, Ipv4Addr::new(10, 88, 0, 4)));
+        let ids: Vec<u32> = r.spokes().iter().map(|s| s.id).collect();
+        assert_eq!(ids, [1, 2, 3, 4]);
+        assert!(matches!(r.remove("nope"), Err(RegistryError::NotFound(_))));
+    }
+
+    #[test]
+    fn id_independent_of_address() {
+        let n = TunnelNet::default();
+        let mut r = Registry::new();
+        r.add("a", key(1), &n).unwrap();
+        r.add("b", key(2), &n).unwrap();
+        r.add("c", key(3), &n).unwrap();
+        // Address .3 freed by "b", id 2 too; then "a" (id 1, .2) leaves.
+        r.remove("b").unwrap();
+        r.remove("a").unwrap();
+        let d = r.add("d", key(4), &n).unwrap();
+        assert_eq!((d.id, d.address), (1, Ipv4Addr::new(10, 88, 0, 2)));
+        // "c" keeps what it had.
+        let c = r.get("c").unwrap();
+        assert_eq!((c.id, c.address), (3, Ipv4Addr::new(10, 88, 0, 4)));
+        assert_eq!(r.get_by_id(3).unwrap().name, "c");
+    }
+
+    #[test]
+    fn hub_address_skipped_even_when_not_first() {
+        let mut n = TunnelNet::default();
+        n.hub = Ipv4Addr::new(10, 88, 0, 3);
+        let mut r = Registry::new();
+        let a = r.add("a", key(1), &n).unwrap().address;
+        let b = r.add("b", key(2), &n).unwrap().address;
+        let c = r.add("c", key(3), &n).unwrap().address;
+        assert_eq!(
+            [a, b, c],
+            [
+                Ipv4Addr::new(10, 88, 0, 1),
+                Ipv4Addr::new(10, 88, 0, 2),
+                Ipv4Addr::new(10, 88, 0, 4)
+            ]
+        );
+    }
+
+    #[test]
+    fn slash30_holds_one_spoke() {
+        let n = net("10.9.9.0/30");
+        let mut r = Registry::new();
+        assert_eq!(
+            r.add("only", key(1), &n).unwrap().address,
+            Ipv4Addr::new(10, 9, 9, 2)
+        );
+        let e = r.add("more", key(2), &n).unwrap_err();
+        assert!(matches!(e, RegistryError::NetworkFull { .. }));
+        assert!(e.to_string().contains("10.9.9.0/30 is full"), "{e}");
+        assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn slots_full() {
+        let n = net("10.0.0.0/8");
+        let mut r = Registry::new();
+        for i in 1..=MAX_SPOKE_ID {
+            r.spokes.push(Spoke {
+                id: i,
+                name: format!("s{i}"),
+                address: Ipv4Addr::from(u32::from(n.hub) + i),
+                public_key: Key([0; 32]),
+                added_unix: 0,
+            });
+        }
+        assert!(matches!(
+            r.add("x", key(1), &n),
+            Err(RegistryError::SlotsFull)
+        ));
+    }
+
+    #[test]
+    fn name_validation() {
+        for ok in ["a", "node-1", "vm_2.eu", "A.B-c_d", &"x".repeat(32)] {
+            validate_name(ok).unwrap();
+        }
+        for bad in [
+            "",
+            &"x".repeat(33),
+            "a b",
+            "a/b",
+            "a\"b",
+            "é",
+            "a\nb",
+            "a{b}",
+            "a,b",
+            "a=b",
+            "#a",
+        ] {
+            let e = validate_name(bad).unwrap_err();
+            assert!(e.to_string().contains("A-Z a-z 0-9 . _ -"), "{e}");
+        }
+        let mut r = Registry::new();
+        assert!(matches!(
+            r.add("bad name", key(1), &TunnelNet::default()),
+            Err(RegistryError::InvalidName { .. })
+        ));
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn duplicates_rejected() {
+        let n = TunnelNet::default();
+        let mut r = Registry::new();
+        r.add("a", key(1), &n).unwrap();
+        assert!(matches!(
+            r.add("a", key(2), &n),
+            Err(RegistryError::DuplicateName(_))
+        ));
+        let e = r.add("b", key(1), &n).unwrap_err();
+        assert!(matches!(&e, RegistryError::DuplicateKey { existing } if existing == "a"));
+        assert!(matches!(
+            r.add_spoke("c", key(7), &n, Some(&key(7))),
+            Err(RegistryError::HubKey)
+        ));
+        assert!(matches!(
+            r.add("z", Key::zero(), &n),
+            Err(RegistryError::ZeroKey)
+        ));
+        assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn check_net_catches_changed_net() {
+        let mut r = Registry::new();
+        r.add("a", key(1), &TunnelNet::default()).unwrap();
+        r.check_net(&TunnelNet::default()).unwrap();
+        let other = net("10.99.0.0/24");
+        let e = r.check_net(&other).unwrap_err();
+        assert!(e.to_string().contains("10.88.0.2"), "{e}");
+        assert!(matches!(
+            r.add("b", key(2), &other),
+            Err(RegistryError::OutsideNet { .. })
+        ));
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let n = TunnelNet::default();
+        let mut r = Registry::new();
+        r.add("a", key(1), &n).unwrap();
+        r.add("b", key(2), &n).unwrap();
+        r.add("c", key(3), &n).unwrap();
+        r.remove("a").unwrap();
+        let text = r.to_json();
+        assert!(text.contains("\"version\": 1"));
+        let back = Registry::from_json(&text, Path::new("x.json")).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(back.to_json(), text);
+        let empty = Registry::from_json("{\"version\": 1}", Path::new("x")).unwrap();
+        assert!(empty.is_empty());
+    }
+
+    #[test]
+    fn json_exact_format() {
+        let mut r = Registry::new();
+        r.add("a", key(1), &TunnelNet::default()).unwrap();
+        r.spokes[0].added_unix = 1700000000;
+        let k = key(1).to_base64();
+        let expected = format!(
+            "{{\n  \"version\": 1,\n  \"spokes\": [\n    {{\n      \"id\": 1,\n      \"name\": \"a\",\n      \
+             \"address\": \"10.88.0.2\",\n      \"public_key\": \"{k}\",\n      \"added_unix\": 1700000000\n    \
+             }}\n  ]\n}}\n"
+        );
+        assert_eq!(r.to_json(), expected);
+    }
+
+    fn err_of(text: &str) -> String {
+        let e = Registry::from_json(text, Path::new("/s/spokes.json")).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("/s/spokes.json: "), "{msg}");
+        assert!(!msg.contains('\n'), "one line: {msg}");
+        msg
+    }
+
+    #[test]
+    fn corrupt_file_errors() {
+        let m = err_of("{\"version\": 1, \"spokes\": [\n  {\"id\": 1,, }\n]}");
+        assert!(m.contains("is not valid JSON"), "{m}");
+        assert!(m.contains("line 2 column"), "{m}");
+        assert!(m.contains("restore it from a backup"), "{m}");
+        let m = err_of("{\"version\": 1, \"spokes\": [");
+        assert!(m.contains("ends too early"), "{m}");
+        let m = err_of("");
+        assert!(m.contains("ends too early"), "{m}");
+        let m = err_of("[]");
+        assert!(m.contains("expected fields"), "{m}");
+        let m = err_of("{\"spokes\": []}");
+        assert!(m.contains("no \"version\""), "{m}");
+        let m = err_of("{\"version\": 2, \"spokes\": {\"new\": \"format\"}}");
+        assert!(m.contains("version 2 is not supported"), "{m}");
+        let m = err_of("{\"version\": 1, \"spokes\": [], \"extra\": 1}");
+        assert!(m.contains("unknown field `extra`"), "{m}");
+        let m = err_of(
+            "{\"version\": 1, \"spokes\": [{\"id\": 1, \"name\": \"a\", \"address\": \"10.88.0.2\", \"public_key\": \"nope\"}]}",
+        );
+        assert!(
+            m.contains("spoke #1 (\"a\"): public_key is not a base64"),
+            "{m}"
+        );
+        let rec = |id: u32, name: &str, addr: &str, k: u8| {
+            format!(
+                "{{\"id\": {id}, \"name\": \"{name}\", \"address\": \"{addr}\", \"public_key\": \"{}\"}}",
+                key(k).to_base64()
+            )
+        };
+        let two = |a: String, b: String| format!("{{\"version\": 1, \"spokes\": [{a}, {b}]}}");
+        let m = err_of(&two(
+            rec(1, "a", "10.88.0.2", 1),
+            rec(1, "b", "10.88.0.3", 2),
+        ));
+        assert!(m.contains("id 1 appears twice"), "{m}");
+        let m = err_of(&two(
+            rec(1, "a", "10.88.0.2", 1),
+            rec(2, "a", "10.88.0.3", 2),
+        ));
+        assert!(m.contains("name appears twice"), "{m}");
+        let m = err_of(&two(
+            rec(1, "a", "10.88.0.2", 1),
+            rec(2, "b", "10.88.0.2", 2),
+        ));
+        assert!(m.contains("address 10.88.0.2 appears twice"), "{m}");
+        let m = err_of(&two(
+            rec(1, "a", "10.88.0.2", 1),
+            rec(2, "b", "10.88.0.3", 1),
+        ));
+        assert!(m.contains("public key appears twice"), "{m}");
+        let m = err_of(&two(
+            rec(0, "a", "10.88.0.2", 1),
+            rec(2, "b", "10.88.0.3", 2),
+        ));
+        assert!(m.contains("id 0 is outside"), "{m}");
+        let m = err_of(&two(
+            rec(1, "a b", "10.88.0.2", 1),
+            rec(2, "b", "10.88.0.3", 2),
+        ));
+        assert!(m.contains("invalid spoke name"), "{m}");
+        // Out-of-order ids are fine and get sorted.
+        let r = Registry::from_json(
+            &two(rec(5, "a", "10.88.0.2", 1), rec(2, "b", "10.88.0.3", 2)),
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(r.spokes()[0].id, 2);
+    }
+
+    #[test]
+    fn parse_key_strict() {
+        let k = key(3);
+        assert_eq!(parse_key(&k.to_base64()), Some(k.clone()));
+        assert_eq!(parse_key(&format!(" {}\n", k.to_base64())), Some(k));
+        assert_eq!(parse_key(""), None);
+        assert_eq!(parse_key("AAAA"), None);
+        // 33 bytes / non-canonical trailing bits / bad characters
+        assert_eq!(
+            parse_key(&format!("{}=", "A".repeat(43))),
+            Some(Key::zero())
+        );
+        assert_eq!(parse_key(&"A".repeat(44)), None);
+        assert_eq!(
+            parse_key("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAB="),
+            None
+        );
+        assert_eq!(
+            parse_key("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA*="),
+            None
+        );
+    }
+
+    #[test]
+    fn file_store_round_trip_and_stamp() {
+        let dir = TempDir::new("store");
+        let store = FileStore::new(dir.path().join("spokes.json"));
+        assert!(store.load().unwrap().is_empty());
+        assert_eq!(store.stamp().unwrap(), 0);
+        let n = TunnelNet::default();
+        let mut stamps = vec![0];
+        for i in 1..=5u8 {
+            let r = store
+                .update(&mut |r| r.add(&format!("s{i}"), key(i), &n).map(|_| ()))
+                .unwrap();
+            assert_eq!(r.len(), usize::from(i));
+            let s = store.stamp().unwrap();
+            assert!(!stamps.contains(&s), "stamp changed on every write");
+            stamps.push(s);
+        }
+        let s = store.stamp().unwrap();
+        assert_eq!(store.stamp().unwrap(), s, "stable without writes");
+        // A failing update stores nothing.
+        let e = store
+            .update(&mut |r| r.remove("nope").map(|_| ()))
+            .unwrap_err();
+        assert!(matches!(e, RegistryError::NotFound(_)));
+        // A no-op update does not rewrite.
+        store.update(&mut |_| Ok(())).unwrap();
+        assert_eq!(store.stamp().unwrap(), s);
+        assert_eq!(store.load().unwrap().len(), 5);
+        // Remove then add of the same size still changes the stamp.
+        store.update(&mut |r| r.remove("s5").map(|_| ())).unwrap();
+        store
+            .update(&mut |r| r.add("s9", key(5), &n).map(|_| ()))
+            .unwrap();
+        assert_ne!(store.stamp().unwrap(), s);
+        let mode = fs::metadata(store.path()).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(!dir.path().join("spokes.json.tmp").exists());
+    }
+
+    #[test]
+    fn file_store_corrupt_file_is_an_error() {
+        let dir = TempDir::new("corrupt");
+        let path = dir.path().join("spokes.json");
+        fs::write(&path, "{\"version\": 1, \"spokes\": [\n  {oops}\n]}\n").unwrap();
+        let store = FileStore::new(&path);
+        let e = store.load().unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}: is not valid JSON", path.display())),
+            "{e}"
+        );
+        assert!(e.contains("line 2 column 4"), "{e}");
+        // update refuses too, and leaves the file alone.
+        assert!(store.update(&mut |_| Ok(())).is_err());
+        assert!(fs::read_to_string(&path).unwrap().contains("oops"));
+        fs::write(&path, [0xff, 0xfe, 0x00]).unwrap();
+        assert!(store.load().unwrap_err().to_string().contains("not UTF-8"));
+    }
+
+    #[test]
+    fn two_stores_concurrent_updates_keep_everything() {
+        let dir = TempDir::new("concurrent");
+        let path = dir.path().join("spokes.json");
+        let n = TunnelNet::default();
+        let threads: Vec<_> = (0..2u8)
+            .map(|t| {
+                let store = FileStore::new(&path);
+                std::thread::spawn(move || {
+                    for i in 0..20u8 {
+                        let k = key(t * 100 + i + 1);
+                        store
+                            .update(&mut |r| r.add(&format!("t{t}-{i}"), k.clone(), &n).map(|_| ()))
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let r = FileStore::new(&path).load().unwrap();
+        assert_eq!(r.len(), 40);
+        let ids: Vec<u32> = r.spokes().iter().map(|s| s.id).collect();
+        assert_eq!(ids, (1..=40).collect::<Vec<_>>());
+    }
+}

@@ -1,1 +1,265 @@
-//! TODO(helper): state
+//! The hub's state directory: `hub.key` (the hub's WireGuard private key)
+//! and the spoke registry (`spokes.json`, see [`crate::registry::FileStore`]).
+//! Spoke private keys are never stored here.
+
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use wireguard_control::Key;
+
+use crate::registry::{FileStore, parse_key};
+
+/// The hub's private key file inside the state directory.
+pub const HUB_KEY_FILE: &str = "hub.key";
+/// The registry file inside the state directory.
+pub const REGISTRY_FILE: &str = "spokes.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(
+        "state directory {0}: exists but is not a directory; pass another --state-dir or move it away"
+    )]
+    NotADirectory(PathBuf),
+    #[error("{path}: {source}; check the path and that this user may create and write it")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(
+        "{path}: not a WireGuard private key (one line of 44 base64 characters, as `wg genkey` writes); \
+         restore the file from a backup, or delete it to make the hub generate a new key \
+         (then every spoke needs its config re-issued with `relayhub spoke config NAME`)"
+    )]
+    CorruptKey { path: PathBuf },
+}
+
+impl StateError {
+    fn io(path: &Path, source: io::Error) -> Self {
+        StateError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// An opened (and if needed created) state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    path: PathBuf,
+}
+
+impl StateDir {
+    /// Opens `path`, creating it (mode 0700) if missing.
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        match fs::metadata(path) {
+            Ok(m) if m.is_dir() => {
+                if m.permissions().mode() & 0o077 != 0 {
+                    tracing::warn!(
+                        path = %path.display(),
+                        mode = format_args!("{:o}", m.permissions().mode() & 0o777),
+                        "state directory is accessible to other users; chmod 700 it"
+                    );
+                }
+            }
+            Ok(_) => return Err(StateError::NotADirectory(path.to_owned())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(path)
+                    .map_err(|e| StateError::io(path, e))?;
+            }
+            Err(e) => return Err(StateError::io(path, e)),
+        }
+        Ok(StateDir {
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn hub_key_path(&self) -> PathBuf {
+        self.path.join(HUB_KEY_FILE)
+    }
+
+    /// The hub's private key, generated (mode 0600) on first call. A file
+    /// that does not hold a key is an error, never silently replaced.
+    pub fn hub_key(&self) -> Result<Key, StateError> {
+        let path = self.hub_key_path();
+        match read_key(&path)? {
+            Some(key) => Ok(key),
+            None => self.generate_hub_key(&path),
+        }
+    }
+
+    /// The hub's public key (generating the key pair on first use).
+    pub fn hub_public_key(&self) -> Result<Key, StateError> {
+        Ok(self.hub_key()?.get_public())
+    }
+
+    /// The spoke registry kept in this directory.
+    pub fn registry(&self) -> FileStore {
+        FileStore::new(self.path.join(REGISTRY_FILE))
+    }
+
+    fn generate_hub_key(&self, path: &Path) -> Result<Key, StateError> {
+        // Write a complete file under a private name, then hard-link it into
+        // place: a concurrent generator loses the race cleanly and nobody
+        // ever sees a half-written key.
+        let tmp = self
+            .path
+            .join(format!(".{HUB_KEY_FILE}.{}.tmp", std::process::id()));
+        let key = Key::generate_private();
+        let result = (|| {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            writeln!(f, "{}", key.to_base64())?;
+            f.sync_all()?;
+            fs::hard_link(&tmp, path)
+        })();
+        let _ = fs::remove_file(&tmp);
+        match result {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "generated the hub's WireGuard key");
+                Ok(key)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                read_key(path)?.ok_or_else(|| StateError::CorruptKey {
+                    path: path.to_owned(),
+                })
+            }
+            Err(e) => Err(StateError::io(path, e)),
+        }
+    }
+}
+
+/// Reads a key file: `None` if missing.
+fn read_key(path: &Path) -> Result<Option<Key>, StateError> {
+    let text = match fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StateError::io(path, e)),
+    };
+    if let Ok(m) = fs::metadata(path) {
+        if m.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), "hub key is readable by other users; chmod 600 it");
+        }
+    }
+    let key = std::str::from_utf8(&text).ok().and_then(parse_key);
+    key.map(Some).ok_or_else(|| StateError::CorruptKey {
+        path: path.to_owned(),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A directory under the system temp dir, removed on drop.
+    pub(crate) struct TempDir(PathBuf);
+
+    impl TempDir {
+        pub(crate) fn new(tag: &str) -> Self {
+            static N: AtomicU32 = AtomicU32::new(0);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            let path = std::env::temp_dir().join(format!(
+                "relayhub-test-{tag}-{}-{}-{nanos}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&path).unwrap();
+            TempDir(path)
+        }
+
+        pub(crate) fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::TempDir;
+    use super::*;
+
+    #[test]
+    fn open_creates_private_dir() {
+        let tmp = TempDir::new("state-open");
+        let p = tmp.path().join("a/b/state");
+        let s = StateDir::open(&p).unwrap();
+        assert_eq!(s.path(), p);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        // Opening again is fine.
+        StateDir::open(&p).unwrap();
+        let file = tmp.path().join("file");
+        fs::write(&file, "x").unwrap();
+        let e = StateDir::open(&file).unwrap_err();
+        assert!(matches!(e, StateError::NotADirectory(_)));
+        assert_eq!(s.registry().path(), p.join("spokes.json"));
+    }
+
+    #[test]
+    fn hub_key_generated_once_and_private() {
+        let tmp = TempDir::new("state-key");
+        let s = StateDir::open(tmp.path()).unwrap();
+        let k1 = s.hub_key().unwrap();
+        let k2 = StateDir::open(tmp.path()).unwrap().hub_key().unwrap();
+        assert_eq!(k1, k2);
+        assert_eq!(s.hub_public_key().unwrap(), k1.get_public());
+        let path = tmp.path().join("hub.key");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            format!("{}\n", k1.to_base64())
+        );
+        // Only hub.key is left behind.
+        let names: Vec<_> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["hub.key"]);
+    }
+
+    #[test]
+    fn hub_key_reads_wg_genkey_format() {
+        let tmp = TempDir::new("state-genkey");
+        let k = Key::generate_private();
+        fs::write(tmp.path().join("hub.key"), format!("{}\n", k.to_base64())).unwrap();
+        assert_eq!(StateDir::open(tmp.path()).unwrap().hub_key().unwrap(), k);
+    }
+
+    #[test]
+    fn corrupt_hub_key_is_an_error_and_kept() {
+        let tmp = TempDir::new("state-corrupt");
+        let path = tmp.path().join("hub.key");
+        for bad in &[&b"not a key\n"[..], b"", &[0xff, 0xfe][..]] {
+            fs::write(&path, bad).unwrap();
+            let e = StateDir::open(tmp.path()).unwrap().hub_key().unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.starts_with(&path.display().to_string()), "{msg}");
+            assert!(msg.contains("delete it"), "{msg}");
+            assert_eq!(fs::read(&path).unwrap(), *bad, "never replaced");
+        }
+    }
+}

@@ -1,0 +1,555 @@
+//! Handshake routing, sans-IO: an initiation copy from the XDP program plus
+//! the controller's tables in, a routing decision out.
+//!
+//! An initiation names its responder only through mac1, a keyed BLAKE2s of
+//! the message under a key derived from the responder's public key. The hub
+//! knows every spoke's public key, so it can tell which spoke an initiation
+//! is for without being able to read it.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use blake2::digest::{FixedOutput, KeyInit, Update, consts::U16};
+use blake2::{Blake2s256, Blake2sMac, Digest};
+use relay_common::wire::{
+    INITIATION_LEN, INITIATION_MAC1_OFF, KEY_LEN, LABEL_MAC1, MAC_LEN, MSG_INITIATION, SENDER_OFF,
+};
+use relay_common::{Endpoint, InitiationEvent, SESSION_FROM_INITIATION, SessionKey, SessionValue};
+
+/// How long an initiation waits for its sender's or destination's
+/// authenticated endpoint before it is dropped. WireGuard retries after
+/// REKEY_TIMEOUT (5 s); holding about a second turns a first-contact race
+/// into a short delay instead of a 5 s stall.
+pub const HOLD_FOR: Duration = Duration::from_millis(1200);
+/// Bound on held initiations (oldest dropped first).
+pub const MAX_HELD: usize = 1024;
+/// Destinations remembered per source, tried before the full scan.
+const RECENT_PER_SOURCE: usize = 8;
+
+/// `BLAKE2s-256("mac1----" || public key)`: precomputed once per spoke.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Mac1Key([u8; 32]);
+
+impl Mac1Key {
+    pub fn for_public_key(public_key: &[u8; KEY_LEN]) -> Self {
+        let mut h = Blake2s256::new();
+        Digest::update(&mut h, LABEL_MAC1);
+        Digest::update(&mut h, public_key);
+        Self(h.finalize().into())
+    }
+
+    /// mac1 over `msg` (the message up to the mac1 field).
+    pub fn mac(&self, msg: &[u8]) -> [u8; MAC_LEN] {
+        let mut m = <Blake2sMac<U16> as KeyInit>::new_from_slice(&self.0).expect("32-byte key");
+        Update::update(&mut m, msg);
+        m.finalize_fixed().into()
+    }
+
+    /// Whether `initiation` (a whole 148-byte message) carries this key's mac1.
+    pub fn matches(&self, initiation: &[u8; INITIATION_LEN]) -> bool {
+        let want = self.mac(&initiation[..INITIATION_MAC1_OFF]);
+        // Not secret-dependent in a useful way (mac1 is public), but keep it
+        // branch-free anyway.
+        want.iter()
+            .zip(&initiation[INITIATION_MAC1_OFF..INITIATION_MAC1_OFF + MAC_LEN])
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+/// What happened to one initiation (the metric label is [`Outcome::label`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Sent to the destination spoke.
+    Relayed { src: u32, dst: u32 },
+    /// mac1 is the hub's own: its WireGuard already has the frame.
+    ToHub,
+    /// Waiting for an authenticated endpoint.
+    Held,
+    /// No registered key matches mac1.
+    NoMatch,
+    /// The sender is not an authenticated spoke (after holding).
+    UnknownSource,
+    /// The destination has no authenticated endpoint (after holding).
+    NoDestination,
+    /// A spoke initiating to itself.
+    Loop,
+    /// Not a well-formed initiation.
+    Malformed,
+    /// Held queue overflow.
+    Overflow,
+}
+
+impl Outcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Relayed { .. } => "relayed",
+            Outcome::ToHub => "to_hub",
+            Outcome::Held => "held",
+            Outcome::NoMatch => "no_match",
+            Outcome::UnknownSource => "unknown_source",
+            Outcome::NoDestination => "no_destination",
+            Outcome::Loop => "loop",
+            Outcome::Malformed => "malformed",
+            Outcome::Overflow => "overflow",
+        }
+    }
+}
+
+/// Something the IO shell must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Install the session entry, then send `frame` from `from` to `to`.
+    Forward {
+        session: (SessionKey, SessionValue),
+        from: Endpoint,
+        to: Endpoint,
+        frame: [u8; INITIATION_LEN],
+    },
+    /// Re-read the hub's authenticated endpoints soon, then call
+    /// [`Router::retry_held`].
+    Refresh,
+}
+
+struct SpokeEntry {
+    key: Mac1Key,
+    endpoint: Option<Endpoint>,
+}
+
+struct Held {
+    event: InitiationEvent,
+    deadline: Instant,
+}
+
+/// The handshake router's tables.
+#[derive(Default)]
+pub struct Router {
+    hub: Option<Mac1Key>,
+    spokes: HashMap<u32, SpokeEntry>,
+    by_endpoint: HashMap<Endpoint, u32>,
+    recent: HashMap<u32, VecDeque<u32>>,
+    held: VecDeque<Held>,
+}
+
+impl Router {
+    pub fn new(hub_public_key: &[u8; KEY_LEN]) -> Self {
+        Self {
+            hub: Some(Mac1Key::for_public_key(hub_public_key)),
+            ..Default::default()
+        }
+    }
+
+    /// Register or re-key a spoke.
+    pub fn set_spoke(&mut self, slot: u32, public_key: &[u8; KEY_LEN]) {
+        let key = Mac1Key::for_public_key(public_key);
+        match self.spokes.get_mut(&slot) {
+            Some(e) => e.key = key,
+            None => {
+                self.spokes.insert(
+                    slot,
+                    SpokeEntry {
+                        key,
+                        endpoint: None,
+                    },
+                );
+            }
+        }
+    }
+
+    pub fn remove_spoke(&mut self, slot: u32) {
+        if let Some(e) = self.spokes.remove(&slot)
+            && let Some(ep) = e.endpoint
+        {
+            self.by_endpoint.remove(&ep);
+        }
+        self.recent.remove(&slot);
+        for r in self.recent.values_mut() {
+            r.retain(|&d| d != slot);
+        }
+    }
+
+    pub fn slots(&self) -> impl Iterator<Item = u32> + '_ {
+        self.spokes.keys().copied()
+    }
+
+    pub fn endpoint(&self, slot: u32) -> Option<Endpoint> {
+        self.spokes.get(&slot).and_then(|e| e.endpoint)
+    }
+
+    /// Record a spoke's authenticated endpoint (from the hub's WireGuard).
+    /// Returns true when it changed.
+    pub fn set_endpoint(&mut self, slot: u32, endpoint: Option<Endpoint>) -> bool {
+        let Some(e) = self.spokes.get_mut(&slot) else {
+            return false;
+        };
+        if e.endpoint == endpoint {
+            return false;
+        }
+        if let Some(old) = e.endpoint {
+            if self.by_endpoint.get(&old) == Some(&slot) {
+                self.by_endpoint.remove(&old);
+            }
+        }
+        e.endpoint = endpoint;
+        if let Some(new) = endpoint {
+            // Another spoke behind the same address:port lost it (its NAT
+            // mapping was reused): the newest authentication wins.
+            if let Some(prev) = self.by_endpoint.insert(new, slot)
+                && prev != slot
+                && let Some(p) = self.spokes.get_mut(&prev)
+            {
+                p.endpoint = None;
+            }
+        }
+        true
+    }
+
+    pub fn slot_of(&self, endpoint: &Endpoint) -> Option<u32> {
+        self.by_endpoint.get(endpoint).copied()
+    }
+
+    pub fn held_len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Which registered key an initiation is for: recent destinations of
+    /// `src` first, then every spoke.
+    pub fn match_mac1(&self, src: Option<u32>, frame: &[u8; INITIATION_LEN]) -> Option<Target> {
+        if self.hub.is_some_and(|k| k.matches(frame)) {
+            return Some(Target::Hub);
+        }
+        let recent = src.and_then(|s| self.recent.get(&s));
+        if let Some(r) = recent {
+            for &slot in r {
+                if self.spokes.get(&slot).is_some_and(|e| e.key.matches(frame)) {
+                    return Some(Target::Spoke(slot));
+                }
+            }
+        }
+        self.spokes
+            .iter()
+            .filter(|(slot, _)| !recent.is_some_and(|r| r.contains(slot)))
+            .find(|(_, e)| e.key.matches(frame))
+            .map(|(&slot, _)| Target::Spoke(slot))
+    }
+
+    /// Route one initiation copy.
+    pub fn on_initiation(
+        &mut self,
+        event: &InitiationEvent,
+        now: Instant,
+    ) -> (Outcome, Option<Action>) {
+        let frame = &event.frame;
+        if frame[0] != MSG_INITIATION || frame[1..4] != [0, 0, 0] {
+            return (Outcome::Malformed, None);
+        }
+        let src = self.slot_of(&event.src);
+        let dst = match self.match_mac1(src, frame) {
+            None => return (Outcome::NoMatch, None),
+            Some(Target::Hub) => return (Outcome::ToHub, None),
+            Some(Target::Spoke(d)) => d,
+        };
+        match self.decide(src, dst, event) {
+            Decision::Forward(o, a) => (o, Some(a)),
+            Decision::Final(o) => (o, None),
+            Decision::Wait(_) => {
+                let outcome = if self.held.len() >= MAX_HELD {
+                    self.held.pop_front();
+                    Outcome::Overflow
+                } else {
+                    Outcome::Held
+                };
+                self.held.push_back(Held {
+                    event: *event,
+                    deadline: now + HOLD_FOR,
+                });
+                (outcome, Some(Action::Refresh))
+            }
+        }
+    }
+
+    /// After an endpoint refresh (or on a timer): route held initiations
+    /// that can now be routed, drop the ones past their deadline.
+    pub fn retry_held(&mut self, now: Instant) -> Vec<(Outcome, Option<Action>)> {
+        let mut out = Vec::new();
+        let held = std::mem::take(&mut self.held);
+        for h in held {
+            let src = self.slot_of(&h.event.src);
+            let dst = match self.match_mac1(src, &h.event.frame) {
+                Some(Target::Spoke(d)) => d,
+                // Keys changed while it waited.
+                Some(Target::Hub) => {
+                    out.push((Outcome::ToHub, None));
+                    continue;
+                }
+                None => {
+                    out.push((Outcome::NoMatch, None));
+                    continue;
+                }
+            };
+            match self.decide(src, dst, &h.event) {
+                Decision::Forward(o, a) => out.push((o, Some(a))),
+                Decision::Final(o) => out.push((o, None)),
+                Decision::Wait(why) if now >= h.deadline => out.push((why, None)),
+                Decision::Wait(_) => self.held.push_back(h),
+            }
+        }
+        out
+    }
+
+    /// Earliest deadline of a held initiation.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.held.iter().map(|h| h.deadline).min()
+    }
+
+    fn decide(&mut self, src: Option<u32>, dst: u32, event: &InitiationEvent) -> Decision {
+        let Some(src) = src else {
+            return Decision::Wait(Outcome::UnknownSource);
+        };
+        if src == dst {
+            return Decision::Final(Outcome::Loop);
+        }
+        let Some(to) = self.endpoint(dst) else {
+            return Decision::Wait(Outcome::NoDestination);
+        };
+        let recent = self.recent.entry(src).or_default();
+        if let Some(pos) = recent.iter().position(|&d| d == dst) {
+            recent.remove(pos);
+        } else if recent.len() >= RECENT_PER_SOURCE {
+            recent.pop_back();
+        }
+        recent.push_front(dst);
+        let sender = u32::from_le_bytes(
+            event.frame[SENDER_OFF..SENDER_OFF + 4]
+                .try_into()
+                .expect("4 bytes"),
+        );
+        // The responder answers with receiver = the initiator's sender
+        // index; that frame must find its way back to `src`.
+        let session = (
+            SessionKey {
+                src_slot: dst,
+                receiver: sender,
+            },
+            SessionValue {
+                dst_slot: src,
+                flags: SESSION_FROM_INITIATION,
+                last_seen_ns: 0,
+            },
+        );
+        Decision::Forward(
+            Outcome::Relayed { src, dst },
+            Action::Forward {
+                session,
+                from: event.dst,
+                to,
+                frame: event.frame,
+            },
+        )
+    }
+}
+
+enum Decision {
+    Forward(Outcome, Action),
+    /// Might succeed once endpoints are refreshed.
+    Wait(Outcome),
+    Final(Outcome),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Hub,
+    Spoke(u32),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relay_common::NO_SLOT;
+
+    fn key(n: u8) -> [u8; 32] {
+        [n; 32]
+    }
+
+    /// An initiation addressed (by mac1) to `responder`, with `sender` index.
+    fn initiation(responder: &[u8; 32], sender: u32) -> [u8; INITIATION_LEN] {
+        let mut f = [0u8; INITIATION_LEN];
+        f[0] = MSG_INITIATION;
+        f[SENDER_OFF..SENDER_OFF + 4].copy_from_slice(&sender.to_le_bytes());
+        for (i, b) in f[8..INITIATION_MAC1_OFF].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let mac = Mac1Key::for_public_key(responder).mac(&f[..INITIATION_MAC1_OFF]);
+        f[INITIATION_MAC1_OFF..INITIATION_MAC1_OFF + MAC_LEN].copy_from_slice(&mac);
+        f
+    }
+
+    fn ep(last: u8, port: u16) -> Endpoint {
+        Endpoint::v4([203, 0, 113, last], port)
+    }
+
+    fn event(src: Endpoint, frame: [u8; INITIATION_LEN]) -> InitiationEvent {
+        InitiationEvent {
+            src,
+            dst: Endpoint::v4([198, 51, 100, 1], 51820),
+            src_slot: NO_SLOT,
+            ifindex: 2,
+            frame,
+        }
+    }
+
+    fn router() -> Router {
+        let mut r = Router::new(&key(0xAA));
+        r.set_spoke(1, &key(1));
+        r.set_spoke(2, &key(2));
+        r.set_spoke(3, &key(3));
+        r.set_endpoint(1, Some(ep(1, 1001)));
+        r.set_endpoint(2, Some(ep(2, 1002)));
+        r
+    }
+
+    #[test]
+    fn mac1_matches_only_its_key() {
+        let f = initiation(&key(2), 7);
+        assert!(Mac1Key::for_public_key(&key(2)).matches(&f));
+        assert!(!Mac1Key::for_public_key(&key(1)).matches(&f));
+        let mut bad = f;
+        bad[40] ^= 1;
+        assert!(!Mac1Key::for_public_key(&key(2)).matches(&bad));
+    }
+
+    #[test]
+    fn routes_by_mac1_and_installs_reverse_session() {
+        let mut r = router();
+        let now = Instant::now();
+        let (o, a) = r.on_initiation(&event(ep(1, 1001), initiation(&key(2), 0xdead)), now);
+        assert_eq!(o, Outcome::Relayed { src: 1, dst: 2 });
+        match a {
+            Some(Action::Forward {
+                session, to, from, ..
+            }) => {
+                assert_eq!(
+                    session.0,
+                    SessionKey {
+                        src_slot: 2,
+                        receiver: 0xdead
+                    }
+                );
+                assert_eq!(session.1.dst_slot, 1);
+                assert_eq!(to, ep(2, 1002));
+                assert_eq!(from, Endpoint::v4([198, 51, 100, 1], 51820));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn hub_and_unknown_keys() {
+        let mut r = router();
+        let now = Instant::now();
+        let (o, a) = r.on_initiation(&event(ep(1, 1001), initiation(&key(0xAA), 1)), now);
+        assert_eq!((o, a), (Outcome::ToHub, None));
+        let (o, _) = r.on_initiation(&event(ep(1, 1001), initiation(&key(9), 1)), now);
+        assert_eq!(o, Outcome::NoMatch);
+        let mut f = initiation(&key(2), 1);
+        f[1] = 1;
+        assert_eq!(
+            r.on_initiation(&event(ep(1, 1001), f), now).0,
+            Outcome::Malformed
+        );
+    }
+
+    #[test]
+    fn self_initiation_is_a_loop_not_held() {
+        let mut r = router();
+        let (o, a) = r.on_initiation(&event(ep(1, 1001), initiation(&key(1), 1)), Instant::now());
+        assert_eq!((o, a), (Outcome::Loop, None));
+        assert_eq!(r.held_len(), 0);
+    }
+
+    #[test]
+    fn first_contact_is_held_then_routed_after_refresh() {
+        let mut r = router();
+        let now = Instant::now();
+        // Spoke 3 is registered but not yet authenticated by the hub.
+        let (o, a) = r.on_initiation(&event(ep(3, 1003), initiation(&key(1), 5)), now);
+        assert_eq!((o, a), (Outcome::Held, Some(Action::Refresh)));
+        assert!(r.retry_held(now + Duration::from_millis(100)).is_empty());
+        assert_eq!(r.held_len(), 1);
+        r.set_endpoint(3, Some(ep(3, 1003)));
+        let out = r.retry_held(now + Duration::from_millis(200));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, Outcome::Relayed { src: 3, dst: 1 });
+        assert_eq!(r.held_len(), 0);
+    }
+
+    #[test]
+    fn held_initiations_expire() {
+        let mut r = router();
+        let now = Instant::now();
+        // Destination 3 has no endpoint.
+        r.on_initiation(&event(ep(1, 1001), initiation(&key(3), 5)), now);
+        assert_eq!(r.next_deadline(), Some(now + HOLD_FOR));
+        let out = r.retry_held(now + HOLD_FOR);
+        assert_eq!(out, vec![(Outcome::NoDestination, None)]);
+        // A stranger stays a stranger.
+        r.on_initiation(&event(ep(99, 9), initiation(&key(1), 5)), now);
+        assert_eq!(
+            r.retry_held(now + HOLD_FOR),
+            vec![(Outcome::UnknownSource, None)]
+        );
+    }
+
+    #[test]
+    fn held_queue_is_bounded() {
+        let mut r = router();
+        let now = Instant::now();
+        for i in 0..MAX_HELD + 10 {
+            let (o, _) = r.on_initiation(&event(ep(50, i as u16), initiation(&key(1), 1)), now);
+            let want = if i < MAX_HELD {
+                Outcome::Held
+            } else {
+                Outcome::Overflow
+            };
+            assert_eq!(o, want);
+        }
+        assert_eq!(r.held_len(), MAX_HELD);
+    }
+
+    #[test]
+    fn endpoint_moves_between_spokes() {
+        let mut r = router();
+        // Spoke 2's NAT mapping is reused by spoke 3: newest authentication wins.
+        assert!(r.set_endpoint(3, Some(ep(2, 1002))));
+        assert_eq!(r.slot_of(&ep(2, 1002)), Some(3));
+        assert_eq!(r.endpoint(2), None);
+        // Roaming: spoke 1 moves; the old endpoint no longer maps to it.
+        assert!(r.set_endpoint(1, Some(ep(1, 2001))));
+        assert_eq!(r.slot_of(&ep(1, 1001)), None);
+        assert_eq!(r.slot_of(&ep(1, 2001)), Some(1));
+        assert!(!r.set_endpoint(1, Some(ep(1, 2001))));
+        r.remove_spoke(1);
+        assert_eq!(r.slot_of(&ep(1, 2001)), None);
+    }
+
+    #[test]
+    fn recent_destinations_are_found_first_and_bounded() {
+        let mut r = router();
+        for s in 10..30 {
+            r.set_spoke(s, &key(s as u8));
+            r.set_endpoint(s, Some(ep(s as u8, 5000)));
+        }
+        let now = Instant::now();
+        for s in 10..30u32 {
+            let (o, _) = r.on_initiation(&event(ep(1, 1001), initiation(&key(s as u8), s)), now);
+            assert_eq!(o, Outcome::Relayed { src: 1, dst: s });
+        }
+        let recent = r.recent.get(&1).unwrap();
+        assert_eq!(recent.len(), RECENT_PER_SOURCE);
+        assert_eq!(recent[0], 29);
+        assert_eq!(
+            r.match_mac1(Some(1), &initiation(&key(12), 1)),
+            Some(Target::Spoke(12))
+        );
+    }
+}

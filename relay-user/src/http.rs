@@ -1,0 +1,158 @@
+//! A small HTTP/1.1 server for /metrics and /healthz. Requests are tiny
+//! and rare (scrapes), so one short-lived task per connection and
+//! `Connection: close` keep it simple.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the server asks of the hub.
+pub trait Api: Send + Sync + 'static {
+    fn metrics(&self) -> String;
+    /// Ok while healthy, else the reason.
+    fn health(&self) -> Result<(), String>;
+}
+
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+/// Route one request line. Sans-IO so it can be tested directly.
+pub fn route(api: &dyn Api, method: &str, path: &str) -> Response {
+    let text = |status, body: String| Response {
+        status,
+        content_type: "text/plain; charset=utf-8",
+        body,
+    };
+    let path = path.split('?').next().unwrap_or(path);
+    match (method, path) {
+        ("GET", "/metrics") => Response {
+            status: 200,
+            content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            body: api.metrics(),
+        },
+        ("GET", "/healthz") => match api.health() {
+            Ok(()) => text(200, "ok\n".into()),
+            Err(why) => text(503, format!("{why}\n")),
+        },
+        ("GET", _) => text(404, "not found: try /metrics or /healthz\n".into()),
+        _ => text(405, "only GET is supported\n".into()),
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+const MAX_REQUEST: usize = 8192;
+
+async fn handle(api: Arc<dyn Api>, mut stream: TcpStream) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    // Read the request head, bounded in size and time.
+    let head = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(None);
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n") {
+                return Ok(Some(()));
+            }
+            if buf.len() > MAX_REQUEST {
+                return Ok(None);
+            }
+        }
+    })
+    .await;
+    let resp = match head {
+        Ok(Ok(Some(()))) => {
+            let line = String::from_utf8_lossy(&buf);
+            let mut parts = line.lines().next().unwrap_or("").split_whitespace();
+            match (parts.next(), parts.next()) {
+                (Some(m), Some(p)) => route(api.as_ref(), m, p),
+                _ => Response {
+                    status: 400,
+                    content_type: "text/plain",
+                    body: "bad request\n".into(),
+                },
+            }
+        }
+        _ => return Ok(()),
+    };
+    let head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        resp.status,
+        reason(resp.status),
+        resp.content_type,
+        resp.body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(resp.body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+pub async fn serve(listener: TcpListener, api: Arc<dyn Api>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let api = api.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(api, stream).await {
+                        tracing::debug!(error = %e, "http connection");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "http accept");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fake(bool);
+    impl Api for Fake {
+        fn metrics(&self) -> String {
+            "m 1\n".into()
+        }
+        fn health(&self) -> Result<(), String> {
+            if self.0 {
+                Ok(())
+            } else {
+                Err("xdp detached".into())
+            }
+        }
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(route(&Fake(true), "GET", "/metrics").body, "m 1\n");
+        assert_eq!(route(&Fake(true), "GET", "/healthz").status, 200);
+        let r = route(&Fake(false), "GET", "/healthz?x=1");
+        assert_eq!((r.status, r.body.as_str()), (503, "xdp detached\n"));
+        assert_eq!(route(&Fake(true), "GET", "/nope").status, 404);
+        assert_eq!(route(&Fake(true), "POST", "/metrics").status, 405);
+    }
+}

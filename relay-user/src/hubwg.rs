@@ -1,0 +1,254 @@
+//! The hub's own WireGuard interface (10.88.0.1), driven through
+//! wireguard-control: kernel backend where the module exists, wireguard-go
+//! (userspace backend) where it does not.
+//!
+//! Besides being a peer itself, the hub's WireGuard is the authority on
+//! where each spoke is: it only moves a peer's endpoint after a packet from
+//! that peer authenticated, so its view is what the relay trusts.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use relay_common::Endpoint;
+use relay_common::wire::REJECT_AFTER_SECS;
+use wireguard_control::{Backend, Device, DeviceUpdate, InterfaceName, Key, PeerConfigBuilder};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubWgError {
+    #[error("invalid WireGuard interface name {0:?} (1-15 characters, no '/' or spaces)")]
+    Name(String),
+    #[error(
+        "interface {0} already exists (another relayhub?). Stop it or remove it with `ip link del {0}`, or pick another --wg-iface"
+    )]
+    Exists(String),
+    #[error(
+        "starting the hub's WireGuard interface {name} ({backend}) failed: {source}. The kernel has no WireGuard module, so wireguard-go is needed: `apt-get install wireguard-go`"
+    )]
+    Start {
+        name: String,
+        backend: &'static str,
+        source: std::io::Error,
+    },
+    #[error("WireGuard interface {name}: {source}")]
+    Io {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("`ip {args}` failed: {stderr}")]
+    Ip { args: String, stderr: String },
+}
+
+/// A peer as the hub's WireGuard reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub public_key: Key,
+    /// Only set while the endpoint is backed by a recent handshake.
+    pub endpoint: Option<Endpoint>,
+    pub last_handshake: Option<SystemTime>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+pub struct HubWg {
+    name: InterfaceName,
+    name_str: String,
+    backend: Backend,
+}
+
+/// A peer endpoint stays trusted this long after its last handshake:
+/// WireGuard itself discards session keys after 3 x REJECT_AFTER.
+pub const ENDPOINT_TRUST: Duration = Duration::from_secs(3 * REJECT_AFTER_SECS);
+
+fn ip(args: &[&str]) -> Result<(), HubWgError> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| HubWgError::Ip {
+            args: args.join(" "),
+            stderr: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(HubWgError::Ip {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+impl HubWg {
+    /// Create and configure the interface: key, port, address, up.
+    pub fn up(
+        name: &str,
+        private_key: &Key,
+        port: u16,
+        address: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<Self, HubWgError> {
+        let iname: InterfaceName = name.parse().map_err(|_| HubWgError::Name(name.into()))?;
+        if link_exists(name) {
+            return Err(HubWgError::Exists(name.into()));
+        }
+        // Kernel WireGuard when the module can make the link; else wireguard-go.
+        let backend = if ip(&["link", "add", "dev", name, "type", "wireguard"]).is_ok() {
+            Backend::Kernel
+        } else {
+            Backend::Userspace
+        };
+        let backend_name = match backend {
+            Backend::Kernel => "kernel",
+            _ => "wireguard-go",
+        };
+        let hub = Self {
+            name: iname,
+            name_str: name.to_string(),
+            backend,
+        };
+        DeviceUpdate::new()
+            .set_private_key(private_key.clone())
+            .set_listen_port(port)
+            .replace_peers()
+            .apply(&hub.name, backend)
+            .map_err(|source| HubWgError::Start {
+                name: name.into(),
+                backend: backend_name,
+                source,
+            })?;
+        let cidr = format!("{address}/{prefix}");
+        ip(&["address", "add", &cidr, "dev", name])?;
+        ip(&["link", "set", "dev", name, "up"])?;
+        tracing::info!(iface = name, backend = backend_name, %cidr, port, "hub WireGuard up");
+        Ok(hub)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name_str
+    }
+
+    pub fn is_up(&self) -> bool {
+        Device::get(&self.name, self.backend).is_ok()
+    }
+
+    /// Make the peer set exactly `spokes` (public key, tunnel address),
+    /// touching only peers that changed so live sessions stay up.
+    pub fn sync_peers(&self, spokes: &[(Key, Ipv4Addr)]) -> Result<(), HubWgError> {
+        let dev = self.device()?;
+        let current: HashMap<Key, Vec<(IpAddr, u8)>> = dev
+            .peers
+            .iter()
+            .map(|p| {
+                let ips = p
+                    .config
+                    .allowed_ips
+                    .iter()
+                    .map(|a| (a.address, a.cidr))
+                    .collect();
+                (p.config.public_key.clone(), ips)
+            })
+            .collect();
+        let mut update = DeviceUpdate::new();
+        let mut changed = false;
+        for (key, addr) in spokes {
+            let want = vec![(IpAddr::V4(*addr), 32u8)];
+            if current.get(key) != Some(&want) {
+                update = update.add_peer(
+                    PeerConfigBuilder::new(key)
+                        .replace_allowed_ips()
+                        .add_allowed_ip(IpAddr::V4(*addr), 32),
+                );
+                changed = true;
+            }
+        }
+        for key in current.keys() {
+            if !spokes.iter().any(|(k, _)| k == key) {
+                update = update.remove_peer_by_key(key);
+                changed = true;
+            }
+        }
+        if changed {
+            update
+                .apply(&self.name, self.backend)
+                .map_err(|source| HubWgError::Io {
+                    name: self.name_str.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Current peers, with endpoints only where a handshake backs them.
+    pub fn peers(&self) -> Result<Vec<PeerStatus>, HubWgError> {
+        let dev = self.device()?;
+        let now = SystemTime::now();
+        Ok(dev
+            .peers
+            .into_iter()
+            .map(|p| {
+                let fresh = p
+                    .stats
+                    .last_handshake_time
+                    .and_then(|t| now.duration_since(t).ok())
+                    .is_some_and(|age| age < ENDPOINT_TRUST);
+                PeerStatus {
+                    endpoint: p.config.endpoint.filter(|_| fresh).map(to_endpoint),
+                    public_key: p.config.public_key,
+                    last_handshake: p.stats.last_handshake_time,
+                    rx_bytes: p.stats.rx_bytes,
+                    tx_bytes: p.stats.tx_bytes,
+                }
+            })
+            .collect())
+    }
+
+    fn device(&self) -> Result<Device, HubWgError> {
+        Device::get(&self.name, self.backend).map_err(|source| HubWgError::Io {
+            name: self.name_str.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for HubWg {
+    fn drop(&mut self) {
+        // Deleting the link also ends wireguard-go (which may be gone
+        // already if it got the same signal as we did).
+        if link_exists(&self.name_str)
+            && let Err(e) = ip(&["link", "del", "dev", &self.name_str])
+        {
+            tracing::warn!(iface = %self.name_str, error = %e, "removing the hub's WireGuard interface");
+        }
+        if self.backend == Backend::Userspace {
+            let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.name_str));
+        }
+    }
+}
+
+pub fn to_endpoint(sa: SocketAddr) -> Endpoint {
+    match sa {
+        SocketAddr::V4(a) => Endpoint::v4(a.ip().octets(), a.port()),
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => Endpoint::v4(v4.octets(), a.port()),
+            None => Endpoint::v6(a.ip().octets(), a.port()),
+        },
+    }
+}
+
+pub fn to_socket_addr(e: &Endpoint) -> Option<SocketAddr> {
+    match e.family {
+        relay_common::FAMILY_V4 => Some(SocketAddr::from((
+            Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]),
+            e.port,
+        ))),
+        relay_common::FAMILY_V6 => {
+            Some(SocketAddr::from((std::net::Ipv6Addr::from(e.addr), e.port)))
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,212 @@
+//! Sends handshake frames to spokes from the hub's address and port.
+//!
+//! The hub's own WireGuard owns the UDP port, so the controller cannot bind
+//! it; it writes whole IP packets on send-only raw sockets instead
+//! (IPPROTO_RAW never receives, so the kernel does not copy every incoming
+//! packet to us).
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use relay_common::{Endpoint, FAMILY_V4, FAMILY_V6};
+
+const TTL: u8 = 64;
+
+pub struct RawSender {
+    v4: OwnedFd,
+    v6: Option<OwnedFd>,
+    buf: Vec<u8>,
+}
+
+fn raw_socket(domain: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the fd is owned immediately.
+    let fd = unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_RAW,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+impl RawSender {
+    pub fn new() -> io::Result<Self> {
+        let v4 = raw_socket(libc::AF_INET)?;
+        // A host without IPv6 still relays IPv4.
+        let v6 = raw_socket(libc::AF_INET6).ok();
+        Ok(Self {
+            v4,
+            v6,
+            buf: Vec::with_capacity(1500),
+        })
+    }
+
+    /// Send `payload` as one UDP datagram `from` -> `to`.
+    pub fn send(&mut self, from: &Endpoint, to: &Endpoint, payload: &[u8]) -> io::Result<()> {
+        if from.family != to.family {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "cross-family handshake relay is not supported yet",
+            ));
+        }
+        self.buf.clear();
+        match to.family {
+            FAMILY_V4 => {
+                build_v4(&mut self.buf, from, to, payload);
+                let dst = SocketAddrV4::new(v4_addr(to), 0);
+                let sa = nix::sys::socket::SockaddrIn::from(dst);
+                nix::sys::socket::sendto(
+                    self.v4.as_raw_fd(),
+                    &self.buf,
+                    &sa,
+                    nix::sys::socket::MsgFlags::empty(),
+                )?;
+            }
+            FAMILY_V6 => {
+                let fd = self.v6.as_ref().ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::Unsupported, "no IPv6 raw socket")
+                })?;
+                build_v6(&mut self.buf, from, to, payload);
+                let dst = SocketAddrV6::new(Ipv6Addr::from(to.addr), 0, 0, 0);
+                let sa = nix::sys::socket::SockaddrIn6::from(dst);
+                nix::sys::socket::sendto(
+                    fd.as_raw_fd(),
+                    &self.buf,
+                    &sa,
+                    nix::sys::socket::MsgFlags::empty(),
+                )?;
+            }
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "endpoint without address family",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn v4_addr(e: &Endpoint) -> Ipv4Addr {
+    Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3])
+}
+
+/// One's-complement sum of `data` as big-endian 16-bit words.
+pub fn csum_add(mut sum: u32, data: &[u8]) -> u32 {
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        sum += u32::from(*last) << 8;
+    }
+    sum
+}
+
+pub fn csum_fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn udp_header(buf: &mut Vec<u8>, from: &Endpoint, to: &Endpoint, payload: &[u8]) -> usize {
+    let at = buf.len();
+    buf.extend_from_slice(&from.port.to_be_bytes());
+    buf.extend_from_slice(&to.port.to_be_bytes());
+    buf.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    buf.extend_from_slice(&[0, 0]);
+    buf.extend_from_slice(payload);
+    at
+}
+
+/// Fill the UDP checksum at `udp` given the pseudo-header sum.
+fn finish_udp(buf: &mut [u8], udp: usize, pseudo: u32) {
+    let sum = csum_add(pseudo, &buf[udp..]);
+    let mut c = csum_fold(sum);
+    if c == 0 {
+        c = 0xffff;
+    }
+    buf[udp + 6..udp + 8].copy_from_slice(&c.to_be_bytes());
+}
+
+pub fn build_v4(buf: &mut Vec<u8>, from: &Endpoint, to: &Endpoint, payload: &[u8]) {
+    let total = (20 + 8 + payload.len()) as u16;
+    buf.extend_from_slice(&[0x45, 0]);
+    buf.extend_from_slice(&total.to_be_bytes());
+    // id 0 (the kernel fills it), DF.
+    buf.extend_from_slice(&[0, 0, 0x40, 0, TTL, libc::IPPROTO_UDP as u8, 0, 0]);
+    buf.extend_from_slice(&from.addr[..4]);
+    buf.extend_from_slice(&to.addr[..4]);
+    let ip_csum = csum_fold(csum_add(0, &buf[..20]));
+    buf[10..12].copy_from_slice(&ip_csum.to_be_bytes());
+    let udp = udp_header(buf, from, to, payload);
+    let mut pseudo = csum_add(0, &from.addr[..4]);
+    pseudo = csum_add(pseudo, &to.addr[..4]);
+    pseudo += u32::from(libc::IPPROTO_UDP as u8) + u32::from(8 + payload.len() as u16);
+    finish_udp(buf, udp, pseudo);
+}
+
+pub fn build_v6(buf: &mut Vec<u8>, from: &Endpoint, to: &Endpoint, payload: &[u8]) {
+    let len = (8 + payload.len()) as u16;
+    buf.extend_from_slice(&[0x60, 0, 0, 0]);
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(&[libc::IPPROTO_UDP as u8, TTL]);
+    buf.extend_from_slice(&from.addr);
+    buf.extend_from_slice(&to.addr);
+    let udp = udp_header(buf, from, to, payload);
+    let mut pseudo = csum_add(0, &from.addr);
+    pseudo = csum_add(pseudo, &to.addr);
+    pseudo += u32::from(len) + u32::from(libc::IPPROTO_UDP as u8);
+    finish_udp(buf, udp, pseudo);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v4_packet_checksums_verify() {
+        let from = Endpoint::v4([198, 51, 100, 1], 51820);
+        let to = Endpoint::v4([203, 0, 113, 7], 40001);
+        let payload: Vec<u8> = (0..148u8).collect();
+        let mut buf = Vec::new();
+        build_v4(&mut buf, &from, &to, &payload);
+        assert_eq!(buf.len(), 20 + 8 + 148);
+        // A correct header sums to 0xffff (fold gives 0).
+        assert_eq!(csum_fold(csum_add(0, &buf[..20])), 0);
+        let mut pseudo = csum_add(0, &buf[12..20]);
+        pseudo += 17 + (8 + 148);
+        assert_eq!(csum_fold(csum_add(pseudo, &buf[20..])), 0);
+        assert_eq!(&buf[20..22], &51820u16.to_be_bytes());
+        assert_eq!(&buf[22..24], &40001u16.to_be_bytes());
+        assert_eq!(&buf[28..], &payload[..]);
+    }
+
+    #[test]
+    fn v6_packet_checksum_verifies() {
+        let mut a = [0u8; 16];
+        a[0] = 0x20;
+        a[1] = 0x01;
+        a[2] = 0x0d;
+        a[3] = 0xb8;
+        a[15] = 1;
+        let mut b = a;
+        b[15] = 2;
+        let from = Endpoint::v6(a, 51820);
+        let to = Endpoint::v6(b, 5555);
+        let payload = [7u8; 92];
+        let mut buf = Vec::new();
+        build_v6(&mut buf, &from, &to, &payload);
+        assert_eq!(buf.len(), 40 + 8 + 92);
+        let mut pseudo = csum_add(0, &buf[8..40]);
+        pseudo += 17 + (8 + 92);
+        assert_eq!(csum_fold(csum_add(pseudo, &buf[40..])), 0);
+    }
+}

@@ -1,0 +1,95 @@
+//! Session table rules, sans-IO: which relay entries to drop.
+//!
+//! The XDP program creates and refreshes entries; the controller sweeps
+//! them. An entry is kept while frames use it. WireGuard stops using a
+//! session's indices after REJECT_AFTER (180 s) at most, so an entry idle
+//! longer than that plus a margin can never be needed again.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use relay_common::wire::REJECT_AFTER_SECS;
+use relay_common::{SessionKey, SessionValue};
+
+/// Idle time after which an entry is dropped.
+pub const IDLE_EXPIRY: Duration = Duration::from_secs(REJECT_AFTER_SECS + 30);
+
+/// Keys to delete: idle past [`IDLE_EXPIRY`] at `now_ns` (ktime), or naming
+/// a slot that is no longer registered.
+pub fn sweep<'a>(
+    entries: impl IntoIterator<Item = &'a (SessionKey, SessionValue)>,
+    now_ns: u64,
+    live_slots: &HashSet<u32>,
+) -> Vec<SessionKey> {
+    let idle_ns = IDLE_EXPIRY.as_nanos() as u64;
+    entries
+        .into_iter()
+        .filter(|(k, v)| {
+            !live_slots.contains(&k.src_slot)
+                || !live_slots.contains(&v.dst_slot)
+                || now_ns.saturating_sub(v.last_seen_ns) > idle_ns
+        })
+        .map(|(k, _)| *k)
+        .collect()
+}
+
+/// Keys whose entries involve `slot` (removed spoke).
+pub fn involving<'a>(
+    entries: impl IntoIterator<Item = &'a (SessionKey, SessionValue)>,
+    slot: u32,
+) -> Vec<SessionKey> {
+    entries
+        .into_iter()
+        .filter(|(k, v)| k.src_slot == slot || v.dst_slot == slot)
+        .map(|(k, _)| *k)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(src: u32, rx: u32, dst: u32, seen: u64) -> (SessionKey, SessionValue) {
+        (
+            SessionKey {
+                src_slot: src,
+                receiver: rx,
+            },
+            SessionValue {
+                dst_slot: dst,
+                flags: 0,
+                last_seen_ns: seen,
+            },
+        )
+    }
+
+    #[test]
+    fn idle_entries_expire_after_reject_plus_margin() {
+        let s = 1_000_000_000u64;
+        let now = 1000 * s;
+        let live: HashSet<u32> = [1, 2].into();
+        let entries = [
+            e(1, 10, 2, now - 5 * s),
+            e(2, 11, 1, now - (REJECT_AFTER_SECS + 29) * s),
+            e(1, 12, 2, now - (REJECT_AFTER_SECS + 31) * s),
+        ];
+        let gone = sweep(&entries, now, &live);
+        assert_eq!(gone, vec![entries[2].0]);
+    }
+
+    #[test]
+    fn entries_of_unregistered_slots_go() {
+        let live: HashSet<u32> = [1, 2].into();
+        let entries = [e(1, 1, 2, 100), e(3, 2, 1, 100), e(1, 3, 3, 100)];
+        let gone = sweep(&entries, 100, &live);
+        assert_eq!(gone, vec![entries[1].0, entries[2].0]);
+        assert_eq!(involving(&entries, 3), vec![entries[1].0, entries[2].0]);
+    }
+
+    #[test]
+    fn clock_before_entry_is_not_expiry() {
+        // An entry stamped slightly after our clock read must not underflow.
+        let live: HashSet<u32> = [1, 2].into();
+        assert!(sweep(&[e(1, 1, 2, 500)], 100, &live).is_empty());
+    }
+}

@@ -1,0 +1,468 @@
+//! The `relayhub spoke ...` subcommands. Each returns the text to print on
+//! stdout; the registry change (if any) is already stored when it returns.
+
+use anyhow::{Context, bail};
+use wireguard_control::Key;
+
+use crate::netinfo;
+use crate::registry::{Registry, RegistryStore, Spoke, TunnelNet, parse_key};
+use crate::render::{HubInfo, render_spoke};
+use crate::state::StateDir;
+
+/// What every spoke subcommand needs.
+#[derive(Debug, Clone, Copy)]
+pub struct SpokeCtx<'a> {
+    pub state: &'a StateDir,
+    pub net: &'a TunnelNet,
+    /// `--endpoint HOST[:PORT]`; `None` guesses it with [`netinfo::default_endpoint`].
+    pub endpoint: Option<&'a str>,
+    /// The hub's UDP port, used when the endpoint has none.
+    pub port: u16,
+    /// PersistentKeepalive for every peer in printed configs (0 = off).
+    pub keepalive: u16,
+}
+
+impl SpokeCtx<'_> {
+    /// The hub as spokes see it, plus a note when the endpoint was guessed.
+    fn hub_info(&self) -> anyhow::Result<(HubInfo, Option<String>)> {
+        let (endpoint, note) = match self.endpoint {
+            Some(given) => (netinfo::normalize_endpoint(given, self.port)?, None),
+            None => {
+                let ep = netinfo::default_endpoint(self.port)?;
+                let note = format!(
+                    "# Endpoint {ep} was guessed from this hub's default-route interface; if spokes\n\
+                     # reach the hub through NAT or by name, rerun with --endpoint HOST[:PORT].\n"
+                );
+                (ep, Some(note))
+            }
+        };
+        let public_key = self.state.hub_public_key()?;
+        Ok((
+            HubInfo {
+                public_key,
+                endpoint,
+                address: self.net.hub,
+            },
+            note,
+        ))
+    }
+
+    fn render(
+        &self,
+        registry: &Registry,
+        name: &str,
+        private_key: Option<&Key>,
+    ) -> anyhow::Result<String> {
+        let (hub, note) = self.hub_info()?;
+        let spoke = registry
+            .get(name)
+            .with_context(|| format!("spoke {name:?} vanished from the registry"))?;
+        let peers: Vec<&Spoke> = registry
+            .spokes()
+            .iter()
+            .filter(|s| s.id != spoke.id)
+            .collect();
+        let mut text = note.unwrap_or_default();
+        text.push_str(&render_spoke(
+            spoke,
+            private_key,
+            &hub,
+            &peers,
+            self.keepalive,
+        ));
+        Ok(text)
+    }
+}
+
+/// `relayhub spoke add NAME [--pubkey KEY]`: registers the spoke and prints
+/// its wg-quick file. Without `pubkey` a key pair is generated; the private
+/// key is printed once and never stored.
+pub fn add(ctx: &SpokeCtx, name: &str, pubkey: Option<&str>) -> anyhow::Result<String> {
+    let (public_key, private_key) = match pubkey {
+        Some(text) => {
+            let Some(k) = parse_key(text) else {
+                bail!(
+                    "--pubkey {text:?} is not a WireGuard public key (44 base64 characters, as `wg pubkey` prints)"
+                );
+            };
+            (k, None)
+        }
+        None => {
+            let private = Key::generate_private();
+            (private.get_public(), Some(private))
+        }
+    };
+    // Everything that can fail without changing the registry comes first, so
+    // a failed add leaves nothing behind.
+    ctx.hub_info()?;
+    let hub_public = ctx.state.hub_public_key()?;
+    let store = ctx.state.registry();
+    let registry = store
+        .update(&mut |r| {
+            r.add_spoke(name, public_key.clone(), ctx.net, Some(&hub_public))
+                .map(|_| ())
+        })
+        .with_context(|| format!("cannot add spoke {name:?}"))?;
+    ctx.render(&registry, name, private_key.as_ref())
+}
+
+/// `relayhub spoke config NAME`: the current wg-quick file, without a private key.
+pub fn config(ctx: &SpokeCtx, name: &str) -> anyhow::Result<String> {
+    let registry = load(ctx)?;
+    if registry.get(name).is_none() {
+        return Err(crate::registry::RegistryError::NotFound(name.to_owned()).into());
+    }
+    ctx.render(&registry, name, None)
+}
+
+/// `relayhub spoke list`: a table of the registered spokes, by id.
+pub fn list(ctx: &SpokeCtx) -> anyhow::Result<String> {
+    let registry = load(ctx)?;
+    if registry.is_empty() {
+        return Ok("no spokes registered; add one with `relayhub spoke add NAME`\n".to_owned());
+    }
+    let rows: Vec<[String; 4]> = registry
+        .spokes()
+        .iter()
+        .map(|s| {
+            [
+                s.name.clone(),
+                s.address.to_string(),
+                s.public_key.to_base64(),
+                s.id.to_string(),
+            ]
+        })
+        .collect();
+    Ok(table(["NAME", "ADDRESS", "PUBLIC KEY", "ID"], &rows))
+}
+
+/// `relayhub spoke remove NAME`.
+pub fn remove(ctx: &SpokeCtx, name: &str) -> anyhow::Result<String> {
+    let store = ctx.state.registry();
+    let mut removed = None;
+    let registry = store
+        .update(&mut |r| {
+            removed = Some(r.remove(name)?);
+            Ok(())
+        })
+        .with_context(|| format!("cannot remove spoke {name:?}"))?;
+    let s = removed.context("spoke removal did not happen")?;
+    let mut out = format!(
+        "removed spoke {} (address {}, id {})\n",
+        s.name, s.address, s.id
+    );
+    if !registry.is_empty() {
+        out.push_str(&format!(
+            "the running hub stops relaying for it within a second; refresh the other {} spoke(s) with \
+             `relayhub spoke config NAME` (and `wg syncconf`) to drop it from their peers\n",
+            registry.len()
+        ));
+    }
+    Ok(out)
+}
+
+fn load(ctx: &SpokeCtx) -> anyhow::Result<Registry> {
+    let registry = ctx.state.registry().load()?;
+    registry.check_net(ctx.net)?;
+    Ok(registry)
+}
+
+fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: [&str; N]| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == N {
+                l.push_str(cell);
+            } else {
+                l.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(header);
+    for row in rows {
+        line(row.each_ref().map(String::as_str));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::test_support::TempDir;
+    use std::path::Path;
+
+    struct Fixture {
+        _tmp: TempDir,
+        state: StateDir,
+        net: TunnelNet,
+    }
+
+    impl Fixture {
+        fn new(tag: &str) -> Self {
+            let tmp = TempDir::new(tag);
+            let state = StateDir::open(&tmp.path().join("state")).unwrap();
+            Fixture {
+                _tmp: tmp,
+                state,
+                net: TunnelNet::default(),
+            }
+        }
+
+        fn ctx(&self) -> SpokeCtx<'_> {
+            SpokeCtx {
+                state: &self.state,
+                net: &self.net,
+                endpoint: Some("hub.example.net"),
+                port: 51820,
+                keepalive: 25,
+            }
+        }
+    }
+
+    fn value<'a>(text: &'a str, key: &str) -> Vec<&'a str> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(&format!("{key} = ")))
+            .collect()
+    }
+
+    #[test]
+    fn add_generates_key_and_prints_it_once() {
+        let f = Fixture::new("cmd-add");
+        let out = add(&f.ctx(), "alpha", None).unwrap();
+        let private = value(&out, "PrivateKey");
+        assert_eq!(private.len(), 1, "{out}");
+        let private = parse_key(private[0]).unwrap();
+        let reg = f.state.registry().load().unwrap();
+        let spoke = reg.get("alpha").unwrap();
+        assert_eq!(spoke.public_key, private.get_public());
+        assert_eq!(value(&out, "Address"), ["10.88.0.2/32"]);
+        assert_eq!(value(&out, "Endpoint"), ["hub.example.net:51820"]);
+        assert_eq!(
+            value(&out, "PublicKey"),
+            [f.state.hub_public_key().unwrap().to_base64()]
+        );
+        assert_eq!(value(&out, "AllowedIPs"), ["10.88.0.1/32"]);
+        assert_eq!(value(&out, "PersistentKeepalive"), ["25"]);
+    }
+
+    /// Neither the base64 text nor the raw bytes of any spoke private key
+    /// may appear in any file of the state directory.
+    #[test]
+    fn no_private_key_is_written_to_the_state_dir() {
+        let f = Fixture::new("cmd-nopriv");
+        let mut secrets = Vec::new();
+        for name in ["a", "b", "c"] {
+            let out = add(&f.ctx(), name, None).unwrap();
+            let k = parse_key(value(&out, "PrivateKey")[0]).unwrap();
+            secrets.push(k);
+        }
+        remove(&f.ctx(), "b").unwrap();
+        let mut files = 0;
+        let mut stack = vec![f.state.path().to_owned()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let p = entry.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                files += 1;
+                let bytes = std::fs::read(&p).unwrap();
+                for k in &secrets {
+                    let b64 = k.to_base64();
+                    assert!(
+                        !bytes.windows(b64.len()).any(|w| w == b64.as_bytes()),
+                        "{}",
+                        p.display()
+                    );
+                    assert!(
+                        !bytes.windows(32).any(|w| w == k.as_bytes()),
+                        "{}",
+                        p.display()
+                    );
+                }
+            }
+        }
+        assert!(files >= 2, "hub.key and spokes.json were checked");
+    }
+
+    #[test]
+    fn add_with_pubkey_then_config_is_consistent() {
+        let f = Fixture::new("cmd-pubkey");
+        let own = Key::generate_private().get_public();
+        let out = add(&f.ctx(), "mine", Some(&own.to_base64())).unwrap();
+        assert!(value(&out, "PrivateKey").is_empty());
+        assert!(out.contains(&format!(
+            "# PrivateKey = <fill in this spoke's private key, the one whose public key is {}>",
+            own.to_base64()
+        )));
+        assert_eq!(config(&f.ctx(), "mine").unwrap(), out);
+
+        // With a generated key, config is the add output minus the private key line.
+        let out2 = add(&f.ctx(), "gen", None).unwrap();
+        let cfg2 = config(&f.ctx(), "gen").unwrap();
+        let strip = |s: &str| {
+            s.lines()
+                .filter(|l| !l.contains("PrivateKey"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(strip(&out2), strip(&cfg2));
+        assert!(value(&cfg2, "PrivateKey").is_empty());
+
+        // The earlier spoke's config now lists the new one, and vice versa.
+        let cfg1 = config(&f.ctx(), "mine").unwrap();
+        assert!(cfg1.contains("# gen\n"));
+        assert!(cfg2.contains("# mine\n"));
+        assert_eq!(value(&cfg1, "AllowedIPs"), ["10.88.0.1/32", "10.88.0.3/32"]);
+        assert_eq!(value(&cfg2, "AllowedIPs"), ["10.88.0.1/32", "10.88.0.2/32"]);
+        assert!(
+            value(&cfg1, "Endpoint")
+                .iter()
+                .all(|e| *e == "hub.example.net:51820")
+        );
+    }
+
+    #[test]
+    fn add_rejects_bad_input_and_stores_nothing() {
+        let f = Fixture::new("cmd-bad");
+        let ctx = f.ctx();
+        for bad in [
+            "",
+            "short",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAB=",
+            "!!!",
+        ] {
+            let e = add(&ctx, "x", Some(bad)).unwrap_err().to_string();
+            assert!(e.contains("is not a WireGuard public key"), "{e}");
+        }
+        let hub = f.state.hub_public_key().unwrap().to_base64();
+        let e = format!("{:#}", add(&ctx, "x", Some(&hub)).unwrap_err());
+        assert!(e.contains("hub's own key"), "{e}");
+        let e = format!("{:#}", add(&ctx, "bad name", None).unwrap_err());
+        assert!(e.contains("invalid spoke name"), "{e}");
+        let bad_ep = SpokeCtx {
+            endpoint: Some("a b"),
+            ..ctx
+        };
+        assert!(add(&bad_ep, "x", None).is_err());
+        assert!(f.state.registry().load().unwrap().is_empty());
+        add(&ctx, "x", None).unwrap();
+        let e = format!("{:#}", add(&ctx, "x", None).unwrap_err());
+        assert!(e.contains("already exists"), "{e}");
+        let k = f
+            .state
+            .registry()
+            .load()
+            .unwrap()
+            .get("x")
+            .unwrap()
+            .public_key
+            .to_base64();
+        let e = format!("{:#}", add(&ctx, "y", Some(&k)).unwrap_err());
+        assert!(
+            e.contains("spoke \"x\" already uses this public key"),
+            "{e}"
+        );
+        assert_eq!(f.state.registry().load().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn list_and_remove() {
+        let f = Fixture::new("cmd-list");
+        let ctx = f.ctx();
+        assert!(list(&ctx).unwrap().starts_with("no spokes registered"));
+        let k1 = Key([1; 32]).to_base64();
+        let k2 = Key([2; 32]).to_base64();
+        add(&ctx, "alpha", Some(&k1)).unwrap();
+        add(&ctx, "b", Some(&k2)).unwrap();
+        let expected = format!(
+            "NAME   ADDRESS    PUBLIC KEY                                    ID\n\
+             alpha  10.88.0.2  {k1}  1\n\
+             b      10.88.0.3  {k2}  2\n"
+        );
+        assert_eq!(list(&ctx).unwrap(), expected);
+        let out = remove(&ctx, "alpha").unwrap();
+        assert!(
+            out.starts_with("removed spoke alpha (address 10.88.0.2, id 1)\n"),
+            "{out}"
+        );
+        let e = format!("{:#}", remove(&ctx, "alpha").unwrap_err());
+        assert!(e.contains("no spoke named \"alpha\""), "{e}");
+        let e = format!("{:#}", config(&ctx, "alpha").unwrap_err());
+        assert!(e.contains("no spoke named \"alpha\""), "{e}");
+        assert_eq!(
+            remove(&ctx, "b").unwrap(),
+            "removed spoke b (address 10.88.0.3, id 2)\n"
+        );
+    }
+
+    #[test]
+    fn changed_net_is_reported() {
+        let f = Fixture::new("cmd-net");
+        add(&f.ctx(), "a", None).unwrap();
+        let other: TunnelNet = "10.99.0.0/24".parse().unwrap();
+        let ctx = SpokeCtx {
+            net: &other,
+            ..f.ctx()
+        };
+        let e = format!("{:#}", list(&ctx).unwrap_err());
+        assert!(
+            e.contains("not a usable host of the tunnel network 10.99.0.0/24"),
+            "{e}"
+        );
+        assert!(add(&ctx, "b", None).is_err());
+        assert!(config(&ctx, "a").is_err());
+    }
+
+    #[test]
+    fn corrupt_registry_fails_every_command() {
+        let f = Fixture::new("cmd-corrupt");
+        let path = f.state.path().join("spokes.json");
+        std::fs::write(&path, "{\"version\": 1, \"spokes\": [}").unwrap();
+        let ctx = f.ctx();
+        for e in [
+            list(&ctx).unwrap_err(),
+            add(&ctx, "a", None).unwrap_err(),
+            config(&ctx, "a").unwrap_err(),
+        ] {
+            let msg = format!("{e:#}");
+            assert!(
+                msg.contains(&path.display().to_string()) && msg.contains("line 1 column"),
+                "{msg}"
+            );
+        }
+        assert!(Path::new(&path).exists());
+    }
+
+    #[test]
+    fn ipv6_endpoint_and_guess_note() {
+        let f = Fixture::new("cmd-v6");
+        let ctx = SpokeCtx {
+            endpoint: Some("2001:db8::7"),
+            port: 4500,
+            ..f.ctx()
+        };
+        let out = add(&ctx, "a", None).unwrap();
+        assert_eq!(value(&out, "Endpoint"), ["[2001:db8::7]:4500"]);
+        // Without --endpoint the address is guessed (if this sandbox has a
+        // default route) and the file says so.
+        let guess = SpokeCtx {
+            endpoint: None,
+            ..f.ctx()
+        };
+        match config(&guess, "a") {
+            Ok(out) => assert!(out.starts_with("# Endpoint ") && out.contains("--endpoint")),
+            Err(e) => assert!(e.to_string().contains("--endpoint"), "{e}"),
+        }
+    }
+}
