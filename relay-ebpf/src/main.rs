@@ -1,16 +1,188 @@
+//! relayhub's XDP program.
+//!
+//! `relay` fast-paths WireGuard frames between spokes by receiver index
+//! (see DESIGN.md, "Data path"); everything it does not relay goes up the
+//! stack with XDP_PASS. `xdp_pass` only passes (attached to veth peers so
+//! that XDP_TX frames are delivered).
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+mod counters;
+mod forward;
+mod initiation;
+mod lookup;
+mod maps;
+mod mem;
+mod parse;
+mod rewrite;
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    helpers::generated::bpf_ktime_get_ns,
+    macros::xdp,
+    programs::XdpContext,
+};
+use core::mem::MaybeUninit;
+use relay_common::{
+    Endpoint, NO_SLOT, counter,
+    wire::{
+        KEEPALIVE_LEN, MSG_INITIATION, MSG_RESPONSE, MSG_TRANSPORT, RECEIVER_OFF,
+        RESPONSE_RECEIVER_OFF, SENDER_OFF,
+    },
+};
+
+use crate::{
+    counters::inc,
+    forward::Next,
+    maps::CONFIG,
+    parse::{ETH_P_IP, ETH_P_IPV6, Ip, L3, V4, V6, be16, fill_endpoint, read},
+};
 
 #[xdp]
-pub fn relay(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
+pub fn relay(ctx: XdpContext) -> u32 {
+    // Err: the frame is shorter than a header we had to read.
+    try_relay(&ctx).unwrap_or(XDP_PASS)
 }
 
 #[xdp]
 pub fn xdp_pass(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
+    XDP_PASS
+}
+
+#[inline(always)]
+fn try_relay(ctx: &XdpContext) -> Result<u32, ()> {
+    let eth = read::<14>(ctx, 0)?;
+    match be16(eth[12], eth[13]) {
+        ETH_P_IP => relay_ip::<V4>(ctx),
+        ETH_P_IPV6 => relay_ip::<V6>(ctx),
+        _ => Ok(XDP_PASS),
+    }
+}
+
+#[inline(always)]
+fn le32(b: &[u8; 16], off: usize) -> u32 {
+    u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
+}
+
+#[inline(always)]
+fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
+    let port = match CONFIG.get(0) {
+        Some(c) if c.port != 0 => c.port,
+        _ => return Ok(XDP_PASS),
+    };
+    let ip_payload_len = match I::parse(ctx, port)? {
+        L3::Ignore => return Ok(XDP_PASS),
+        L3::Unsupported => {
+            inc(counter::PASS_UNSUPPORTED);
+            return Ok(XDP_PASS);
+        }
+        L3::Malformed => {
+            inc(counter::SEEN);
+            inc(counter::PASS_MALFORMED);
+            return Ok(XDP_PASS);
+        }
+        L3::Udp { ip_payload_len } => ip_payload_len,
+    };
+    inc(counter::SEEN);
+    let Some(msg) = parse::wireguard::<I>(ctx, ip_payload_len)? else {
+        inc(counter::PASS_MALFORMED);
+        return Ok(XDP_PASS);
+    };
+
+    // The source endpoint, built in place (it is a map key).
+    let mut src_ep = MaybeUninit::<Endpoint>::uninit();
+    let h = parse::check(ctx, 0, I::WG_OFF)?;
+    // SAFETY: offsets inside the checked header.
+    let src_ep = unsafe {
+        let udp = h.add(I::UDP_OFF);
+        fill_endpoint::<I>(
+            src_ep.as_mut_ptr(),
+            h.add(I::SRC_OFF),
+            be16(*udp, *udp.add(1)),
+        );
+        src_ep.assume_init_ref()
+    };
+    let src_slot = lookup::source_slot(src_ep);
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let src_counters = src_slot.and_then(counters::slot);
+    if let Some(c) = src_counters {
+        // SAFETY: per-CPU map value.
+        unsafe { (*c).last_rx_ns = now };
+    }
+
+    if msg.kind == MSG_INITIATION {
+        initiation::queue::<I>(ctx, src_slot.unwrap_or(NO_SLOT))?;
+        return Ok(XDP_PASS);
+    }
+
+    let Some(slot) = src_slot else {
+        inc(counter::PASS_UNKNOWN_SOURCE);
+        return Ok(XDP_PASS);
+    };
+    // Types 2, 3 and 4 are at least 32 bytes long.
+    let hdr = read::<16>(ctx, I::WG_OFF)?;
+    let receiver = if msg.kind == MSG_RESPONSE {
+        le32(&hdr, RESPONSE_RECEIVER_OFF)
+    } else {
+        le32(&hdr, RECEIVER_OFF)
+    };
+    let keepalive = msg.kind == MSG_TRANSPORT && msg.len == KEEPALIVE_LEN;
+
+    let Some(session) = lookup::session(slot, receiver) else {
+        // The hub's own WireGuard session.
+        inc(counter::PASS_NO_SESSION);
+        if let Some(c) = src_counters {
+            counters::to_hub(c, keepalive, now);
+        }
+        return Ok(XDP_PASS);
+    };
+    // SAFETY: map value pointer from this run.
+    let dst_slot = unsafe { (*session).dst_slot };
+    if dst_slot == slot {
+        inc(counter::DROP_LOOP);
+        return Ok(XDP_DROP);
+    }
+    let Some(dst) = lookup::destination(dst_slot) else {
+        inc(counter::DROP_NO_DESTINATION);
+        return Ok(XDP_DROP);
+    };
+    let dst_ep = &dst.endpoint;
+    lookup::touch(session, now);
+    if dst_ep.family != I::FAMILY {
+        inc(counter::PASS_CROSS_FAMILY);
+        return Ok(XDP_PASS);
+    }
+    if msg.kind == MSG_RESPONSE
+        && lookup::learn_response(dst_slot, le32(&hdr, SENDER_OFF), slot, now)
+    {
+        inc(counter::RESPONSE_LEARNED);
+    }
+
+    rewrite::rewrite::<I>(ctx, dst_ep)?;
+    // Whole IP packet length, for the MTU check.
+    let ip_len = (ip_payload_len + I::IP_LEN) as u16;
+    let action = match forward::forward::<I>(ctx, ip_len)? {
+        Next::Sent(action) => action,
+        Next::Fallback => {
+            inc(counter::FIB_FALLBACK);
+            XDP_TX
+        }
+        Next::NoRoute => {
+            inc(counter::DROP_NO_ROUTE);
+            return Ok(XDP_DROP);
+        }
+    };
+
+    counters::relayed(
+        msg.kind,
+        msg.len as u64,
+        keepalive,
+        now,
+        src_counters,
+        dst_slot,
+    );
+    Ok(action)
 }
 
 #[cfg(not(test))]

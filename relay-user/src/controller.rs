@@ -229,6 +229,8 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
     let state = StateDir::open(&cfg.state_dir)?;
     let store = state.registry();
     let registry = store.load()?;
+    // The file does not record the network: catch a changed --network.
+    registry.check_net(&cfg.net)?;
     let stamp = store.stamp().ok();
     let hub_key = state.hub_key()?;
     let hub_public = hub_key.get_public();

@@ -81,6 +81,7 @@ pub enum RegistryError {
     UnsupportedVersion { path: PathBuf, found: u64 },
     #[error("{path}: {source}; check that the state directory exists and is writable by this user")]
     Io { path: PathBuf, source: io::Error },
+    /// For other store implementations (a shared store's own failures).
     #[error("{0}")]
     Other(String),
 }
@@ -771,8 +772,10 @@ mod tests {
 
     #[test]
     fn hub_address_skipped_even_when_not_first() {
-        let mut n = TunnelNet::default();
-        n.hub = Ipv4Addr::new(10, 88, 0, 3);
+        let n = TunnelNet {
+            hub: Ipv4Addr::new(10, 88, 0, 3),
+            ..TunnelNet::default()
+        };
         let mut r = Registry::new();
         let a = r.add("a", key(1), &n).unwrap().address;
         let b = r.add("b", key(2), &n).unwrap().address;

@@ -145,10 +145,10 @@ fn read_key(path: &Path) -> Result<Option<Key>, StateError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(StateError::io(path, e)),
     };
-    if let Ok(m) = fs::metadata(path) {
-        if m.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(path = %path.display(), "hub key is readable by other users; chmod 600 it");
-        }
+    if let Ok(m) = fs::metadata(path)
+        && m.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(path = %path.display(), "hub key is readable by other users; chmod 600 it");
     }
     let key = std::str::from_utf8(&text).ok().and_then(parse_key);
     key.map(Some).ok_or_else(|| StateError::CorruptKey {

@@ -1,0 +1,99 @@
+//! Next hop: bpf_fib_lookup, Ethernet addresses, TX or redirect.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{
+        BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup, xdp_action,
+    },
+    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect},
+    programs::XdpContext,
+};
+use core::{
+    mem::{MaybeUninit, size_of},
+    ptr::addr_of_mut,
+};
+
+use crate::{
+    mem,
+    parse::{IPPROTO_UDP, Ip, check},
+};
+
+pub enum Next {
+    /// Routed: XDP_TX or XDP_REDIRECT (the action to return).
+    Sent(u32),
+    /// Forwarding disabled or no neighbour entry: sent back to the L2
+    /// neighbour it came from (XDP_TX).
+    Fallback,
+    /// No route: drop.
+    NoRoute,
+}
+
+/// Route the (already rewritten) frame whose IP total length is `ip_len`
+/// and set its Ethernet addresses.
+#[inline(always)]
+pub fn forward<I: Ip>(ctx: &XdpContext, ip_len: u16) -> Result<Next, ()> {
+    let h = check(ctx, 0, I::WG_OFF)?;
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let mut params = MaybeUninit::<bpf_fib_lookup>::uninit();
+    // SAFETY: plain C struct (align 4, 64 bytes), all-zero is valid. Zeroed
+    // and used in place: moving it would become a memset call.
+    let p = unsafe {
+        mem::zero32(params.as_mut_ptr().cast(), size_of::<bpf_fib_lookup>() / 4);
+        params.assume_init_mut()
+    };
+    p.family = I::AF;
+    p.l4_protocol = IPPROTO_UDP;
+    p.__bindgen_anon_1.tot_len = ip_len;
+    p.ifindex = ifindex;
+    // SAFETY: offsets inside the checked header; the address unions are 16
+    // bytes, ADDR_LEN <= 16; ports stay in network order.
+    unsafe {
+        let udp = h.add(I::UDP_OFF);
+        p.sport = u16::from_ne_bytes([*udp, *udp.add(1)]);
+        p.dport = u16::from_ne_bytes([*udp.add(2), *udp.add(3)]);
+        mem::copy(
+            addr_of_mut!(p.__bindgen_anon_3).cast::<u8>(),
+            h.add(I::SRC_OFF),
+            I::ADDR_LEN,
+        );
+        mem::copy(
+            addr_of_mut!(p.__bindgen_anon_4).cast::<u8>(),
+            h.add(I::DST_OFF),
+            I::ADDR_LEN,
+        );
+    }
+
+    // SAFETY: `p` lives on the stack for the call; the size is the struct's.
+    let rc = unsafe { fib_lookup(ctx.as_ptr(), p, size_of::<bpf_fib_lookup>() as i32, 0) };
+    // Re-check: the pointer must not be carried across the helper call.
+    let h = check(ctx, 0, 12)?;
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            // SAFETY: 12 bytes checked.
+            unsafe {
+                mem::copy(h, p.dmac.as_ptr(), 6);
+                mem::copy(h.add(6), p.smac.as_ptr(), 6);
+            }
+            if p.ifindex == ifindex {
+                Ok(Next::Sent(xdp_action::XDP_TX))
+            } else {
+                // SAFETY: plain helper call.
+                let act = unsafe { bpf_redirect(p.ifindex, 0) };
+                Ok(Next::Sent(act as u32))
+            }
+        }
+        BPF_FIB_LKUP_RET_FWD_DISABLED | BPF_FIB_LKUP_RET_NO_NEIGH => {
+            // SAFETY: 12 bytes checked.
+            unsafe {
+                for i in 0..6 {
+                    let d = *h.add(i);
+                    *h.add(i) = *h.add(6 + i);
+                    *h.add(6 + i) = d;
+                }
+            }
+            Ok(Next::Fallback)
+        }
+        _ => Ok(Next::NoRoute),
+    }
+}

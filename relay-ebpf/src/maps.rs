@@ -1,0 +1,40 @@
+//! Map declarations. Names, key and value types come from `relay-common`;
+//! the static names are the map names the loader looks up.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use relay_common::{
+    Endpoint, HubConfig, INITIATIONS_RING_BYTES, MAX_ENDPOINTS, MAX_SESSIONS, MAX_SLOTS,
+    SessionKey, SessionValue, SlotCounters, SpokeSlot, counter,
+};
+
+/// Authenticated spoke endpoint -> slot.
+#[map]
+pub static ENDPOINT_SLOTS: HashMap<Endpoint, u32> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+/// Slot -> the spoke's current endpoint and flags.
+#[map]
+pub static SLOTS: Array<SpokeSlot> = Array::with_max_entries(MAX_SLOTS, 0);
+
+/// (sender slot, receiver index) -> destination slot.
+#[map]
+pub static SESSIONS: LruHashMap<SessionKey, SessionValue> =
+    LruHashMap::with_max_entries(MAX_SESSIONS, 0);
+
+/// Index 0: the hub configuration.
+#[map]
+pub static CONFIG: Array<HubConfig> = Array::with_max_entries(1, 0);
+
+/// Per slot, per CPU traffic counters.
+#[map]
+pub static SLOT_COUNTERS: PerCpuArray<SlotCounters> = PerCpuArray::with_max_entries(MAX_SLOTS, 0);
+
+/// Global per CPU counters indexed by `relay_common::counter`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Copies of initiations for the controller.
+#[map]
+pub static INITIATIONS: RingBuf = RingBuf::with_byte_size(INITIATIONS_RING_BYTES, 0);

@@ -1,0 +1,104 @@
+//! Address/port rewrite and checksum maintenance.
+//!
+//! Everything works on the frame in place through one bounds-checked header
+//! pointer: addresses are never copied into registers byte by byte (that
+//! blows the 512-byte BPF stack with spills).
+
+use aya_ebpf::programs::XdpContext;
+use relay_common::Endpoint;
+
+use crate::{
+    mem,
+    parse::{ETH_LEN, Ip, be16, check},
+};
+
+/// Outgoing TTL / hop limit of relayed frames.
+pub const RELAY_TTL: u8 = 64;
+
+/// Fold a 32-bit one's complement accumulator to 16 bits.
+#[inline(always)]
+fn fold(mut acc: u32) -> u16 {
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc as u16
+}
+
+/// Sum of the `n` big-endian 16-bit words at `p` (complemented words when
+/// `not`, i.e. subtracting them).
+///
+/// # Safety
+/// `p` readable for `2 * n` bytes.
+#[inline(always)]
+unsafe fn sum_words(p: *const u8, n: usize, not: bool) -> u32 {
+    let mut acc = 0u32;
+    for i in 0..n {
+        let w = unsafe { be16(*p.add(2 * i), *p.add(2 * i + 1)) };
+        acc += if not { !w } else { w } as u32;
+    }
+    acc
+}
+
+#[inline(always)]
+fn put16(p: *mut u8, v: u16) {
+    let b = v.to_be_bytes();
+    // SAFETY: callers pass pointers inside the checked header.
+    unsafe {
+        *p = b[0];
+        *p.add(1) = b[1];
+    }
+}
+
+/// Rewrite a frame for relaying to `dst`: new source = old destination
+/// (the hub's address and port), new destination = `dst`; TTL / hop limit
+/// [`RELAY_TTL`]; checksums fixed. The payload is untouched.
+///
+/// UDP checksum (RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m')): the pseudo
+/// header and port words change from (src, dst, sport, dport) to (dst,
+/// dst', dport, dport'), so the sum changes by dst' - src + dport' - sport.
+/// IPv4 with checksum 0 ("none") stays 0; a computed 0 is sent as 0xffff.
+#[inline(always)]
+pub fn rewrite<I: Ip>(ctx: &XdpContext, dst: &Endpoint) -> Result<(), ()> {
+    let h = check(ctx, 0, I::WG_OFF)?;
+    // SAFETY: all offsets below are < I::WG_OFF (checked above); `dst` is a
+    // map value with a 16-byte address.
+    unsafe {
+        let src_addr = h.add(I::SRC_OFF);
+        let dst_addr = h.add(I::DST_OFF);
+        let udp = h.add(I::UDP_OFF);
+        let new_addr = dst.addr.as_ptr();
+        let words = I::ADDR_LEN / 2;
+
+        let csum = be16(*udp.add(6), *udp.add(7));
+        if !(I::ZERO_CSUM_OK && csum == 0) {
+            let sport = be16(*udp, *udp.add(1));
+            let acc = (!csum) as u32
+                + sum_words(src_addr, words, true)
+                + sum_words(new_addr, words, false)
+                + (!sport) as u32
+                + dst.port as u32;
+            let c = match !fold(acc) {
+                0 => 0xffff,
+                c => c,
+            };
+            put16(udp.add(6), c);
+        }
+
+        mem::copy(src_addr, dst_addr, I::ADDR_LEN);
+        mem::copy(dst_addr, new_addr, I::ADDR_LEN);
+        // Source port = the hub port the frame was sent to.
+        *udp = *udp.add(2);
+        *udp.add(1) = *udp.add(3);
+        put16(udp.add(2), dst.port);
+        *h.add(I::TTL_OFF) = RELAY_TTL;
+
+        if I::HEADER_CSUM {
+            // IPv4 header checksum, recomputed over the 20 bytes.
+            let ip = h.add(ETH_LEN);
+            *ip.add(10) = 0;
+            *ip.add(11) = 0;
+            let c = !fold(sum_words(ip, 10, false));
+            put16(ip.add(10), c);
+        }
+    }
+    Ok(())
+}

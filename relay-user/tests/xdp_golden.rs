@@ -1,0 +1,1600 @@
+//! Golden-packet tests of the XDP relay, run in the kernel with
+//! BPF_PROG_TEST_RUN (Katran style): a table of cases, each an input frame,
+//! the expected action, the expected output frame and the expected counter
+//! deltas.
+//!
+//! Needs root (BPF, network namespaces). Run with
+//! `cargo test -p relay-user --test xdp_golden`.
+//!
+//! Each test creates its own network namespace (`rhg-<pid>-<n>`, removed by
+//! a drop guard) with a veth pair whose end `rhg0` plays the hub's NIC: the
+//! hub addresses, a gateway with a PERMANENT neighbour entry and routes to
+//! the spokes' networks, so that `bpf_fib_lookup` from the program gives
+//! known results. The test thread enters the namespace so that the ingress
+//! ifindex passed in `ctx_in` resolves there.
+//!
+//! Expected frames are built from scratch with full checksum computation
+//! (never by applying the program's incremental update), and every output
+//! frame's checksums are verified by full recomputation as well.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    net::{Ipv4Addr, Ipv6Addr},
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use aya::{
+    Ebpf, EbpfLoader, TestRun, TestRunOptions,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::Xdp,
+};
+use relay_common::{
+    Endpoint, HubConfig, InitiationEvent, MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINT_SLOTS,
+    MAP_INITIATIONS, MAP_SESSIONS, MAP_SLOT_COUNTERS, MAP_SLOTS, NO_SLOT, PROG_RELAY,
+    SESSION_FROM_INITIATION, SESSION_FROM_RESPONSE, SLOT_ACTIVE, SessionKey, SessionValue,
+    SlotCounters, SpokeSlot,
+    counter::{self, *},
+};
+
+// ---------------------------------------------------------------------------
+// Topology constants.
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+
+const PORT: u16 = 51820;
+
+const HUB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+/// The gateway towards the spokes (PERMANENT neighbour, v4 and v6).
+const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+/// Second NIC (redirect target) and its gateway.
+const HUB2_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x01];
+const HUB2_PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x02];
+const GW2_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0xfe];
+/// Some other L2 neighbour a frame arrived from (fallback cases).
+const OTHER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
+
+const HUB4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const HUB6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+
+/// Spokes: (slot, address, port).
+const A: Spoke = Spoke::v4(1, [203, 0, 113, 10], 40000);
+const B: Spoke = Spoke::v4(2, [203, 0, 113, 20], 50000);
+/// Behind the second NIC: relaying to it is an XDP_REDIRECT.
+const C: Spoke = Spoke::v4(3, [100, 64, 0, 30], 60000);
+const D: Spoke = Spoke::v6(4, [0x2001, 0xdb8, 0x99, 0, 0, 0, 0, 0x10], 41000);
+const E: Spoke = Spoke::v6(5, [0x2001, 0xdb8, 0x99, 0, 0, 0, 0, 0x20], 51000);
+/// Active, no endpoint.
+const SLOT_NO_ENDPOINT: u32 = 6;
+/// Endpoint known but slot not active.
+const INACTIVE: Spoke = Spoke::v4(7, [203, 0, 113, 70], 47000);
+/// Routed via a gateway without neighbour entry: NO_NEIGH -> fallback.
+const F: Spoke = Spoke::v4(8, [203, 0, 114, 40], 45000);
+/// No route at all.
+const G: Spoke = Spoke::v4(9, [10, 255, 0, 9], 1234);
+/// Not registered at all.
+const STRANGER: Spoke = Spoke::v4(0, [203, 0, 113, 99], 40000);
+const MAX_TEST_SLOT: u32 = 10;
+
+// Sessions (sender slot, receiver index) -> destination slot.
+const R_A_TO_B: u32 = 0x1111_1111;
+const R_LOOP: u32 = 0x3333_3333;
+const R_NO_DEST: u32 = 0x4444_4444;
+const R_CROSS: u32 = 0x5555_5555;
+const R_D_TO_E: u32 = 0x6666_6666;
+const R_A_TO_C: u32 = 0x7777_7777;
+const R_A_TO_F: u32 = 0x8888_8888;
+const R_A_TO_G: u32 = 0x9999_9999;
+const R_A_TO_INACTIVE: u32 = 0x1212_1212;
+/// A's sender index in its initiation to B (B's response is sent to it).
+const IDX_A: u32 = 0xaaaa_0001;
+/// B's sender index in its response.
+const IDX_B: u32 = 0xbbbb_0001;
+/// A second handshake of A, answered with a cookie reply by B.
+const IDX_A2: u32 = 0xaaaa_0002;
+/// No session anywhere: the hub's own.
+const R_HUB: u32 = 0xdead_beef;
+
+#[derive(Clone, Copy, Debug)]
+enum Addr {
+    V4(Ipv4Addr),
+    V6(Ipv6Addr),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Spoke {
+    slot: u32,
+    addr: Addr,
+    port: u16,
+}
+
+impl Spoke {
+    const fn v4(slot: u32, a: [u8; 4], port: u16) -> Self {
+        Self {
+            slot,
+            addr: Addr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3])),
+            port,
+        }
+    }
+
+    const fn v6(slot: u32, a: [u16; 8], port: u16) -> Self {
+        Self {
+            slot,
+            addr: Addr::V6(Ipv6Addr::new(
+                a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7],
+            )),
+            port,
+        }
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        match self.addr {
+            Addr::V4(a) => Endpoint::v4(a.octets(), self.port),
+            Addr::V6(a) => Endpoint::v6(a.octets(), self.port),
+        }
+    }
+
+    /// The hub address of the same family.
+    fn hub(&self) -> Addr {
+        match self.addr {
+            Addr::V4(_) => Addr::V4(HUB4),
+            Addr::V6(_) => Addr::V6(HUB6),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Frame construction, from scratch.
+
+/// One's complement sum of `data` (big-endian words, odd tail padded).
+fn sum16(data: &[u8], mut acc: u64) -> u64 {
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        acc += u16::from_be_bytes([c[0], c[1]]) as u64;
+    }
+    if let [b] = chunks.remainder() {
+        acc += (*b as u64) << 8;
+    }
+    acc
+}
+
+fn fold(mut acc: u64) -> u16 {
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+fn pseudo_header(src: Addr, dst: Addr, udp_len: usize) -> Vec<u8> {
+    let mut p = Vec::new();
+    match (src, dst) {
+        (Addr::V4(s), Addr::V4(d)) => {
+            p.extend(s.octets());
+            p.extend(d.octets());
+            p.extend([0, 17]);
+            p.extend((udp_len as u16).to_be_bytes());
+        }
+        (Addr::V6(s), Addr::V6(d)) => {
+            p.extend(s.octets());
+            p.extend(d.octets());
+            p.extend((udp_len as u32).to_be_bytes());
+            p.extend([0, 0, 0, 17]);
+        }
+        _ => panic!("mixed families"),
+    }
+    p
+}
+
+/// Full UDP checksum of `udp` (header with checksum field zero + payload).
+fn udp_checksum(src: Addr, dst: Addr, udp: &[u8]) -> u16 {
+    let acc = sum16(&pseudo_header(src, dst, udp.len()), 0);
+    match !fold(sum16(udp, acc)) {
+        0 => 0xffff,
+        c => c,
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Csum {
+    /// Complete, correct checksum (as from a real wire).
+    Full,
+    /// IPv4 "no checksum".
+    Zero,
+}
+
+#[derive(Clone, Debug)]
+struct Frame {
+    eth_dst: [u8; 6],
+    eth_src: [u8; 6],
+    src: Addr,
+    dst: Addr,
+    ttl: u8,
+    sport: u16,
+    dport: u16,
+    payload: Vec<u8>,
+    csum: Csum,
+}
+
+impl Frame {
+    /// A frame from spoke `s` to the hub port, as it arrives at the hub.
+    fn from_spoke(s: &Spoke, payload: Vec<u8>) -> Self {
+        Self {
+            eth_dst: HUB_MAC,
+            eth_src: GW_MAC,
+            src: s.addr,
+            dst: s.hub(),
+            ttl: 57,
+            sport: s.port,
+            dport: PORT,
+            payload,
+            csum: Csum::Full,
+        }
+    }
+
+    /// What the hub must send to spoke `to` for `self` (built afresh).
+    fn relayed_to(&self, to: &Spoke, eth_dst: [u8; 6], eth_src: [u8; 6]) -> Self {
+        Self {
+            eth_dst,
+            eth_src,
+            src: self.dst,
+            dst: to.addr,
+            ttl: 64,
+            sport: self.dport,
+            dport: to.port,
+            payload: self.payload.clone(),
+            csum: self.csum,
+        }
+    }
+
+    fn udp(&self) -> Vec<u8> {
+        let len = 8 + self.payload.len();
+        let mut u = Vec::with_capacity(len);
+        u.extend(self.sport.to_be_bytes());
+        u.extend(self.dport.to_be_bytes());
+        u.extend((len as u16).to_be_bytes());
+        u.extend([0, 0]);
+        u.extend(&self.payload);
+        if self.csum == Csum::Full {
+            let c = udp_checksum(self.src, self.dst, &u);
+            u[6..8].copy_from_slice(&c.to_be_bytes());
+        }
+        u
+    }
+
+    fn build(&self) -> Vec<u8> {
+        let udp = self.udp();
+        let mut f = Vec::new();
+        f.extend(self.eth_dst);
+        f.extend(self.eth_src);
+        match (self.src, self.dst) {
+            (Addr::V4(s), Addr::V4(d)) => {
+                f.extend(0x0800u16.to_be_bytes());
+                let mut ip = vec![0x45, 0];
+                ip.extend(((20 + udp.len()) as u16).to_be_bytes());
+                ip.extend([0x12, 0x34, 0x40, 0x00, self.ttl, 17, 0, 0]);
+                ip.extend(s.octets());
+                ip.extend(d.octets());
+                let c = !fold(sum16(&ip, 0));
+                ip[10..12].copy_from_slice(&c.to_be_bytes());
+                f.extend(ip);
+            }
+            (Addr::V6(s), Addr::V6(d)) => {
+                f.extend(0x86ddu16.to_be_bytes());
+                f.extend([0x60, 0, 0, 0]);
+                f.extend((udp.len() as u16).to_be_bytes());
+                f.extend([17, self.ttl]);
+                f.extend(s.octets());
+                f.extend(d.octets());
+            }
+            _ => panic!("mixed families"),
+        }
+        f.extend(udp);
+        f
+    }
+}
+
+/// Deterministic filler bytes.
+fn filler(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn wg_header(kind: u8) -> Vec<u8> {
+    vec![kind, 0, 0, 0]
+}
+
+fn initiation(sender: u32) -> Vec<u8> {
+    let mut m = wg_header(1);
+    m.extend(sender.to_le_bytes());
+    m.extend(filler(1, 140));
+    assert_eq!(m.len(), 148);
+    m
+}
+
+fn response(sender: u32, receiver: u32) -> Vec<u8> {
+    let mut m = wg_header(2);
+    m.extend(sender.to_le_bytes());
+    m.extend(receiver.to_le_bytes());
+    m.extend(filler(2, 80));
+    assert_eq!(m.len(), 92);
+    m
+}
+
+fn cookie_reply(receiver: u32) -> Vec<u8> {
+    let mut m = wg_header(3);
+    m.extend(receiver.to_le_bytes());
+    m.extend(filler(3, 56));
+    assert_eq!(m.len(), 64);
+    m
+}
+
+/// Transport message with `data` bytes of ciphertext before the tag.
+fn transport(receiver: u32, data: usize) -> Vec<u8> {
+    let mut m = wg_header(4);
+    m.extend(receiver.to_le_bytes());
+    m.extend(7u64.to_le_bytes());
+    m.extend(filler(4, data + 16));
+    m
+}
+
+fn keepalive(receiver: u32) -> Vec<u8> {
+    transport(receiver, 0)
+}
+
+/// Verify the IPv4 header and UDP checksums of a frame by full
+/// recomputation (and that IPv6 UDP checksums are never zero).
+fn verify_checksums(f: &[u8]) {
+    let ethertype = u16::from_be_bytes([f[12], f[13]]);
+    let (src, dst, udp_off) = match ethertype {
+        0x0800 => {
+            let ip = &f[14..34];
+            assert_eq!(fold(sum16(ip, 0)), 0xffff, "IPv4 header checksum");
+            let s: [u8; 4] = ip[12..16].try_into().unwrap();
+            let d: [u8; 4] = ip[16..20].try_into().unwrap();
+            (Addr::V4(s.into()), Addr::V4(d.into()), 34)
+        }
+        0x86dd => {
+            let s: [u8; 16] = f[22..38].try_into().unwrap();
+            let d: [u8; 16] = f[38..54].try_into().unwrap();
+            (Addr::V6(s.into()), Addr::V6(d.into()), 54)
+        }
+        other => panic!("ethertype {other:#x}"),
+    };
+    let udp = &f[udp_off..];
+    let len = u16::from_be_bytes([udp[4], udp[5]]) as usize;
+    let udp = &udp[..len];
+    let c = u16::from_be_bytes([udp[6], udp[7]]);
+    if c == 0 {
+        assert!(matches!(src, Addr::V4(_)), "IPv6 UDP checksum zero");
+        return;
+    }
+    let acc = sum16(&pseudo_header(src, dst, udp.len()), 0);
+    assert_eq!(fold(sum16(udp, acc)), 0xffff, "UDP checksum");
+}
+
+// ---------------------------------------------------------------------------
+// Network namespace.
+
+static NS_SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace the test thread lives in until dropped.
+struct Netns {
+    name: String,
+    orig: File,
+}
+
+impl Netns {
+    fn new() -> Self {
+        let name = format!(
+            "rhg-{}-{}",
+            std::process::id(),
+            NS_SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        run(&["ip", "netns", "add", &name]);
+        let orig = File::open("/proc/thread-self/ns/net").expect("own netns");
+        let ns = Self { name, orig };
+        let f = File::open(format!("/run/netns/{}", ns.name)).expect("netns file");
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        ns
+    }
+
+    fn ip(&self, args: &str) {
+        let mut v = vec!["ip", "-n", &self.name];
+        v.extend(args.split_whitespace());
+        run(&v);
+    }
+
+    fn sysctl(&self, kv: &str) {
+        run(&["ip", "netns", "exec", &self.name, "sysctl", "-qw", kv]);
+    }
+
+    fn ifindex(&self, dev: &str) -> u32 {
+        // The thread is inside the namespace.
+        let c = std::ffi::CString::new(dev).unwrap();
+        let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        assert_ne!(i, 0, "ifindex of {dev}");
+        i
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = nix::sched::setns(&self.orig, nix::sched::CloneFlags::CLONE_NEWNET);
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The hub's NICs: `rhg0` (towards spokes A, B, F, G and the IPv6 ones)
+/// and `rhg1` (towards C).
+fn topology(ns: &Netns, forwarding: bool) -> (u32, u32) {
+    ns.ip(&format!(
+        "link add rhg0 address {} type veth peer name rhg0p address {}",
+        mac(HUB_MAC),
+        mac(PEER_MAC)
+    ));
+    ns.ip(&format!(
+        "link add rhg1 address {} type veth peer name rhg1p address {}",
+        mac(HUB2_MAC),
+        mac(HUB2_PEER_MAC)
+    ));
+    for dev in ["lo", "rhg0", "rhg0p", "rhg1", "rhg1p"] {
+        ns.ip(&format!("link set {dev} up"));
+    }
+    ns.ip("addr add 198.51.100.1/24 dev rhg0");
+    ns.ip("addr add 2001:db8:1::1/64 dev rhg0 nodad");
+    ns.ip("addr add 192.0.2.1/24 dev rhg1");
+    ns.ip(&format!(
+        "neigh add 198.51.100.254 lladdr {} nud permanent dev rhg0",
+        mac(GW_MAC)
+    ));
+    ns.ip(&format!(
+        "neigh add 2001:db8:1::fe lladdr {} nud permanent dev rhg0",
+        mac(GW_MAC)
+    ));
+    ns.ip(&format!(
+        "neigh add 192.0.2.254 lladdr {} nud permanent dev rhg1",
+        mac(GW2_MAC)
+    ));
+    ns.ip("route add 203.0.113.0/24 via 198.51.100.254 dev rhg0");
+    ns.ip("route add 2001:db8:99::/64 via 2001:db8:1::fe dev rhg0");
+    ns.ip("route add 100.64.0.0/24 via 192.0.2.254 dev rhg1");
+    // No neighbour entry for this gateway.
+    ns.ip("route add 203.0.114.0/24 via 198.51.100.253 dev rhg0");
+    let f = if forwarding { "1" } else { "0" };
+    for dev in ["rhg0", "rhg1"] {
+        ns.sysctl(&format!("net.ipv4.conf.{dev}.forwarding={f}"));
+        ns.sysctl(&format!("net.ipv6.conf.{dev}.forwarding={f}"));
+    }
+    (ns.ifindex("rhg0"), ns.ifindex("rhg1"))
+}
+
+// ---------------------------------------------------------------------------
+// The program and its maps.
+
+struct Hub {
+    ebpf: Ebpf,
+    endpoint_slots: HashMap<MapData, Endpoint, u32>,
+    slots: Array<MapData, SpokeSlot>,
+    sessions: HashMap<MapData, SessionKey, SessionValue>,
+    config: Array<MapData, HubConfig>,
+    counters: PerCpuArray<MapData, u64>,
+    slot_counters: PerCpuArray<MapData, SlotCounters>,
+    initiations: RingBuf<MapData>,
+    ifindex: u32,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct SlotDelta {
+    rx_packets: u64,
+    rx_bytes: u64,
+    tx_packets: u64,
+    tx_bytes: u64,
+    rx_keepalives: u64,
+    hub_packets: u64,
+    hub_keepalives: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Snapshot {
+    counters: Vec<u64>,
+    slots: Vec<(SlotDelta, u64, u64)>,
+}
+
+impl Hub {
+    fn load(ifindex: u32) -> Self {
+        let lim = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // EPERM here is fine (memcg accounting).
+        unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
+        let mut ebpf = EbpfLoader::new()
+            .load(relay_user::EBPF_OBJECT)
+            .expect("load object");
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROG_RELAY)
+            .expect("relay program")
+            .try_into()
+            .expect("xdp");
+        // The verifier check.
+        prog.load().expect("verifier accepts the relay program");
+        if let Ok(info) = prog.info() {
+            eprintln!(
+                "relay: {:?} instructions verified, {:?} bytes translated",
+                info.verified_instruction_count(),
+                info.size_translated()
+            );
+        }
+        let mut take = |n: &str| ebpf.take_map(n).unwrap_or_else(|| panic!("map {n}"));
+        let endpoint_slots = HashMap::try_from(take(MAP_ENDPOINT_SLOTS)).unwrap();
+        let slots = Array::try_from(take(MAP_SLOTS)).unwrap();
+        let sessions = HashMap::try_from(take(MAP_SESSIONS)).unwrap();
+        let config = Array::try_from(take(MAP_CONFIG)).unwrap();
+        let counters = PerCpuArray::try_from(take(MAP_COUNTERS)).unwrap();
+        let slot_counters = PerCpuArray::try_from(take(MAP_SLOT_COUNTERS)).unwrap();
+        let initiations = RingBuf::try_from(take(MAP_INITIATIONS)).unwrap();
+        let mut hub = Self {
+            ebpf,
+            endpoint_slots,
+            slots,
+            sessions,
+            config,
+            counters,
+            slot_counters,
+            initiations,
+            ifindex,
+        };
+        hub.set_port(PORT);
+        for s in [A, B, C, D, E, F, G] {
+            hub.add_spoke(&s, true);
+        }
+        hub.add_spoke(&INACTIVE, false);
+        hub.slots
+            .set(
+                SLOT_NO_ENDPOINT,
+                SpokeSlot {
+                    endpoint: Endpoint::default(),
+                    flags: SLOT_ACTIVE,
+                },
+                0,
+            )
+            .unwrap();
+        for (src, receiver, dst) in [
+            (A.slot, R_A_TO_B, B.slot),
+            (A.slot, R_LOOP, A.slot),
+            (A.slot, R_NO_DEST, SLOT_NO_ENDPOINT),
+            (A.slot, R_A_TO_INACTIVE, INACTIVE.slot),
+            (A.slot, R_CROSS, D.slot),
+            (D.slot, R_D_TO_E, E.slot),
+            (A.slot, R_A_TO_C, C.slot),
+            (A.slot, R_A_TO_F, F.slot),
+            (A.slot, R_A_TO_G, G.slot),
+            // Installed by the controller when it routed A's initiations.
+            (B.slot, IDX_A, A.slot),
+            (B.slot, IDX_A2, A.slot),
+        ] {
+            hub.add_session(src, receiver, dst);
+        }
+        hub
+    }
+
+    fn set_port(&mut self, port: u16) {
+        self.config
+            .set(
+                0,
+                HubConfig {
+                    port,
+                    ..Default::default()
+                },
+                0,
+            )
+            .unwrap();
+    }
+
+    fn add_spoke(&mut self, s: &Spoke, active: bool) {
+        let ep = s.endpoint();
+        self.endpoint_slots.insert(ep, s.slot, 0).unwrap();
+        self.slots
+            .set(
+                s.slot,
+                SpokeSlot {
+                    endpoint: ep,
+                    flags: if active { SLOT_ACTIVE } else { 0 },
+                },
+                0,
+            )
+            .unwrap();
+    }
+
+    fn add_session(&mut self, src_slot: u32, receiver: u32, dst_slot: u32) {
+        self.sessions
+            .insert(
+                SessionKey { src_slot, receiver },
+                SessionValue {
+                    dst_slot,
+                    flags: SESSION_FROM_INITIATION,
+                    last_seen_ns: 0,
+                },
+                0,
+            )
+            .unwrap();
+    }
+
+    fn session(&self, src_slot: u32, receiver: u32) -> Option<SessionValue> {
+        self.sessions
+            .get(&SessionKey { src_slot, receiver }, 0)
+            .ok()
+    }
+
+    /// Run the program on `frame`: (action, output frame).
+    fn run(&self, frame: &[u8]) -> Result<(u32, Vec<u8>), aya::programs::ProgramError> {
+        self.run_n(frame, 1)
+    }
+
+    /// Run the program `repeat` times on `frame`.
+    fn run_n(
+        &self,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Vec<u8>), aya::programs::ProgramError> {
+        let prog: &Xdp = self.ebpf.program(PROG_RELAY).unwrap().try_into().unwrap();
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex.
+        let md: [u32; 6] = [0, frame.len() as u32, 0, self.ifindex, 0, 0];
+        let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat,
+            ..Default::default()
+        })?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let counters = (0..counter::COUNT)
+            .map(|i| self.counters.get(&i, 0).unwrap().iter().sum())
+            .collect();
+        let slots = (0..MAX_TEST_SLOT)
+            .map(|i| {
+                let v = self.slot_counters.get(&i, 0).unwrap();
+                let mut d = SlotDelta::default();
+                let (mut rx_ns, mut ka_ns) = (0, 0);
+                for c in v.iter() {
+                    d.rx_packets += c.rx_packets;
+                    d.rx_bytes += c.rx_bytes;
+                    d.tx_packets += c.tx_packets;
+                    d.tx_bytes += c.tx_bytes;
+                    d.rx_keepalives += c.rx_keepalives;
+                    d.hub_packets += c.hub_packets;
+                    d.hub_keepalives += c.hub_keepalives;
+                    rx_ns = rx_ns.max(c.last_rx_ns);
+                    ka_ns = ka_ns.max(c.last_keepalive_ns);
+                }
+                (d, rx_ns, ka_ns)
+            })
+            .collect();
+        Snapshot { counters, slots }
+    }
+
+    fn drain_events(&mut self) -> Vec<InitiationEvent> {
+        let mut v = Vec::new();
+        while let Some(item) = self.initiations.next() {
+            assert_eq!(item.len(), size_of::<InitiationEvent>());
+            // SAFETY: repr(C) plain data of exactly this size.
+            v.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<InitiationEvent>()) });
+        }
+        v
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Cases.
+
+struct ExpectedEvent {
+    src: Endpoint,
+    dst: Endpoint,
+    src_slot: u32,
+    frame: Vec<u8>,
+}
+
+struct Case {
+    name: String,
+    input: Vec<u8>,
+    action: u32,
+    /// Expected output for TX / redirect; PASS must leave the frame as is.
+    output: Option<Vec<u8>>,
+    counters: Vec<(u32, u64)>,
+    slots: Vec<(u32, SlotDelta)>,
+    event: Option<ExpectedEvent>,
+    /// Slots whose last_rx_ns must advance.
+    rx_seen: Vec<u32>,
+}
+
+impl Case {
+    fn new(name: impl Into<String>, input: Vec<u8>, action: u32) -> Self {
+        Self {
+            name: name.into(),
+            input,
+            action,
+            output: None,
+            counters: Vec::new(),
+            slots: Vec::new(),
+            event: None,
+            rx_seen: Vec::new(),
+        }
+    }
+
+    fn output(mut self, f: Vec<u8>) -> Self {
+        self.output = Some(f);
+        self
+    }
+
+    fn counters(mut self, c: &[(u32, u64)]) -> Self {
+        self.counters.extend_from_slice(c);
+        self
+    }
+
+    fn slot(mut self, slot: u32, d: SlotDelta) -> Self {
+        self.slots.push((slot, d));
+        self
+    }
+
+    fn rx_seen(mut self, slot: u32) -> Self {
+        self.rx_seen.push(slot);
+        self
+    }
+}
+
+fn name_of(idx: u32) -> &'static str {
+    counter::NAMES[idx as usize]
+}
+
+fn action_name(a: u32) -> &'static str {
+    ["ABORTED", "DROP", "PASS", "TX", "REDIRECT"]
+        .get(a as usize)
+        .copied()
+        .unwrap_or("?")
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn check_case(hub: &mut Hub, case: &Case) {
+    let before = hub.snapshot();
+    let (action, out) = hub
+        .run(&case.input)
+        .unwrap_or_else(|e| panic!("{}: test_run: {e}", case.name));
+    let after = hub.snapshot();
+    assert_eq!(
+        action_name(action),
+        action_name(case.action),
+        "{}: action",
+        case.name
+    );
+    match (&case.output, action) {
+        (Some(expected), _) => {
+            assert_eq!(
+                hex(&out),
+                hex(expected),
+                "{}: output frame (got vs expected)",
+                case.name
+            );
+            verify_checksums(&out);
+        }
+        (None, XDP_PASS) => {
+            assert_eq!(
+                hex(&out),
+                hex(&case.input),
+                "{}: PASS must not modify",
+                case.name
+            )
+        }
+        (None, XDP_TX | XDP_REDIRECT) => panic!("{}: no expected output", case.name),
+        _ => {}
+    }
+
+    let expected: BTreeMap<u32, u64> = case.counters.iter().copied().collect();
+    for i in 0..counter::COUNT {
+        let d = after.counters[i as usize] - before.counters[i as usize];
+        assert_eq!(
+            d,
+            expected.get(&i).copied().unwrap_or(0),
+            "{}: counter {} delta",
+            case.name,
+            name_of(i)
+        );
+    }
+    let expected: BTreeMap<u32, SlotDelta> = case.slots.iter().copied().collect();
+    for i in 0..MAX_TEST_SLOT {
+        let (a, rx_a, _) = after.slots[i as usize];
+        let (b, rx_b, _) = before.slots[i as usize];
+        let d = SlotDelta {
+            rx_packets: a.rx_packets - b.rx_packets,
+            rx_bytes: a.rx_bytes - b.rx_bytes,
+            tx_packets: a.tx_packets - b.tx_packets,
+            tx_bytes: a.tx_bytes - b.tx_bytes,
+            rx_keepalives: a.rx_keepalives - b.rx_keepalives,
+            hub_packets: a.hub_packets - b.hub_packets,
+            hub_keepalives: a.hub_keepalives - b.hub_keepalives,
+        };
+        assert_eq!(
+            d,
+            expected.get(&i).copied().unwrap_or_default(),
+            "{}: slot {i} counters delta",
+            case.name
+        );
+        if case.rx_seen.contains(&i) {
+            assert!(
+                rx_a > rx_b,
+                "{}: slot {i} last_rx_ns not updated",
+                case.name
+            );
+        } else {
+            assert_eq!(rx_a, rx_b, "{}: slot {i} last_rx_ns changed", case.name);
+        }
+    }
+
+    let events = hub.drain_events();
+    match &case.event {
+        None => assert!(events.is_empty(), "{}: unexpected ring event", case.name),
+        Some(e) => {
+            assert_eq!(events.len(), 1, "{}: ring events", case.name);
+            let ev = &events[0];
+            assert_eq!(ev.src, e.src, "{}: event src", case.name);
+            assert_eq!(ev.dst, e.dst, "{}: event dst", case.name);
+            assert_eq!(ev.src_slot, e.src_slot, "{}: event src_slot", case.name);
+            assert_eq!(ev.ifindex, hub.ifindex, "{}: event ifindex", case.name);
+            assert_eq!(hex(&ev.frame), hex(&e.frame), "{}: event frame", case.name);
+        }
+    }
+}
+
+/// Counters of a relayed frame of `len` payload bytes and `kind`.
+fn relayed(kind: u32, len: usize, keepalive: bool) -> Vec<(u32, u64)> {
+    let mut v = vec![
+        (SEEN, 1),
+        (RELAYED_PACKETS, 1),
+        (RELAYED_BYTES, len as u64),
+        (kind, 1),
+    ];
+    if keepalive {
+        v.push((RELAYED_KEEPALIVES, 1));
+    }
+    v
+}
+
+fn rx(len: usize, keepalive: bool) -> SlotDelta {
+    SlotDelta {
+        rx_packets: 1,
+        rx_bytes: len as u64,
+        rx_keepalives: keepalive as u64,
+        ..Default::default()
+    }
+}
+
+fn tx(len: usize) -> SlotDelta {
+    SlotDelta {
+        tx_packets: 1,
+        tx_bytes: len as u64,
+        ..Default::default()
+    }
+}
+
+/// A relay case: `from` sends `payload`, the hub sends it on to `to`.
+fn relay_case(
+    name: &str,
+    from: &Spoke,
+    to: &Spoke,
+    payload: Vec<u8>,
+    csum: Csum,
+    kind: u32,
+) -> Case {
+    let len = payload.len();
+    let keepalive = kind == RELAYED_TRANSPORT && len == 32;
+    let mut input = Frame::from_spoke(from, payload);
+    input.csum = csum;
+    let output = input.relayed_to(to, GW_MAC, HUB_MAC).build();
+    Case::new(name, input.build(), XDP_TX)
+        .output(output)
+        .counters(&relayed(kind, len, keepalive))
+        .slot(from.slot, rx(len, keepalive))
+        .slot(to.slot, tx(len))
+        .rx_seen(from.slot)
+}
+
+fn ipv4_with_options(frame: &[u8]) -> Vec<u8> {
+    // Insert 4 NOP option bytes after the 20-byte header; fix IHL, length
+    // and header checksum.
+    let mut f = frame[..34].to_vec();
+    f.extend([1, 1, 1, 1]);
+    f.extend(&frame[34..]);
+    f[14] = 0x46;
+    let tot = u16::from_be_bytes([f[16], f[17]]) + 4;
+    f[16..18].copy_from_slice(&tot.to_be_bytes());
+    f[24] = 0;
+    f[25] = 0;
+    let c = !fold(sum16(&f[14..38], 0));
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+fn set_ipv4_frag(frame: &[u8], flags_off: u16) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[20..22].copy_from_slice(&flags_off.to_be_bytes());
+    f[24] = 0;
+    f[25] = 0;
+    let c = !fold(sum16(&f[14..34], 0));
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// Insert an 8-byte IPv6 extension header `nh_ext` before the UDP header.
+fn ipv6_with_ext(frame: &[u8], ext: u8) -> Vec<u8> {
+    let mut f = frame[..54].to_vec();
+    f[20] = ext;
+    let plen = u16::from_be_bytes([f[18], f[19]]) + 8;
+    f[18..20].copy_from_slice(&plen.to_be_bytes());
+    if ext == 44 {
+        // Fragment header: next 17, reserved, offset 0 + M, id.
+        f.extend([17, 0, 0, 1, 0, 0, 0, 42]);
+    } else {
+        // Hop-by-hop / routing / destination options: next 17, len 0, PadN.
+        f.extend([17, 0, 1, 4, 0, 0, 0, 0]);
+    }
+    f.extend(&frame[54..]);
+    f
+}
+
+/// Replace the UDP payload by `payload` (bad messages), keeping the
+/// frame consistent (lengths and checksums recomputed).
+fn with_payload(from: &Spoke, payload: Vec<u8>) -> Vec<u8> {
+    Frame::from_spoke(from, payload).build()
+}
+
+fn pass_case(name: &str, input: Vec<u8>, counters: &[(u32, u64)]) -> Case {
+    Case::new(name, input, XDP_PASS).counters(counters)
+}
+
+fn table() -> Vec<Case> {
+    let mut v = Vec::new();
+    let ka = SlotDelta::default;
+
+    // Relays.
+    v.push(relay_case(
+        "transport A->B, full checksum",
+        &A,
+        &B,
+        transport(R_A_TO_B, 100),
+        Csum::Full,
+        RELAYED_TRANSPORT,
+    ));
+    v.push(relay_case(
+        "transport A->B, UDP checksum 0",
+        &A,
+        &B,
+        transport(R_A_TO_B, 37),
+        Csum::Zero,
+        RELAYED_TRANSPORT,
+    ));
+    v.push(relay_case(
+        "keepalive A->B",
+        &A,
+        &B,
+        keepalive(R_A_TO_B),
+        Csum::Full,
+        RELAYED_TRANSPORT,
+    ));
+    {
+        // Trailing Ethernet padding after the IP packet is kept untouched.
+        let mut c = relay_case(
+            "transport A->B with Ethernet padding",
+            &A,
+            &B,
+            transport(R_A_TO_B, 1),
+            Csum::Full,
+            RELAYED_TRANSPORT,
+        );
+        c.input.extend([0xee; 6]);
+        c.output.as_mut().unwrap().extend([0xee; 6]);
+        v.push(c);
+    }
+    {
+        let mut c = relay_case(
+            "response B->A (learns A's entry)",
+            &B,
+            &A,
+            response(IDX_B, IDX_A),
+            Csum::Full,
+            RELAYED_RESPONSE,
+        );
+        c.counters.push((RESPONSE_LEARNED, 1));
+        v.push(c);
+    }
+    v.push(relay_case(
+        "transport A->B on the learned entry",
+        &A,
+        &B,
+        transport(IDX_B, 64),
+        Csum::Full,
+        RELAYED_TRANSPORT,
+    ));
+    v.push(relay_case(
+        "cookie reply B->A",
+        &B,
+        &A,
+        cookie_reply(IDX_A2),
+        Csum::Full,
+        RELAYED_COOKIE,
+    ));
+    v.push(relay_case(
+        "transport D->E over IPv6",
+        &D,
+        &E,
+        transport(R_D_TO_E, 200),
+        Csum::Full,
+        RELAYED_TRANSPORT,
+    ));
+    v.push(relay_case(
+        "keepalive D->E over IPv6",
+        &D,
+        &E,
+        keepalive(R_D_TO_E),
+        Csum::Full,
+        RELAYED_TRANSPORT,
+    ));
+    {
+        // Through the other NIC: XDP_REDIRECT with that NIC's addresses.
+        let payload = transport(R_A_TO_C, 48);
+        let len = payload.len();
+        let input = Frame::from_spoke(&A, payload);
+        let output = input.relayed_to(&C, GW2_MAC, HUB2_MAC).build();
+        v.push(
+            Case::new("transport A->C redirect", input.build(), XDP_REDIRECT)
+                .output(output)
+                .counters(&relayed(RELAYED_TRANSPORT, len, false))
+                .slot(A.slot, rx(len, false))
+                .slot(C.slot, tx(len))
+                .rx_seen(A.slot),
+        );
+    }
+    {
+        // Gateway without neighbour entry: NO_NEIGH -> back to the sender
+        // of the frame (Ethernet addresses swapped).
+        let payload = transport(R_A_TO_F, 10);
+        let len = payload.len();
+        let mut input = Frame::from_spoke(&A, payload);
+        input.eth_src = OTHER_MAC;
+        let output = input.relayed_to(&F, OTHER_MAC, HUB_MAC).build();
+        let mut counters = relayed(RELAYED_TRANSPORT, len, false);
+        counters.push((FIB_FALLBACK, 1));
+        v.push(
+            Case::new(
+                "transport A->F, no neighbour: fallback",
+                input.build(),
+                XDP_TX,
+            )
+            .output(output)
+            .counters(&counters)
+            .slot(A.slot, rx(len, false))
+            .slot(F.slot, tx(len))
+            .rx_seen(A.slot),
+        );
+    }
+    v.push(
+        Case::new(
+            "transport A->G, no route",
+            with_payload(&A, transport(R_A_TO_G, 10)),
+            XDP_DROP,
+        )
+        .counters(&[(SEEN, 1), (DROP_NO_ROUTE, 1)])
+        .rx_seen(A.slot),
+    );
+
+    // Passed to the hub's own WireGuard.
+    {
+        let p = transport(R_HUB, 20);
+        let len = p.len();
+        let _ = len;
+        v.push(
+            pass_case(
+                "transport A->hub (no session)",
+                with_payload(&A, p),
+                &[(SEEN, 1), (PASS_NO_SESSION, 1)],
+            )
+            .slot(
+                A.slot,
+                SlotDelta {
+                    hub_packets: 1,
+                    ..ka()
+                },
+            )
+            .rx_seen(A.slot),
+        );
+    }
+    v.push(
+        pass_case(
+            "keepalive A->hub (no session)",
+            with_payload(&A, keepalive(R_HUB)),
+            &[(SEEN, 1), (PASS_NO_SESSION, 1)],
+        )
+        .slot(
+            A.slot,
+            SlotDelta {
+                hub_packets: 1,
+                hub_keepalives: 1,
+                ..ka()
+            },
+        )
+        .rx_seen(A.slot),
+    );
+    v.push(
+        pass_case(
+            "response B->hub (no session)",
+            with_payload(&B, response(0x1234, R_HUB)),
+            &[(SEEN, 1), (PASS_NO_SESSION, 1)],
+        )
+        .slot(
+            B.slot,
+            SlotDelta {
+                hub_packets: 1,
+                ..ka()
+            },
+        )
+        .rx_seen(B.slot),
+    );
+    v.push(
+        pass_case(
+            "transport from IPv6 D with unknown receiver",
+            with_payload(&D, transport(R_A_TO_B, 20)),
+            &[(SEEN, 1), (PASS_NO_SESSION, 1)],
+        )
+        .slot(
+            D.slot,
+            SlotDelta {
+                hub_packets: 1,
+                ..ka()
+            },
+        )
+        .rx_seen(D.slot),
+    );
+
+    // Unknown sources.
+    v.push(pass_case(
+        "transport from a stranger",
+        with_payload(&STRANGER, transport(R_A_TO_B, 20)),
+        &[(SEEN, 1), (PASS_UNKNOWN_SOURCE, 1)],
+    ));
+    v.push(pass_case(
+        "transport from A's address, other port",
+        with_payload(&Spoke { port: 40001, ..A }, transport(R_A_TO_B, 20)),
+        &[(SEEN, 1), (PASS_UNKNOWN_SOURCE, 1)],
+    ));
+    v.push(pass_case(
+        "transport from an inactive slot",
+        with_payload(&INACTIVE, transport(R_A_TO_B, 20)),
+        &[(SEEN, 1), (PASS_UNKNOWN_SOURCE, 1)],
+    ));
+    v.push(pass_case(
+        "cookie reply from a stranger",
+        with_payload(&STRANGER, cookie_reply(IDX_A2)),
+        &[(SEEN, 1), (PASS_UNKNOWN_SOURCE, 1)],
+    ));
+
+    // Initiations.
+    for (name, from, slot) in [
+        ("initiation from A", A, A.slot),
+        ("initiation from a stranger", STRANGER, NO_SLOT),
+        ("initiation from IPv6 D", D, D.slot),
+    ] {
+        let m = initiation(0x0102_0304);
+        let mut c = pass_case(
+            name,
+            with_payload(&from, m.clone()),
+            &[(SEEN, 1), (INITIATIONS_QUEUED, 1)],
+        );
+        let hub_ep = match from.hub() {
+            Addr::V4(a) => Endpoint::v4(a.octets(), PORT),
+            Addr::V6(a) => Endpoint::v6(a.octets(), PORT),
+        };
+        c.event = Some(ExpectedEvent {
+            src: from.endpoint(),
+            dst: hub_ep,
+            src_slot: slot,
+            frame: m,
+        });
+        if slot != NO_SLOT {
+            c = c.rx_seen(slot);
+        }
+        v.push(c);
+    }
+
+    // Sessions that go nowhere.
+    v.push(
+        Case::new(
+            "loop A->A",
+            with_payload(&A, transport(R_LOOP, 20)),
+            XDP_DROP,
+        )
+        .counters(&[(SEEN, 1), (DROP_LOOP, 1)])
+        .rx_seen(A.slot),
+    );
+    v.push(
+        Case::new(
+            "destination without endpoint",
+            with_payload(&A, transport(R_NO_DEST, 20)),
+            XDP_DROP,
+        )
+        .counters(&[(SEEN, 1), (DROP_NO_DESTINATION, 1)])
+        .rx_seen(A.slot),
+    );
+    v.push(
+        Case::new(
+            "destination slot inactive",
+            with_payload(&A, transport(R_A_TO_INACTIVE, 20)),
+            XDP_DROP,
+        )
+        .counters(&[(SEEN, 1), (DROP_NO_DESTINATION, 1)])
+        .rx_seen(A.slot),
+    );
+    v.push(
+        pass_case(
+            "cross family A(v4)->D(v6)",
+            with_payload(&A, transport(R_CROSS, 20)),
+            &[(SEEN, 1), (PASS_CROSS_FAMILY, 1)],
+        )
+        .rx_seen(A.slot),
+    );
+
+    // Malformed WireGuard.
+    let good = transport(R_A_TO_B, 20);
+    let mut bad: Vec<(&str, Vec<u8>)> = Vec::new();
+    for (i, b) in [(1usize, 1u8), (2, 0x80), (3, 0xff)] {
+        let mut m = good.clone();
+        m[i] = b;
+        bad.push(("reserved byte set", m));
+    }
+    for t in [0u8, 5, 0xff] {
+        let mut m = good.clone();
+        m[0] = t;
+        bad.push(("bad type", m));
+    }
+    let mut m = initiation(1);
+    m.pop();
+    bad.push(("initiation 147 bytes", m));
+    let mut m = initiation(1);
+    m.push(0);
+    bad.push(("initiation 149 bytes", m));
+    let mut m = response(1, IDX_A);
+    m.push(0);
+    bad.push(("response 93 bytes", m));
+    let mut m = response(1, IDX_A);
+    m.pop();
+    bad.push(("response 91 bytes", m));
+    let mut m = cookie_reply(IDX_A2);
+    m.pop();
+    bad.push(("cookie 63 bytes", m));
+    let mut m = cookie_reply(IDX_A2);
+    m.push(0);
+    bad.push(("cookie 65 bytes", m));
+    let mut m = keepalive(R_A_TO_B);
+    m.pop();
+    bad.push(("transport 31 bytes", m));
+    bad.push(("4-byte message", wg_header(4)));
+    bad.push(("3-byte message", vec![4, 0, 0]));
+    bad.push(("empty UDP payload", Vec::new()));
+    for (name, m) in bad {
+        v.push(pass_case(
+            &format!("malformed: {name}"),
+            with_payload(&A, m),
+            &[(SEEN, 1), (PASS_MALFORMED, 1)],
+        ));
+    }
+    {
+        // UDP length larger than the IP payload.
+        let mut f = with_payload(&A, transport(R_A_TO_B, 20));
+        let l = u16::from_be_bytes([f[38], f[39]]) + 1;
+        f[38..40].copy_from_slice(&l.to_be_bytes());
+        v.push(pass_case(
+            "malformed: UDP length > IP payload",
+            f,
+            &[(SEEN, 1), (PASS_MALFORMED, 1)],
+        ));
+    }
+    {
+        // IP total length beyond the frame.
+        let mut f = with_payload(&A, transport(R_A_TO_B, 20));
+        let l = u16::from_be_bytes([f[16], f[17]]) + 1;
+        f[16..18].copy_from_slice(&l.to_be_bytes());
+        v.push(pass_case(
+            "malformed: IP total length > frame",
+            f,
+            &[(SEEN, 1), (PASS_MALFORMED, 1)],
+        ));
+    }
+
+    // Not for the fast path at the IP layer.
+    let plain = with_payload(&A, transport(R_A_TO_B, 20));
+    v.push(pass_case(
+        "IPv4 options to the hub port",
+        ipv4_with_options(&plain),
+        &[(PASS_UNSUPPORTED, 1)],
+    ));
+    {
+        let mut f = Frame::from_spoke(&A, transport(R_A_TO_B, 20));
+        f.dport = 9999;
+        v.push(pass_case(
+            "IPv4 options to another port",
+            ipv4_with_options(&f.build()),
+            &[],
+        ));
+    }
+    v.push(pass_case(
+        "IPv4 first fragment (MF)",
+        set_ipv4_frag(&plain, 0x2000),
+        &[(PASS_UNSUPPORTED, 1)],
+    ));
+    v.push(pass_case(
+        "IPv4 non-first fragment",
+        set_ipv4_frag(&plain, 0x0010),
+        &[],
+    ));
+    v.push(pass_case(
+        "IPv4 last fragment",
+        set_ipv4_frag(&plain, 0x0020 | 0x4000),
+        &[],
+    ));
+    {
+        let mut f = plain.clone();
+        f[23] = 6; // TCP
+        v.push(pass_case("IPv4 TCP", f, &[]));
+    }
+    {
+        let mut f = Frame::from_spoke(&A, transport(R_A_TO_B, 20));
+        f.dport = PORT + 1;
+        v.push(pass_case("IPv4 UDP to another port", f.build(), &[]));
+    }
+    {
+        let mut f = plain.clone();
+        f[12] = 0x08;
+        f[13] = 0x06; // ARP
+        v.push(pass_case("ARP ethertype", f, &[]));
+        let mut f = plain.clone();
+        f[12] = 0x81;
+        f[13] = 0x00; // VLAN
+        v.push(pass_case("VLAN tag", f, &[]));
+        let mut f = plain.clone();
+        f[14] = 0x65; // version 6 in an IPv4 ethertype
+        v.push(pass_case("IPv4 ethertype, version 6", f, &[]));
+    }
+    let plain6 = with_payload(&D, transport(R_D_TO_E, 20));
+    for ext in [0u8, 43, 60, 44] {
+        v.push(pass_case(
+            &format!("IPv6 extension header {ext} to the hub port"),
+            ipv6_with_ext(&plain6, ext),
+            &[(PASS_UNSUPPORTED, 1)],
+        ));
+    }
+    {
+        let mut f = Frame::from_spoke(&D, transport(R_D_TO_E, 20));
+        f.dport = 9999;
+        v.push(pass_case(
+            "IPv6 extension header to another port",
+            ipv6_with_ext(&f.build(), 0),
+            &[],
+        ));
+        let mut x = plain6.clone();
+        x[20] = 50; // ESP: cannot tell
+        v.push(pass_case("IPv6 ESP", x, &[]));
+        let mut x = plain6.clone();
+        x[20] = 58; // ICMPv6
+        v.push(pass_case("IPv6 ICMPv6", x, &[]));
+        f.dport = PORT + 1;
+        v.push(pass_case("IPv6 UDP to another port", f.build(), &[]));
+    }
+    v
+}
+
+/// These tests load BPF and create namespaces: they need root. Failing
+/// (rather than skipping) keeps a non-root run from passing vacuously.
+fn is_root() -> bool {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "xdp_golden needs root (BPF, network namespaces): run `cargo xtask test`"
+    );
+    true
+}
+
+#[test]
+fn golden_cases() {
+    if !is_root() {
+        return;
+    }
+    let ns = Netns::new();
+    let (ifindex, _) = topology(&ns, true);
+    let mut hub = Hub::load(ifindex);
+    let cases = table();
+    for case in &cases {
+        check_case(&mut hub, case);
+    }
+
+    // The response taught (A, B's index) -> B.
+    let learned = hub.session(A.slot, IDX_B).expect("learned entry");
+    assert_eq!(learned.dst_slot, B.slot);
+    assert_eq!(learned.flags, SESSION_FROM_RESPONSE);
+    assert_ne!(learned.last_seen_ns, 0);
+    // Used sessions were refreshed (they started at 0).
+    assert_ne!(hub.session(A.slot, R_A_TO_B).unwrap().last_seen_ns, 0);
+    assert_ne!(hub.session(D.slot, R_D_TO_E).unwrap().last_seen_ns, 0);
+    // Sessions that only dropped were not.
+    assert_eq!(hub.session(A.slot, R_LOOP).unwrap().last_seen_ns, 0);
+    // Keepalive timestamps: A sent keepalives to B and to the hub.
+    let snap = hub.snapshot();
+    assert_ne!(snap.slots[A.slot as usize].2, 0);
+    eprintln!("{} golden cases passed", cases.len());
+
+    // last_seen_ns is refreshed at most once a second: a second frame
+    // right after the first leaves it alone.
+    let t0 = hub.session(A.slot, R_A_TO_B).unwrap().last_seen_ns;
+    let f = with_payload(&A, transport(R_A_TO_B, 20));
+    assert_eq!(hub.run(&f).unwrap().0, XDP_TX);
+    assert_eq!(hub.session(A.slot, R_A_TO_B).unwrap().last_seen_ns, t0);
+    // An old entry is refreshed.
+    hub.add_session(A.slot, R_A_TO_B, B.slot);
+    assert_eq!(hub.run(&f).unwrap().0, XDP_TX);
+    assert!(hub.session(A.slot, R_A_TO_B).unwrap().last_seen_ns > t0);
+
+    // Port 0 = not configured: everything passes, nothing counted.
+    hub.set_port(0);
+    let f = with_payload(&A, transport(R_A_TO_B, 20));
+    check_case(&mut hub, &Case::new("port 0: pass all", f, XDP_PASS));
+}
+
+#[test]
+fn truncated_frames() {
+    if !is_root() {
+        return;
+    }
+    let ns = Netns::new();
+    let (ifindex, _) = topology(&ns, true);
+    let hub = Hub::load(ifindex);
+    let frames = [
+        with_payload(&A, transport(R_A_TO_B, 20)),
+        with_payload(&B, response(IDX_B, IDX_A)),
+        with_payload(&A, initiation(7)),
+        with_payload(&D, transport(R_D_TO_E, 20)),
+        ipv6_with_ext(&with_payload(&D, transport(R_D_TO_E, 20)), 0),
+        ipv4_with_options(&with_payload(&A, transport(R_A_TO_B, 20))),
+    ];
+    for full in &frames {
+        // The whole frame relays (or passes); every cut must pass. The
+        // kernel refuses frames shorter than an Ethernet header.
+        for len in 14..full.len() {
+            let cut = &full[..len];
+            let before = hub.snapshot();
+            let (action, out) = hub.run(cut).expect("test_run");
+            let after = hub.snapshot();
+            assert_eq!(action, XDP_PASS, "cut at {len} of {}", full.len());
+            assert_eq!(out, cut, "cut at {len}: frame modified");
+            for i in [
+                RELAYED_PACKETS,
+                INITIATIONS_QUEUED,
+                DROP_LOOP,
+                DROP_NO_ROUTE,
+            ] {
+                assert_eq!(
+                    after.counters[i as usize],
+                    before.counters[i as usize],
+                    "cut at {len}: {}",
+                    name_of(i)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn fib_fallback_when_forwarding_disabled() {
+    if !is_root() {
+        return;
+    }
+    let ns = Netns::new();
+    let (ifindex, _) = topology(&ns, false);
+    let mut hub = Hub::load(ifindex);
+    for (name, from, to, r) in [
+        ("v4 forwarding disabled", A, B, R_A_TO_B),
+        ("v6 forwarding disabled", D, E, R_D_TO_E),
+    ] {
+        let payload = transport(r, 30);
+        let len = payload.len();
+        let mut input = Frame::from_spoke(&from, payload);
+        input.eth_src = OTHER_MAC;
+        let output = input.relayed_to(&to, OTHER_MAC, HUB_MAC).build();
+        let mut counters = relayed(RELAYED_TRANSPORT, len, false);
+        counters.push((FIB_FALLBACK, 1));
+        let case = Case::new(name, input.build(), XDP_TX)
+            .output(output)
+            .counters(&counters)
+            .slot(from.slot, rx(len, false))
+            .slot(to.slot, tx(len))
+            .rx_seen(from.slot);
+        check_case(&mut hub, &case);
+    }
+}
+
+#[test]
+fn initiation_ring_full() {
+    if !is_root() {
+        return;
+    }
+    let ns = Netns::new();
+    let (ifindex, _) = topology(&ns, true);
+    let mut hub = Hub::load(ifindex);
+    // 256 KiB of ~200-byte records: 2000 initiations overflow it.
+    const N: u32 = 2000;
+    let f = with_payload(&A, initiation(9));
+    let before = hub.snapshot();
+    let (action, out) = hub.run_n(&f, N).expect("test_run");
+    let after = hub.snapshot();
+    assert_eq!(action, XDP_PASS);
+    assert_eq!(out, f);
+    let d = |i: u32| after.counters[i as usize] - before.counters[i as usize];
+    let (queued, full) = (d(INITIATIONS_QUEUED), d(INITIATIONS_RING_FULL));
+    assert_eq!(d(SEEN), N as u64);
+    assert_eq!(queued + full, N as u64);
+    assert!(queued > 0 && full > 0, "queued {queued}, full {full}");
+    let events = hub.drain_events();
+    assert_eq!(events.len() as u64, queued);
+    assert!(
+        events
+            .iter()
+            .all(|e| e.src_slot == A.slot && e.frame[..] == f[42..])
+    );
+    // Room again after draining.
+    check_case(&mut hub, &{
+        let mut c = pass_case(
+            "initiation after drain",
+            f.clone(),
+            &[(SEEN, 1), (INITIATIONS_QUEUED, 1)],
+        )
+        .rx_seen(A.slot);
+        c.event = Some(ExpectedEvent {
+            src: A.endpoint(),
+            dst: Endpoint::v4(HUB4.octets(), PORT),
+            src_slot: A.slot,
+            frame: f[42..].to_vec(),
+        });
+        c
+    });
+}
