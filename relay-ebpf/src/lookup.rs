@@ -55,5 +55,5 @@ pub fn learn_response(initiator_slot: u32, sender: u32, responder_slot: u32, now
         flags: SESSION_FROM_RESPONSE,
         last_seen_ns: now,
     };
-    SESSIONS.insert(&key, &value, 0).is_ok()
+    SESSIONS.insert(key, value, 0).is_ok()
 }

@@ -1,1 +1,342 @@
-fn main() {}
+//! `cargo xtask`: set up a machine for relayhub, build it, run it, lint and
+//! test it. Plain std + clap so it builds fast on a bare machine.
+
+mod cmd;
+mod setup;
+
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+use setup::Need;
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Build, run and test relayhub",
+    version
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Make this machine ready (Debian 12, as root): apt packages, nightly
+    /// rust-src and clippy, bpf-linker, bpffs. Skips what is present; elsewhere prints
+    /// the commands to run.
+    Setup {
+        /// Only report what is missing; install nothing.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Build relayhub (`cargo build -p relay-user`; its build.rs builds the XDP program).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build relayhub --release and run `relayhub run ARGS...` as root (via sudo if needed).
+    Run {
+        /// Arguments for `relayhub run`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// rustfmt --check and clippy -D warnings over the workspace.
+    Lint,
+    /// Everything, as root: prerequisites, lint, release build, unit and
+    /// in-kernel tests, then the end-to-end tests (one at a time).
+    Test {
+        /// Passed to the test binaries (after cargo's `--`): a filter,
+        /// --nocapture, --ignored, ...
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    cargo_bin_on_path();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Setup { check } => setup::setup(check),
+        Cmd::Build { release } => setup::ensure(Need::Build).and_then(|()| build(release)),
+        Cmd::Run { args } => run(args),
+        Cmd::Lint => lint(),
+        Cmd::Test { args } => test(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `cargo install` puts bpf-linker in $CARGO_HOME/bin; aya-build and our
+/// checks find it through PATH, which may lack that directory (sudo, CI).
+fn cargo_bin_on_path() {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")));
+    let Some(bin) = cargo_home.map(|h| h.join("bin")) else {
+        return;
+    };
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|p| p == bin) {
+        return;
+    }
+    let joined = std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&path)))
+        .expect("PATH entries are joinable");
+    // SAFETY: first thing in main, before any other thread exists.
+    unsafe { std::env::set_var("PATH", joined) };
+}
+
+/// The workspace root (xtask lives one level below it).
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+}
+
+/// `cargo` (the rustup proxy on PATH) in the workspace root.
+fn cargo() -> Command {
+    let mut c = Command::new("cargo");
+    c.current_dir(root());
+    c
+}
+
+fn build(release: bool) -> Result<()> {
+    let mut c = cargo();
+    c.args(["build", "-p", "relay-user"]);
+    if release {
+        c.arg("--release");
+    }
+    cmd::run(&mut c)
+}
+
+/// The relayhub binary of a release build, honouring CARGO_TARGET_DIR and
+/// cargo config (asks `cargo metadata`).
+fn relayhub_bin() -> Result<PathBuf> {
+    let mut c = cargo();
+    c.args(["metadata", "--format-version", "1", "--no-deps"]);
+    let out = c
+        .output()
+        .with_context(|| format!("could not start `{}`", cmd::display(&c)))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed: {}",
+            cmd::display(&c),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let json = String::from_utf8_lossy(&out.stdout);
+    let dir = json_string(&json, "target_directory")
+        .context("no target_directory in `cargo metadata` output")?;
+    Ok(Path::new(&dir).join("release").join("relayhub"))
+}
+
+/// The first `"key":"value"` string in a JSON document (enough for cargo metadata).
+fn json_string(json: &str, key: &str) -> Option<String> {
+    let pattern = format!("\"{key}\":\"");
+    let start = json.find(&pattern)? + pattern.len();
+    let mut out = String::new();
+    let mut chars = json[start..].chars();
+    loop {
+        match chars.next()? {
+            '"' => return Some(out),
+            '\\' => match chars.next()? {
+                'n' => out.push('\n'),
+                't' => out.push('\t'),
+                'r' => out.push('\r'),
+                'b' => out.push('\u{8}'),
+                'f' => out.push('\u{c}'),
+                'u' => {
+                    let hex: String = chars.by_ref().take(4).collect();
+                    out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+                }
+                c => out.push(c), // \" \\ \/
+            },
+            c => out.push(c),
+        }
+    }
+}
+
+fn run(args: Vec<OsString>) -> Result<()> {
+    setup::ensure(Need::Run)?;
+    build(true)?;
+    let bin = relayhub_bin()?;
+    let mut c = if setup::is_root() {
+        Command::new(&bin)
+    } else if cmd::on_path("sudo") {
+        let mut c = Command::new("sudo");
+        c.arg(&bin);
+        c
+    } else {
+        bail!(
+            "relayhub needs root (XDP, BPF maps, WireGuard) and sudo is not available: run as root: {} run ...",
+            bin.display()
+        );
+    };
+    c.arg("run").args(args);
+    eprintln!("+ {}", cmd::display(&c));
+    let err = c.exec(); // only returns on failure
+    Err(err).with_context(|| format!("could not exec `{}`", cmd::display(&c)))
+}
+
+/// Named steps with their outcome, for the summary at the end of `lint` and `test`.
+#[derive(Default)]
+struct Steps(Vec<(String, Duration, bool)>);
+
+impl Steps {
+    /// Runs one step; a failure is recorded and printed, not returned.
+    fn step(&mut self, name: &str, f: impl FnOnce() -> Result<()>) -> bool {
+        eprintln!("==> {name}");
+        let start = Instant::now();
+        let result = f();
+        if let Err(e) = &result {
+            eprintln!("error: {name}: {e:#}");
+        }
+        self.0
+            .push((name.to_string(), start.elapsed(), result.is_ok()));
+        result.is_ok()
+    }
+
+    fn summary(&self, title: &str) -> Result<()> {
+        eprintln!("\n{title} summary:");
+        for (name, took, ok) in &self.0 {
+            let verdict = if *ok { "ok" } else { "FAILED" };
+            eprintln!("  {verdict:<6} {name} ({:.1}s)", took.as_secs_f64());
+        }
+        let failed: Vec<&str> = self
+            .0
+            .iter()
+            .filter(|(_, _, ok)| !ok)
+            .map(|(n, _, _)| n.as_str())
+            .collect();
+        if failed.is_empty() {
+            eprintln!("{title}: all {} steps passed", self.0.len());
+            Ok(())
+        } else {
+            bail!("{title}: failed: {}", failed.join(", "))
+        }
+    }
+}
+
+fn lint_steps(steps: &mut Steps) {
+    steps.step("fmt", || {
+        cmd::run(cargo().args(["fmt", "--all", "--", "--check"]))
+    });
+    // relay-ebpf only builds for the BPF target (on the host: "unwinding
+    // panics are not supported without std"), so clippy it there, with
+    // nightly like aya-build does.
+    steps.step("clippy", || {
+        cmd::run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "relay-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    });
+    steps.step("clippy relay-ebpf (bpfel-unknown-none)", || {
+        cmd::run(cargo().args([
+            "+nightly",
+            "clippy",
+            "-p",
+            "relay-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    });
+}
+
+fn lint() -> Result<()> {
+    setup::ensure(Need::Build)?; // clippy runs relay-user's build.rs
+    let mut steps = Steps::default();
+    lint_steps(&mut steps);
+    steps.summary("lint")
+}
+
+fn test(args: &[String]) -> Result<()> {
+    if !setup::is_root() {
+        bail!(
+            "`cargo xtask test` must run as root (network namespaces, XDP, BPF maps): \
+             run it from a root shell, e.g. `sudo -i`, then `cd {} && cargo xtask test`",
+            root().display()
+        );
+    }
+    setup::ensure(Need::Test)?;
+    let mut steps = Steps::default();
+    lint_steps(&mut steps);
+    if !steps.step("build relayhub (release)", || build(true)) {
+        return steps.summary("test");
+    }
+    let bin = relayhub_bin()?;
+    if !bin.is_file() {
+        bail!("built relayhub but {} does not exist", bin.display());
+    }
+    eprintln!("RELAYHUB_BIN={}", bin.display());
+    let test_env = |c: &mut Command| {
+        c.env("RELAYHUB_BIN", &bin);
+        if std::env::var_os("RUST_BACKTRACE").is_none() {
+            c.env("RUST_BACKTRACE", "1");
+        }
+    };
+    steps.step("unit + in-kernel tests", || {
+        let mut c = cargo();
+        // relay-ebpf only links for the BPF target (aya-build builds it).
+        c.args(["test", "--workspace", "--release"])
+            .args(["--exclude", "relay-ebpf", "--exclude", "relay-tests"])
+            .arg("--")
+            .args(args);
+        test_env(&mut c);
+        cmd::run(&mut c)
+    });
+    // Each e2e test builds its own namespaces and could run in parallel, but
+    // wireguard-go spokes and a hub on 2 cores time out under contention.
+    steps.step("end-to-end tests (relay-tests)", || {
+        let mut c = cargo();
+        c.args(["test", "-p", "relay-tests", "--release", "--"])
+            .arg("--test-threads=1")
+            .args(args);
+        test_env(&mut c);
+        cmd::run(&mut c)
+    });
+    steps.summary("test")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_string_unescapes() {
+        let json = r#"{"packages":[],"target_directory":"/a \"b\"\\c\u00e9","version":1}"#;
+        assert_eq!(
+            json_string(json, "target_directory").as_deref(),
+            Some("/a \"b\"\\cé")
+        );
+        assert_eq!(json_string(json, "workspace_root"), None);
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,380 @@
+//! What a machine needs to build, run and test relayhub, and how to get it
+//! (see /work/shared/TOOLCHAIN.md). Checks are cheap, so every build/run/test
+//! checks first and only installs what is missing.
+
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::cmd::{self, display, probe, probe_any_status};
+
+/// Debian packages, with a program that shows the package is present on
+/// machines without dpkg (`None`: a library, only needed to build
+/// bpf-linker), and the least command that needs it: a hub that only runs
+/// gets no test tools.
+const APT_PACKAGES: &[(&str, Option<&str>, Need)] = &[
+    // To build bpf-linker against LLVM 22 (the LLVM of rustc 1.95 and nightly).
+    ("llvm-22-dev", None, Need::Build),
+    ("libpolly-22-dev", None, Need::Build),
+    ("zlib1g-dev", None, Need::Build),
+    ("libzstd-dev", None, Need::Build),
+    ("libxml2-dev", None, Need::Build),
+    // The hub's own WireGuard where the kernel has no module, and `ip`.
+    ("wireguard-go", Some("wireguard-go"), Need::Run),
+    ("wireguard-tools", Some("wg"), Need::Run),
+    ("iproute2", Some("ip"), Need::Run),
+    // Namespaces, NAT and traffic in the end-to-end tests and benchmarks.
+    ("iptables", Some("iptables"), Need::Test),
+    ("conntrack", Some("conntrack"), Need::Test),
+    ("iperf3", Some("iperf3"), Need::Test),
+    ("tcpdump", Some("tcpdump"), Need::Test),
+    ("ethtool", Some("ethtool"), Need::Test),
+    ("bpftool", Some("bpftool"), Need::Test),
+    ("curl", Some("curl"), Need::Test),
+];
+
+/// rust-src: aya-build compiles core for the BPF target (-Z build-std=core).
+/// clippy: `cargo xtask lint` checks relay-ebpf for the BPF target.
+const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "clippy"];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// What a subcommand needs; each level includes the ones before it.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Need {
+    /// Building and linting relayhub: nightly with rust-src (aya-build) and
+    /// clippy, and bpf-linker.
+    Build,
+    /// Running the hub: wireguard-go, iproute2, bpffs.
+    Run,
+    /// Testing it: everything `setup` installs.
+    Test,
+}
+
+/// One missing thing and the commands that provide it.
+struct Missing {
+    what: String,
+    /// Commands in order; `root` says whether they need root.
+    fix: Vec<(Command, bool)>,
+    /// A hint when there is no command we can run (e.g. no rustup).
+    hint: Option<String>,
+}
+
+fn host() -> (bool, bool) {
+    (is_root(), is_debian())
+}
+
+/// `cargo xtask setup`: install whatever is missing (root on Debian only),
+/// otherwise print the commands to run. With `check_only`, install nothing.
+pub fn setup(check_only: bool) -> Result<()> {
+    let missing = find_missing(Need::Test, true);
+    if missing.is_empty() {
+        eprintln!("setup: nothing to do");
+        return Ok(());
+    }
+    let (root, debian) = host();
+    if check_only || !root || !debian {
+        print_instructions(&missing, root, debian);
+        bail!("{} prerequisite(s) missing (see above)", missing.len());
+    }
+    install(missing)?;
+    // Recheck: an install that "succeeded" but left things missing is a failure.
+    let still = find_missing(Need::Test, false);
+    if !still.is_empty() {
+        print_instructions(&still, root, debian);
+        bail!("still missing after setup: {}", names(&still));
+    }
+    eprintln!("setup: done");
+    Ok(())
+}
+
+/// The check used by build/run/test: silent when all is there; as root on
+/// Debian runs `setup`; otherwise names the commands to run and fails.
+pub fn ensure(need: Need) -> Result<()> {
+    let missing = find_missing(need, false);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let (root, debian) = host();
+    if root && debian {
+        eprintln!("missing {}: running `cargo xtask setup`", names(&missing));
+        return setup(false);
+    }
+    print_instructions(&missing, root, debian);
+    bail!(
+        "missing prerequisites: {} — run `cargo xtask setup` as root or the commands above",
+        names(&missing)
+    );
+}
+
+fn names(missing: &[Missing]) -> String {
+    missing
+        .iter()
+        .map(|m| m.what.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn install(missing: Vec<Missing>) -> Result<()> {
+    for m in missing {
+        if m.fix.is_empty() {
+            bail!("cannot install {}: {}", m.what, m.hint.unwrap_or_default());
+        }
+        eprintln!("setup: installing {}", m.what);
+        for (mut command, _) in m.fix {
+            cmd::run(&mut command)?;
+        }
+    }
+    Ok(())
+}
+
+fn print_instructions(missing: &[Missing], root: bool, debian: bool) {
+    eprintln!("missing prerequisites:");
+    for m in missing {
+        eprintln!("  - {}", m.what);
+    }
+    if !debian {
+        eprintln!(
+            "not Debian: `cargo xtask setup` installs nothing here; the Debian commands are below, \
+             install the equivalent packages with your package manager"
+        );
+    } else if !root {
+        eprintln!(
+            "not root: `cargo xtask setup` installs nothing; run these (or `cargo xtask setup` as root):"
+        );
+    } else {
+        eprintln!("to install, run `cargo xtask setup` or:");
+    }
+    for m in missing {
+        if let Some(hint) = &m.hint {
+            eprintln!("    # {hint}");
+        }
+        for (command, needs_root) in &m.fix {
+            let sudo = if *needs_root && !root { "sudo " } else { "" };
+            eprintln!("    {sudo}{}", display(command));
+        }
+    }
+}
+
+/// Everything missing for `need`, in install order. With `verbose`, also
+/// says what is present (and so skipped).
+fn find_missing(need: Need, verbose: bool) -> Vec<Missing> {
+    let say = |s: String| {
+        if verbose {
+            eprintln!("setup: {s}");
+        }
+    };
+    let mut missing = Vec::new();
+    let debian = is_debian();
+
+    // bpf-linker first: whether it works decides which packages matter
+    // off Debian (the -dev libraries only serve to build it).
+    let linker = bpf_linker_version();
+    let linker_ok = linker.as_deref() == Some(BPF_LINKER_VERSION);
+
+    if need >= Need::Run || !linker_ok {
+        let absent = if debian {
+            missing_debs(need)
+        } else {
+            missing_programs(need, linker_ok)
+        };
+        if absent.is_empty() {
+            say(format!(
+                "skip apt packages: all {} installed",
+                APT_PACKAGES.iter().filter(|(_, _, n)| *n <= need).count()
+            ));
+        } else {
+            let mut install = Command::new("apt-get");
+            install
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "--no-install-recommends"])
+                .args(&absent);
+            let mut update = Command::new("apt-get");
+            update.arg("update");
+            missing.push(Missing {
+                what: format!("packages {}", absent.join(" ")),
+                fix: vec![(update, true), (install, true)],
+                hint: None,
+            });
+        }
+    }
+
+    if !cmd::on_path("rustup") {
+        missing.push(Missing {
+            what: "rustup".into(),
+            fix: vec![],
+            hint: Some("install rustup from https://rustup.rs, then rerun".into()),
+        });
+    } else {
+        let installed = probe(
+            "rustup",
+            &["component", "list", "--toolchain", "nightly", "--installed"],
+        );
+        match installed {
+            None => {
+                let mut c = Command::new("rustup");
+                c.args(["toolchain", "install", "nightly", "--profile", "minimal"]);
+                for component in NIGHTLY_COMPONENTS {
+                    c.args(["--component", component]);
+                }
+                missing.push(Missing {
+                    what: format!("nightly toolchain with {}", NIGHTLY_COMPONENTS.join(", ")),
+                    fix: vec![(c, false)],
+                    hint: None,
+                });
+            }
+            Some(list) => {
+                // `rust-src`, but `clippy-x86_64-unknown-linux-gnu`.
+                let has = |name: &str| {
+                    list.lines()
+                        .map(str::trim)
+                        .any(|l| l == name || l.starts_with(&format!("{name}-")))
+                };
+                let absent: Vec<&str> = NIGHTLY_COMPONENTS
+                    .iter()
+                    .copied()
+                    .filter(|c| !has(c))
+                    .collect();
+                if absent.is_empty() {
+                    say(format!(
+                        "skip nightly components: {} installed",
+                        NIGHTLY_COMPONENTS.join(", ")
+                    ));
+                } else {
+                    let mut c = Command::new("rustup");
+                    c.args(["component", "add"])
+                        .args(&absent)
+                        .args(["--toolchain", "nightly"]);
+                    missing.push(Missing {
+                        what: format!("nightly components {}", absent.join(", ")),
+                        fix: vec![(c, false)],
+                        hint: None,
+                    });
+                }
+            }
+        }
+    }
+
+    if linker_ok {
+        say(format!("skip bpf-linker: {BPF_LINKER_VERSION} installed"));
+    } else {
+        let mut c = Command::new("cargo");
+        // --force: also replaces a bpf-linker 0.13.0 that no longer runs
+        // (e.g. its libLLVM went away).
+        c.env("LLVM_PREFIX", LLVM_PREFIX).args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+            "--force",
+        ]);
+        let found = match linker {
+            Some(v) => format!("found {v}"),
+            None => "not found or not working".into(),
+        };
+        missing.push(Missing {
+            what: format!("bpf-linker {BPF_LINKER_VERSION} ({found})"),
+            fix: vec![(c, false)],
+            hint: None,
+        });
+    }
+
+    if need >= Need::Run {
+        if bpffs_mounted() {
+            say(format!("skip bpffs: mounted at {BPFFS}"));
+        } else {
+            let mut c = Command::new("mount");
+            c.args(["-t", "bpf", "bpf", BPFFS]);
+            missing.push(Missing {
+                what: format!("bpffs at {BPFFS}"),
+                fix: vec![(c, true)],
+                hint: None,
+            });
+        }
+    }
+    missing
+}
+
+/// `Some("0.13.0")` for `bpf-linker 0.13.0`; `None` if it does not run.
+fn bpf_linker_version() -> Option<String> {
+    let out = probe("bpf-linker", &["--version"])?;
+    let version = out.split_whitespace().nth(1)?;
+    Some(version.to_string())
+}
+
+/// Packages of APT_PACKAGES up to `need` that dpkg does not list as installed.
+fn missing_debs(need: Need) -> Vec<String> {
+    let wanted = || APT_PACKAGES.iter().filter(move |(_, _, n)| *n <= need);
+    let mut args = vec!["-W", "-f=${Package} ${db:Status-Abbrev}\n"];
+    args.extend(wanted().map(|(p, _, _)| *p));
+    let out = probe_any_status("dpkg-query", &args).unwrap_or_default();
+    let installed: Vec<&str> = out
+        .lines()
+        .filter_map(|l| {
+            let (name, status) = l.split_once(' ')?;
+            status.starts_with("ii").then_some(name)
+        })
+        .collect();
+    wanted()
+        .map(|(p, _, _)| *p)
+        .filter(|p| !installed.contains(p))
+        .map(String::from)
+        .collect()
+}
+
+/// Off Debian: the packages whose program is not found (sbin included, as
+/// non-root PATHs often lack it); libraries only if bpf-linker must be built.
+fn missing_programs(need: Need, linker_ok: bool) -> Vec<String> {
+    let found = |prog: &str| {
+        cmd::on_path(prog)
+            || ["/usr/sbin", "/sbin", "/usr/bin"]
+                .iter()
+                .any(|dir| cmd::on_path(&format!("{dir}/{prog}")))
+    };
+    APT_PACKAGES
+        .iter()
+        .filter(|(_, _, n)| *n <= need)
+        .filter(|(_, prog, _)| match prog {
+            Some(prog) => !found(prog),
+            None => !linker_ok,
+        })
+        .map(|(p, _, _)| p.to_string())
+        .collect()
+}
+
+fn bpffs_mounted() -> bool {
+    std::fs::read_to_string("/proc/mounts")
+        .map(|mounts| {
+            mounts.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 2 && f[1] == BPFFS && f[2] == "bpf"
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// Effective uid 0, from /proc/self/status (std only, no libc).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn is_debian() -> bool {
+    std::fs::read_to_string("/etc/os-release")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.trim() == "ID=debian" || l.trim() == "ID=\"debian\"")
+        })
+        .unwrap_or(false)
+}
