@@ -29,7 +29,9 @@ use crate::{http, metrics, sessions};
 /// first contact wait on this, so it is short; a read is one UAPI/netlink
 /// round trip.
 pub const ENDPOINT_REFRESH: Duration = Duration::from_millis(200);
-pub const REGISTRY_POLL: Duration = Duration::from_secs(1);
+/// A stat(2) per poll; spokes added while the hub runs must be peers of
+/// the hub before their first handshake arrives.
+pub const REGISTRY_POLL: Duration = Duration::from_millis(250);
 pub const SESSION_SWEEP: Duration = Duration::from_secs(10);
 
 pub struct RunConfig {

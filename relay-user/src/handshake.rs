@@ -23,6 +23,12 @@ use relay_common::{Endpoint, InitiationEvent, SESSION_FROM_INITIATION, SessionKe
 pub const HOLD_FOR: Duration = Duration::from_millis(1200);
 /// Bound on held initiations (oldest dropped first).
 pub const MAX_HELD: usize = 1024;
+/// Two spokes initiating to each other at once must not both be delivered:
+/// each would consume the other's initiation, overwrite its own handshake
+/// state, and both would wait as responders until WireGuard's 5 s retry.
+/// Within this window after forwarding A->B, an initiation B->A is dropped
+/// (A's initiation reaches B, B responds, and the handshake completes).
+pub const CROSS_WINDOW: Duration = Duration::from_millis(1000);
 /// Destinations remembered per source, tried before the full scan.
 const RECENT_PER_SOURCE: usize = 8;
 
@@ -78,6 +84,9 @@ pub enum Outcome {
     Malformed,
     /// Held queue overflow.
     Overflow,
+    /// Dropped in favour of a newer or opposite-direction initiation
+    /// between the same two spokes (see [`CROSS_WINDOW`]).
+    Superseded,
 }
 
 impl Outcome {
@@ -92,6 +101,7 @@ impl Outcome {
             Outcome::Loop => "loop",
             Outcome::Malformed => "malformed",
             Outcome::Overflow => "overflow",
+            Outcome::Superseded => "superseded",
         }
     }
 }
@@ -121,6 +131,7 @@ struct SpokeEntry {
 
 struct Held {
     event: InitiationEvent,
+    dst: u32,
     deadline: Instant,
 }
 
@@ -132,6 +143,8 @@ pub struct Router {
     by_endpoint: HashMap<Endpoint, u32>,
     recent: HashMap<u32, VecDeque<u32>>,
     held: VecDeque<Held>,
+    /// When an initiation src -> dst was last forwarded.
+    forwarded: HashMap<(u32, u32), Instant>,
 }
 
 impl Router {
@@ -166,6 +179,7 @@ impl Router {
             self.by_endpoint.remove(&ep);
         }
         self.recent.remove(&slot);
+        self.forwarded.retain(|&(a, b), _| a != slot && b != slot);
         for r in self.recent.values_mut() {
             r.retain(|&d| d != slot);
         }
@@ -246,16 +260,23 @@ impl Router {
         if frame[0] != MSG_INITIATION || frame[1..4] != [0, 0, 0] {
             return (Outcome::Malformed, None);
         }
+        if self.forwarded.len() > MAX_HELD {
+            self.forwarded
+                .retain(|_, t| now.saturating_duration_since(*t) < CROSS_WINDOW);
+        }
         let src = self.slot_of(&event.src);
         let dst = match self.match_mac1(src, frame) {
             None => return (Outcome::NoMatch, None),
             Some(Target::Hub) => return (Outcome::ToHub, None),
             Some(Target::Spoke(d)) => d,
         };
-        match self.decide(src, dst, event) {
+        match self.decide(src, dst, event, now) {
             Decision::Forward(o, a) => (o, Some(a)),
             Decision::Final(o) => (o, None),
             Decision::Wait(_) => {
+                // A retransmission replaces the copy it supersedes.
+                self.held
+                    .retain(|h| !(h.dst == dst && h.event.src == event.src));
                 let outcome = if self.held.len() >= MAX_HELD {
                     self.held.pop_front();
                     Outcome::Overflow
@@ -264,6 +285,7 @@ impl Router {
                 };
                 self.held.push_back(Held {
                     event: *event,
+                    dst,
                     deadline: now + HOLD_FOR,
                 });
                 (outcome, Some(Action::Refresh))
@@ -274,9 +296,14 @@ impl Router {
     /// After an endpoint refresh (or on a timer): route held initiations
     /// that can now be routed, drop the ones past their deadline.
     pub fn retry_held(&mut self, now: Instant) -> Vec<(Outcome, Option<Action>)> {
+        self.forwarded
+            .retain(|_, t| now.saturating_duration_since(*t) < CROSS_WINDOW);
         let mut out = Vec::new();
+        let mut keep = VecDeque::new();
         let held = std::mem::take(&mut self.held);
-        for h in held {
+        // Newest first: of two crossing initiations the newer one is sent
+        // (its sender's handshake state is the current one).
+        for h in held.into_iter().rev() {
             let src = self.slot_of(&h.event.src);
             let dst = match self.match_mac1(src, &h.event.frame) {
                 Some(Target::Spoke(d)) => d,
@@ -290,13 +317,14 @@ impl Router {
                     continue;
                 }
             };
-            match self.decide(src, dst, &h.event) {
+            match self.decide(src, dst, &h.event, now) {
                 Decision::Forward(o, a) => out.push((o, Some(a))),
                 Decision::Final(o) => out.push((o, None)),
                 Decision::Wait(why) if now >= h.deadline => out.push((why, None)),
-                Decision::Wait(_) => self.held.push_back(h),
+                Decision::Wait(_) => keep.push_front(h),
             }
         }
+        self.held = keep;
         out
     }
 
@@ -305,7 +333,13 @@ impl Router {
         self.held.iter().map(|h| h.deadline).min()
     }
 
-    fn decide(&mut self, src: Option<u32>, dst: u32, event: &InitiationEvent) -> Decision {
+    fn decide(
+        &mut self,
+        src: Option<u32>,
+        dst: u32,
+        event: &InitiationEvent,
+        now: Instant,
+    ) -> Decision {
         let Some(src) = src else {
             return Decision::Wait(Outcome::UnknownSource);
         };
@@ -315,6 +349,14 @@ impl Router {
         let Some(to) = self.endpoint(dst) else {
             return Decision::Wait(Outcome::NoDestination);
         };
+        if self
+            .forwarded
+            .get(&(dst, src))
+            .is_some_and(|t| now.saturating_duration_since(*t) < CROSS_WINDOW)
+        {
+            return Decision::Final(Outcome::Superseded);
+        }
+        self.forwarded.insert((src, dst), now);
         let recent = self.recent.entry(src).or_default();
         if let Some(pos) = recent.iter().position(|&d| d == dst) {
             recent.remove(pos);
@@ -502,6 +544,51 @@ mod tests {
             r.retry_held(now + HOLD_FOR),
             vec![(Outcome::UnknownSource, None)]
         );
+    }
+
+    #[test]
+    fn crossing_held_initiations_deliver_only_the_newest() {
+        let mut r = router();
+        let now = Instant::now();
+        // Spoke 1 initiates to 3 before 3 is up: held.
+        let (o, _) = r.on_initiation(&event(ep(1, 1001), initiation(&key(3), 11)), now);
+        assert_eq!(o, Outcome::Held);
+        // A retransmission replaces it.
+        let later = now + Duration::from_millis(300);
+        r.on_initiation(&event(ep(1, 1001), initiation(&key(3), 12)), later);
+        assert_eq!(r.held_len(), 1);
+        // Spoke 3 comes up and initiates to 1 before the hub authenticated it.
+        let t3 = now + Duration::from_millis(500);
+        let (o, _) = r.on_initiation(&event(ep(3, 1003), initiation(&key(1), 31)), t3);
+        assert_eq!(o, Outcome::Held);
+        r.set_endpoint(3, Some(ep(3, 1003)));
+        let out = r.retry_held(t3 + Duration::from_millis(5));
+        let outcomes: Vec<Outcome> = out.iter().map(|(o, _)| *o).collect();
+        assert_eq!(
+            outcomes,
+            vec![Outcome::Relayed { src: 3, dst: 1 }, Outcome::Superseded]
+        );
+        assert_eq!(r.held_len(), 0);
+    }
+
+    #[test]
+    fn opposite_initiation_within_window_is_dropped() {
+        let mut r = router();
+        let now = Instant::now();
+        let (o, _) = r.on_initiation(&event(ep(1, 1001), initiation(&key(2), 1)), now);
+        assert_eq!(o, Outcome::Relayed { src: 1, dst: 2 });
+        let soon = now + Duration::from_millis(50);
+        let (o, a) = r.on_initiation(&event(ep(2, 1002), initiation(&key(1), 2)), soon);
+        assert_eq!((o, a), (Outcome::Superseded, None));
+        // Same direction again (a retry) is fine.
+        let (o, _) = r.on_initiation(&event(ep(1, 1001), initiation(&key(2), 3)), soon);
+        assert_eq!(o, Outcome::Relayed { src: 1, dst: 2 });
+        // After the window the other side may initiate (rekey).
+        let (o, _) = r.on_initiation(
+            &event(ep(2, 1002), initiation(&key(1), 4)),
+            soon + CROSS_WINDOW,
+        );
+        assert_eq!(o, Outcome::Relayed { src: 2, dst: 1 });
     }
 
     #[test]

@@ -26,7 +26,12 @@ impl SpokeCtx<'_> {
     /// The hub as spokes see it, plus a note when the endpoint was guessed.
     fn hub_info(&self) -> anyhow::Result<(HubInfo, Option<String>)> {
         let (endpoint, note) = match self.endpoint {
-            Some(given) => (netinfo::normalize_endpoint(given, self.port)?, None),
+            Some(given) => {
+                let ep = netinfo::normalize_endpoint(given, self.port)?;
+                self.state.save_endpoint(&ep)?;
+                (ep, None)
+            }
+            None if let Some(saved) = self.state.saved_endpoint()? => (saved, None),
             None => {
                 let ep = netinfo::default_endpoint(self.port)?;
                 let note = format!(
@@ -454,13 +459,33 @@ mod tests {
         };
         let out = add(&ctx, "a", None).unwrap();
         assert_eq!(value(&out, "Endpoint"), ["[2001:db8::7]:4500"]);
-        // Without --endpoint the address is guessed (if this sandbox has a
-        // default route) and the file says so.
-        let guess = SpokeCtx {
+        // Later calls without --endpoint reuse the one given last.
+        let again = SpokeCtx {
             endpoint: None,
             ..f.ctx()
         };
-        match config(&guess, "a") {
+        assert_eq!(
+            value(&config(&again, "a").unwrap(), "Endpoint"),
+            ["[2001:db8::7]:4500"]
+        );
+        // With none ever given, the address is guessed (if this sandbox has
+        // a default route) and the file says so.
+        let g = Fixture::new("cmd-guess");
+        add(
+            &SpokeCtx {
+                endpoint: Some("192.0.2.9"),
+                ..g.ctx()
+            },
+            "b",
+            None,
+        )
+        .unwrap();
+        std::fs::remove_file(g.ctx().state.path().join(crate::state::ENDPOINT_FILE)).unwrap();
+        let guess = SpokeCtx {
+            endpoint: None,
+            ..g.ctx()
+        };
+        match config(&guess, "b") {
             Ok(out) => assert!(out.starts_with("# Endpoint ") && out.contains("--endpoint")),
             Err(e) => assert!(e.to_string().contains("--endpoint"), "{e}"),
         }

@@ -15,6 +15,8 @@ use crate::registry::{FileStore, parse_key};
 pub const HUB_KEY_FILE: &str = "hub.key";
 /// The registry file inside the state directory.
 pub const REGISTRY_FILE: &str = "spokes.json";
+/// The hub endpoint last given with `--endpoint` (text, one line).
+pub const ENDPOINT_FILE: &str = "endpoint";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -96,6 +98,31 @@ impl StateDir {
     /// The hub's public key (generating the key pair on first use).
     pub fn hub_public_key(&self) -> Result<Key, StateError> {
         Ok(self.hub_key()?.get_public())
+    }
+
+    /// The endpoint last given with `--endpoint`, so later `spoke config`
+    /// calls print the same one without repeating the flag.
+    pub fn saved_endpoint(&self) -> Result<Option<String>, StateError> {
+        let path = self.path.join(ENDPOINT_FILE);
+        match fs::read_to_string(&path) {
+            Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim().to_string())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StateError::io(&path, e)),
+        }
+    }
+
+    pub fn save_endpoint(&self, endpoint: &str) -> Result<(), StateError> {
+        if self.saved_endpoint()?.as_deref() == Some(endpoint) {
+            return Ok(());
+        }
+        let path = self.path.join(ENDPOINT_FILE);
+        let tmp = self
+            .path
+            .join(format!(".{ENDPOINT_FILE}.{}.tmp", std::process::id()));
+        fs::write(&tmp, format!("{endpoint}\n"))
+            .and_then(|()| fs::rename(&tmp, &path))
+            .map_err(|e| StateError::io(&path, e))
     }
 
     /// The spoke registry kept in this directory.

@@ -31,6 +31,7 @@ const APT_PACKAGES: &[(&str, Option<&str>, Need)] = &[
     ("ethtool", Some("ethtool"), Need::Test),
     ("bpftool", Some("bpftool"), Need::Test),
     ("curl", Some("curl"), Need::Test),
+    ("iputils-ping", Some("ping"), Need::Test),
 ];
 
 /// rust-src: aya-build compiles core for the BPF target (-Z build-std=core).
