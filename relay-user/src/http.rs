@@ -45,6 +45,25 @@ pub fn route(api: &dyn Api, method: &str, path: &str) -> Response {
     }
 }
 
+/// Method and path of an HTTP/1.x request head; None if it is not one.
+pub fn parse_request_line(head: &[u8]) -> Option<(&str, &str)> {
+    let end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
+    let line = std::str::from_utf8(&head[..end])
+        .ok()?
+        .trim_end_matches('\r');
+    let mut parts = line.split(' ');
+    let (method, path, version) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some()
+        || !version.starts_with("HTTP/1.")
+        || method.is_empty()
+        || !method.bytes().all(|b| b.is_ascii_uppercase())
+        || !path.starts_with('/')
+    {
+        return None;
+    }
+    Some((method, path))
+}
+
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
@@ -79,18 +98,14 @@ async fn handle(api: Arc<dyn Api>, mut stream: TcpStream) -> std::io::Result<()>
     })
     .await;
     let resp = match head {
-        Ok(Ok(Some(()))) => {
-            let line = String::from_utf8_lossy(&buf);
-            let mut parts = line.lines().next().unwrap_or("").split_whitespace();
-            match (parts.next(), parts.next()) {
-                (Some(m), Some(p)) => route(api.as_ref(), m, p),
-                _ => Response {
-                    status: 400,
-                    content_type: "text/plain",
-                    body: "bad request\n".into(),
-                },
-            }
-        }
+        Ok(Ok(Some(()))) => match parse_request_line(&buf) {
+            Some((m, p)) => route(api.as_ref(), m, p),
+            None => Response {
+                status: 400,
+                content_type: "text/plain",
+                body: "bad request\n".into(),
+            },
+        },
         _ => return Ok(()),
     };
     let head = format!(
@@ -143,6 +158,29 @@ mod tests {
             } else {
                 Err("xdp detached".into())
             }
+        }
+    }
+
+    #[test]
+    fn request_lines() {
+        assert_eq!(
+            parse_request_line(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Some(("GET", "/metrics"))
+        );
+        assert_eq!(
+            parse_request_line(b"GET /healthz HTTP/1.0\n\n"),
+            Some(("GET", "/healthz"))
+        );
+        for bad in [
+            &b""[..],
+            b"GET\r\n",
+            b"GET /x\r\n",
+            b"GET x HTTP/1.1\r\n",
+            b"get /x HTTP/1.1\r\n",
+            b"GET /x HTTP/2 extra\r\n",
+            b"\xff\xfe /x HTTP/1.1\r\n",
+        ] {
+            assert_eq!(parse_request_line(bad), None, "{bad:?}");
         }
     }
 
