@@ -126,9 +126,20 @@ pub struct HubConfig {
     /// The hub's UDP port, host byte order. 0 = not configured: pass all.
     pub port: u16,
     pub _pad: u16,
-    /// Reserved, zero.
+    /// `HUB_V4_SET` / `HUB_V6_SET`: which of the addresses below are set.
     pub flags: u32,
+    /// The hub's IPv4 address (network order): the source of frames relayed
+    /// from an IPv6 spoke to an IPv4 spoke.
+    pub hub_v4: [u8; 4],
+    /// The hub's IPv6 address (network order): the source of frames relayed
+    /// from an IPv4 spoke to an IPv6 spoke.
+    pub hub_v6: [u8; 16],
 }
+
+/// [`HubConfig::hub_v4`] is set: IPv6 -> IPv4 relay is possible.
+pub const HUB_V4_SET: u32 = 1;
+/// [`HubConfig::hub_v6`] is set: IPv4 -> IPv6 relay is possible.
+pub const HUB_V6_SET: u32 = 2;
 
 /// Value of [`MAP_SLOT_COUNTERS`], per CPU. "rx" = from the spoke, "tx" =
 /// relayed to the spoke. Bytes are UDP payload bytes (the WireGuard
@@ -188,7 +199,11 @@ pub mod counter {
     pub const FIB_FALLBACK: u32 = 17;
     /// Passed: cross-family relay (IPv4 <-> IPv6) is not done in XDP.
     pub const PASS_CROSS_FAMILY: u32 = 18;
-    pub const COUNT: u32 = 19;
+    /// Passed to the hub's own WireGuard, by message type (responses and
+    /// cookie replies addressed to the hub's handshakes).
+    pub const HUB_RESPONSE: u32 = 19;
+    pub const HUB_COOKIE: u32 = 20;
+    pub const COUNT: u32 = 21;
 
     /// Metric label for each counter index.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -211,6 +226,8 @@ pub mod counter {
         "drop_loop",
         "fib_fallback",
         "pass_cross_family",
+        "hub_response",
+        "hub_cookie",
     ];
 }
 
@@ -246,7 +263,7 @@ const _: () = {
     assert!(core::mem::size_of::<SpokeSlot>() == 24);
     assert!(core::mem::size_of::<SessionKey>() == 8);
     assert!(core::mem::size_of::<SessionValue>() == 16);
-    assert!(core::mem::size_of::<HubConfig>() == 8);
+    assert!(core::mem::size_of::<HubConfig>() == 28);
     assert!(core::mem::size_of::<SlotCounters>() == 72);
     assert!(core::mem::size_of::<InitiationEvent>() == 20 + 20 + 4 + 4 + 148);
 };

@@ -26,7 +26,7 @@ use core::mem::MaybeUninit;
 use relay_common::{
     Endpoint, NO_SLOT, counter,
     wire::{
-        KEEPALIVE_LEN, MSG_INITIATION, MSG_RESPONSE, MSG_TRANSPORT, RECEIVER_OFF,
+        KEEPALIVE_LEN, MSG_COOKIE_REPLY, MSG_INITIATION, MSG_RESPONSE, MSG_TRANSPORT, RECEIVER_OFF,
         RESPONSE_RECEIVER_OFF, SENDER_OFF,
     },
 };
@@ -132,6 +132,11 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
     let Some(session) = lookup::session(slot, receiver) else {
         // The hub's own WireGuard session.
         inc(counter::PASS_NO_SESSION);
+        if msg.kind == MSG_RESPONSE {
+            inc(counter::HUB_RESPONSE);
+        } else if msg.kind == MSG_COOKIE_REPLY {
+            inc(counter::HUB_COOKIE);
+        }
         if let Some(c) = src_counters {
             counters::to_hub(c, keepalive, now);
         }

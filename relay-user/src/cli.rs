@@ -49,6 +49,36 @@ pub enum Command {
     /// Manage spokes (works whether or not the hub runs).
     #[command(subcommand)]
     Spoke(SpokeCommand),
+    /// Show every spoke's state, endpoint, keepalives and relayed traffic
+    /// (from a running hub's API).
+    ///
+    /// States, with PK = the spokes' PersistentKeepalive: up = a frame
+    /// within PK + 5 s; stale = silent longer, up to 3 x PK + 5 s; down =
+    /// silent longer than that, or not heard from since the hub started.
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// The hub's API address (its --metrics-addr).
+    #[arg(long, env = "RELAYHUB_METRICS_ADDR", default_value = "127.0.0.1:9851")]
+    pub metrics_addr: SocketAddr,
+    /// Print JSON (the `/v1/spokes` document) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh in place until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+    /// Seconds between refreshes with --watch.
+    #[arg(long, default_value_t = 2.0, value_parser = positive_secs)]
+    pub interval: f64,
+}
+
+fn positive_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.1 => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds >= 0.1")),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -68,6 +98,14 @@ pub struct RunArgs {
     /// Capacity of the spoke tables (BPF maps are sized at start).
     #[arg(long, env = "RELAYHUB_MAX_SPOKES", default_value_t = relay_common::MAX_SLOTS)]
     pub max_spokes: u32,
+    /// PersistentKeepalive the spokes use, seconds (health thresholds; the
+    /// same variable sets the value `spoke add` prints).
+    #[arg(long, env = "RELAYHUB_KEEPALIVE", default_value_t = relay_common::wire::DEFAULT_PERSISTENT_KEEPALIVE_SECS)]
+    pub keepalive: u16,
+    /// Enable the kernel's BPF run-time statistics while the hub runs
+    /// (exports the XDP program's run time; costs a few ns per frame).
+    #[arg(long, env = "RELAYHUB_BPF_STATS")]
+    pub bpf_stats: bool,
     /// Capacity of the relay session table (LRU).
     #[arg(long, env = "RELAYHUB_MAX_SESSIONS", default_value_t = relay_common::MAX_SESSIONS)]
     pub max_sessions: u32,

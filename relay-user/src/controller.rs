@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
@@ -18,11 +18,13 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::datapath::{AttachMode, Capacity, Datapath, ktime_ns};
 use crate::handshake::{Action, Outcome, Router};
+use crate::health::{SpokeHealth, Thresholds};
 use crate::hubwg::HubWg;
 use crate::metrics::{Metrics, Snapshot};
 use crate::registry::{Registry, RegistryStore, TunnelNet};
 use crate::sender::RawSender;
 use crate::state::StateDir;
+use crate::status::{HubStatus, SpokeStatus};
 use crate::{http, metrics, sessions};
 
 /// How often the hub's authenticated endpoints are re-read. Roaming and
@@ -33,6 +35,8 @@ pub const ENDPOINT_REFRESH: Duration = Duration::from_millis(200);
 /// the hub before their first handshake arrives.
 pub const REGISTRY_POLL: Duration = Duration::from_millis(250);
 pub const SESSION_SWEEP: Duration = Duration::from_secs(10);
+/// Health samples: one counter read per spoke each time.
+pub const HEALTH_SAMPLE: Duration = Duration::from_secs(1);
 
 pub struct RunConfig {
     pub state_dir: PathBuf,
@@ -43,6 +47,29 @@ pub struct RunConfig {
     pub metrics_addr: SocketAddr,
     pub xdp_mode: AttachMode,
     pub capacity: Capacity,
+    /// PersistentKeepalive spokes use (health thresholds).
+    pub keepalive: u16,
+    /// Enable the kernel's BPF run-time statistics while running.
+    pub bpf_stats: bool,
+}
+
+/// What the hub knows about one registered spoke.
+struct SpokeMeta {
+    name: String,
+    address: std::net::Ipv4Addr,
+    public_key: wireguard_control::Key,
+    health: SpokeHealth,
+    last_handshake: Option<SystemTime>,
+}
+
+/// Facts about this hub for `/v1/hub`.
+struct HubFacts {
+    public_key: String,
+    address: String,
+    port: u16,
+    iface: String,
+    wg_iface: String,
+    started: Instant,
 }
 
 struct Hub {
@@ -54,6 +81,9 @@ struct Hub {
     /// Registered spokes: public key -> slot.
     by_key: HashMap<[u8; 32], u32>,
     registry_stamp: Option<u64>,
+    spokes: HashMap<u32, SpokeMeta>,
+    thresholds: Thresholds,
+    facts: HubFacts,
     // Fields drop in order: detach XDP first, then remove the interface.
     datapath: Datapath,
     wg: HubWg,
@@ -91,6 +121,24 @@ impl Hub {
         for s in reg.spokes() {
             self.router.set_spoke(s.id, &s.public_key.0);
         }
+        let mut old = std::mem::take(&mut self.spokes);
+        for s in reg.spokes() {
+            // Health history survives unless the slot now names another key.
+            let kept = old.remove(&s.id).filter(|m| m.public_key == s.public_key);
+            let (health, last_handshake) = kept
+                .map(|m| (m.health, m.last_handshake))
+                .unwrap_or_default();
+            self.spokes.insert(
+                s.id,
+                SpokeMeta {
+                    name: s.name.clone(),
+                    address: s.address,
+                    public_key: s.public_key.clone(),
+                    health,
+                    last_handshake,
+                },
+            );
+        }
         self.by_key = wanted;
         let peers: Vec<_> = reg
             .spokes()
@@ -107,10 +155,19 @@ impl Hub {
     fn refresh_endpoints(&mut self) -> anyhow::Result<()> {
         let peers = self.wg.peers()?;
         for p in &peers {
-            if let Some(&slot) = self.by_key.get(&p.public_key.0)
-                && self.router.set_endpoint(slot, p.endpoint)
-            {
-                tracing::info!(slot, endpoint = ?p.endpoint.and_then(|e| crate::hubwg::to_socket_addr(&e)), "spoke endpoint");
+            let Some(&slot) = self.by_key.get(&p.public_key.0) else {
+                continue;
+            };
+            if let Some(m) = self.spokes.get_mut(&slot) {
+                m.last_handshake = p.last_handshake;
+                m.health.on_endpoint(p.endpoint);
+            }
+            if self.router.set_endpoint(slot, p.endpoint) {
+                tracing::info!(
+                    slot,
+                    endpoint = ?p.endpoint.and_then(|e| crate::hubwg::to_socket_addr(&e)),
+                    "spoke endpoint"
+                );
             }
         }
         let slots: Vec<u32> = self.router.slots().collect();
@@ -147,11 +204,11 @@ impl Hub {
                 }
                 match self.sender.send(&from, &to, &frame) {
                     Ok(()) => {
-                        self.metrics.userspace_packets.inc();
-                        self.metrics.userspace_bytes.inc_by(INITIATION_LEN as u64);
+                        self.metrics.userspace_packets += 1;
+                        self.metrics.userspace_bytes += INITIATION_LEN as u64;
                     }
                     Err(e) => {
-                        self.metrics.send_errors.inc();
+                        self.metrics.send_errors += 1;
                         tracing::warn!(error = %e, "sending initiation to spoke");
                     }
                 }
@@ -182,13 +239,92 @@ impl Hub {
         }
     }
 
+    /// Feed every spoke's counters to its health tracker (once a second:
+    /// one map read per spoke).
+    fn observe_health(&mut self) {
+        let now = ktime_ns();
+        for (&slot, m) in self.spokes.iter_mut() {
+            let c = self.datapath.slot_counters(slot);
+            m.health.observe(&c, now);
+        }
+    }
+
+    fn spoke_statuses(&self) -> Vec<SpokeStatus> {
+        let now_ns = ktime_ns();
+        let age = |ns: u64| (ns != 0).then(|| now_ns.saturating_sub(ns) as f64 / 1e9);
+        let entries = self.datapath.sessions();
+        let mut sessions: HashMap<u32, u64> = HashMap::new();
+        for (k, v) in &entries {
+            *sessions.entry(k.src_slot).or_default() += 1;
+            if v.dst_slot != k.src_slot {
+                *sessions.entry(v.dst_slot).or_default() += 1;
+            }
+        }
+        let mut out: Vec<SpokeStatus> = self
+            .spokes
+            .iter()
+            .map(|(&slot, m)| {
+                let c = self.datapath.slot_counters(slot);
+                let silence = age(c.last_rx_ns);
+                let silence_d = silence.map(Duration::from_secs_f64);
+                SpokeStatus {
+                    name: m.name.clone(),
+                    id: slot,
+                    address: m.address.to_string(),
+                    public_key: m.public_key.to_base64(),
+                    endpoint: self
+                        .router
+                        .endpoint(slot)
+                        .and_then(|e| crate::hubwg::to_socket_addr(&e))
+                        .map(|a| a.to_string()),
+                    state: self.thresholds.classify(silence_d).label().to_string(),
+                    last_handshake_unix: m
+                        .last_handshake
+                        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs()),
+                    last_frame_secs_ago: silence,
+                    last_keepalive_secs_ago: age(c.last_keepalive_ns),
+                    keepalive_interval_secs: m.health.keepalive_interval(),
+                    missed_keepalives: self.thresholds.missed(silence_d),
+                    keepalives_to_hub: c.hub_keepalives,
+                    keepalives_relayed: c.rx_keepalives,
+                    relayed_in_packets: c.rx_packets,
+                    relayed_in_bytes: c.rx_bytes,
+                    relayed_out_packets: c.tx_packets,
+                    relayed_out_bytes: c.tx_bytes,
+                    sessions: sessions.get(&slot).copied().unwrap_or(0),
+                    roams: m.health.roams(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    fn hub_status(&self) -> HubStatus {
+        let f = &self.facts;
+        HubStatus {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            public_key: f.public_key.clone(),
+            address: f.address.clone(),
+            port: f.port,
+            iface: f.iface.clone(),
+            xdp_mode: self.datapath.mode().to_string(),
+            wg_iface: f.wg_iface.clone(),
+            uptime_secs: f.started.elapsed().as_secs(),
+            keepalive_secs: self.thresholds.keepalive.as_secs() as u16,
+            up_within_secs: self.thresholds.up_within().as_secs(),
+            down_after_secs: self.thresholds.down_after().as_secs(),
+        }
+    }
+
     fn snapshot(&self) -> Snapshot {
         Snapshot {
             xdp: self.datapath.counters(),
             sessions: self.datapath.sessions().len() as u64,
-            spokes_registered: self.by_key.len() as u64,
-            spokes_up: self.installed.len() as u64,
+            spokes: self.spoke_statuses(),
             held_initiations: self.router.held_len() as u64,
+            prog_stats: self.datapath.prog_stats(),
         }
     }
 }
@@ -199,6 +335,16 @@ impl http::Api for HubApi {
     fn metrics(&self) -> String {
         let hub = self.0.lock().expect("hub lock");
         metrics::render(&hub.metrics, &hub.snapshot())
+    }
+
+    fn hub(&self) -> String {
+        let hub = self.0.lock().expect("hub lock");
+        serde_json::to_string_pretty(&hub.hub_status()).expect("serializable")
+    }
+
+    fn spokes(&self) -> String {
+        let hub = self.0.lock().expect("hub lock");
+        serde_json::to_string_pretty(&hub.spoke_statuses()).expect("serializable")
     }
 
     fn health(&self) -> Result<(), String> {
@@ -247,6 +393,14 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
     let sender = RawSender::new().context("opening raw sockets (run as root)")?;
     let mut datapath = Datapath::load(object, &cfg.capacity, cfg.port)?;
 
+    // Kept open for the hub's lifetime: statistics stay on while it is.
+    let _bpf_stats = if cfg.bpf_stats {
+        Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).context(
+            "enabling BPF run-time statistics (--bpf-stats) needs kernel >= 5.8 and root",
+        )?)
+    } else {
+        None
+    };
     let wg = HubWg::up(
         &cfg.wg_iface,
         &hub_key,
@@ -261,6 +415,16 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
         installed: HashMap::new(),
         by_key: HashMap::new(),
         registry_stamp: stamp,
+        spokes: HashMap::new(),
+        thresholds: Thresholds::new(cfg.keepalive),
+        facts: HubFacts {
+            public_key: hub_public.to_base64(),
+            address: cfg.net.hub.to_string(),
+            port: cfg.port,
+            iface: cfg.iface.clone(),
+            wg_iface: cfg.wg_iface.clone(),
+            started: Instant::now(),
+        },
         datapath: {
             datapath.attach(&cfg.iface, cfg.xdp_mode)?;
             datapath
@@ -306,7 +470,13 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
     let mut endpoint_tick = tokio::time::interval(ENDPOINT_REFRESH);
     let mut registry_tick = tokio::time::interval(REGISTRY_POLL);
     let mut sweep_tick = tokio::time::interval(SESSION_SWEEP);
-    for t in [&mut endpoint_tick, &mut registry_tick, &mut sweep_tick] {
+    let mut health_tick = tokio::time::interval(HEALTH_SAMPLE);
+    for t in [
+        &mut endpoint_tick,
+        &mut registry_tick,
+        &mut sweep_tick,
+        &mut health_tick,
+    ] {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
     let mut events = Vec::with_capacity(64);
@@ -368,6 +538,9 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "registry stamp"),
                 }
+            }
+            _ = health_tick.tick() => {
+                hub.lock().expect("hub lock").observe_health();
             }
             _ = sweep_tick.tick() => {
                 hub.lock().expect("hub lock").sweep_sessions();

@@ -1,7 +1,6 @@
 //! The XDP datapath: load the relay program, attach it to the underlay NIC,
 //! and read and write its maps.
 
-use std::collections::HashMap as StdHashMap;
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
@@ -200,6 +199,14 @@ impl Datapath {
             .is_some()
     }
 
+    /// Cumulative run time and run count of the relay program; zero
+    /// unless BPF run-time statistics are enabled (`--bpf-stats`).
+    pub fn prog_stats(&self) -> Option<(Duration, u64)> {
+        let prog: &Xdp = self.ebpf.program(PROG_RELAY)?.try_into().ok()?;
+        let info = prog.info().ok()?;
+        Some((info.run_time(), info.run_count()))
+    }
+
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
     }
@@ -346,10 +353,3 @@ pub fn ktime_ns() -> u64 {
         nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("monotonic clock");
     ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
 }
-
-pub fn ns_to_duration(ns: u64) -> Duration {
-    Duration::from_nanos(ns)
-}
-
-/// Remember which endpoint each slot has in the maps.
-pub type InstalledEndpoints = StdHashMap<u32, Endpoint>;

@@ -12,6 +12,10 @@ use tokio::net::{TcpListener, TcpStream};
 /// What the server asks of the hub.
 pub trait Api: Send + Sync + 'static {
     fn metrics(&self) -> String;
+    /// JSON of [`crate::status::HubStatus`].
+    fn hub(&self) -> String;
+    /// JSON array of [`crate::status::SpokeStatus`].
+    fn spokes(&self) -> String;
     /// Ok while healthy, else the reason.
     fn health(&self) -> Result<(), String>;
 }
@@ -36,11 +40,24 @@ pub fn route(api: &dyn Api, method: &str, path: &str) -> Response {
             content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
             body: api.metrics(),
         },
+        ("GET", "/v1/hub") => Response {
+            status: 200,
+            content_type: "application/json",
+            body: api.hub(),
+        },
+        ("GET", "/v1/spokes") => Response {
+            status: 200,
+            content_type: "application/json",
+            body: api.spokes(),
+        },
         ("GET", "/healthz") => match api.health() {
             Ok(()) => text(200, "ok\n".into()),
             Err(why) => text(503, format!("{why}\n")),
         },
-        ("GET", _) => text(404, "not found: try /metrics or /healthz\n".into()),
+        ("GET", _) => text(
+            404,
+            "not found: try /metrics, /healthz, /v1/hub or /v1/spokes\n".into(),
+        ),
         _ => text(405, "only GET is supported\n".into()),
     }
 }
@@ -159,6 +176,12 @@ mod tests {
                 Err("xdp detached".into())
             }
         }
+        fn hub(&self) -> String {
+            "{}".into()
+        }
+        fn spokes(&self) -> String {
+            "[]".into()
+        }
     }
 
     #[test]
@@ -191,6 +214,11 @@ mod tests {
         let r = route(&Fake(false), "GET", "/healthz?x=1");
         assert_eq!((r.status, r.body.as_str()), (503, "xdp detached\n"));
         assert_eq!(route(&Fake(true), "GET", "/nope").status, 404);
+        let r = route(&Fake(true), "GET", "/v1/spokes");
+        assert_eq!(
+            (r.status, r.content_type, r.body.as_str()),
+            (200, "application/json", "[]")
+        );
         assert_eq!(route(&Fake(true), "POST", "/metrics").status, 405);
     }
 }

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod controller;
 pub mod datapath;
 pub mod handshake;
+pub mod health;
 pub mod http;
 pub mod hubwg;
 pub mod metrics;
@@ -15,6 +16,7 @@ pub mod sender;
 pub mod sessions;
 pub mod spoke_cmd;
 pub mod state;
+pub mod status;
 
 /// The compiled XDP object (built by build.rs with aya-build).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/relay"));

@@ -1,6 +1,6 @@
 use anyhow::Context as _;
 use clap::Parser as _;
-use relay_user::cli::{Cli, Command, SpokeCommand};
+use relay_user::cli::{Cli, Command, SpokeCommand, StatusArgs};
 use relay_user::controller::{self, RunConfig};
 use relay_user::datapath::Capacity;
 use relay_user::state::StateDir;
@@ -41,12 +41,15 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     slots: args.max_spokes,
                     sessions: args.max_sessions,
                 },
+                keepalive: args.keepalive,
+                bpf_stats: args.bpf_stats,
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             rt.block_on(controller::run(cfg, relay_user::EBPF_OBJECT))
         }
+        Command::Status(args) => status(&args),
         Command::Spoke(cmd) => {
             let state = StateDir::open(&cli.state_dir)?;
             let ctx = |keepalive| spoke_cmd::SpokeCtx {
@@ -71,5 +74,33 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             print!("{out}");
             Ok(())
         }
+    }
+}
+
+fn status(args: &StatusArgs) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    loop {
+        let out = if args.json {
+            relay_user::status::fetch(args.metrics_addr, "/v1/spokes")?
+        } else {
+            let (hub, spokes) = relay_user::status::fetch_all(args.metrics_addr)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            relay_user::status::render_table(&hub, &spokes, now)
+        };
+        let mut stdout = std::io::stdout().lock();
+        if args.watch {
+            // Home the cursor and clear: redraw in place.
+            write!(stdout, "\x1b[H\x1b[2J")?;
+        }
+        write!(stdout, "{}", out.trim_end())?;
+        writeln!(stdout)?;
+        stdout.flush()?;
+        if !args.watch {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_secs_f64(args.interval));
     }
 }

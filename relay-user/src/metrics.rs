@@ -1,33 +1,43 @@
 //! Prometheus metrics. Fast-path counts live in per-CPU BPF maps and are
-//! read at scrape time; the controller's own counts live here.
+//! read at scrape time (never a per-packet event to userspace); the
+//! controller's own counts live here. Per-spoke series are labelled with
+//! the spoke's registered name (bounded by the registry).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 use relay_common::counter;
+
+use crate::status::SpokeStatus;
 
 type Labels = Vec<(&'static str, String)>;
 
-/// Counters kept by the controller.
+/// Counts kept by the controller (it holds them under its own lock).
 #[derive(Default)]
 pub struct Metrics {
     /// Handshake initiations by routing outcome.
-    pub initiations: Family<Labels, Counter>,
+    initiations: BTreeMap<&'static str, u64>,
     /// Frames the controller itself relayed (initiations).
-    pub userspace_packets: Counter,
-    pub userspace_bytes: Counter,
+    pub userspace_packets: u64,
+    pub userspace_bytes: u64,
     /// Raw-socket send failures.
-    pub send_errors: Counter,
+    pub send_errors: u64,
 }
 
 impl Metrics {
-    pub fn initiation(&self, outcome: &'static str) {
-        self.initiations
-            .get_or_create(&vec![("result", outcome.to_string())])
-            .inc();
+    pub fn initiation(&mut self, outcome: &'static str) {
+        *self.initiations.entry(outcome).or_default() += 1;
+    }
+
+    pub fn initiations(&self, outcome: &str) -> u64 {
+        self.initiations.get(outcome).copied().unwrap_or(0)
     }
 }
 
@@ -35,133 +45,379 @@ impl Metrics {
 pub struct Snapshot {
     pub xdp: [u64; counter::COUNT as usize],
     pub sessions: u64,
-    pub spokes_registered: u64,
-    /// Spokes with an authenticated endpoint.
-    pub spokes_up: u64,
+    pub spokes: Vec<SpokeStatus>,
     pub held_initiations: u64,
+    /// The relay program's cumulative run time and run count (zero unless
+    /// BPF statistics are enabled).
+    pub prog_stats: Option<(Duration, u64)>,
 }
 
-fn counter_family(reg: &mut Registry, name: &str, help: &str, rows: &[(Labels, u64)]) {
-    let fam = Family::<Labels, Counter>::default();
-    for (labels, v) in rows {
-        fam.get_or_create(labels).inc_by(*v);
+fn labels(pairs: &[(&'static str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
+}
+
+struct Builder {
+    reg: Registry,
+}
+
+impl Builder {
+    fn counters(&mut self, name: &str, help: &str, rows: impl IntoIterator<Item = (Labels, u64)>) {
+        let fam = Family::<Labels, Counter>::default();
+        for (l, v) in rows {
+            fam.get_or_create(&l).inc_by(v);
+        }
+        self.reg.register(name, help, fam);
     }
-    reg.register(name, help, fam);
+
+    fn gauges(&mut self, name: &str, help: &str, rows: impl IntoIterator<Item = (Labels, f64)>) {
+        let fam = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        for (l, v) in rows {
+            fam.get_or_create(&l).set(v);
+        }
+        self.reg.register(name, help, fam);
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, v: f64) {
+        let g = Gauge::<f64, AtomicU64>::default();
+        g.set(v);
+        self.reg.register(name, help, g);
+    }
 }
 
-fn gauge(reg: &mut Registry, name: &str, help: &str, v: u64) {
-    let g = Gauge::<i64>::default();
-    g.set(v as i64);
-    reg.register(name, help, g);
-}
+/// Drop reasons of the XDP program: (reason label, counter index). Frames
+/// "passed" to the kernel for these reasons are not relayed; the hub's
+/// WireGuard then discards them.
+const XDP_DROPS: [(&str, u32); 8] = [
+    ("unknown_source", counter::PASS_UNKNOWN_SOURCE),
+    ("malformed", counter::PASS_MALFORMED),
+    ("unsupported", counter::PASS_UNSUPPORTED),
+    ("no_destination", counter::DROP_NO_DESTINATION),
+    ("no_route", counter::DROP_NO_ROUTE),
+    ("loop", counter::DROP_LOOP),
+    ("cross_family", counter::PASS_CROSS_FAMILY),
+    ("ring_full", counter::INITIATIONS_RING_FULL),
+];
+
+/// Controller outcomes that drop an initiation, with their drop reason.
+const CONTROLLER_DROPS: [(&str, &str); 7] = [
+    ("no_match", "no_match"),
+    ("unknown_source", "unknown_source"),
+    ("no_destination", "no_destination"),
+    ("loop", "loop"),
+    ("malformed", "malformed"),
+    ("overflow", "rate_limited"),
+    ("superseded", "superseded"),
+];
+
+/// Initiation outcome labels, in a stable order.
+const INITIATION_RESULTS: [&str; 10] = [
+    "relayed",
+    "to_hub",
+    "held",
+    "no_match",
+    "unknown_source",
+    "no_destination",
+    "loop",
+    "malformed",
+    "overflow",
+    "superseded",
+];
 
 /// The text exposition of everything.
 pub fn render(m: &Metrics, s: &Snapshot) -> String {
-    let mut reg = Registry::default();
-    let path = |p: &str| vec![("path", p.to_string())];
-    counter_family(
-        &mut reg,
+    let x = |i: u32| s.xdp[i as usize];
+    let mut b = Builder {
+        reg: Registry::default(),
+    };
+    let path = |p: &str| labels(&[("path", p)]);
+    b.counters(
         "relayhub_relayed_packets",
         "Frames relayed between spokes, by path (xdp fast path or userspace controller)",
-        &[
-            (path("xdp"), s.xdp[counter::RELAYED_PACKETS as usize]),
-            (path("userspace"), m.userspace_packets.get()),
+        [
+            (path("xdp"), x(counter::RELAYED_PACKETS)),
+            (path("userspace"), m.userspace_packets),
         ],
     );
-    counter_family(
-        &mut reg,
+    b.counters(
         "relayhub_relayed_bytes",
         "WireGuard message bytes (UDP payload) relayed between spokes, by path",
-        &[
-            (path("xdp"), s.xdp[counter::RELAYED_BYTES as usize]),
-            (path("userspace"), m.userspace_bytes.get()),
+        [
+            (path("xdp"), x(counter::RELAYED_BYTES)),
+            (path("userspace"), m.userspace_bytes),
         ],
     );
-    let rows: Vec<(Labels, u64)> = counter::NAMES
+    let mut drops: Vec<(Labels, u64)> = XDP_DROPS
         .iter()
-        .zip(s.xdp.iter())
-        .map(|(n, v)| (vec![("counter", n.to_string())], *v))
+        .map(|(r, i)| (labels(&[("stage", "xdp"), ("reason", r)]), x(*i)))
         .collect();
-    counter_family(
-        &mut reg,
+    drops.extend(CONTROLLER_DROPS.iter().map(|(o, r)| {
+        (
+            labels(&[("stage", "controller"), ("reason", r)]),
+            m.initiations(o),
+        )
+    }));
+    drops.push((
+        labels(&[("stage", "controller"), ("reason", "send_error")]),
+        m.send_errors,
+    ));
+    b.counters(
+        "relayhub_dropped_frames",
+        "Frames not relayed, by stage and reason",
+        drops,
+    );
+    let mut hs: Vec<(Labels, u64)> = INITIATION_RESULTS
+        .iter()
+        .map(|r| {
+            (
+                labels(&[("type", "initiation"), ("result", r)]),
+                m.initiations(r),
+            )
+        })
+        .collect();
+    for (t, relayed, to_hub) in [
+        ("response", counter::RELAYED_RESPONSE, counter::HUB_RESPONSE),
+        ("cookie", counter::RELAYED_COOKIE, counter::HUB_COOKIE),
+    ] {
+        hs.push((labels(&[("type", t), ("result", "relayed")]), x(relayed)));
+        hs.push((labels(&[("type", t), ("result", "to_hub")]), x(to_hub)));
+    }
+    b.counters(
+        "relayhub_handshakes",
+        "WireGuard handshake messages seen by the hub, by type and result",
+        hs,
+    );
+    b.counters(
         "relayhub_xdp_counter",
         "Raw counters of the XDP program (see relay-common counter::NAMES)",
-        &rows,
+        counter::NAMES
+            .iter()
+            .zip(s.xdp.iter())
+            .map(|(n, v)| (labels(&[("counter", n)]), *v)),
     );
-    reg.register(
-        "relayhub_handshake_initiations",
-        "Handshake initiations seen by the controller, by routing result",
-        m.initiations.clone(),
-    );
-    reg.register(
-        "relayhub_send_errors",
-        "Controller failures to send a frame to a spoke",
-        m.send_errors.clone(),
-    );
-    gauge(
-        &mut reg,
+    b.gauge(
         "relayhub_sessions",
         "Live relay session entries",
-        s.sessions,
+        s.sessions as f64,
     );
-    gauge(
-        &mut reg,
+    b.gauge(
         "relayhub_spokes_registered",
         "Spokes in the registry",
-        s.spokes_registered,
+        s.spokes.len() as f64,
     );
-    gauge(
-        &mut reg,
-        "relayhub_spokes_up",
-        "Spokes with an authenticated endpoint",
-        s.spokes_up,
+    b.gauges(
+        "relayhub_spokes",
+        "Registered spokes by health state (up, stale, down)",
+        ["up", "stale", "down"].iter().map(|st| {
+            let n = s.spokes.iter().filter(|p| p.state == *st).count();
+            (labels(&[("state", st)]), n as f64)
+        }),
     );
-    gauge(
-        &mut reg,
+    b.gauge(
         "relayhub_held_initiations",
         "Initiations waiting for an authenticated endpoint",
-        s.held_initiations,
+        s.held_initiations as f64,
     );
-    reg.register(
+    if let Some((run_time, runs)) = s.prog_stats {
+        let t = Counter::<f64, AtomicU64>::default();
+        t.inc_by(run_time.as_secs_f64());
+        b.reg.register_with_unit(
+            "relayhub_xdp_program_run",
+            "Time the kernel spent in the relay XDP program (needs --bpf-stats)",
+            Unit::Seconds,
+            t,
+        );
+        let c = Counter::<u64>::default();
+        c.inc_by(runs);
+        b.reg.register(
+            "relayhub_xdp_program_runs",
+            "Runs of the relay XDP program (needs --bpf-stats)",
+            c,
+        );
+    }
+    per_spoke(&mut b, &s.spokes);
+    b.reg.register(
         "relayhub_build",
         "Build information",
         Info::new(vec![("version", env!("CARGO_PKG_VERSION").to_string())]),
     );
     let mut out = String::new();
-    encode(&mut out, &reg).expect("writing to a String cannot fail");
+    encode(&mut out, &b.reg).expect("writing to a String cannot fail");
     out
+}
+
+fn per_spoke(b: &mut Builder, spokes: &[SpokeStatus]) {
+    let sp = |p: &SpokeStatus| labels(&[("spoke", &p.name)]);
+    let dir = |p: &SpokeStatus, d: &str| labels(&[("spoke", &p.name), ("direction", d)]);
+    b.counters(
+        "relayhub_spoke_relayed_packets",
+        "Frames relayed by XDP per spoke: in = from the spoke, out = to the spoke",
+        spokes.iter().flat_map(|p| {
+            [
+                (dir(p, "in"), p.relayed_in_packets),
+                (dir(p, "out"), p.relayed_out_packets),
+            ]
+        }),
+    );
+    b.counters(
+        "relayhub_spoke_relayed_bytes",
+        "WireGuard bytes relayed by XDP per spoke: in = from the spoke, out = to the spoke",
+        spokes.iter().flat_map(|p| {
+            [
+                (dir(p, "in"), p.relayed_in_bytes),
+                (dir(p, "out"), p.relayed_out_bytes),
+            ]
+        }),
+    );
+    b.counters(
+        "relayhub_spoke_keepalives",
+        "Keepalives (32-byte transport frames) from the spoke: to the hub, or relayed to other spokes",
+        spokes.iter().flat_map(|p| {
+            [
+                (
+                    labels(&[("spoke", &p.name), ("kind", "to_hub")]),
+                    p.keepalives_to_hub,
+                ),
+                (
+                    labels(&[("spoke", &p.name), ("kind", "relayed")]),
+                    p.keepalives_relayed,
+                ),
+            ]
+        }),
+    );
+    b.counters(
+        "relayhub_spoke_roams",
+        "Times the spoke's authenticated endpoint moved (NAT rebinding, roaming)",
+        spokes.iter().map(|p| (sp(p), p.roams)),
+    );
+    b.gauges(
+        "relayhub_spoke_last_frame_age_seconds",
+        "Seconds since the last frame from the spoke (absent if none since the hub started)",
+        spokes
+            .iter()
+            .filter_map(|p| Some((sp(p), p.last_frame_secs_ago?))),
+    );
+    b.gauges(
+        "relayhub_spoke_last_keepalive_age_seconds",
+        "Seconds since the last keepalive from the spoke",
+        spokes
+            .iter()
+            .filter_map(|p| Some((sp(p), p.last_keepalive_secs_ago?))),
+    );
+    b.gauges(
+        "relayhub_spoke_last_handshake_timestamp_seconds",
+        "Unix time of the spoke's last handshake with the hub's own WireGuard",
+        spokes
+            .iter()
+            .filter_map(|p| Some((sp(p), p.last_handshake_unix? as f64))),
+    );
+    b.gauges(
+        "relayhub_spoke_keepalive_interval_seconds",
+        "Observed interval between keepalives to the hub",
+        spokes
+            .iter()
+            .filter_map(|p| Some((sp(p), p.keepalive_interval_secs?))),
+    );
+    b.gauges(
+        "relayhub_spoke_missed_keepalives",
+        "Keepalive intervals since the spoke's last frame",
+        spokes.iter().map(|p| (sp(p), p.missed_keepalives as f64)),
+    );
+    b.gauges(
+        "relayhub_spoke_sessions",
+        "Relay session entries naming the spoke",
+        spokes.iter().map(|p| (sp(p), p.sessions as f64)),
+    );
+    b.gauges(
+        "relayhub_spoke_state",
+        "1 for the spoke's current health state (up, stale, down), else 0",
+        spokes.iter().flat_map(|p| {
+            ["up", "stale", "down"].map(|st| {
+                (
+                    labels(&[("spoke", &p.name), ("state", st)]),
+                    if p.state == st { 1.0 } else { 0.0 },
+                )
+            })
+        }),
+    );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn spoke(name: &str, state: &str) -> SpokeStatus {
+        SpokeStatus {
+            name: name.into(),
+            id: 1,
+            address: "10.88.0.2".into(),
+            public_key: "k".into(),
+            endpoint: None,
+            state: state.into(),
+            last_handshake_unix: Some(1_700_000_000),
+            last_frame_secs_ago: Some(1.5),
+            last_keepalive_secs_ago: None,
+            keepalive_interval_secs: Some(25.0),
+            missed_keepalives: 0,
+            keepalives_to_hub: 4,
+            keepalives_relayed: 2,
+            relayed_in_packets: 10,
+            relayed_in_bytes: 1000,
+            relayed_out_packets: 7,
+            relayed_out_bytes: 700,
+            sessions: 2,
+            roams: 1,
+        }
+    }
+
     #[test]
     fn renders_required_series() {
-        let m = Metrics::default();
-        m.userspace_packets.inc_by(3);
+        let mut m = Metrics {
+            userspace_packets: 3,
+            ..Default::default()
+        };
         m.initiation("relayed");
+        m.initiation("no_match");
         let mut xdp = [0u64; counter::COUNT as usize];
         xdp[counter::RELAYED_PACKETS as usize] = 42;
         xdp[counter::RELAYED_BYTES as usize] = 4200;
+        xdp[counter::PASS_UNKNOWN_SOURCE as usize] = 5;
+        xdp[counter::HUB_RESPONSE as usize] = 6;
         let text = render(
             &m,
             &Snapshot {
                 xdp,
                 sessions: 2,
-                spokes_registered: 3,
-                spokes_up: 1,
+                spokes: vec![spoke("a", "up"), spoke("b", "down")],
                 held_initiations: 0,
+                prog_stats: Some((Duration::from_millis(1500), 99)),
             },
         );
-        assert!(
-            text.contains("relayhub_relayed_packets_total{path=\"xdp\"} 42"),
-            "{text}"
-        );
-        assert!(text.contains("relayhub_relayed_packets_total{path=\"userspace\"} 3"));
-        assert!(text.contains("relayhub_relayed_bytes_total{path=\"xdp\"} 4200"));
-        assert!(text.contains("relayhub_handshake_initiations_total{result=\"relayed\"} 1"));
-        assert!(text.contains("relayhub_xdp_counter_total{counter=\"seen\"} 0"));
-        assert!(text.contains("relayhub_spokes_registered 3"));
+        for want in [
+            "relayhub_relayed_packets_total{path=\"xdp\"} 42",
+            "relayhub_relayed_packets_total{path=\"userspace\"} 3",
+            "relayhub_relayed_bytes_total{path=\"xdp\"} 4200",
+            "relayhub_handshakes_total{type=\"initiation\",result=\"relayed\"} 1",
+            "relayhub_handshakes_total{type=\"response\",result=\"to_hub\"} 6",
+            "relayhub_dropped_frames_total{stage=\"xdp\",reason=\"unknown_source\"} 5",
+            "relayhub_dropped_frames_total{stage=\"controller\",reason=\"no_match\"} 1",
+            "relayhub_xdp_counter_total{counter=\"seen\"} 0",
+            "relayhub_spokes_registered 2.0",
+            "relayhub_spokes{state=\"up\"} 1.0",
+            "relayhub_spokes{state=\"down\"} 1.0",
+            "relayhub_spoke_relayed_packets_total{spoke=\"a\",direction=\"in\"} 10",
+            "relayhub_spoke_relayed_bytes_total{spoke=\"b\",direction=\"out\"} 700",
+            "relayhub_spoke_keepalives_total{spoke=\"a\",kind=\"to_hub\"} 4",
+            "relayhub_spoke_roams_total{spoke=\"a\"} 1",
+            "relayhub_spoke_last_frame_age_seconds{spoke=\"a\"} 1.5",
+            "relayhub_spoke_last_handshake_timestamp_seconds{spoke=\"a\"} 1700000000.0",
+            "relayhub_spoke_state{spoke=\"b\",state=\"down\"} 1.0",
+            "relayhub_xdp_program_run_seconds_total 1.5",
+            "relayhub_xdp_program_runs_total 99",
+            "relayhub_build_info{version=",
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
+        }
+        // Never-seen values are absent rather than zero.
+        assert!(!text.contains("relayhub_spoke_last_keepalive_age_seconds{"));
     }
 }

@@ -17,12 +17,11 @@
 //! (never by applying the program's incremental update), and every output
 //! frame's checksums are verified by full recomputation as well.
 
+mod common;
+
 use std::{
     collections::BTreeMap,
-    fs::File,
     net::{Ipv4Addr, Ipv6Addr},
-    process::Command,
-    sync::atomic::{AtomicU32, Ordering},
 };
 
 use aya::{
@@ -30,6 +29,7 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::Xdp,
 };
+use common::*;
 use relay_common::{
     Endpoint, HubConfig, InitiationEvent, MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINT_SLOTS,
     MAP_INITIATIONS, MAP_SESSIONS, MAP_SLOT_COUNTERS, MAP_SLOTS, NO_SLOT, PROG_RELAY,
@@ -101,12 +101,6 @@ const IDX_A2: u32 = 0xaaaa_0002;
 const R_HUB: u32 = 0xdead_beef;
 
 #[derive(Clone, Copy, Debug)]
-enum Addr {
-    V4(Ipv4Addr),
-    V6(Ipv6Addr),
-}
-
-#[derive(Clone, Copy, Debug)]
 struct Spoke {
     slot: u32,
     addr: Addr,
@@ -148,78 +142,6 @@ impl Spoke {
     }
 }
 
-// ---------------------------------------------------------------------------
-// Frame construction, from scratch.
-
-/// One's complement sum of `data` (big-endian words, odd tail padded).
-fn sum16(data: &[u8], mut acc: u64) -> u64 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        acc += u16::from_be_bytes([c[0], c[1]]) as u64;
-    }
-    if let [b] = chunks.remainder() {
-        acc += (*b as u64) << 8;
-    }
-    acc
-}
-
-fn fold(mut acc: u64) -> u16 {
-    while acc >> 16 != 0 {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u16
-}
-
-fn pseudo_header(src: Addr, dst: Addr, udp_len: usize) -> Vec<u8> {
-    let mut p = Vec::new();
-    match (src, dst) {
-        (Addr::V4(s), Addr::V4(d)) => {
-            p.extend(s.octets());
-            p.extend(d.octets());
-            p.extend([0, 17]);
-            p.extend((udp_len as u16).to_be_bytes());
-        }
-        (Addr::V6(s), Addr::V6(d)) => {
-            p.extend(s.octets());
-            p.extend(d.octets());
-            p.extend((udp_len as u32).to_be_bytes());
-            p.extend([0, 0, 0, 17]);
-        }
-        _ => panic!("mixed families"),
-    }
-    p
-}
-
-/// Full UDP checksum of `udp` (header with checksum field zero + payload).
-fn udp_checksum(src: Addr, dst: Addr, udp: &[u8]) -> u16 {
-    let acc = sum16(&pseudo_header(src, dst, udp.len()), 0);
-    match !fold(sum16(udp, acc)) {
-        0 => 0xffff,
-        c => c,
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum Csum {
-    /// Complete, correct checksum (as from a real wire).
-    Full,
-    /// IPv4 "no checksum".
-    Zero,
-}
-
-#[derive(Clone, Debug)]
-struct Frame {
-    eth_dst: [u8; 6],
-    eth_src: [u8; 6],
-    src: Addr,
-    dst: Addr,
-    ttl: u8,
-    sport: u16,
-    dport: u16,
-    payload: Vec<u8>,
-    csum: Csum,
-}
-
 impl Frame {
     /// A frame from spoke `s` to the hub port, as it arrives at the hub.
     fn from_spoke(s: &Spoke, payload: Vec<u8>) -> Self {
@@ -250,205 +172,6 @@ impl Frame {
             csum: self.csum,
         }
     }
-
-    fn udp(&self) -> Vec<u8> {
-        let len = 8 + self.payload.len();
-        let mut u = Vec::with_capacity(len);
-        u.extend(self.sport.to_be_bytes());
-        u.extend(self.dport.to_be_bytes());
-        u.extend((len as u16).to_be_bytes());
-        u.extend([0, 0]);
-        u.extend(&self.payload);
-        if self.csum == Csum::Full {
-            let c = udp_checksum(self.src, self.dst, &u);
-            u[6..8].copy_from_slice(&c.to_be_bytes());
-        }
-        u
-    }
-
-    fn build(&self) -> Vec<u8> {
-        let udp = self.udp();
-        let mut f = Vec::new();
-        f.extend(self.eth_dst);
-        f.extend(self.eth_src);
-        match (self.src, self.dst) {
-            (Addr::V4(s), Addr::V4(d)) => {
-                f.extend(0x0800u16.to_be_bytes());
-                let mut ip = vec![0x45, 0];
-                ip.extend(((20 + udp.len()) as u16).to_be_bytes());
-                ip.extend([0x12, 0x34, 0x40, 0x00, self.ttl, 17, 0, 0]);
-                ip.extend(s.octets());
-                ip.extend(d.octets());
-                let c = !fold(sum16(&ip, 0));
-                ip[10..12].copy_from_slice(&c.to_be_bytes());
-                f.extend(ip);
-            }
-            (Addr::V6(s), Addr::V6(d)) => {
-                f.extend(0x86ddu16.to_be_bytes());
-                f.extend([0x60, 0, 0, 0]);
-                f.extend((udp.len() as u16).to_be_bytes());
-                f.extend([17, self.ttl]);
-                f.extend(s.octets());
-                f.extend(d.octets());
-            }
-            _ => panic!("mixed families"),
-        }
-        f.extend(udp);
-        f
-    }
-}
-
-/// Deterministic filler bytes.
-fn filler(seed: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
-}
-
-fn wg_header(kind: u8) -> Vec<u8> {
-    vec![kind, 0, 0, 0]
-}
-
-fn initiation(sender: u32) -> Vec<u8> {
-    let mut m = wg_header(1);
-    m.extend(sender.to_le_bytes());
-    m.extend(filler(1, 140));
-    assert_eq!(m.len(), 148);
-    m
-}
-
-fn response(sender: u32, receiver: u32) -> Vec<u8> {
-    let mut m = wg_header(2);
-    m.extend(sender.to_le_bytes());
-    m.extend(receiver.to_le_bytes());
-    m.extend(filler(2, 80));
-    assert_eq!(m.len(), 92);
-    m
-}
-
-fn cookie_reply(receiver: u32) -> Vec<u8> {
-    let mut m = wg_header(3);
-    m.extend(receiver.to_le_bytes());
-    m.extend(filler(3, 56));
-    assert_eq!(m.len(), 64);
-    m
-}
-
-/// Transport message with `data` bytes of ciphertext before the tag.
-fn transport(receiver: u32, data: usize) -> Vec<u8> {
-    let mut m = wg_header(4);
-    m.extend(receiver.to_le_bytes());
-    m.extend(7u64.to_le_bytes());
-    m.extend(filler(4, data + 16));
-    m
-}
-
-fn keepalive(receiver: u32) -> Vec<u8> {
-    transport(receiver, 0)
-}
-
-/// Verify the IPv4 header and UDP checksums of a frame by full
-/// recomputation (and that IPv6 UDP checksums are never zero).
-fn verify_checksums(f: &[u8]) {
-    let ethertype = u16::from_be_bytes([f[12], f[13]]);
-    let (src, dst, udp_off) = match ethertype {
-        0x0800 => {
-            let ip = &f[14..34];
-            assert_eq!(fold(sum16(ip, 0)), 0xffff, "IPv4 header checksum");
-            let s: [u8; 4] = ip[12..16].try_into().unwrap();
-            let d: [u8; 4] = ip[16..20].try_into().unwrap();
-            (Addr::V4(s.into()), Addr::V4(d.into()), 34)
-        }
-        0x86dd => {
-            let s: [u8; 16] = f[22..38].try_into().unwrap();
-            let d: [u8; 16] = f[38..54].try_into().unwrap();
-            (Addr::V6(s.into()), Addr::V6(d.into()), 54)
-        }
-        other => panic!("ethertype {other:#x}"),
-    };
-    let udp = &f[udp_off..];
-    let len = u16::from_be_bytes([udp[4], udp[5]]) as usize;
-    let udp = &udp[..len];
-    let c = u16::from_be_bytes([udp[6], udp[7]]);
-    if c == 0 {
-        assert!(matches!(src, Addr::V4(_)), "IPv6 UDP checksum zero");
-        return;
-    }
-    let acc = sum16(&pseudo_header(src, dst, udp.len()), 0);
-    assert_eq!(fold(sum16(udp, acc)), 0xffff, "UDP checksum");
-}
-
-// ---------------------------------------------------------------------------
-// Network namespace.
-
-static NS_SEQ: AtomicU32 = AtomicU32::new(0);
-
-fn run(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A network namespace the test thread lives in until dropped.
-struct Netns {
-    name: String,
-    orig: File,
-}
-
-impl Netns {
-    fn new() -> Self {
-        let name = format!(
-            "rhg-{}-{}",
-            std::process::id(),
-            NS_SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        run(&["ip", "netns", "add", &name]);
-        let orig = File::open("/proc/thread-self/ns/net").expect("own netns");
-        let ns = Self { name, orig };
-        let f = File::open(format!("/run/netns/{}", ns.name)).expect("netns file");
-        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        ns
-    }
-
-    fn ip(&self, args: &str) {
-        let mut v = vec!["ip", "-n", &self.name];
-        v.extend(args.split_whitespace());
-        run(&v);
-    }
-
-    fn sysctl(&self, kv: &str) {
-        run(&["ip", "netns", "exec", &self.name, "sysctl", "-qw", kv]);
-    }
-
-    fn ifindex(&self, dev: &str) -> u32 {
-        // The thread is inside the namespace.
-        let c = std::ffi::CString::new(dev).unwrap();
-        let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-        assert_ne!(i, 0, "ifindex of {dev}");
-        i
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = nix::sched::setns(&self.orig, nix::sched::CloneFlags::CLONE_NEWNET);
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn mac(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 /// The hub's NICs: `rhg0` (towards spokes A, B, F, G and the IPv6 ones)
@@ -1163,7 +886,22 @@ fn table() -> Vec<Case> {
         pass_case(
             "response B->hub (no session)",
             with_payload(&B, response(0x1234, R_HUB)),
-            &[(SEEN, 1), (PASS_NO_SESSION, 1)],
+            &[(SEEN, 1), (PASS_NO_SESSION, 1), (HUB_RESPONSE, 1)],
+        )
+        .slot(
+            B.slot,
+            SlotDelta {
+                hub_packets: 1,
+                ..ka()
+            },
+        )
+        .rx_seen(B.slot),
+    );
+    v.push(
+        pass_case(
+            "cookie reply B->hub (no session)",
+            with_payload(&B, cookie_reply(R_HUB)),
+            &[(SEEN, 1), (PASS_NO_SESSION, 1), (HUB_COOKIE, 1)],
         )
         .slot(
             B.slot,
