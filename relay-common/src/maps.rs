@@ -197,13 +197,28 @@ pub mod counter {
     /// bpf_fib_lookup said forwarding is disabled; frame sent back to the
     /// L2 neighbour it came from.
     pub const FIB_FALLBACK: u32 = 17;
-    /// Passed: cross-family relay (IPv4 <-> IPv6) is not done in XDP.
+    /// Passed: cross-family relay (IPv4 <-> IPv6) to a family in which the
+    /// hub has no address configured (see `HubConfig::flags`).
     pub const PASS_CROSS_FAMILY: u32 = 18;
     /// Passed to the hub's own WireGuard, by message type (responses and
     /// cookie replies addressed to the hub's handshakes).
     pub const HUB_RESPONSE: u32 = 19;
     pub const HUB_COOKIE: u32 = 20;
-    pub const COUNT: u32 = 21;
+    /// Relayed packets by (source spoke family -> destination spoke family).
+    pub const RELAYED_V4_TO_V4: u32 = 21;
+    pub const RELAYED_V4_TO_V6: u32 = 22;
+    pub const RELAYED_V6_TO_V4: u32 = 23;
+    pub const RELAYED_V6_TO_V6: u32 = 24;
+    /// Passed: a cross-family relay needed bpf_xdp_adjust_head and the
+    /// driver refused it.
+    pub const ADJUST_HEAD_FAILED: u32 = 25;
+    /// Passed: IPv4 -> IPv6 relay of a frame without UDP checksum (IPv6
+    /// needs one; the fast path does not sum payloads).
+    pub const PASS_NO_CHECKSUM: u32 = 26;
+    /// Dropped: the frame does not fit the outgoing MTU (bpf_fib_lookup
+    /// FRAG_NEEDED; an IPv4 frame grows by 20 bytes as IPv6).
+    pub const DROP_TOO_BIG: u32 = 27;
+    pub const COUNT: u32 = 28;
 
     /// Metric label for each counter index.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -228,7 +243,22 @@ pub mod counter {
         "pass_cross_family",
         "hub_response",
         "hub_cookie",
+        "relayed_v4_to_v4",
+        "relayed_v4_to_v6",
+        "relayed_v6_to_v4",
+        "relayed_v6_to_v6",
+        "adjust_head_failed",
+        "pass_no_checksum",
+        "drop_too_big",
     ];
+
+    /// The `RELAYED_*_TO_*` counter of a relay from `from` to `to`
+    /// (`FAMILY_V4` / `FAMILY_V6`).
+    pub const fn relayed_family(from: u8, to: u8) -> u32 {
+        let f = (from == crate::FAMILY_V6) as u32;
+        let t = (to == crate::FAMILY_V6) as u32;
+        RELAYED_V4_TO_V4 + 2 * f + t
+    }
 }
 
 /// Ring buffer record: a copy of an initiation for the controller.

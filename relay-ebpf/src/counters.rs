@@ -42,7 +42,8 @@ pub fn to_hub(c: *mut SlotCounters, keepalive: bool, now: u64) {
 }
 
 /// A frame of `kind` with `bytes` of UDP payload was relayed from the spoke
-/// whose counters are `src` to `dst_slot`.
+/// whose counters are `src` to `dst_slot`; `family` is its
+/// `counter::RELAYED_*_TO_*` index.
 #[inline(always)]
 pub fn relayed(
     kind: u8,
@@ -51,8 +52,10 @@ pub fn relayed(
     now: u64,
     src: Option<*mut SlotCounters>,
     dst_slot: u32,
+    family: u32,
 ) {
     inc(counter::RELAYED_PACKETS);
+    inc(family);
     add(counter::RELAYED_BYTES, bytes);
     inc(match kind {
         MSG_TRANSPORT => counter::RELAYED_TRANSPORT,

@@ -3,8 +3,8 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{
-        BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-        bpf_fib_lookup, xdp_action,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action,
     },
     helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     programs::XdpContext,
@@ -27,6 +27,8 @@ pub enum Next {
     Fallback,
     /// No route: drop.
     NoRoute,
+    /// Larger than the route's MTU: drop.
+    TooBig,
 }
 
 /// Route the (already rewritten) frame whose IP total length is `ip_len`
@@ -94,6 +96,7 @@ pub fn forward<I: Ip>(ctx: &XdpContext, ip_len: u16) -> Result<Next, ()> {
             }
             Ok(Next::Fallback)
         }
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Ok(Next::TooBig),
         _ => Ok(Next::NoRoute),
     }
 }

@@ -8,6 +8,7 @@
 #![no_main]
 
 mod counters;
+mod cross;
 mod forward;
 mod initiation;
 mod lookup;
@@ -24,7 +25,7 @@ use aya_ebpf::{
 };
 use core::mem::MaybeUninit;
 use relay_common::{
-    Endpoint, NO_SLOT, counter,
+    Endpoint, FAMILY_V4, NO_SLOT, counter,
     wire::{
         KEEPALIVE_LEN, MSG_COOKIE_REPLY, MSG_INITIATION, MSG_RESPONSE, MSG_TRANSPORT, RECEIVER_OFF,
         RESPONSE_RECEIVER_OFF, SENDER_OFF,
@@ -154,20 +155,43 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
     };
     let dst_ep = &dst.endpoint;
     lookup::touch(session, now);
-    if dst_ep.family != I::FAMILY {
-        inc(counter::PASS_CROSS_FAMILY);
-        return Ok(XDP_PASS);
-    }
+    // Cross-family: the hub needs an address in the destination's family.
+    let cross = if dst_ep.family != I::FAMILY {
+        match cross::hub_config::<I>() {
+            Some(c) => Some(c),
+            None => {
+                inc(counter::PASS_CROSS_FAMILY);
+                return Ok(XDP_PASS);
+            }
+        }
+    } else {
+        None
+    };
     if msg.kind == MSG_RESPONSE
         && lookup::learn_response(dst_slot, le32(&hdr, SENDER_OFF), slot, now)
     {
         inc(counter::RESPONSE_LEARNED);
     }
 
-    rewrite::rewrite::<I>(ctx, dst_ep)?;
-    // Whole IP packet length, for the MTU check.
-    let ip_len = (ip_payload_len + I::IP_LEN) as u16;
-    let action = match forward::forward::<I>(ctx, ip_len)? {
+    let next = match cross {
+        None => {
+            rewrite::rewrite::<I>(ctx, dst_ep)?;
+            // Whole IP packet length, for the MTU check.
+            forward::forward::<I>(ctx, (ip_payload_len + I::IP_LEN) as u16)?
+        }
+        Some(cfg) => {
+            if let Err(why) = cross::rebuild::<I>(ctx, dst_ep, cfg, ip_payload_len)? {
+                inc(why);
+                return Ok(XDP_PASS);
+            }
+            if I::FAMILY == FAMILY_V4 {
+                forward::forward::<V6>(ctx, (ip_payload_len + V6::IP_LEN) as u16)?
+            } else {
+                forward::forward::<V4>(ctx, (ip_payload_len + V4::IP_LEN) as u16)?
+            }
+        }
+    };
+    let action = match next {
         Next::Sent(action) => action,
         Next::Fallback => {
             inc(counter::FIB_FALLBACK);
@@ -175,6 +199,10 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
         }
         Next::NoRoute => {
             inc(counter::DROP_NO_ROUTE);
+            return Ok(XDP_DROP);
+        }
+        Next::TooBig => {
+            inc(counter::DROP_TOO_BIG);
             return Ok(XDP_DROP);
         }
     };
@@ -186,6 +214,7 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
         now,
         src_counters,
         dst_slot,
+        counter::relayed_family(I::FAMILY, dst_ep.family),
     );
     Ok(action)
 }

@@ -17,7 +17,7 @@ pub const RELAY_TTL: u8 = 64;
 
 /// Fold a 32-bit one's complement accumulator to 16 bits.
 #[inline(always)]
-fn fold(mut acc: u32) -> u16 {
+pub fn fold(mut acc: u32) -> u16 {
     acc = (acc & 0xffff) + (acc >> 16);
     acc = (acc & 0xffff) + (acc >> 16);
     acc as u16
@@ -29,7 +29,7 @@ fn fold(mut acc: u32) -> u16 {
 /// # Safety
 /// `p` readable for `2 * n` bytes.
 #[inline(always)]
-unsafe fn sum_words(p: *const u8, n: usize, not: bool) -> u32 {
+pub unsafe fn sum_words(p: *const u8, n: usize, not: bool) -> u32 {
     let mut acc = 0u32;
     for i in 0..n {
         let w = unsafe { be16(*p.add(2 * i), *p.add(2 * i + 1)) };
@@ -39,7 +39,7 @@ unsafe fn sum_words(p: *const u8, n: usize, not: bool) -> u32 {
 }
 
 #[inline(always)]
-fn put16(p: *mut u8, v: u16) {
+pub fn put16(p: *mut u8, v: u16) {
     let b = v.to_be_bytes();
     // SAFETY: callers pass pointers inside the checked header.
     unsafe {

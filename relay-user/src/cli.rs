@@ -122,12 +122,19 @@ pub enum SpokeCommand {
         /// PersistentKeepalive written into the file, seconds.
         #[arg(long, env = "RELAYHUB_KEEPALIVE", default_value_t = relay_common::wire::DEFAULT_PERSISTENT_KEEPALIVE_SECS)]
         keepalive: u16,
+        /// Which hub endpoint the file names: ipv6 for IPv6-only spokes
+        /// (remembered for later `spoke config`).
+        #[arg(long, value_enum)]
+        family: Option<crate::spoke_cmd::Family>,
     },
     /// Print a spoke's current wg-quick file (no private key).
     Config {
         name: String,
         #[arg(long, env = "RELAYHUB_KEEPALIVE", default_value_t = relay_common::wire::DEFAULT_PERSISTENT_KEEPALIVE_SECS)]
         keepalive: u16,
+        /// Override the hub endpoint family the spoke was added with.
+        #[arg(long, value_enum)]
+        family: Option<crate::spoke_cmd::Family>,
     },
     /// List registered spokes.
     List,

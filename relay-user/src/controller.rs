@@ -390,8 +390,13 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
             cfg.metrics_addr
         )
     })?;
-    let sender = RawSender::new().context("opening raw sockets (run as root)")?;
+    let mut sender = RawSender::new().context("opening raw sockets (run as root)")?;
     let mut datapath = Datapath::load(object, &cfg.capacity, cfg.port)?;
+    // Dual-stack: the hub's own address per family, for cross-family relay.
+    let (hub_v4, hub_v6) = crate::netinfo::hub_addresses(&cfg.iface, &state.endpoint_ips())?;
+    datapath.set_hub_addresses(hub_v4, hub_v6)?;
+    sender.set_hub_addresses(hub_v4, hub_v6);
+    tracing::info!(?hub_v4, ?hub_v6, "hub addresses for cross-family relay");
 
     // Kept open for the hub's lifetime: statistics stay on while it is.
     let _bpf_stats = if cfg.bpf_stats {

@@ -1,15 +1,16 @@
 //! The XDP datapath: load the relay program, attach it to the underlay NIC,
 //! and read and write its maps.
 
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{ProgramError, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use relay_common::{
-    Endpoint, HubConfig, MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINT_SLOTS, MAP_INITIATIONS,
-    MAP_SESSIONS, MAP_SLOT_COUNTERS, MAP_SLOTS, PROG_RELAY, SLOT_ACTIVE, SessionKey, SessionValue,
-    SlotCounters, SpokeSlot, counter,
+    Endpoint, HUB_V4_SET, HUB_V6_SET, HubConfig, MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINT_SLOTS,
+    MAP_INITIATIONS, MAP_SESSIONS, MAP_SLOT_COUNTERS, MAP_SLOTS, PROG_RELAY, SLOT_ACTIVE,
+    SessionKey, SessionValue, SlotCounters, SpokeSlot, counter,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +77,8 @@ pub struct Datapath {
     counters: PerCpuArray<MapData, u64>,
     slot_counters: PerCpuArray<MapData, SlotCounters>,
     initiations: Option<RingBuf<MapData>>,
+    config: Array<MapData, HubConfig>,
+    port: u16,
     max_slots: u32,
     mode: &'static str,
     iface: String,
@@ -126,11 +129,27 @@ impl Datapath {
             counters,
             slot_counters,
             initiations: Some(initiations),
+            config,
+            port,
             max_slots: cap.slots,
             mode: "detached",
             iface: String::new(),
             ebpf,
         })
+    }
+
+    /// The hub's own addresses, the source of frames relayed across
+    /// families: `v4` for IPv6 -> IPv4 spokes, `v6` for IPv4 -> IPv6. A
+    /// family left `None` makes such frames pass (counted as
+    /// `pass_cross_family`).
+    pub fn set_hub_addresses(
+        &mut self,
+        v4: Option<Ipv4Addr>,
+        v6: Option<Ipv6Addr>,
+    ) -> Result<(), DatapathError> {
+        self.config
+            .set(0, hub_config(self.port, v4, v6), 0)
+            .map_err(map_err(MAP_CONFIG))
     }
 
     /// Attach to `iface`. The program stays attached until `self` drops.
@@ -305,6 +324,23 @@ impl Datapath {
         }
         s
     }
+}
+
+/// The [`HubConfig`] for `port` and the hub's addresses.
+pub fn hub_config(port: u16, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> HubConfig {
+    let mut c = HubConfig {
+        port,
+        ..Default::default()
+    };
+    if let Some(a) = v4 {
+        c.hub_v4 = a.octets();
+        c.flags |= HUB_V4_SET;
+    }
+    if let Some(a) = v6 {
+        c.hub_v6 = a.octets();
+        c.flags |= HUB_V6_SET;
+    }
+    c
 }
 
 /// Id of the XDP program attached to `ifindex`, if any (any mode).

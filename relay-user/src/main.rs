@@ -64,10 +64,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     name,
                     pubkey,
                     keepalive,
-                } => spoke_cmd::add(&ctx(keepalive), &name, pubkey.as_deref())?,
-                SpokeCommand::Config { name, keepalive } => {
-                    spoke_cmd::config(&ctx(keepalive), &name)?
-                }
+                    family,
+                } => spoke_cmd::add_in(&ctx(keepalive), &name, pubkey.as_deref(), family)?,
+                SpokeCommand::Config {
+                    name,
+                    keepalive,
+                    family,
+                } => spoke_cmd::config_in(&ctx(keepalive), &name, family)?,
                 SpokeCommand::List => spoke_cmd::list(&ctx(0))?,
                 SpokeCommand::Remove { name } => spoke_cmd::remove(&ctx(0), &name)?,
             };

@@ -13,7 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
-use relay_common::counter;
+use relay_common::{FAMILY_V4, FAMILY_V6, counter};
 
 use crate::status::SpokeStatus;
 
@@ -145,6 +145,23 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
             (path("xdp"), x(counter::RELAYED_BYTES)),
             (path("userspace"), m.userspace_bytes),
         ],
+    );
+    b.counters(
+        "relayhub_relayed_family_packets",
+        "Frames relayed by the XDP fast path, by address family of the sending and receiving spoke",
+        [
+            ("ipv4", "ipv4"),
+            ("ipv4", "ipv6"),
+            ("ipv6", "ipv4"),
+            ("ipv6", "ipv6"),
+        ]
+        .map(|(f, t)| {
+            let fam = |a: &str| if a == "ipv4" { FAMILY_V4 } else { FAMILY_V6 };
+            (
+                labels(&[("from", f), ("to", t)]),
+                x(counter::relayed_family(fam(f), fam(t))),
+            )
+        }),
     );
     let mut drops: Vec<(Labels, u64)> = XDP_DROPS
         .iter()

@@ -124,6 +124,25 @@ pub fn default_endpoint(port: u16) -> Result<String, NetInfoError> {
     Ok(format_endpoint(ip, port))
 }
 
+/// `[addr]:port` for the best IPv6 address (global, else unique local) of
+/// the IPv6 default-route interface (else of the IPv4 one).
+pub fn default_endpoint6(port: u16) -> Result<String, NetInfoError> {
+    let iface = match fs::read_to_string("/proc/net/ipv6_route")
+        .ok()
+        .as_deref()
+        .and_then(parse_ipv6_default_route)
+    {
+        Some(i) => i,
+        None => default_route_interface()?,
+    };
+    let v6: Vec<IpAddr> = interface_addresses(&iface)?
+        .into_iter()
+        .filter(IpAddr::is_ipv6)
+        .collect();
+    let ip = pick_endpoint_address(&v6).ok_or(NetInfoError::NoAddress(iface))?;
+    Ok(format_endpoint(ip, port))
+}
+
 /// First usable IPv4 address, else a global unicast IPv6 address, else any
 /// other usable IPv6 address (unique local). Loopback, link-local,
 /// unspecified and multicast addresses are never picked.
@@ -141,6 +160,62 @@ pub fn pick_endpoint_address(addrs: &[IpAddr]) -> Option<IpAddr> {
         })
     };
     v4.or_else(|| v6(true)).or_else(|| v6(false))
+}
+
+/// The hub's own address in each family on its underlay interface: the
+/// source of frames relayed across families (an IPv4 spoke's frame leaves
+/// towards an IPv6 spoke from the hub's IPv6 address, and back). It must be
+/// the address spokes of that family send to, so an address in `prefer`
+/// (the endpoints given with `--endpoint`) wins when the interface has it;
+/// otherwise the first usable IPv4 address and the first global (else
+/// unique local) IPv6 address.
+pub fn pick_hub_addresses(
+    addrs: &[IpAddr],
+    prefer: &[IpAddr],
+) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+    let preferred = |want_v4: bool| {
+        prefer
+            .iter()
+            .find(|p| p.is_ipv4() == want_v4 && addrs.contains(p))
+            .copied()
+    };
+    let v4 = preferred(true)
+        .or_else(|| {
+            addrs
+                .iter()
+                .find(|a| matches!(a, IpAddr::V4(v4) if usable_v4(v4)))
+                .copied()
+        })
+        .and_then(|a| match a {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        });
+    let v6_only: Vec<IpAddr> = addrs.iter().filter(|a| a.is_ipv6()).copied().collect();
+    let v6 = preferred(false)
+        .or_else(|| pick_endpoint_address(&v6_only))
+        .and_then(|a| match a {
+            IpAddr::V6(a) => Some(a),
+            IpAddr::V4(_) => None,
+        });
+    (v4, v6)
+}
+
+/// [`pick_hub_addresses`] for interface `iface`.
+pub fn hub_addresses(
+    iface: &str,
+    prefer: &[IpAddr],
+) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), NetInfoError> {
+    Ok(pick_hub_addresses(&interface_addresses(iface)?, prefer))
+}
+
+/// The IP address of a `host:port` / `[v6]:port` endpoint, if it is a
+/// literal address (not a DNS name).
+pub fn endpoint_ip(endpoint: &str) -> Option<IpAddr> {
+    endpoint
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|sa| sa.ip())
+        .or_else(|| endpoint.parse().ok())
 }
 
 fn usable_v4(a: &Ipv4Addr) -> bool {
@@ -336,6 +411,50 @@ eth0\t0000000A\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0
             );
         }
         assert_eq!(format_endpoint("::1".parse().unwrap(), 5), "[::1]:5");
+    }
+
+    #[test]
+    fn hub_addresses_prefer_given_endpoints() {
+        let addrs = ips(&[
+            "fe80::1",
+            "10.0.0.2",
+            "fd00::9",
+            "2001:db8::5",
+            "2001:db8::6",
+        ]);
+        assert_eq!(
+            pick_hub_addresses(&addrs, &[]),
+            (
+                Some("10.0.0.2".parse().unwrap()),
+                Some("2001:db8::5".parse().unwrap())
+            )
+        );
+        // A given endpoint the interface has wins; one it lacks is ignored.
+        let prefer = ips(&["2001:db8::6", "192.0.2.1"]);
+        assert_eq!(
+            pick_hub_addresses(&addrs, &prefer),
+            (
+                Some("10.0.0.2".parse().unwrap()),
+                Some("2001:db8::6".parse().unwrap())
+            )
+        );
+        assert_eq!(
+            pick_hub_addresses(&ips(&["fe80::1", "127.0.0.1"]), &[]),
+            (None, None)
+        );
+        assert_eq!(
+            pick_hub_addresses(&ips(&["fd00::9"]), &[]),
+            (None, Some("fd00::9".parse().unwrap()))
+        );
+        assert_eq!(
+            endpoint_ip("[2001:db8::1]:51820"),
+            Some("2001:db8::1".parse().unwrap())
+        );
+        assert_eq!(
+            endpoint_ip("192.0.2.1:1"),
+            Some("192.0.2.1".parse().unwrap())
+        );
+        assert_eq!(endpoint_ip("hub.example.net:51820"), None);
     }
 
     /// Reads this machine's real tables; only checks the shape, since the

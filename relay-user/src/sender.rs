@@ -17,6 +17,10 @@ pub struct RawSender {
     v4: OwnedFd,
     v6: Option<OwnedFd>,
     buf: Vec<u8>,
+    /// The hub's own addresses, the source of initiations relayed across
+    /// families (see [`RawSender::set_hub_addresses`]).
+    hub_v4: Option<Ipv4Addr>,
+    hub_v6: Option<Ipv6Addr>,
 }
 
 fn raw_socket(domain: libc::c_int) -> io::Result<OwnedFd> {
@@ -44,17 +48,54 @@ impl RawSender {
             v4,
             v6,
             buf: Vec::with_capacity(1500),
+            hub_v4: None,
+            hub_v6: None,
         })
     }
 
-    /// Send `payload` as one UDP datagram `from` -> `to`.
-    pub fn send(&mut self, from: &Endpoint, to: &Endpoint, payload: &[u8]) -> io::Result<()> {
-        if from.family != to.family {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "cross-family handshake relay is not supported yet",
-            ));
+    /// The hub's addresses in each family (the same the XDP program uses,
+    /// see `Datapath::set_hub_addresses`).
+    pub fn set_hub_addresses(&mut self, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) {
+        self.hub_v4 = v4;
+        self.hub_v6 = v6;
+    }
+
+    /// The source for a datagram to `to` that arrived at the hub as `from`:
+    /// `from` itself, or across families the hub's own address in `to`'s
+    /// family with the same port.
+    pub fn source_for(&self, from: &Endpoint, to: &Endpoint) -> io::Result<Endpoint> {
+        if from.family == to.family {
+            return Ok(*from);
         }
+        let no_addr = |fam: &str| {
+            io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                format!(
+                    "cross-family relay: the hub has no {fam} address on its underlay interface"
+                ),
+            )
+        };
+        match to.family {
+            FAMILY_V4 => self
+                .hub_v4
+                .map(|a| Endpoint::v4(a.octets(), from.port))
+                .ok_or_else(|| no_addr("IPv4")),
+            FAMILY_V6 => self
+                .hub_v6
+                .map(|a| Endpoint::v6(a.octets(), from.port))
+                .ok_or_else(|| no_addr("IPv6")),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "endpoint without address family",
+            )),
+        }
+    }
+
+    /// Send `payload` as one UDP datagram `from` -> `to`. Across families
+    /// the source is the hub's own address in `to`'s family (see
+    /// [`RawSender::source_for`]).
+    pub fn send(&mut self, from: &Endpoint, to: &Endpoint, payload: &[u8]) -> io::Result<()> {
+        let from = &self.source_for(from, to)?;
         self.buf.clear();
         match to.family {
             FAMILY_V4 => {
@@ -187,6 +228,31 @@ mod tests {
         assert_eq!(&buf[20..22], &51820u16.to_be_bytes());
         assert_eq!(&buf[22..24], &40001u16.to_be_bytes());
         assert_eq!(&buf[28..], &payload[..]);
+    }
+
+    #[test]
+    fn cross_family_source_is_the_hubs_own_address() {
+        let Ok(mut s) = RawSender::new() else {
+            // Raw sockets need root; the logic is checked where they open.
+            return;
+        };
+        let from4 = Endpoint::v4([198, 51, 100, 1], 51820);
+        let to6 = Endpoint::v6(
+            Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 9).octets(),
+            4000,
+        );
+        let to4 = Endpoint::v4([203, 0, 113, 7], 4001);
+        assert_eq!(s.source_for(&from4, &to4).unwrap(), from4);
+        let e = s.source_for(&from4, &to6).unwrap_err();
+        assert!(e.to_string().contains("no IPv6 address"), "{e}");
+        let hub6 = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+        s.set_hub_addresses(Some(Ipv4Addr::new(198, 51, 100, 1)), Some(hub6));
+        assert_eq!(
+            s.source_for(&from4, &to6).unwrap(),
+            Endpoint::v6(hub6.octets(), 51820)
+        );
+        let from6 = Endpoint::v6(hub6.octets(), 51820);
+        assert_eq!(s.source_for(&from6, &to4).unwrap(), from4);
     }
 
     #[test]

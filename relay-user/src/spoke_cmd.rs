@@ -22,13 +22,85 @@ pub struct SpokeCtx<'a> {
     pub keepalive: u16,
 }
 
+/// Which of the hub's endpoints a spoke's file names (`--family`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Family {
+    /// The hub's IPv4 (or last given) endpoint: the default.
+    Ipv4,
+    /// The hub's IPv6 endpoint, for IPv6-only spokes.
+    Ipv6,
+}
+
+fn is_v6_endpoint(ep: &str) -> bool {
+    netinfo::endpoint_ip(ep).is_some_and(|ip| ip.is_ipv6())
+}
+
 impl SpokeCtx<'_> {
+    /// The hub's IPv6 endpoint: `--endpoint` (remembered), else the one
+    /// given last, else the best IPv6 address of this host (with a note).
+    /// An IPv4 `--endpoint` is an error with an explicit `--family ipv6`;
+    /// for a spoke remembered as IPv6 it only updates the IPv4 endpoint.
+    fn hub_endpoint6(&self, explicit: bool) -> anyhow::Result<(String, Option<String>)> {
+        if let Some(given) = self.endpoint {
+            let ep = netinfo::normalize_endpoint(given, self.port)?;
+            if !netinfo::endpoint_ip(&ep).is_some_and(|ip| ip.is_ipv4()) {
+                self.state.save_endpoint6(&ep)?;
+                return Ok((ep, None));
+            }
+            if explicit {
+                bail!(
+                    "--family ipv6 with the IPv4 --endpoint {ep}: give the hub's IPv6 address or name"
+                );
+            }
+            self.state.save_endpoint(&ep)?;
+        }
+        if let Some(saved) = self.state.saved_endpoint6()? {
+            return Ok((saved, None));
+        }
+        if let Some(saved) = self.state.saved_endpoint()?
+            && is_v6_endpoint(&saved)
+        {
+            return Ok((saved, None));
+        }
+        let ep = netinfo::default_endpoint6(self.port)?;
+        let note = format!(
+            "# Endpoint {ep} was guessed from this hub's IPv6 addresses; if spokes reach\n\
+             # the hub by another address or name, rerun with --endpoint [IPV6]:PORT.\n"
+        );
+        Ok((ep, Some(note)))
+    }
+
+    /// The hub as spokes of `family` see it, plus a note when the endpoint
+    /// was guessed.
+    fn hub_info_for(
+        &self,
+        family: Option<Family>,
+        explicit: bool,
+    ) -> anyhow::Result<(HubInfo, Option<String>)> {
+        if family != Some(Family::Ipv6) {
+            return self.hub_info();
+        }
+        let (endpoint, note) = self.hub_endpoint6(explicit)?;
+        let public_key = self.state.hub_public_key()?;
+        Ok((
+            HubInfo {
+                public_key,
+                endpoint,
+                address: self.net.hub,
+            },
+            note,
+        ))
+    }
+
     /// The hub as spokes see it, plus a note when the endpoint was guessed.
     fn hub_info(&self) -> anyhow::Result<(HubInfo, Option<String>)> {
         let (endpoint, note) = match self.endpoint {
             Some(given) => {
                 let ep = netinfo::normalize_endpoint(given, self.port)?;
                 self.state.save_endpoint(&ep)?;
+                if is_v6_endpoint(&ep) {
+                    self.state.save_endpoint6(&ep)?;
+                }
                 (ep, None)
             }
             None if let Some(saved) = self.state.saved_endpoint()? => (saved, None),
@@ -57,8 +129,10 @@ impl SpokeCtx<'_> {
         registry: &Registry,
         name: &str,
         private_key: Option<&Key>,
+        family: Option<Family>,
+        explicit: bool,
     ) -> anyhow::Result<String> {
-        let (hub, note) = self.hub_info()?;
+        let (hub, note) = self.hub_info_for(family, explicit)?;
         let spoke = registry
             .get(name)
             .with_context(|| format!("spoke {name:?} vanished from the registry"))?;
@@ -83,6 +157,17 @@ impl SpokeCtx<'_> {
 /// its wg-quick file. Without `pubkey` a key pair is generated; the private
 /// key is printed once and never stored.
 pub fn add(ctx: &SpokeCtx, name: &str, pubkey: Option<&str>) -> anyhow::Result<String> {
+    add_in(ctx, name, pubkey, None)
+}
+
+/// [`add`] with `--family`: `Some(Ipv6)` prints (and remembers for later
+/// `spoke config` calls) the hub's IPv6 endpoint.
+pub fn add_in(
+    ctx: &SpokeCtx,
+    name: &str,
+    pubkey: Option<&str>,
+    family: Option<Family>,
+) -> anyhow::Result<String> {
     let (public_key, private_key) = match pubkey {
         Some(text) => {
             let Some(k) = parse_key(text) else {
@@ -99,7 +184,7 @@ pub fn add(ctx: &SpokeCtx, name: &str, pubkey: Option<&str>) -> anyhow::Result<S
     };
     // Everything that can fail without changing the registry comes first, so
     // a failed add leaves nothing behind.
-    ctx.hub_info()?;
+    ctx.hub_info_for(family, true)?;
     let hub_public = ctx.state.hub_public_key()?;
     let store = ctx.state.registry();
     let registry = store
@@ -108,16 +193,30 @@ pub fn add(ctx: &SpokeCtx, name: &str, pubkey: Option<&str>) -> anyhow::Result<S
                 .map(|_| ())
         })
         .with_context(|| format!("cannot add spoke {name:?}"))?;
-    ctx.render(&registry, name, private_key.as_ref())
+    ctx.state
+        .set_ipv6_spoke(name, family == Some(Family::Ipv6))?;
+    ctx.render(&registry, name, private_key.as_ref(), family, true)
 }
 
 /// `relayhub spoke config NAME`: the current wg-quick file, without a private key.
 pub fn config(ctx: &SpokeCtx, name: &str) -> anyhow::Result<String> {
+    config_in(ctx, name, None)
+}
+
+/// [`config`] with `--family`; without it, the family the spoke was added
+/// with.
+pub fn config_in(ctx: &SpokeCtx, name: &str, family: Option<Family>) -> anyhow::Result<String> {
     let registry = load(ctx)?;
     if registry.get(name).is_none() {
         return Err(crate::registry::RegistryError::NotFound(name.to_owned()).into());
     }
-    ctx.render(&registry, name, None)
+    let explicit = family.is_some();
+    let family = match family {
+        Some(f) => Some(f),
+        None if ctx.state.is_ipv6_spoke(name)? => Some(Family::Ipv6),
+        None => None,
+    };
+    ctx.render(&registry, name, None, family, explicit)
 }
 
 /// `relayhub spoke list`: a table of the registered spokes, by id.
@@ -447,6 +546,63 @@ mod tests {
             );
         }
         assert!(Path::new(&path).exists());
+    }
+
+    #[test]
+    fn family_ipv6_uses_and_remembers_the_ipv6_endpoint() {
+        let f = Fixture::new("cmd-fam6");
+        // An IPv4 endpoint first (remembered for IPv4 spokes).
+        let v4 = SpokeCtx {
+            endpoint: Some("192.0.2.1"),
+            ..f.ctx()
+        };
+        let out = add(&v4, "four", None).unwrap();
+        assert_eq!(value(&out, "Endpoint"), ["192.0.2.1:51820"]);
+        let v6 = SpokeCtx {
+            endpoint: Some("2001:db8::1"),
+            ..f.ctx()
+        };
+        let out = add_in(&v6, "six", None, Some(Family::Ipv6)).unwrap();
+        assert!(
+            value(&out, "Endpoint")
+                .iter()
+                .all(|e| *e == "[2001:db8::1]:51820"),
+            "{out}"
+        );
+        let bare = SpokeCtx {
+            endpoint: None,
+            ..f.ctx()
+        };
+        // Later calls without flags: each spoke keeps its family.
+        let six = config(&bare, "six").unwrap();
+        assert_eq!(
+            value(&six, "Endpoint"),
+            ["[2001:db8::1]:51820", "[2001:db8::1]:51820"]
+        );
+        let four = config(&bare, "four").unwrap();
+        assert_eq!(
+            value(&four, "Endpoint"),
+            ["192.0.2.1:51820", "192.0.2.1:51820"]
+        );
+        // --family overrides per call; a new IPv6 spoke reuses the saved one.
+        // An IPv4 --endpoint on a remembered IPv6 spoke keeps its IPv6 one.
+        let six_v4 = config(&v4, "six").unwrap();
+        assert!(
+            six_v4.contains("Endpoint = [2001:db8::1]:51820"),
+            "{six_v4}"
+        );
+        let four6 = config_in(&bare, "four", Some(Family::Ipv6)).unwrap();
+        assert!(four6.contains("Endpoint = [2001:db8::1]:51820"));
+        let out = add_in(&bare, "six2", None, Some(Family::Ipv6)).unwrap();
+        assert!(out.contains("Endpoint = [2001:db8::1]:51820"), "{out}");
+        // An IPv4 --endpoint cannot be an IPv6 spoke's endpoint.
+        let e = add_in(&v4, "bad", None, Some(Family::Ipv6)).unwrap_err();
+        assert!(e.to_string().contains("IPv6"), "{e}");
+        assert!(f.state.registry().load().unwrap().get("bad").is_none());
+        // Removing and re-adding without --family forgets the family.
+        remove(&bare, "six").unwrap();
+        let again = add(&bare, "six", None).unwrap();
+        assert!(again.contains("Endpoint = 192.0.2.1:51820"), "{again}");
     }
 
     #[test]

@@ -17,6 +17,11 @@ pub const HUB_KEY_FILE: &str = "hub.key";
 pub const REGISTRY_FILE: &str = "spokes.json";
 /// The hub endpoint last given with `--endpoint` (text, one line).
 pub const ENDPOINT_FILE: &str = "endpoint";
+/// The hub's IPv6 endpoint last given with `--endpoint` (text, one line),
+/// for spokes added with `--family ipv6`.
+pub const ENDPOINT6_FILE: &str = "endpoint6";
+/// Spokes whose config uses the hub's IPv6 endpoint (one name a line).
+pub const IPV6_SPOKES_FILE: &str = "ipv6-spokes";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -103,7 +108,58 @@ impl StateDir {
     /// The endpoint last given with `--endpoint`, so later `spoke config`
     /// calls print the same one without repeating the flag.
     pub fn saved_endpoint(&self) -> Result<Option<String>, StateError> {
-        let path = self.path.join(ENDPOINT_FILE);
+        self.read_line(ENDPOINT_FILE)
+    }
+
+    pub fn save_endpoint(&self, endpoint: &str) -> Result<(), StateError> {
+        self.write_line(ENDPOINT_FILE, endpoint)
+    }
+
+    /// The IPv6 endpoint last given with `--endpoint`.
+    pub fn saved_endpoint6(&self) -> Result<Option<String>, StateError> {
+        self.read_line(ENDPOINT6_FILE)
+    }
+
+    pub fn save_endpoint6(&self, endpoint: &str) -> Result<(), StateError> {
+        self.write_line(ENDPOINT6_FILE, endpoint)
+    }
+
+    /// The literal IP addresses of the endpoints given with `--endpoint`.
+    pub fn endpoint_ips(&self) -> Vec<std::net::IpAddr> {
+        [self.saved_endpoint(), self.saved_endpoint6()]
+            .into_iter()
+            .filter_map(|e| crate::netinfo::endpoint_ip(&e.ok()??))
+            .collect()
+    }
+
+    /// Whether spoke `name` was added with `--family ipv6`.
+    pub fn is_ipv6_spoke(&self, name: &str) -> Result<bool, StateError> {
+        Ok(self
+            .read_line(IPV6_SPOKES_FILE)?
+            .is_some_and(|t| t.lines().any(|l| l.trim() == name)))
+    }
+
+    /// Record (or forget) that spoke `name` uses the hub's IPv6 endpoint.
+    pub fn set_ipv6_spoke(&self, name: &str, ipv6: bool) -> Result<(), StateError> {
+        if self.is_ipv6_spoke(name)? == ipv6 {
+            return Ok(());
+        }
+        let text = self.read_line(IPV6_SPOKES_FILE)?.unwrap_or_default();
+        let mut names: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && *l != name)
+            .collect();
+        if ipv6 {
+            names.push(name);
+        }
+        self.write_line(IPV6_SPOKES_FILE, &names.join("\n"))
+    }
+
+    /// A small text file of the state directory, trimmed; `None` if
+    /// missing or empty.
+    fn read_line(&self, file: &str) -> Result<Option<String>, StateError> {
+        let path = self.path.join(file);
         match fs::read_to_string(&path) {
             Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim().to_string())),
             Ok(_) => Ok(None),
@@ -112,15 +168,16 @@ impl StateDir {
         }
     }
 
-    pub fn save_endpoint(&self, endpoint: &str) -> Result<(), StateError> {
-        if self.saved_endpoint()?.as_deref() == Some(endpoint) {
+    /// Replace `file` atomically with `text` (unless it already holds it).
+    fn write_line(&self, file: &str, text: &str) -> Result<(), StateError> {
+        if self.read_line(file)?.as_deref() == Some(text) {
             return Ok(());
         }
-        let path = self.path.join(ENDPOINT_FILE);
+        let path = self.path.join(file);
         let tmp = self
             .path
-            .join(format!(".{ENDPOINT_FILE}.{}.tmp", std::process::id()));
-        fs::write(&tmp, format!("{endpoint}\n"))
+            .join(format!(".{file}.{}.tmp", std::process::id()));
+        fs::write(&tmp, format!("{text}\n"))
             .and_then(|()| fs::rename(&tmp, &path))
             .map_err(|e| StateError::io(&path, e))
     }

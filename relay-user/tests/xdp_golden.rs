@@ -31,10 +31,10 @@ use aya::{
 };
 use common::*;
 use relay_common::{
-    Endpoint, HubConfig, InitiationEvent, MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINT_SLOTS,
-    MAP_INITIATIONS, MAP_SESSIONS, MAP_SLOT_COUNTERS, MAP_SLOTS, NO_SLOT, PROG_RELAY,
-    SESSION_FROM_INITIATION, SESSION_FROM_RESPONSE, SLOT_ACTIVE, SessionKey, SessionValue,
-    SlotCounters, SpokeSlot,
+    Endpoint, FAMILY_V4, FAMILY_V6, HUB_V4_SET, HUB_V6_SET, HubConfig, InitiationEvent, MAP_CONFIG,
+    MAP_COUNTERS, MAP_ENDPOINT_SLOTS, MAP_INITIATIONS, MAP_SESSIONS, MAP_SLOT_COUNTERS, MAP_SLOTS,
+    NO_SLOT, PROG_RELAY, SESSION_FROM_INITIATION, SESSION_FROM_RESPONSE, SLOT_ACTIVE, SessionKey,
+    SessionValue, SlotCounters, SpokeSlot,
     counter::{self, *},
 };
 
@@ -133,6 +133,13 @@ impl Spoke {
         }
     }
 
+    fn family(&self) -> u8 {
+        match self.addr {
+            Addr::V4(_) => FAMILY_V4,
+            Addr::V6(_) => FAMILY_V6,
+        }
+    }
+
     /// The hub address of the same family.
     fn hub(&self) -> Addr {
         match self.addr {
@@ -158,12 +165,13 @@ impl Frame {
         }
     }
 
-    /// What the hub must send to spoke `to` for `self` (built afresh).
+    /// What the hub must send to spoke `to` for `self` (built afresh),
+    /// from the hub's address in `to`'s family.
     fn relayed_to(&self, to: &Spoke, eth_dst: [u8; 6], eth_src: [u8; 6]) -> Self {
         Self {
             eth_dst,
             eth_src,
-            src: self.dst,
+            src: to.hub(),
             dst: to.addr,
             ttl: 64,
             sport: self.dport,
@@ -326,6 +334,23 @@ impl Hub {
             hub.add_session(src, receiver, dst);
         }
         hub
+    }
+
+    /// Port and the hub's own addresses (for cross-family relay).
+    fn set_config(&mut self, port: u16, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) {
+        let mut c = HubConfig {
+            port,
+            ..Default::default()
+        };
+        if let Some(a) = v4 {
+            c.hub_v4 = a.octets();
+            c.flags |= HUB_V4_SET;
+        }
+        if let Some(a) = v6 {
+            c.hub_v6 = a.octets();
+            c.flags |= HUB_V6_SET;
+        }
+        self.config.set(0, c, 0).unwrap();
     }
 
     fn set_port(&mut self, port: u16) {
@@ -604,13 +629,15 @@ fn check_case(hub: &mut Hub, case: &Case) {
     }
 }
 
-/// Counters of a relayed frame of `len` payload bytes and `kind`.
-fn relayed(kind: u32, len: usize, keepalive: bool) -> Vec<(u32, u64)> {
+/// Counters of a relayed frame of `len` payload bytes and `kind`, from
+/// spoke `from` to spoke `to` (the family counter).
+fn relayed(kind: u32, len: usize, keepalive: bool, from: &Spoke, to: &Spoke) -> Vec<(u32, u64)> {
     let mut v = vec![
         (SEEN, 1),
         (RELAYED_PACKETS, 1),
         (RELAYED_BYTES, len as u64),
         (kind, 1),
+        (counter::relayed_family(from.family(), to.family()), 1),
     ];
     if keepalive {
         v.push((RELAYED_KEEPALIVES, 1));
@@ -651,7 +678,7 @@ fn relay_case(
     let output = input.relayed_to(to, GW_MAC, HUB_MAC).build();
     Case::new(name, input.build(), XDP_TX)
         .output(output)
-        .counters(&relayed(kind, len, keepalive))
+        .counters(&relayed(kind, len, keepalive, from, to))
         .slot(from.slot, rx(len, keepalive))
         .slot(to.slot, tx(len))
         .rx_seen(from.slot)
@@ -806,7 +833,7 @@ fn table() -> Vec<Case> {
         v.push(
             Case::new("transport A->C redirect", input.build(), XDP_REDIRECT)
                 .output(output)
-                .counters(&relayed(RELAYED_TRANSPORT, len, false))
+                .counters(&relayed(RELAYED_TRANSPORT, len, false, &A, &C))
                 .slot(A.slot, rx(len, false))
                 .slot(C.slot, tx(len))
                 .rx_seen(A.slot),
@@ -820,7 +847,7 @@ fn table() -> Vec<Case> {
         let mut input = Frame::from_spoke(&A, payload);
         input.eth_src = OTHER_MAC;
         let output = input.relayed_to(&F, OTHER_MAC, HUB_MAC).build();
-        let mut counters = relayed(RELAYED_TRANSPORT, len, false);
+        let mut counters = relayed(RELAYED_TRANSPORT, len, false, &A, &F);
         counters.push((FIB_FALLBACK, 1));
         v.push(
             Case::new(
@@ -1279,7 +1306,7 @@ fn fib_fallback_when_forwarding_disabled() {
         let mut input = Frame::from_spoke(&from, payload);
         input.eth_src = OTHER_MAC;
         let output = input.relayed_to(&to, OTHER_MAC, HUB_MAC).build();
-        let mut counters = relayed(RELAYED_TRANSPORT, len, false);
+        let mut counters = relayed(RELAYED_TRANSPORT, len, false, &from, &to);
         counters.push((FIB_FALLBACK, 1));
         let case = Case::new(name, input.build(), XDP_TX)
             .output(output)
@@ -1335,4 +1362,232 @@ fn initiation_ring_full() {
         });
         c
     });
+}
+
+// ---------------------------------------------------------------------------
+// Cross-family relay (IPv4 spoke <-> IPv6 spoke).
+
+/// D's session towards A (D -> A frames are IPv6 -> IPv4).
+const R_D_TO_A: u32 = 0x5656_5656;
+/// A's sender index in its initiation to D (D's response goes to it).
+const IDX_A3: u32 = 0xaaaa_0003;
+/// D's sender index in its response to A.
+const IDX_D: u32 = 0xdddd_0001;
+
+/// An IPv4 frame the hub built: identification 0 (DF set, RFC 6864),
+/// header checksum recomputed. `Frame::build` writes 0x1234.
+fn v4_id0(mut f: Vec<u8>) -> Vec<u8> {
+    assert_eq!(&f[12..14], &[0x08, 0x00]);
+    f[18] = 0;
+    f[19] = 0;
+    f[24] = 0;
+    f[25] = 0;
+    let c = !fold(sum16(&f[14..34], 0));
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// A cross-family relay case: `from` sends `payload` to the hub, which
+/// sends it to `to` in the other family from its own address there.
+fn cross_case(
+    name: &str,
+    from: &Spoke,
+    to: &Spoke,
+    payload: Vec<u8>,
+    kind: u32,
+    macs: ([u8; 6], [u8; 6], [u8; 6]),
+) -> Case {
+    let (in_src, out_dst, out_src) = macs;
+    let len = payload.len();
+    let keepalive = kind == RELAYED_TRANSPORT && len == 32;
+    let mut input = Frame::from_spoke(from, payload);
+    input.eth_src = in_src;
+    let mut output = input.relayed_to(to, out_dst, out_src).build();
+    if to.family() == FAMILY_V4 {
+        output = v4_id0(output);
+    }
+    Case::new(name, input.build(), XDP_TX)
+        .output(output)
+        .counters(&relayed(kind, len, keepalive, from, to))
+        .slot(from.slot, rx(len, keepalive))
+        .slot(to.slot, tx(len))
+        .rx_seen(from.slot)
+}
+
+#[test]
+fn cross_family_golden() {
+    if !is_root() {
+        return;
+    }
+    let ns = Netns::new();
+    let (ifindex, _) = topology(&ns, true);
+    let mut hub = Hub::load(ifindex);
+    hub.set_config(PORT, Some(HUB4), Some(HUB6));
+    hub.add_session(D.slot, R_D_TO_A, A.slot);
+    // The controller routed A's initiation to D: D's response comes back.
+    hub.add_session(D.slot, IDX_A3, A.slot);
+    let routed = (GW_MAC, GW_MAC, HUB_MAC);
+    let mut cases = vec![
+        cross_case(
+            "transport A(v4) -> D(v6)",
+            &A,
+            &D,
+            transport(R_CROSS, 100),
+            RELAYED_TRANSPORT,
+            routed,
+        ),
+        cross_case(
+            "keepalive A(v4) -> D(v6)",
+            &A,
+            &D,
+            keepalive(R_CROSS),
+            RELAYED_TRANSPORT,
+            routed,
+        ),
+        cross_case(
+            "transport D(v6) -> A(v4)",
+            &D,
+            &A,
+            transport(R_D_TO_A, 200),
+            RELAYED_TRANSPORT,
+            routed,
+        ),
+        cross_case(
+            "keepalive D(v6) -> A(v4)",
+            &D,
+            &A,
+            keepalive(R_D_TO_A),
+            RELAYED_TRANSPORT,
+            routed,
+        ),
+        {
+            let mut c = cross_case(
+                "response D(v6) -> A(v4) (learns A's entry)",
+                &D,
+                &A,
+                response(IDX_D, IDX_A3),
+                RELAYED_RESPONSE,
+                routed,
+            );
+            c.counters.push((RESPONSE_LEARNED, 1));
+            c
+        },
+        cross_case(
+            "transport A(v4) -> D(v6) on the learned entry",
+            &A,
+            &D,
+            transport(IDX_D, 64),
+            RELAYED_TRANSPORT,
+            routed,
+        ),
+        cross_case(
+            "cookie reply D(v6) -> A(v4)",
+            &D,
+            &A,
+            cookie_reply(IDX_A3),
+            RELAYED_COOKIE,
+            routed,
+        ),
+    ];
+    {
+        // Maximal IPv4 frame (1500 bytes) grows to 1520 as IPv6: too big
+        // for the route's MTU (1500).
+        let f = with_payload(&A, transport(R_CROSS, 1500 - 20 - 8 - 32));
+        assert_eq!(f.len(), 14 + 1500);
+        cases.push(
+            Case::new("A(v4) -> D(v6) over the MTU", f, XDP_DROP)
+                .counters(&[(SEEN, 1), (DROP_TOO_BIG, 1)])
+                .rx_seen(A.slot),
+        );
+    }
+    {
+        // IPv4 without UDP checksum: IPv6 needs one, the fast path passes.
+        let mut input = Frame::from_spoke(&A, transport(R_CROSS, 20));
+        input.csum = Csum::Zero;
+        cases.push(
+            pass_case(
+                "A(v4) -> D(v6) with UDP checksum 0",
+                input.build(),
+                &[(SEEN, 1), (PASS_NO_CHECKSUM, 1)],
+            )
+            .rx_seen(A.slot),
+        );
+    }
+    for case in &cases {
+        check_case(&mut hub, case);
+    }
+    let learned = hub.session(A.slot, IDX_D).expect("learned entry");
+    assert_eq!(learned.dst_slot, D.slot);
+    assert_eq!(learned.flags, SESSION_FROM_RESPONSE);
+
+    // Only an IPv4 hub address: IPv6 -> IPv4 still relays, IPv4 -> IPv6
+    // passes (counted); and the other way round.
+    hub.set_config(PORT, Some(HUB4), None);
+    check_case(
+        &mut hub,
+        &pass_case(
+            "A(v4) -> D(v6), hub has no IPv6 address",
+            with_payload(&A, transport(R_CROSS, 20)),
+            &[(SEEN, 1), (PASS_CROSS_FAMILY, 1)],
+        )
+        .rx_seen(A.slot),
+    );
+    check_case(
+        &mut hub,
+        &cross_case(
+            "D(v6) -> A(v4), hub has only an IPv4 address",
+            &D,
+            &A,
+            transport(R_D_TO_A, 20),
+            RELAYED_TRANSPORT,
+            routed,
+        ),
+    );
+    hub.set_config(PORT, None, Some(HUB6));
+    check_case(
+        &mut hub,
+        &pass_case(
+            "D(v6) -> A(v4), hub has no IPv4 address",
+            with_payload(&D, transport(R_D_TO_A, 20)),
+            &[(SEEN, 1), (PASS_CROSS_FAMILY, 1)],
+        )
+        .rx_seen(D.slot),
+    );
+    check_case(
+        &mut hub,
+        &cross_case(
+            "A(v4) -> D(v6), hub has only an IPv6 address",
+            &A,
+            &D,
+            transport(R_CROSS, 20),
+            RELAYED_TRANSPORT,
+            routed,
+        ),
+    );
+    eprintln!("{} cross-family golden cases passed", cases.len() + 4);
+    drop(hub);
+    drop(ns);
+
+    // Forwarding disabled: the rebuilt frame goes back to the L2 neighbour
+    // it came from (its original Ethernet addresses, swapped).
+    let ns = Netns::new();
+    let (ifindex, _) = topology(&ns, false);
+    let mut hub = Hub::load(ifindex);
+    hub.set_config(PORT, Some(HUB4), Some(HUB6));
+    hub.add_session(D.slot, R_D_TO_A, A.slot);
+    for (name, from, to, r) in [
+        ("A(v4) -> D(v6), forwarding disabled", A, D, R_CROSS),
+        ("D(v6) -> A(v4), forwarding disabled", D, A, R_D_TO_A),
+    ] {
+        let mut c = cross_case(
+            name,
+            &from,
+            &to,
+            transport(r, 30),
+            RELAYED_TRANSPORT,
+            (OTHER_MAC, OTHER_MAC, HUB_MAC),
+        );
+        c.counters.push((FIB_FALLBACK, 1));
+        check_case(&mut hub, &c);
+    }
 }

@@ -86,6 +86,8 @@ pub struct Hub<'t> {
     /// The hub's own WireGuard interface (in the hub namespace).
     pub wg_iface: String,
     pub endpoint: String,
+    /// The hub's IPv6 endpoint (dual-stack topologies).
+    pub endpoint6: String,
     pub state_dir: PathBuf,
     workdir: PathBuf,
     bin: Option<PathBuf>,
@@ -122,6 +124,7 @@ impl<'t> Hub<'t> {
             nic: topo.hub_nic.clone(),
             wg_iface: format!("{}wg", topo.prefix),
             endpoint: topo.hub_endpoint(),
+            endpoint6: topo.hub_endpoint6(),
             state_dir,
             workdir: topo.workdir.clone(),
             bin: None,
@@ -256,6 +259,26 @@ impl<'t> Hub<'t> {
                 ))
             }
         }
+    }
+
+    /// Register an IPv6-only spoke (`spoke add NAME --family ipv6
+    /// --endpoint [HUB6]:PORT`, relayhub only); returns its wg-quick file.
+    pub fn add_spoke_ipv6(&mut self, name: &str) -> anyhow::Result<String> {
+        anyhow::ensure!(self.kind == HubKind::Relayhub, "relayhub only");
+        let text = self.relayhub(&[
+            "spoke",
+            "add",
+            name,
+            "--family",
+            "ipv6",
+            "--endpoint",
+            &self.endpoint6,
+        ])?;
+        anyhow::ensure!(
+            text.contains("PrivateKey") && text.contains("[Peer]"),
+            "`spoke add {name} --family ipv6` printed no complete wg-quick file:\n{text}"
+        );
+        Ok(text)
     }
 
     /// The spoke's current wg-quick file (every spoke registered so far),

@@ -11,8 +11,18 @@
 //! The router knows only the hub subnet and the NAT WANs (like the Internet:
 //! no routes to the spoke LANs). Each NAT masquerades on its WAN and accepts
 //! from the WAN only ESTABLISHED,RELATED (forwarded or to itself).
+//!
+//! With [`TopologyBuilder::ipv6_only_spokes`] the hub link is dual-stack
+//! (hub 2001:db8:100::1/64, router 2001:db8:100::fe) and IPv6-only spokes
+//! follow the IPv4 ones, each behind a stateful IPv6 firewall (routed, no
+//! NAT: only outbound and ESTABLISHED,RELATED inbound, plus neighbour
+//! discovery):
+//!
+//! ```text
+//!   [prefix-r] rf<k> 2001:db8:f<k>::1/64 ── f<k>w 2001:db8:f<k>::2 [prefix-f<k>] f<k>l 2001:db8:a<k>::1 ── 2001:db8:a<k>::2 [prefix-s<k>]
+//! ```
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -25,6 +35,9 @@ use crate::netns::{Netns, Veth};
 /// Hub underlay address and the router's address on the hub link.
 pub const HUB_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 pub const ROUTER_HUB_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
+/// The same in IPv6 (dual-stack topologies only).
+pub const HUB_ADDR6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1);
+pub const ROUTER_HUB_ADDR6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0xfe);
 /// WireGuard port of the hub.
 pub const HUB_PORT: u16 = 51820;
 
@@ -65,13 +78,27 @@ pub struct Nat {
     pub random_fully: bool,
 }
 
+/// One stateful IPv6 firewall (routed, no NAT) in front of an IPv6-only spoke.
+pub struct Firewall6 {
+    pub ns: Netns,
+    pub wan_if: String,
+    pub wan_addr: Ipv6Addr,
+    pub lan_if: String,
+    pub lan_addr: Ipv6Addr,
+    pub router_if: String,
+    pub router_addr: Ipv6Addr,
+}
+
 /// One spoke namespace (its WireGuard comes later, see [`crate::wg`]).
 pub struct SpokeHost {
     /// "s1", "s2", ...
     pub name: String,
     pub ns: Netns,
     pub lan_if: String,
+    /// Unspecified (0.0.0.0) for an IPv6-only spoke.
     pub lan_addr: Ipv4Addr,
+    /// The spoke's IPv6 address (IPv6-only spokes).
+    pub lan_addr6: Option<Ipv6Addr>,
 }
 
 /// Builder for [`Topology`].
@@ -79,6 +106,7 @@ pub struct TopologyBuilder {
     spokes: usize,
     random_fully: Vec<usize>,
     xdp_pass: Option<PathBuf>,
+    ipv6_only: usize,
 }
 
 impl TopologyBuilder {
@@ -91,6 +119,15 @@ impl TopologyBuilder {
     /// The NAT of spoke `i` (0-based) randomises source ports (`--random-fully`).
     pub fn random_fully(mut self, i: usize) -> Self {
         self.random_fully.push(i);
+        self
+    }
+
+    /// Add `n` IPv6-only spokes after the [`spokes`](Self::spokes) IPv4 ones
+    /// (each behind a stateful IPv6 firewall), and make the hub link
+    /// dual-stack. `nats[i]` still belongs to `spokes[i]` for the IPv4
+    /// spokes; `firewalls[j]` to `spokes[ipv4 count + j]`.
+    pub fn ipv6_only_spokes(mut self, n: usize) -> Self {
+        self.ipv6_only = n;
         self
     }
 
@@ -117,6 +154,8 @@ pub struct Topology {
     links: Vec<Veth>,
     pub spokes: Vec<SpokeHost>,
     pub nats: Vec<Nat>,
+    /// IPv6 firewalls of the IPv6-only spokes (after the IPv4 spokes).
+    pub firewalls: Vec<Firewall6>,
     pub hub: Netns,
     pub hub_nic: String,
     pub router: Netns,
@@ -153,6 +192,7 @@ impl Topology {
             spokes: 3,
             random_fully: vec![],
             xdp_pass: None,
+            ipv6_only: 0,
         }
     }
 
@@ -160,6 +200,7 @@ impl Topology {
         cmd::require_root();
         cmd::require_tools();
         anyhow::ensure!((1..=50).contains(&b.spokes), "1..=50 spokes");
+        anyhow::ensure!(b.ipv6_only <= 9, "0..=9 IPv6-only spokes");
         let p = unique_prefix();
         let workdir = PathBuf::from("/tmp").join(&p);
         std::fs::create_dir_all(&workdir)?;
@@ -182,6 +223,7 @@ impl Topology {
             links,
             spokes: vec![],
             nats: vec![],
+            firewalls: vec![],
             hub,
             hub_nic,
             router,
@@ -317,7 +359,12 @@ impl Topology {
                 ns: spoke_ns,
                 lan_if: spoke_if,
                 lan_addr: spoke_addr,
+                lan_addr6: None,
             });
+        }
+
+        if b.ipv6_only > 0 {
+            topo.add_ipv6_spokes(b.spokes, b.ipv6_only)?;
         }
 
         if let Some(bin) = &b.xdp_pass {
@@ -330,11 +377,16 @@ impl Topology {
             topo.xdp_pass = Some(proc);
         }
 
-        // Underlay sanity: every spoke reaches the hub through its NAT.
+        // Underlay sanity: every spoke reaches the hub through its NAT
+        // (IPv6-only spokes: through their firewall, to the hub's IPv6).
         for s in &topo.spokes {
+            let hub = match s.lan_addr6 {
+                Some(_) => HUB_ADDR6.to_string(),
+                None => HUB_ADDR.to_string(),
+            };
             anyhow::ensure!(
-                s.ns.ping_once(&HUB_ADDR.to_string()) || s.ns.ping_once(&HUB_ADDR.to_string()),
-                "spoke {} cannot reach the hub underlay {HUB_ADDR} through its NAT",
+                s.ns.ping_once(&hub) || s.ns.ping_once(&hub),
+                "spoke {} cannot reach the hub underlay {hub} through its NAT/firewall",
                 s.name
             );
         }
@@ -351,10 +403,185 @@ impl Topology {
         format!("{HUB_ADDR}:{HUB_PORT}")
     }
 
+    /// The hub's IPv6 WireGuard endpoint (dual-stack topologies).
+    pub fn hub_endpoint6(&self) -> String {
+        format!("[{HUB_ADDR6}]:{HUB_PORT}")
+    }
+
+    /// Dual-stack hub link and `n` IPv6-only spokes s<first+1>.. behind
+    /// stateful IPv6 firewalls.
+    fn add_ipv6_spokes(&mut self, first: usize, n: usize) -> anyhow::Result<()> {
+        let p = self.prefix.clone();
+        for (ns, dev, addr) in [
+            (&self.hub, &self.hub_nic, HUB_ADDR6),
+            (&self.router, &self.router_hub_if, ROUTER_HUB_ADDR6),
+        ] {
+            ns.exec(&[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{addr}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ])?;
+        }
+        self.hub.exec(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &ROUTER_HUB_ADDR6.to_string(),
+        ])?;
+        // Forwarding on the NIC: bpf_fib_lookup answers for IPv6 too.
+        self.hub
+            .sysctl(&format!("net.ipv6.conf.{}.forwarding", self.hub_nic), "1")?;
+        self.router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        for j in 1..=n {
+            let k = first + j;
+            let fw = Netns::new(&format!("{p}-f{k}"))?;
+            let spoke_ns = Netns::new(&format!("{p}-s{k}"))?;
+            let router_if = format!("{p}rf{k}");
+            let wan_if = format!("{p}f{k}w");
+            let lan_if = format!("{p}f{k}l");
+            let spoke_if = format!("{p}s{k}l");
+            self.links
+                .push(Veth::new(&router_if, &self.router, &wan_if, &fw)?);
+            self.links
+                .push(Veth::new(&lan_if, &fw, &spoke_if, &spoke_ns)?);
+            let net = |hi: u16, host: u16| Ipv6Addr::new(0x2001, 0xdb8, hi, 0, 0, 0, 0, host);
+            let router_addr = net(0xf0 + k as u16, 1);
+            let wan_addr = net(0xf0 + k as u16, 2);
+            let lan_addr = net(0xa0 + k as u16, 1);
+            let spoke_addr = net(0xa0 + k as u16, 2);
+            let add = |ns: &Netns, a: Ipv6Addr, dev: &str| {
+                ns.exec(&[
+                    "ip",
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{a}/64"),
+                    "dev",
+                    dev,
+                    "nodad",
+                ])
+            };
+            add(&self.router, router_addr, &router_if)?;
+            add(&fw, wan_addr, &wan_if)?;
+            add(&fw, lan_addr, &lan_if)?;
+            add(&spoke_ns, spoke_addr, &spoke_if)?;
+            // Routed, not NATed: the router knows the spoke LAN via the firewall.
+            self.router.exec(&[
+                "ip",
+                "-6",
+                "route",
+                "add",
+                &format!("{}/64", net(0xa0 + k as u16, 0)),
+                "via",
+                &wan_addr.to_string(),
+            ])?;
+            fw.exec(&[
+                "ip",
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &router_addr.to_string(),
+            ])?;
+            spoke_ns.exec(&[
+                "ip",
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &lan_addr.to_string(),
+            ])?;
+            fw.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+            fw.sh(&format!(
+                "ip6tables -P FORWARD DROP
+                 ip6tables -A FORWARD -i {lan_if} -o {wan_if} -j ACCEPT
+                 ip6tables -A FORWARD -i {wan_if} -o {lan_if} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+                 ip6tables -A INPUT -i {wan_if} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+                 ip6tables -A INPUT -i {wan_if} -p ipv6-icmp --icmpv6-type neighbour-solicitation -j ACCEPT
+                 ip6tables -A INPUT -i {wan_if} -p ipv6-icmp --icmpv6-type neighbour-advertisement -j ACCEPT
+                 ip6tables -A INPUT -i {wan_if} -j DROP"
+            ))
+            .with_context(|| format!("ip6tables in {}", fw.name))?;
+            self.firewalls.push(Firewall6 {
+                ns: fw,
+                wan_if,
+                wan_addr,
+                lan_if,
+                lan_addr,
+                router_if,
+                router_addr,
+            });
+            self.spokes.push(SpokeHost {
+                name: format!("s{k}"),
+                ns: spoke_ns,
+                lan_if: spoke_if,
+                lan_addr: Ipv4Addr::UNSPECIFIED,
+                lan_addr6: Some(spoke_addr),
+            });
+        }
+        // Neighbour discovery needs link-local addresses, which go through
+        // duplicate address detection (about a second) on every new link.
+        cmd::wait_for(
+            "IPv6 duplicate address detection",
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || {
+                for ns in self.namespaces() {
+                    if !ns
+                        .exec(&["ip", "-6", "addr", "show", "tentative"])?
+                        .trim()
+                        .is_empty()
+                    {
+                        return Ok(None);
+                    }
+                }
+                Ok(Some(()))
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Check that the IPv6 firewall `j` blocks unsolicited inbound traffic
+    /// (the router and the hub cannot ping the spoke behind it) while the
+    /// spoke reaches outside. Returns a description.
+    pub fn check_firewall6_blocks_inbound(&self, j: usize) -> anyhow::Result<String> {
+        let fw = &self.firewalls[j];
+        let spoke = &self.spokes[self.nats.len() + j];
+        let addr = spoke.lan_addr6.context("not an IPv6 spoke")?.to_string();
+        let from_router = self.router.ping_once(&addr);
+        let from_hub = self.hub.ping_once(&addr);
+        let out = spoke.ns.ping_once(&HUB_ADDR6.to_string());
+        anyhow::ensure!(
+            !from_router && !from_hub,
+            "spoke {addr} behind {} answered unsolicited pings (router: {from_router}, hub: {from_hub})",
+            fw.ns.name
+        );
+        anyhow::ensure!(
+            out,
+            "spoke {} cannot reach the hub's IPv6 address",
+            spoke.name
+        );
+        Ok(format!(
+            "IPv6 firewall {}: inbound ping to spoke {addr} blocked, outbound works",
+            fw.ns.name
+        ))
+    }
+
     /// Every namespace of this topology.
     pub fn namespaces(&self) -> Vec<&Netns> {
         let mut v = vec![&self.router, &self.hub];
         v.extend(self.nats.iter().map(|n| &n.ns));
+        v.extend(self.firewalls.iter().map(|f| &f.ns));
         v.extend(self.spokes.iter().map(|s| &s.ns));
         v
     }

@@ -1,0 +1,329 @@
+//! Dual-stack end to end: an IPv4-only spoke behind NAT44 and an IPv6-only
+//! spoke behind a stateful IPv6 firewall (outbound only), both stock
+//! wireguard-go, the real relayhub on a dual-stack underlay. Spoke-to-spoke
+//! traffic crosses families (IPv4 frame in, IPv6 frame out and back) and
+//! must be relayed by XDP.
+//!
+//! Run as root: `cargo test -p relay-tests --release --test ipv6_e2e -- --nocapture`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use relay_tests::hub::HUB_TUNNEL_ADDR;
+use relay_tests::prom::Metrics;
+use relay_tests::topology::leftovers;
+use relay_tests::wg::WgQuick;
+use relay_tests::{Hub, HubKind, Topology, cmd};
+
+/// Pings per direction.
+const PINGS: u32 = 10;
+/// iperf3 seconds per direction.
+const IPERF_SECS: u32 = 3;
+
+#[test]
+fn ipv4_ipv6_cross_family_relay() {
+    cmd::require_root();
+    let prefix = scenario().unwrap_or_else(|e| panic!("ipv6_e2e failed: {e:#}"));
+    let left = leftovers(&prefix);
+    assert!(
+        left.is_empty(),
+        "cleanup left things behind:\n{}",
+        left.join("\n")
+    );
+    eprintln!("[{prefix}] cleanup: nothing left");
+}
+
+fn scenario() -> anyhow::Result<String> {
+    let t = Instant::now();
+    let topo = Topology::builder()
+        .spokes(1)
+        .ipv6_only_spokes(1)
+        .xdp_pass(env!("CARGO_BIN_EXE_xdp-pass"))
+        .build()?;
+    let prefix = topo.prefix.clone();
+    let p = format!("[{prefix} dual-stack]");
+    eprintln!("{p} topology built in {:?}", t.elapsed());
+    eprintln!("{p} {}", topo.check_nat_blocks_inbound(0)?);
+    eprintln!("{p} {}", topo.check_firewall6_blocks_inbound(0)?);
+
+    let mut hub = Hub::start(&topo, HubKind::Relayhub)?;
+    let result = checks(&topo, &mut hub, &p);
+    if result.is_err() {
+        let log = hub.log();
+        let lines: Vec<&str> = log.lines().collect();
+        eprintln!(
+            "{p} hub log (last 60 lines):\n{}",
+            lines[lines.len().saturating_sub(60)..].join("\n")
+        );
+    }
+    let report = hub.stop();
+    eprintln!("{p} hub stopped: {report:?}");
+    result?;
+    ensure!(
+        report.clean_exit,
+        "relayhub did not exit cleanly: {}",
+        report.status
+    );
+    ensure!(
+        report.wg_iface_removed && report.xdp_detached,
+        "hub left state behind: {report:?}"
+    );
+    drop(hub);
+    drop(topo);
+    Ok(prefix)
+}
+
+fn xdp(m: &Metrics, name: &str) -> f64 {
+    m.value(name, &[("path", "xdp")])
+}
+
+fn family(m: &Metrics, from: &str, to: &str) -> f64 {
+    m.value(
+        "relayhub_relayed_family_packets_total",
+        &[("from", from), ("to", to)],
+    )
+}
+
+fn checks(topo: &Topology, hub: &mut Hub<'_>, p: &str) -> anyhow::Result<()> {
+    // s1: IPv4-only behind NAT44; s2: IPv6-only behind the IPv6 firewall.
+    let add4 = hub.add_spoke("s1")?;
+    let add6 = hub.add_spoke_ipv6("s2")?;
+    let conf4 = hub.current_config("s1", &add4)?;
+    let conf6 = hub.current_config("s2", &add6)?;
+    let eps4 = relay_tests::wg::conf_endpoints(&conf4);
+    let eps6 = relay_tests::wg::conf_endpoints(&conf6);
+    ensure!(
+        eps4.len() == 2 && eps4.iter().all(|e| *e == hub.endpoint),
+        "s1 endpoints {eps4:?}, expected {}",
+        hub.endpoint
+    );
+    ensure!(
+        eps6.len() == 2 && eps6.iter().all(|e| *e == hub.endpoint6),
+        "s2 (`spoke config` without --family) endpoints {eps6:?}, expected {}",
+        hub.endpoint6
+    );
+    let keys: Vec<String> = [&add4, &add6]
+        .iter()
+        .map(|t| public_key(t))
+        .collect::<anyhow::Result<_>>()?;
+    cmd::wait_for(
+        "the hub's WireGuard to list both spokes",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || {
+            let peers = topo.hub.exec(&["wg", "show", &hub.wg_iface, "peers"])?;
+            Ok(keys
+                .iter()
+                .all(|k| peers.contains(k.as_str()))
+                .then_some(()))
+        },
+    )?;
+
+    let s1 = topo.spoke_up(0, &conf4)?;
+    let s2 = topo.spoke_up(1, &conf6)?;
+    let a1 = s1.address()?;
+    let a2 = s2.address()?;
+    let t0 = Instant::now();
+    eprintln!("{p} spokes up: s1 {a1} (IPv4 underlay), s2 {a2} (IPv6 underlay)");
+    let result = traffic(topo, hub, p, &s1, &s2, t0);
+    if result.is_err() {
+        for (name, s) in [("s1", &s1), ("s2", &s2)] {
+            let out = topo.spokes[if name == "s1" { 0 } else { 1 }]
+                .ns
+                .exec(&["wg", "show", &s.ifname])
+                .unwrap_or_else(|e| format!("{e:#}"));
+            eprintln!("{p} diag: wg show {name}:\n{out}");
+        }
+        if let Ok(m) = hub.metrics() {
+            let nonzero: Vec<String> = m
+                .samples
+                .iter()
+                .filter(|s| s.name.starts_with("relayhub_") && s.value != 0.0)
+                .map(|s| format!("{}{:?}={}", s.name, s.labels, s.value))
+                .collect();
+            eprintln!("{p} diag: nonzero hub metrics:\n  {}", nonzero.join("\n  "));
+        }
+    }
+    result
+}
+
+fn traffic(
+    topo: &Topology,
+    hub: &mut Hub<'_>,
+    p: &str,
+    s1: &WgQuick,
+    s2: &WgQuick,
+    t0: Instant,
+) -> anyhow::Result<()> {
+    let (n1, n2) = (&topo.spokes[0].ns, &topo.spokes[1].ns);
+    let a1 = s1.address()?.to_string();
+    let a2 = s2.address()?.to_string();
+
+    // First contact, both directions.
+    for (ns, dst, what) in [(n1, &a2, "s1 -> s2"), (n2, &a1, "s2 -> s1")] {
+        cmd::wait_for(
+            &format!("first contact {what}"),
+            Duration::from_secs(15),
+            Duration::from_millis(100),
+            || Ok(ns.ping_once(dst).then_some(())),
+        )?;
+        eprintln!("{p} first contact {what} after {:?}", t0.elapsed());
+    }
+
+    // Both spokes reach the hub's tunnel address.
+    for (ns, who) in [(n1, "s1 (IPv4)"), (n2, "s2 (IPv6)")] {
+        let r = ns.ping(&HUB_TUNNEL_ADDR.to_string(), PINGS, 0.1)?;
+        ensure!(r.lost() == 0, "{who} -> {HUB_TUNNEL_ADDR}: {r:?}");
+        eprintln!(
+            "{p} {who} -> hub {HUB_TUNNEL_ADDR}: {}/{} answered",
+            r.received, r.transmitted
+        );
+    }
+
+    // Pings both ways across families, counted on the XDP path.
+    let m0 = hub.metrics()?;
+    let mut sent = 0;
+    for (ns, dst, what) in [(n1, &a2, "s1(v4) -> s2(v6)"), (n2, &a1, "s2(v6) -> s1(v4)")] {
+        let t = Instant::now();
+        let r = ns.ping(dst, PINGS, 0.1)?;
+        ensure!(r.lost() == 0, "{what}: {r:?}");
+        sent += r.transmitted;
+        eprintln!(
+            "{p} ping {what}: {}/{} in {:?}",
+            r.received,
+            r.transmitted,
+            t.elapsed()
+        );
+    }
+    let m1 = hub.metrics()?;
+    let d = xdp(&m1, "relayhub_relayed_packets_total") - xdp(&m0, "relayhub_relayed_packets_total");
+    let d46 = family(&m1, "ipv4", "ipv6") - family(&m0, "ipv4", "ipv6");
+    let d64 = family(&m1, "ipv6", "ipv4") - family(&m0, "ipv6", "ipv4");
+    eprintln!("{p} xdp relayed +{d} during {sent} echo requests (v4->v6 +{d46}, v6->v4 +{d64})");
+    ensure!(
+        d >= 2.0 * sent as f64,
+        "xdp relayed only {d} packets for {sent} echo requests and replies"
+    );
+    ensure!(
+        d46 >= sent as f64 && d64 >= sent as f64,
+        "cross-family counters: v4->v6 +{d46}, v6->v4 +{d64} for {sent} echo requests"
+    );
+    let userspace = m1.value("relayhub_relayed_packets_total", &[("path", "userspace")]);
+    eprintln!("{p} userspace (initiations routed, also across families): {userspace}");
+    ensure!(
+        userspace >= 1.0,
+        "no initiation was routed by the controller"
+    );
+
+    // iperf3 both ways.
+    for (server, client, addr, what) in [
+        (1, 0, &a2, "s1(v4) -> s2(v6)"),
+        (0, 1, &a1, "s2(v6) -> s1(v4)"),
+    ] {
+        let m0 = hub.metrics()?;
+        let (bps, bytes) = iperf(topo, server, client, addr)?;
+        let m1 = hub.metrics()?;
+        let db =
+            xdp(&m1, "relayhub_relayed_bytes_total") - xdp(&m0, "relayhub_relayed_bytes_total");
+        eprintln!(
+            "{p} iperf3 {what}: {:.1} Mbit/s ({bytes} bytes; xdp relayed +{db} bytes)",
+            bps / 1e6
+        );
+        ensure!(bps > 0.0, "iperf3 {what}: zero throughput");
+        ensure!(
+            db >= bytes as f64,
+            "iperf3 {what} moved {bytes} bytes but xdp relayed only {db}"
+        );
+    }
+
+    // Spokes keep the hub as every peer's endpoint, in their own family.
+    for (s, want) in [(s1, &hub.endpoint), (s2, &hub.endpoint6)] {
+        for (_, ep) in s.endpoints()? {
+            ensure!(
+                ep == *want,
+                "{}: a peer endpoint moved to {ep} (expected {want})",
+                s.ifname
+            );
+        }
+    }
+    let m = hub.metrics()?;
+    let counters: Vec<String> = m
+        .samples
+        .iter()
+        .filter(|s| s.name == "relayhub_xdp_counter_total" && s.value != 0.0)
+        .map(|s| {
+            format!(
+                "{}={}",
+                s.labels.get("counter").map(String::as_str).unwrap_or("?"),
+                s.value
+            )
+        })
+        .collect();
+    eprintln!("{p} xdp counters: {}", counters.join(" "));
+    for c in [
+        "adjust_head_failed",
+        "pass_no_checksum",
+        "drop_too_big",
+        "pass_cross_family",
+    ] {
+        let v = m.value("relayhub_xdp_counter_total", &[("counter", c)]);
+        ensure!(v == 0.0, "xdp counter {c} = {v}");
+    }
+    ensure!(hub.alive(), "hub died during the test");
+    Ok(())
+}
+
+/// The public key of the spoke whose wg-quick file is `text`.
+fn public_key(text: &str) -> anyhow::Result<String> {
+    let private = relay_tests::wg::conf_private_key(text).context("no PrivateKey")?;
+    let out = std::process::Command::new("sh")
+        .args(["-c", "printf '%s' \"$1\" | wg pubkey", "sh", &private])
+        .output()?;
+    ensure!(out.status.success(), "wg pubkey failed");
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+/// iperf3 (TCP, IPERF_SECS) from spoke `client` to spoke `server` at
+/// tunnel address `addr`: (received bits/s, received bytes).
+fn iperf(topo: &Topology, server: usize, client: usize, addr: &str) -> anyhow::Result<(f64, u64)> {
+    let srv_ns = &topo.spokes[server].ns;
+    let _srv = srv_ns.spawn(
+        "iperf3-server",
+        &["iperf3", "-s", "-1", "-B", addr],
+        &topo.workdir,
+        false,
+    )?;
+    cmd::wait_for(
+        "iperf3 server listening",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || {
+            Ok(srv_ns
+                .exec(&["ss", "-ltnH", "sport", "= :5201"])?
+                .contains("5201")
+                .then_some(()))
+        },
+    )?;
+    let out = topo.spokes[client]
+        .ns
+        .output(
+            &[
+                "iperf3",
+                "-c",
+                addr,
+                "-t",
+                &IPERF_SECS.to_string(),
+                "-J",
+                "--connect-timeout",
+                "3000",
+            ],
+            Duration::from_secs(30),
+        )?
+        .checked()?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 -J output")?;
+    let sum = &v["end"]["sum_received"];
+    let bps = sum["bits_per_second"]
+        .as_f64()
+        .context("no end.sum_received.bits_per_second")?;
+    Ok((bps, sum["bytes"].as_u64().unwrap_or(0)))
+}
