@@ -1,1 +1,158 @@
-fn main() {}
+//! `relay-bench`: relayhub's benchmark driver (run by `cargo xtask bench`),
+//! its load generator and its userspace-relay baseline. See bench/RESULTS.md.
+
+mod bpfraw;
+mod frames;
+mod hs;
+mod loadgen;
+mod packet;
+mod real;
+mod report;
+mod synth;
+mod sys;
+mod urelay;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "relay-bench", about = "relayhub benchmarks (run as root)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run every mode and write RESULTS.md and results.png to --out.
+    Run {
+        /// Short run that only checks the harness works (CI).
+        #[arg(long)]
+        smoke: bool,
+        #[arg(long, default_value = "bench")]
+        out: PathBuf,
+        /// Skip the phases with real wireguard-go spokes.
+        #[arg(long)]
+        no_real: bool,
+        /// The command line to record in RESULTS.md.
+        #[arg(long, default_value = "cargo xtask bench")]
+        command: String,
+    },
+    /// The userspace index relay baseline (started by `run`).
+    Urelay {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        table: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Urelay { port, table } => urelay::run(port, &table),
+        Cmd::Run {
+            smoke,
+            out,
+            no_real,
+            command,
+        } => run(smoke, &out, no_real, &command),
+    }
+}
+
+pub struct All {
+    pub smoke: bool,
+    pub packet: Vec<(packet::Mode, packet::ModeResult)>,
+    pub handshake: Vec<hs::HsResult>,
+    pub real: real::RealResults,
+    pub fixed_pps: f64,
+    pub elapsed: Duration,
+}
+
+fn run(smoke: bool, out: &std::path::Path, no_real: bool, command: &str) -> anyhow::Result<()> {
+    relay_tests::cmd::require_root();
+    let t0 = Instant::now();
+    let self_exe = std::env::current_exe()?
+        .to_str()
+        .context("utf-8 path")?
+        .to_string();
+    // BPF run-time statistics while the fd lives.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
+
+    let cfg = if smoke {
+        packet::Config {
+            reps: 1,
+            fixed_pps: 20_000.0,
+            window: Duration::from_millis(300),
+            step: Duration::from_millis(300),
+            rates: vec![50_000.0, 200_000.0],
+            latency_samples: 50,
+        }
+    } else {
+        packet::Config {
+            reps: 3,
+            fixed_pps: 100_000.0,
+            window: Duration::from_secs(2),
+            step: Duration::from_secs(1),
+            rates: vec![
+                50e3, 100e3, 150e3, 200e3, 300e3, 400e3, 500e3, 600e3, 700e3, 800e3, 1e6, 1.2e6,
+                1.5e6, 2e6,
+            ],
+            latency_samples: 2000,
+        }
+    };
+    eprintln!("== packet rate, synthetic spokes ==");
+    let mut packet_res = Vec::new();
+    {
+        let topo = relay_tests::Topology::builder().spokes(1).build()?;
+        let b = packet::Bench::new(&topo, 64)?;
+        for mode in [
+            packet::Mode::Reflector,
+            packet::Mode::XdpNative,
+            packet::Mode::XdpGeneric,
+            packet::Mode::Userspace,
+        ] {
+            let r = b
+                .run_mode(mode, &cfg, &self_exe)
+                .with_context(|| mode.name())?;
+            packet_res.push((mode, r));
+        }
+    }
+    eprintln!("== handshake routing (in process) ==");
+    let sizes: &[usize] = if smoke {
+        &[10, 1000]
+    } else {
+        &[10, 1000, 10_000, 100_000]
+    };
+    let budget = Duration::from_millis(if smoke { 100 } else { 1000 });
+    let handshake: Vec<hs::HsResult> = sizes
+        .iter()
+        .map(|&n| {
+            let r = hs::bench(n, budget);
+            eprintln!(
+                "  {n:>6} spokes: warm {:.0}/s, first contact {:.0}/s, {:.0} B/spoke",
+                r.warm_per_s, r.cold_per_s, r.bytes_per_spoke
+            );
+            r
+        })
+        .collect();
+    let real = if no_real {
+        real::RealResults::default()
+    } else {
+        eprintln!("== real wireguard-go spokes ==");
+        real::run(smoke, &self_exe)?
+    };
+    let all = All {
+        smoke,
+        packet: packet_res,
+        handshake,
+        real,
+        fixed_pps: cfg.fixed_pps,
+        elapsed: t0.elapsed(),
+    };
+    report::write(&all, out, command)?;
+    eprintln!("bench done in {:?}", t0.elapsed());
+    Ok(())
+}

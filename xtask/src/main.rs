@@ -58,6 +58,14 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Benchmarks, as root: every relay mode in one run on the same netns
+    /// topology; writes bench/RESULTS.md and bench/results.png (~15 min).
+    Bench {
+        /// Short harness check (CI): tiny windows, results to
+        /// target/bench-smoke, never asserts on speed.
+        #[arg(long)]
+        smoke: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -69,6 +77,7 @@ fn main() -> ExitCode {
         Cmd::Run { args } => run(args),
         Cmd::Lint => lint(),
         Cmd::Test { args } => test(&args),
+        Cmd::Bench { smoke } => bench(smoke),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -317,7 +326,55 @@ fn test(args: &[String]) -> Result<()> {
         test_env(&mut c);
         cmd::run(&mut c)
     });
+    steps.step("bench smoke (relay-bench run --smoke)", || run_bench(true));
     steps.summary("test")
+}
+
+fn bench(smoke: bool) -> Result<()> {
+    if !setup::is_root() {
+        bail!("`cargo xtask bench` must run as root (network namespaces, XDP, BPF maps)");
+    }
+    setup::ensure(Need::Test)?;
+    run_bench(smoke)
+}
+
+/// Build relayhub and relay-bench (release) and run the benchmark driver;
+/// the full run writes bench/RESULTS.md and bench/results.png.
+fn run_bench(smoke: bool) -> Result<()> {
+    cmd::run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "relay-user",
+        "-p",
+        "relay-bench",
+    ]))?;
+    let relayhub = relayhub_bin()?;
+    let release = relayhub.parent().context("release directory")?;
+    let (out, command) = if smoke {
+        (release.join("bench-smoke"), "cargo xtask bench --smoke")
+    } else {
+        // The plot's labels need a TTF font; without one it has bare bars.
+        let font = Path::new("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf");
+        if !font.exists() && cmd::on_path("apt-get") {
+            let _ = cmd::run(Command::new("apt-get").args([
+                "install",
+                "-y",
+                "-q",
+                "fonts-dejavu-core",
+            ]));
+        }
+        (root().join("bench"), "cargo xtask bench")
+    };
+    let mut c = Command::new(release.join("relay-bench"));
+    c.current_dir(root())
+        .env("RELAYHUB_BIN", &relayhub)
+        .args(["run", "--command", command, "--out"])
+        .arg(&out);
+    if smoke {
+        c.arg("--smoke");
+    }
+    cmd::run(&mut c)
 }
 
 #[cfg(test)]

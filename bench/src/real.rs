@@ -1,0 +1,329 @@
+//! Phases with real wireguard-go spokes (the harness topology: hub behind a
+//! router, spokes behind NATs): TCP throughput spoke to spoke (iperf3) and
+//! hub CPU per relayed packet at a fixed UDP rate. Spokes and iperf3 run on
+//! CPU 1, everything of the hub (its NIC's NAPI thread and processes) on
+//! CPU 0.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::Context;
+use relay_tests::netns::Veth;
+use relay_tests::topology::HUB_ADDR;
+use relay_tests::{Hub, HubKind, Topology, cmd, wg};
+
+use crate::packet::{AUX_CPU, HUB_CPU, med};
+use crate::{bpfraw, sys};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RealMode {
+    RelayhubNative,
+    RelayhubGeneric,
+    Userspace,
+    Decrypting,
+    Direct,
+}
+
+impl RealMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            RealMode::RelayhubNative => "relayhub XDP native (real binary)",
+            RealMode::RelayhubGeneric => "relayhub XDP generic (real binary)",
+            RealMode::Userspace => "userspace index relay",
+            RealMode::Decrypting => "decrypting wireguard-go hub",
+            RealMode::Direct => "direct spoke-to-spoke wire",
+        }
+    }
+}
+
+#[derive(Default, Debug, Clone)]
+pub struct RealResult {
+    pub tcp_mbps: Vec<f64>,
+    /// (inner packet size, hub ns per relayed packet per repetition, received pps,
+    /// NAPI-thread-only ns per packet per repetition)
+    pub udp: Vec<(usize, Vec<f64>, f64, Vec<f64>)>,
+}
+
+#[derive(Default, Debug, Clone)]
+pub struct RealResults {
+    pub modes: Vec<(RealMode, RealResult)>,
+    pub udp_pps: f64,
+}
+
+struct Plan {
+    reps: usize,
+    tcp_secs: u32,
+    udp_secs: u32,
+    udp_pps: f64,
+}
+
+pub fn run(smoke: bool, self_exe: &str) -> anyhow::Result<RealResults> {
+    let plan = if smoke {
+        Plan {
+            reps: 1,
+            tcp_secs: 1,
+            udp_secs: 1,
+            udp_pps: 2000.0,
+        }
+    } else {
+        Plan {
+            reps: 3,
+            tcp_secs: 4,
+            udp_secs: 3,
+            udp_pps: 10_000.0,
+        }
+    };
+    let modes: &[RealMode] = if smoke {
+        &[
+            RealMode::RelayhubNative,
+            RealMode::Userspace,
+            RealMode::Decrypting,
+            RealMode::Direct,
+        ]
+    } else {
+        &[
+            RealMode::RelayhubNative,
+            RealMode::RelayhubGeneric,
+            RealMode::Userspace,
+            RealMode::Decrypting,
+            RealMode::Direct,
+        ]
+    };
+    let mut out = RealResults {
+        udp_pps: plan.udp_pps,
+        ..Default::default()
+    };
+    for &m in modes {
+        let r = one(m, &plan, self_exe).with_context(|| m.name())?;
+        out.modes.push((m, r));
+    }
+    Ok(out)
+}
+
+fn one(mode: RealMode, plan: &Plan, self_exe: &str) -> anyhow::Result<RealResult> {
+    let topo = Topology::builder().spokes(2).build()?;
+    let rif = topo.router_hub_if.clone();
+    let _pass = sys::in_netns(&topo.router.name, || {
+        bpfraw::attach(
+            bpfraw::load("pass", &bpfraw::pass())?,
+            &rif,
+            bpfraw::XDP_FLAGS_DRV_MODE,
+        )
+    })?;
+    sys::threaded_napi(&topo.router.name, &rif, AUX_CPU)?;
+    // SAFETY: single-threaded here; the hub process inherits it.
+    match mode {
+        RealMode::RelayhubGeneric => unsafe { std::env::set_var("RELAYHUB_XDP_MODE", "generic") },
+        _ => unsafe { std::env::set_var("RELAYHUB_XDP_MODE", "native") },
+    }
+    let mut hub = None;
+    let mut urelay = None;
+    let mut _direct = None;
+    let texts: Vec<String> = match mode {
+        RealMode::RelayhubNative | RealMode::RelayhubGeneric | RealMode::Decrypting => {
+            let kind = if mode == RealMode::Decrypting {
+                HubKind::DecryptingWireguardGo
+            } else {
+                HubKind::Relayhub
+            };
+            let mut h = Hub::start(&topo, kind)?;
+            let added = [h.add_spoke("s1")?, h.add_spoke("s2")?];
+            let t = vec![
+                h.current_config("s1", &added[0])?,
+                h.current_config("s2", &added[1])?,
+            ];
+            if kind == HubKind::Relayhub {
+                // The hub must have both spokes as peers before they start.
+                std::thread::sleep(Duration::from_millis(800));
+            }
+            hub = Some(h);
+            t
+        }
+        RealMode::Userspace => {
+            let keys = [wg::genkey()?, wg::genkey()?];
+            let mut table = String::new();
+            let mut t = Vec::new();
+            for i in 0..2 {
+                let port = 51821 + i as u16;
+                table += &format!(
+                    "ep {} {port} {}\nkey {} {}\n",
+                    topo.nats[i].wan_addr,
+                    i + 1,
+                    i + 1,
+                    keys[i].1
+                );
+                let o = 1 - i;
+                t.push(format!(
+                    "[Interface]\nPrivateKey = {}\nAddress = 10.88.0.{}/32\nListenPort = {port}\n\n[Peer]\nPublicKey = {}\nAllowedIPs = 10.88.0.{}/32\nEndpoint = {HUB_ADDR}:51820\nPersistentKeepalive = 25\n",
+                    keys[i].0, i + 2, keys[o].1, o + 2
+                ));
+            }
+            let path = topo.workdir.join("urelay-real.table");
+            std::fs::write(&path, table)?;
+            let p = path.to_str().context("utf-8")?;
+            let mut proc = topo.hub.spawn(
+                "urelay",
+                &[self_exe, "urelay", "--port", "51820", "--table", p],
+                &topo.workdir,
+                false,
+            )?;
+            proc.wait_output("ready", Duration::from_secs(5))?;
+            urelay = Some(proc);
+            t
+        }
+        RealMode::Direct => {
+            let (a, b) = (format!("{}d1", topo.prefix), format!("{}d2", topo.prefix));
+            _direct = Some(Veth::new(&a, &topo.spokes[0].ns, &b, &topo.spokes[1].ns)?);
+            topo.spokes[0]
+                .ns
+                .exec(&["ip", "addr", "add", "172.31.0.1/30", "dev", &a])?;
+            topo.spokes[1]
+                .ns
+                .exec(&["ip", "addr", "add", "172.31.0.2/30", "dev", &b])?;
+            let keys = [wg::genkey()?, wg::genkey()?];
+            (0..2)
+                .map(|i| {
+                    let o = 1 - i;
+                    format!(
+                        "[Interface]\nPrivateKey = {}\nAddress = 10.88.0.{}/32\nListenPort = 51820\n\n[Peer]\nPublicKey = {}\nAllowedIPs = 10.88.0.{}/32\nEndpoint = 172.31.0.{}:51820\nPersistentKeepalive = 25\n",
+                        keys[i].0, i + 2, keys[o].1, o + 2, o + 1
+                    )
+                })
+                .collect()
+        }
+    };
+    let hub_napi = if mode == RealMode::Direct {
+        vec![]
+    } else {
+        sys::threaded_napi(&topo.hub.name, &topo.hub_nic, HUB_CPU)?
+    };
+    let spokes = [topo.spoke_up(0, &texts[0])?, topo.spoke_up(1, &texts[1])?];
+    for s in &topo.spokes {
+        for p in s.ns.pids() {
+            sys::pin_pid(p, AUX_CPU);
+        }
+    }
+    let hub_pids = || {
+        let mut v = topo.hub.pids();
+        v.extend(&hub_napi);
+        v
+    };
+    if mode != RealMode::Direct {
+        for p in hub_pids() {
+            sys::pin_pid(p, HUB_CPU);
+        }
+    }
+    let dst = wg::conf_address(&texts[1])?;
+    cmd::wait_for(
+        "spoke-to-spoke ping",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || Ok(topo.spokes[0].ns.ping_once(&dst.to_string()).then_some(())),
+    )?;
+    let mut res = RealResult::default();
+    for _ in 0..plan.reps {
+        let (bps, _) = iperf(&topo, dst, &["-t", &plan.tcp_secs.to_string()])?;
+        res.tcp_mbps.push(bps / 1e6);
+    }
+    eprintln!(
+        "  {:<36} TCP {:.0} Mbit/s",
+        mode.name(),
+        med(res.tcp_mbps.iter().copied())
+    );
+    if mode != RealMode::Direct {
+        for inner in crate::packet::SIZES {
+            let len = inner - 28;
+            let bps = plan.udp_pps * (len as f64) * 8.0;
+            let mut v = Vec::new();
+            let mut napi = Vec::new();
+            let mut rate = 0.0;
+            for _ in 0..plan.reps {
+                let n0 = sys::cpu_ns(&hub_napi);
+                let c0 = sys::cpu_ns(&hub_pids());
+                let (_, pkts) = iperf(
+                    &topo,
+                    dst,
+                    &[
+                        "-u",
+                        "-b",
+                        &format!("{bps:.0}"),
+                        "-l",
+                        &len.to_string(),
+                        "-t",
+                        &plan.udp_secs.to_string(),
+                    ],
+                )?;
+                let c1 = sys::cpu_ns(&hub_pids());
+                let n1 = sys::cpu_ns(&hub_napi);
+                v.push((c1 - c0) as f64 / pkts.max(1) as f64);
+                napi.push((n1 - n0) as f64 / pkts.max(1) as f64);
+                rate = pkts as f64 / plan.udp_secs as f64;
+            }
+            eprintln!(
+                "  {:<36} UDP {inner} B @ {:.0} pps: hub {:.0} ns/pkt",
+                mode.name(),
+                rate,
+                med(v.iter().copied())
+            );
+            res.udp.push((inner, v, rate, napi));
+        }
+    }
+    drop(spokes);
+    drop(urelay);
+    drop(hub);
+    Ok(res)
+}
+
+/// iperf3 from spoke 1 to spoke 2 (`dst`, tunnel address). Returns
+/// (received bits/s, received packets for UDP).
+fn iperf(topo: &Topology, dst: Ipv4Addr, extra: &[&str]) -> anyhow::Result<(f64, u64)> {
+    let cpu = AUX_CPU.to_string();
+    let srv_ns = &topo.spokes[1].ns;
+    let _srv = srv_ns.spawn(
+        "iperf3-s",
+        &[
+            "taskset",
+            "-c",
+            &cpu,
+            "iperf3",
+            "-s",
+            "-1",
+            "-B",
+            &dst.to_string(),
+        ],
+        &topo.workdir,
+        false,
+    )?;
+    cmd::wait_for(
+        "iperf3 server",
+        Duration::from_secs(5),
+        Duration::from_millis(30),
+        || {
+            Ok(srv_ns
+                .exec(&["ss", "-ltnH", "sport", "= :5201"])?
+                .contains("5201")
+                .then_some(()))
+        },
+    )?;
+    let mut argv = vec!["taskset", "-c", &cpu, "iperf3", "-c"];
+    let d = dst.to_string();
+    argv.push(&d);
+    argv.extend_from_slice(&["-J", "--connect-timeout", "3000"]);
+    argv.extend_from_slice(extra);
+    let out = topo.spokes[0]
+        .ns
+        .output(&argv, Duration::from_secs(60))?
+        .checked()?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 -J")?;
+    let end = &v["end"];
+    if !extra.contains(&"-u") {
+        let s = &end["sum_received"];
+        return Ok((s["bits_per_second"].as_f64().unwrap_or(0.0), 0));
+    }
+    let s = &end["sum"];
+    let pkts = s["packets"]
+        .as_u64()
+        .unwrap_or(0)
+        .saturating_sub(s["lost_packets"].as_u64().unwrap_or(0));
+    Ok((s["bits_per_second"].as_f64().unwrap_or(0.0), pkts))
+}

@@ -1,0 +1,539 @@
+//! bench/RESULTS.md and bench/results.png.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::All;
+use crate::loadgen::percentile;
+use crate::packet::{Mode, med, spread};
+use crate::real::RealMode;
+
+fn f(x: f64) -> String {
+    if !x.is_finite() {
+        "–".into()
+    } else if x >= 100.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.1}")
+    }
+}
+
+/// "median (min–max)".
+fn ms(v: impl Iterator<Item = f64> + Clone) -> String {
+    let m = med(v.clone());
+    let (a, b) = spread(v);
+    if a.is_finite() && a != b {
+        format!("{} ({}–{})", f(m), f(a), f(b))
+    } else {
+        f(m)
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let n = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("{cpu}, {n} vCPUs, Linux {}", kernel.trim())
+}
+
+fn date() -> String {
+    crate::sys::sh("date -u '+%Y-%m-%d %H:%M UTC'")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+fn packet(all: &All, m: Mode) -> Option<&crate::packet::ModeResult> {
+    all.packet.iter().find(|(k, _)| *k == m).map(|(_, r)| r)
+}
+
+fn fixed_ns(all: &All, m: Mode, size: usize) -> f64 {
+    packet(all, m)
+        .and_then(|r| r.fixed.iter().find(|(p, _)| *p == size))
+        .map(|(_, v)| med(v.iter().map(|s| s.hub_ns_per_pkt)))
+        .unwrap_or(f64::NAN)
+}
+
+fn real_ns(all: &All, m: RealMode, size: usize) -> f64 {
+    all.real
+        .modes
+        .iter()
+        .find(|(k, _)| *k == m)
+        .and_then(|(_, r)| r.udp.iter().find(|u| u.0 == size))
+        .map(|u| med(u.1.iter().copied()))
+        .unwrap_or(f64::NAN)
+}
+
+fn real_tcp(all: &All, m: RealMode) -> f64 {
+    all.real
+        .modes
+        .iter()
+        .find(|(k, _)| *k == m)
+        .map(|(_, r)| med(r.tcp_mbps.iter().copied()))
+        .unwrap_or(f64::NAN)
+}
+
+pub fn write(all: &All, out: &Path, command: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    let mut s = String::new();
+    let w = &mut s;
+    writeln!(w, "# relayhub benchmark results\n")?;
+    if all.smoke {
+        writeln!(
+            w,
+            "**Smoke run: a harness check with tiny windows, not a measurement.**\n"
+        )?;
+    }
+    writeln!(
+        w,
+        "- command: `{command}` (as root; took {:.0} s)",
+        all.elapsed.as_secs_f64()
+    )?;
+    writeln!(w, "- machine: {}", machine())?;
+    writeln!(w, "- date: {}", date())?;
+    writeln!(
+        w,
+        "- every number is the median of the repetitions, (min–max) where they differ; compare ratios within this run, not absolute values across runs\n"
+    )?;
+    writeln!(w, "![results](results.png)\n")?;
+
+    writeln!(w, "## Packet rate with synthetic spokes\n")?;
+    writeln!(
+        w,
+        "64 synthetic spokes in 32 pairs send WireGuard-shaped transport frames (type 4, payload + 32 bytes of header and tag) from the router's end of the hub link (AF_PACKET sendmmsg, PACKET_QDISC_BYPASS, pinned to CPU 1). Modes 1 and 2 are the product's XDP object (`relay` from relay-ebpf, embedded in relay-user) loaded by the bench with its maps filled with the spokes' endpoints and sessions, as the controller would (no controller, no hub WireGuard); mode 3 is `relay-bench urelay` fed the same table; mode 5 is a hand-assembled reflector (swap MACs, IPs, ports; XDP_TX). The hub NIC's receive path runs in a threaded-NAPI kernel thread pinned to CPU 0 (SCHED_FIFO), with the userspace relay; hub CPU = CPU time of those threads (schedstat) / frames delivered back at the router. The far end drops the relayed frames in XDP.\n"
+    )?;
+    writeln!(
+        w,
+        "### Hub CPU per relayed packet at {:.0} packets/s offered (ns)\n",
+        all.fixed_pps
+    )?;
+    writeln!(
+        w,
+        "| mode | 64 B | 512 B | 1420 B | XDP program ns/run (BPF stats, 64 B) | loss 64 B |"
+    )?;
+    writeln!(w, "|---|---|---|---|---|---|")?;
+    for (m, r) in &all.packet {
+        let cell = |p: usize| {
+            r.fixed
+                .iter()
+                .find(|(q, _)| *q == p)
+                .map(|(_, v)| ms(v.iter().map(|s| s.hub_ns_per_pkt)))
+                .unwrap_or_default()
+        };
+        let prog = r
+            .fixed
+            .first()
+            .map(|(_, v)| ms(v.iter().map(|s| s.prog_ns)))
+            .unwrap_or_default();
+        let loss = r
+            .fixed
+            .first()
+            .map(|(_, v)| format!("{:.2}%", 100.0 * med(v.iter().map(|s| s.loss))))
+            .unwrap_or_default();
+        writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} |",
+            m.name(),
+            cell(64),
+            cell(512),
+            cell(1420),
+            prog,
+            loss
+        )?;
+    }
+    writeln!(
+        w,
+        "\n### Maximum lossless rate on one core and behaviour at 2x (64 B)\n"
+    )?;
+    writeln!(
+        w,
+        "Ramp of offered loads (1 s steps); lossless = at most 0.5 % lost. Then twice that rate is offered (as far as the generator gets: its achieved rate is shown). \"≥\": the ramp ended at the generator's ceiling with no loss, so the relay's own maximum is higher.\n"
+    )?;
+    writeln!(
+        w,
+        "| mode | max lossless (kpps) | vs reflector | offered at 2x (kpps) | delivered at 2x (kpps) | delivered at 2x / max |"
+    )?;
+    writeln!(w, "|---|---|---|---|---|---|")?;
+    let refl = packet(all, Mode::Reflector)
+        .map(|r| med(r.max_lossless.iter().copied()))
+        .unwrap_or(f64::NAN);
+    for (m, r) in &all.packet {
+        let mx = med(r.max_lossless.iter().copied());
+        let ge = if r.gen_limited.iter().any(|&g| g) {
+            "≥ "
+        } else {
+            ""
+        };
+        writeln!(
+            w,
+            "| {} | {ge}{} | {:.2} | {} | {} | {:.2} |",
+            m.name(),
+            ms(r.max_lossless.iter().map(|x| x / 1e3)),
+            mx / refl,
+            ms(r.overload.iter().map(|s| s.offered_pps / 1e3)),
+            ms(r.overload.iter().map(|s| s.delivered_pps / 1e3)),
+            med(r.overload.iter().map(|s| s.delivered_pps)) / mx
+        )?;
+    }
+    writeln!(
+        w,
+        "\n### Round trip generator → hub → generator, one frame in flight (µs)\n"
+    )?;
+    writeln!(w, "| mode | p50 | p99 | p50 added vs reflector |")?;
+    writeln!(w, "|---|---|---|---|")?;
+    let r50 = packet(all, Mode::Reflector)
+        .map(|r| percentile(&r.rtt_us, 50.0))
+        .unwrap_or(f64::NAN);
+    for (m, r) in &all.packet {
+        let p50 = percentile(&r.rtt_us, 50.0);
+        writeln!(
+            w,
+            "| {} | {} | {} | {} |",
+            m.name(),
+            f(p50),
+            f(percentile(&r.rtt_us, 99.0)),
+            f(p50 - r50)
+        )?;
+    }
+    if let Some(tr) = packet(all, Mode::XdpNative).and_then(|r| r.test_run) {
+        writeln!(
+            w,
+            "\n### The XDP program alone (BPF_PROG_TEST_RUN, repeat 1,000,000, 64 B payload)\n"
+        )?;
+        writeln!(w, "| case | ns/frame | action |")?;
+        writeln!(w, "|---|---|---|")?;
+        for (name, (ns, a)) in [
+            "hit: relayed (lookups, bpf_fib_lookup, rewrite, XDP_TX)",
+            "miss: unknown source (XDP_PASS)",
+            "miss: known source, no session (XDP_PASS)",
+        ]
+        .iter()
+        .zip(tr)
+        {
+            writeln!(w, "| {name} | {} | {a} |", f(ns))?;
+        }
+    }
+    if let Some(r) = packet(all, Mode::XdpNative) {
+        writeln!(
+            w,
+            "\n### Kernel memory of the XDP maps at default capacity (memlock)\n"
+        )?;
+        writeln!(w, "| map | bytes | per entry |")?;
+        writeln!(w, "|---|---|---|")?;
+        for (name, b) in &r.memlock {
+            let cap = match name.as_str() {
+                "SESSIONS" => relay_common::MAX_SESSIONS as f64,
+                "ENDPOINT_SLOTS" | "SLOTS" | "SLOT_COUNTERS" => relay_common::MAX_SLOTS as f64,
+                _ => f64::NAN,
+            };
+            writeln!(w, "| {name} | {b} | {} |", f(*b as f64 / cap))?;
+        }
+    }
+
+    writeln!(
+        w,
+        "\n## Handshake initiation routing (relay_user::handshake::Router, in process)\n"
+    )?;
+    writeln!(
+        w,
+        "warm = the destination is among the sender's recent destinations (rekeys); first contact = full mac1 scan over registered spokes. Controller memory = RSS growth while registering the spokes / N.\n"
+    )?;
+    writeln!(
+        w,
+        "| registered spokes | warm initiations/s | first-contact initiations/s | controller bytes/spoke |"
+    )?;
+    writeln!(w, "|---|---|---|---|")?;
+    for h in &all.handshake {
+        writeln!(
+            w,
+            "| {} | {} | {} | {} |",
+            h.spokes,
+            f(h.warm_per_s),
+            f(h.cold_per_s),
+            f(h.bytes_per_spoke)
+        )?;
+    }
+
+    if !all.real.modes.is_empty() {
+        writeln!(w, "\n## Real wireguard-go spokes behind NATs\n")?;
+        writeln!(
+            w,
+            "The harness topology (hub behind a router, each spoke behind an outbound-only NAT), two wireguard-go spokes and iperf3 pinned to CPU 1, the hub (NIC NAPI thread and hub processes) on CPU 0. relayhub modes run the real `relayhub run` binary (`--xdp-mode` via RELAYHUB_XDP_MODE) with its controller and its own WireGuard; its hub CPU includes both. The direct wire is a veth between the two spoke namespaces.\n"
+        )?;
+        writeln!(
+            w,
+            "| mode | TCP Mbit/s | vs direct | hub ns/pkt UDP 64 B | 512 B | 1420 B | NAPI thread only, 1420 B |"
+        )?;
+        writeln!(w, "|---|---|---|---|---|---|---|")?;
+        let direct = real_tcp(all, RealMode::Direct);
+        for (m, r) in &all.real.modes {
+            let cell = |p: usize| {
+                r.udp
+                    .iter()
+                    .find(|u| u.0 == p)
+                    .map(|u| ms(u.1.iter().copied()))
+                    .unwrap_or("–".into())
+            };
+            let napi = r
+                .udp
+                .iter()
+                .find(|u| u.0 == 1420)
+                .map(|u| ms(u.3.iter().copied()))
+                .unwrap_or("–".into());
+            writeln!(
+                w,
+                "| {} | {} | {:.2} | {} | {} | {} | {} |",
+                m.name(),
+                ms(r.tcp_mbps.iter().copied()),
+                med(r.tcp_mbps.iter().copied()) / direct,
+                cell(64),
+                cell(512),
+                cell(1420),
+                napi
+            )?;
+        }
+        writeln!(
+            w,
+            "\nUDP at {:.0} packets/s offered per size (inner packet sizes, iperf3 -u).",
+            all.real.udp_pps
+        )?;
+    }
+
+    writeln!(w, "\n## Against the targets\n")?;
+    let x = fixed_ns(all, Mode::XdpNative, 64);
+    let u = fixed_ns(all, Mode::Userspace, 64);
+    let dx = real_ns(all, RealMode::RelayhubNative, 1420);
+    let dd = real_ns(all, RealMode::Decrypting, 1420);
+    writeln!(w, "| target | measured |")?;
+    writeln!(w, "|---|---|")?;
+    writeln!(
+        w,
+        "| XDP CPU/packet ≤ 1/10 of the userspace relay | {:.2} of it (synthetic, 64 B at {:.0} pps) |",
+        x / u,
+        all.fixed_pps
+    )?;
+    writeln!(
+        w,
+        "| XDP CPU/packet ≤ 1/30 of the decrypting hub | {:.2} of it (real spokes, 1420 B, whole hub incl. controller) |",
+        dx / dd
+    )?;
+    let xm = packet(all, Mode::XdpNative)
+        .map(|r| med(r.max_lossless.iter().copied()))
+        .unwrap_or(f64::NAN);
+    writeln!(
+        w,
+        "| lossless rate ≥ 90 % of the reflector | {:.0} % |",
+        100.0 * xm / refl
+    )?;
+    let ov = packet(all, Mode::XdpNative)
+        .map(|r| med(r.overload.iter().map(|s| s.delivered_pps)))
+        .unwrap_or(f64::NAN);
+    writeln!(
+        w,
+        "| at 2x load still ≥ 90 % of max | {:.0} % |",
+        100.0 * ov / xm
+    )?;
+    let hit = packet(all, Mode::XdpNative)
+        .and_then(|r| r.test_run)
+        .map(|t| t[0].0)
+        .unwrap_or(f64::NAN);
+    writeln!(w, "| XDP program ≤ 100 ns/frame | {} ns (hit) |", f(hit))?;
+    writeln!(
+        w,
+        "| throughput within 5 % of direct | {:.0} % of direct |",
+        100.0 * real_tcp(all, RealMode::RelayhubNative) / real_tcp(all, RealMode::Direct)
+    )?;
+    let h10k = all.handshake.iter().find(|h| h.spokes == 10_000);
+    writeln!(
+        w,
+        "| 100k initiations/s with 10k spokes | {} |",
+        h10k.map(|h| format!(
+            "{} warm, {} first contact",
+            f(h.warm_per_s),
+            f(h.cold_per_s)
+        ))
+        .unwrap_or("not run".into())
+    )?;
+    std::fs::write(
+        out.join(if all.smoke {
+            "RESULTS-smoke.md"
+        } else {
+            "RESULTS.md"
+        }),
+        s,
+    )?;
+    plot(
+        all,
+        &out.join(if all.smoke {
+            "results-smoke.png"
+        } else {
+            "results.png"
+        }),
+    )?;
+    Ok(())
+}
+
+fn font() -> bool {
+    for p in [
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    ] {
+        if let Ok(b) = std::fs::read(p) {
+            let b: &'static [u8] = Box::leak(b.into_boxed_slice());
+            if plotters::style::register_font("sans-serif", FontStyle::Normal, b).is_ok() {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Two panels of bars: hub CPU per packet (64 B, log scale) and max
+/// lossless rate. Labels need a TTF font (fonts-dejavu-core); without one
+/// the bars are drawn unlabelled.
+fn plot(all: &All, path: &Path) -> anyhow::Result<()> {
+    let text = font();
+    let root = BitMapBackend::new(path, (1000, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (l, r) = root.split_horizontally(500);
+    let colors = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+    ];
+    // Left: hub ns/packet.
+    let mut bars: Vec<(String, f64)> = all
+        .packet
+        .iter()
+        .map(|(m, _)| (short(m.name()), fixed_ns(all, *m, 64)))
+        .collect();
+    bars.push((
+        "decrypt hub*".into(),
+        real_ns(all, RealMode::Decrypting, 64),
+    ));
+    bars.push((
+        "relayhub*".into(),
+        real_ns(all, RealMode::RelayhubNative, 64),
+    ));
+    panel(
+        &l,
+        "hub CPU ns/packet, 64 B (log)",
+        &bars,
+        true,
+        text,
+        &colors,
+    )?;
+    let bars: Vec<(String, f64)> = all
+        .packet
+        .iter()
+        .map(|(m, r)| (short(m.name()), med(r.max_lossless.iter().copied()) / 1e3))
+        .collect();
+    panel(
+        &r,
+        "max lossless kpps, one core",
+        &bars,
+        false,
+        text,
+        &colors,
+    )?;
+    root.present()?;
+    Ok(())
+}
+
+fn short(n: &str) -> String {
+    n.replace("relayhub XDP ", "xdp ")
+        .replace("userspace index relay", "userspace")
+        .replace("XDP reflector", "reflector")
+}
+
+fn panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    bars: &[(String, f64)],
+    log: bool,
+    text: bool,
+    colors: &[RGBColor],
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let vals: Vec<f64> = bars
+        .iter()
+        .map(|b| if b.1.is_finite() { b.1.max(1e-3) } else { 0.0 })
+        .collect();
+    let top = vals.iter().copied().fold(1.0, f64::max) * 1.3;
+    let n = bars.len() as f64;
+    let mut cb = ChartBuilder::on(area);
+    cb.margin(15);
+    if text {
+        cb.caption(title, ("sans-serif", 18))
+            .x_label_area_size(60)
+            .y_label_area_size(50);
+    }
+    if log {
+        let mut c = cb.build_cartesian_2d(0f64..n, (1f64..top).log_scale())?;
+        if text {
+            c.configure_mesh()
+                .disable_x_mesh()
+                .x_labels(0)
+                .label_style(("sans-serif", 12))
+                .draw()?;
+        }
+        for (i, v) in vals.iter().enumerate() {
+            let col = colors[i % colors.len()];
+            c.draw_series(std::iter::once(Rectangle::new(
+                [(i as f64 + 0.15, 1.0), (i as f64 + 0.85, v.max(1.0))],
+                col.filled(),
+            )))?;
+            if text {
+                c.draw_series(std::iter::once(Text::new(
+                    bars[i].0.clone(),
+                    (i as f64 + 0.1, 1.0),
+                    ("sans-serif", 11)
+                        .into_font()
+                        .transform(FontTransform::Rotate90),
+                )))?;
+            }
+        }
+    } else {
+        let mut c = cb.build_cartesian_2d(0f64..n, 0f64..top)?;
+        if text {
+            c.configure_mesh()
+                .disable_x_mesh()
+                .x_labels(0)
+                .label_style(("sans-serif", 12))
+                .draw()?;
+        }
+        for (i, v) in vals.iter().enumerate() {
+            let col = colors[i % colors.len()];
+            c.draw_series(std::iter::once(Rectangle::new(
+                [(i as f64 + 0.15, 0.0), (i as f64 + 0.85, *v)],
+                col.filled(),
+            )))?;
+            if text {
+                c.draw_series(std::iter::once(Text::new(
+                    bars[i].0.clone(),
+                    (i as f64 + 0.1, top * 0.02),
+                    ("sans-serif", 11)
+                        .into_font()
+                        .transform(FontTransform::Rotate270),
+                )))?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,289 @@
+//! Synthetic spokes: endpoints and sessions installed directly in the
+//! relay's tables (the product's XDP object loaded by the bench, or the
+//! userspace baseline fed the same table), and the frames they send.
+
+use std::net::Ipv4Addr;
+
+use aya::maps::{Array, HashMap, MapData};
+use aya::programs::{Xdp, XdpMode};
+use aya::{Ebpf, EbpfLoader, TestRun, TestRunOptions};
+use relay_common::{
+    Endpoint, HubConfig, MAP_CONFIG, MAP_ENDPOINT_SLOTS, MAP_SESSIONS, MAP_SLOTS, PROG_RELAY,
+    SESSION_FROM_INITIATION, SLOT_ACTIVE, SessionKey, SessionValue, SpokeSlot,
+};
+
+use crate::frames;
+
+pub const HUB_PORT: u16 = 51820;
+pub const HUB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+
+/// `n` synthetic spokes in pairs (1,2), (3,4), ...: slot, address, port.
+#[derive(Clone, Copy, Debug)]
+pub struct Spoke {
+    pub slot: u32,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+}
+
+pub fn spokes(n: u32) -> Vec<Spoke> {
+    (1..=n)
+        .map(|i| Spoke {
+            slot: i,
+            ip: Ipv4Addr::new(10, 200, (i / 200) as u8, (i % 200 + 1) as u8),
+            port: 40000 + i as u16,
+        })
+        .collect()
+}
+
+pub fn peer(slot: u32) -> u32 {
+    if slot % 2 == 1 { slot + 1 } else { slot - 1 }
+}
+
+/// Receiver index spoke `slot` uses towards its peer.
+pub fn receiver(slot: u32) -> u32 {
+    0x5000_0000 ^ slot.wrapping_mul(0x9e37_79b9)
+}
+
+/// Frames every spoke sends to the hub (one per spoke).
+pub fn frames(sp: &[Spoke], hub_mac: [u8; 6], gen_mac: [u8; 6], payload: usize) -> Vec<Vec<u8>> {
+    sp.iter()
+        .map(|s| {
+            frames::udp_frame(
+                hub_mac,
+                gen_mac,
+                s.ip,
+                s.port,
+                HUB_IP,
+                HUB_PORT,
+                &frames::transport(receiver(s.slot), 1, payload),
+                false,
+            )
+        })
+        .collect()
+}
+
+/// The userspace baseline's table file: `ep IP PORT SLOT` and
+/// `sess SRC_SLOT RECEIVER DST_SLOT` lines.
+pub fn table(sp: &[Spoke]) -> String {
+    let mut t = String::new();
+    for s in sp {
+        t += &format!("ep {} {} {}\n", s.ip, s.port, s.slot);
+    }
+    for s in sp {
+        t += &format!("sess {} {} {}\n", s.slot, receiver(s.slot), peer(s.slot));
+    }
+    t
+}
+
+/// The product's XDP object, loaded and filled by the bench (no controller).
+pub struct XdpHub {
+    pub ebpf: Ebpf,
+    endpoint_slots: HashMap<MapData, Endpoint, u32>,
+    slots: Array<MapData, SpokeSlot>,
+    sessions: HashMap<MapData, SessionKey, SessionValue>,
+    /// Kernel memory (memlock) per map name, at default capacities.
+    pub memlock: std::collections::HashMap<String, u64>,
+}
+
+/// A slot registered for the BPF_PROG_TEST_RUN fixed point (see `test_run`).
+const FIX_SLOT: u32 = 16000;
+const FIX_DST: u32 = 16001;
+const FIX_RX: u32 = 0x0f1e_0001;
+const FIX_IP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
+
+impl XdpHub {
+    /// Load and fill; call from a thread in the hub's namespace.
+    pub fn load(sp: &[Spoke]) -> anyhow::Result<Self> {
+        let mut ebpf = EbpfLoader::new().load(relay_user::EBPF_OBJECT)?;
+        let memlock: std::collections::HashMap<String, u64> = ebpf
+            .maps()
+            .map(|(n, m)| (n.to_string(), map_memlock(m)))
+            .collect();
+        let mut take = |n: &str| {
+            ebpf.take_map(n)
+                .ok_or_else(|| anyhow::anyhow!("map {n} missing"))
+        };
+        let endpoint_slots = HashMap::try_from(take(MAP_ENDPOINT_SLOTS)?)?;
+        let slots = Array::try_from(take(MAP_SLOTS)?)?;
+        let sessions: HashMap<MapData, SessionKey, SessionValue> =
+            HashMap::try_from(take(MAP_SESSIONS)?)?;
+        let mut config: Array<MapData, HubConfig> = Array::try_from(take(MAP_CONFIG)?)?;
+        config.set(
+            0,
+            HubConfig {
+                port: HUB_PORT,
+                ..Default::default()
+            },
+            0,
+        )?;
+        let mut hub = Self {
+            ebpf,
+            endpoint_slots,
+            slots,
+            sessions,
+            memlock,
+        };
+        for s in sp {
+            hub.spoke(s.slot, Endpoint::v4(s.ip.octets(), s.port), true)?;
+        }
+        for s in sp {
+            hub.session(s.slot, receiver(s.slot), peer(s.slot))?;
+        }
+        // Fixed point for repeated test runs: FIX_IP:51820 is slot FIX_SLOT;
+        // FIX_DST's endpoint is the same address, so the relayed frame is
+        // again a frame from FIX_SLOT with the same receiver index.
+        let fix = Endpoint::v4(FIX_IP.octets(), HUB_PORT);
+        hub.spoke(FIX_SLOT, fix, true)?;
+        hub.slots.set(
+            FIX_DST,
+            SpokeSlot {
+                endpoint: fix,
+                flags: SLOT_ACTIVE,
+            },
+            0,
+        )?;
+        hub.session(FIX_SLOT, FIX_RX, FIX_DST)?;
+        let prog: &mut Xdp = hub
+            .ebpf
+            .program_mut(PROG_RELAY)
+            .ok_or_else(|| anyhow::anyhow!("no relay program"))?
+            .try_into()?;
+        prog.load()?;
+        Ok(hub)
+    }
+
+    fn spoke(&mut self, slot: u32, ep: Endpoint, active: bool) -> anyhow::Result<()> {
+        self.endpoint_slots.insert(ep, slot, 0)?;
+        self.slots.set(
+            slot,
+            SpokeSlot {
+                endpoint: ep,
+                flags: if active { SLOT_ACTIVE } else { 0 },
+            },
+            0,
+        )?;
+        Ok(())
+    }
+
+    fn session(&mut self, src_slot: u32, receiver: u32, dst_slot: u32) -> anyhow::Result<()> {
+        self.sessions.insert(
+            SessionKey { src_slot, receiver },
+            SessionValue {
+                dst_slot,
+                flags: SESSION_FROM_INITIATION,
+                last_seen_ns: 0,
+            },
+            0,
+        )?;
+        Ok(())
+    }
+
+    fn prog(&mut self) -> anyhow::Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .program_mut(PROG_RELAY)
+            .ok_or_else(|| anyhow::anyhow!("no relay program"))?
+            .try_into()?)
+    }
+
+    /// Attach to `iface` (calling thread's namespace), native or generic.
+    pub fn attach(&mut self, iface: &str, native: bool) -> anyhow::Result<()> {
+        let flags = if native {
+            XdpMode::Driver
+        } else {
+            XdpMode::Skb
+        };
+        self.prog()?.attach(iface, flags)?;
+        Ok(())
+    }
+
+    /// (run_time_ns, run_cnt) from the kernel's BPF run-time statistics.
+    pub fn run_stats(&mut self) -> (u64, u64) {
+        match self.prog().and_then(|p| Ok(p.info()?)) {
+            Ok(i) => (i.run_time().as_nanos() as u64, i.run_count()),
+            Err(_) => (0, 0),
+        }
+    }
+
+    /// ns per frame via BPF_PROG_TEST_RUN with `repeat`, for a hit (the
+    /// relay path including bpf_fib_lookup, frame rewritten and XDP_TX)
+    /// and two misses (unknown source; known source, no session: both
+    /// XDP_PASS). `ifindex`: the hub NIC in the calling thread's namespace.
+    pub fn test_run(
+        &mut self,
+        ifindex: u32,
+        payload: usize,
+        repeat: u32,
+    ) -> anyhow::Result<[(f64, u32); 3]> {
+        let mac = [2, 0, 0, 0, 0, 1];
+        let hit = frames::udp_frame(
+            mac,
+            mac,
+            FIX_IP,
+            HUB_PORT,
+            FIX_IP,
+            HUB_PORT,
+            &frames::transport(FIX_RX, 1, payload),
+            false,
+        );
+        let stranger = frames::udp_frame(
+            mac,
+            mac,
+            Ipv4Addr::new(10, 202, 0, 1),
+            40000,
+            HUB_IP,
+            HUB_PORT,
+            &frames::transport(FIX_RX, 1, payload),
+            false,
+        );
+        let no_session = frames::udp_frame(
+            mac,
+            mac,
+            FIX_IP,
+            HUB_PORT,
+            HUB_IP,
+            HUB_PORT,
+            &frames::transport(0xdead_beef, 1, payload),
+            false,
+        );
+        let md: [u32; 6] = [0, 0, 0, ifindex, 0, 0];
+        let mut out = Vec::new();
+        let prog = self.prog()?;
+        for f in [&hit, &stranger, &no_session] {
+            let mut md = md;
+            md[1] = f.len() as u32;
+            let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+            let mut buf = vec![0u8; f.len() + 256];
+            let r = prog.test_run(TestRunOptions {
+                data_in: Some(f),
+                data_out: Some(&mut buf),
+                ctx_in: Some(&ctx),
+                repeat,
+                ..Default::default()
+            })?;
+            out.push((r.duration.as_nanos() as f64, r.return_value));
+        }
+        Ok([out[0], out[1], out[2]])
+    }
+}
+
+/// `memlock:` of a map's fd from /proc/self/fdinfo (bytes the kernel
+/// charges for it).
+fn map_memlock(m: &aya::maps::Map) -> u64 {
+    use aya::maps::Map;
+    use std::os::fd::{AsFd, AsRawFd};
+    let d = match m {
+        Map::HashMap(d)
+        | Map::LruHashMap(d)
+        | Map::Array(d)
+        | Map::PerCpuArray(d)
+        | Map::RingBuf(d) => d,
+        _ => return 0,
+    };
+    let fd = d.fd().as_fd().as_raw_fd();
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("memlock:")?.trim().parse().ok())
+        .unwrap_or(0)
+}

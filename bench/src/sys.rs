@@ -1,0 +1,184 @@
+//! Namespaces, CPU accounting and pinning.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+
+use anyhow::{Context, bail};
+
+/// Run `f` on a thread that entered network namespace `ns` first (sockets,
+/// interface names and XDP attachments then resolve there).
+pub fn in_netns<T: Send>(
+    ns: &str,
+    f: impl FnOnce() -> anyhow::Result<T> + Send,
+) -> anyhow::Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let fd = File::open(format!("/var/run/netns/{ns}"))
+                .with_context(|| format!("open netns {ns}"))?;
+            // SAFETY: setns on this thread only, with a valid fd.
+            if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                bail!("setns {ns}: {}", std::io::Error::last_os_error());
+            }
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread in netns {ns} panicked"))?
+    })
+}
+
+/// Pin the calling thread to `cpu`.
+pub fn pin_self(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET stays in bounds for small cpus.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Pin every thread of `pid` to `cpu`.
+pub fn pin_pid(pid: u32, cpu: usize) {
+    for tid in tids(pid) {
+        // SAFETY: as above; tid is a thread we (or our children) own.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(tid as i32, size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
+}
+
+pub fn tids(pid: u32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// CPU time (ns) a thread has run: first field of schedstat.
+fn thread_ns(pid: u32, tid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Total CPU time (ns) of all threads of `pids`.
+pub fn cpu_ns(pids: &[u32]) -> u64 {
+    pids.iter()
+        .map(|&p| tids(p).into_iter().map(|t| thread_ns(p, t)).sum::<u64>())
+        .sum()
+}
+
+/// Kernel threads running the NAPI poll of `iface` (threaded NAPI):
+/// comm is `napi/<iface>-<id>`, cut to 15 characters.
+pub fn napi_threads(iface: &str) -> Vec<u32> {
+    let want: String = format!("napi/{iface}-").chars().take(15).collect();
+    let mut v = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Ok(c) = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                && c.trim_end().starts_with(&want)
+            {
+                v.push(pid);
+            }
+        }
+    }
+    v
+}
+
+/// Run a command, Ok(stdout) on success.
+pub fn sh(script: &str) -> anyhow::Result<String> {
+    let out = std::process::Command::new("sh")
+        .args(["-ec", script])
+        .output()
+        .with_context(|| format!("sh -ec {script}"))?;
+    if !out.status.success() {
+        bail!(
+            "`{script}` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `ip netns exec NS sh -ec SCRIPT` (sysfs of the namespace is mounted).
+pub fn ns_sh(ns: &str, script: &str) -> anyhow::Result<String> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "sh", "-ec", script])
+        .output()
+        .with_context(|| format!("ip netns exec {ns}"))?;
+    if !out.status.success() {
+        bail!(
+            "[{ns}] `{script}` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Make `iface`'s receive path run in its own NAPI kernel thread and pin
+/// that thread to `cpu`. GRO on creates the veth's NAPI context when no
+/// native XDP program does. Returns the thread pids.
+pub fn threaded_napi(ns: &str, iface: &str, cpu: usize) -> anyhow::Result<Vec<u32>> {
+    ns_sh(
+        ns,
+        &format!(
+            "ethtool -K {iface} gro on >/dev/null 2>&1 || true
+             echo 0 > /sys/class/net/{iface}/threaded
+             echo 1 > /sys/class/net/{iface}/threaded"
+        ),
+    )?;
+    let mut pids = Vec::new();
+    for _ in 0..50 {
+        pids = napi_threads(iface);
+        if !pids.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if pids.is_empty() {
+        bail!("no NAPI thread for {iface} after enabling threaded NAPI");
+    }
+    for &p in &pids {
+        pin_pid(p, cpu);
+    }
+    Ok(pids)
+}
+
+/// rx_packets of an interface.
+pub fn rx_packets(ns: &str, iface: &str) -> u64 {
+    ns_sh(
+        ns,
+        &format!("cat /sys/class/net/{iface}/statistics/rx_packets"),
+    )
+    .ok()
+    .and_then(|s| s.trim().parse().ok())
+    .unwrap_or(0)
+}
+
+pub fn mac_of(ns: &str, iface: &str) -> anyhow::Result<[u8; 6]> {
+    let s = ns_sh(ns, &format!("cat /sys/class/net/{iface}/address"))?;
+    let v: Vec<u8> = s
+        .trim()
+        .split(':')
+        .filter_map(|h| u8::from_str_radix(h, 16).ok())
+        .collect();
+    v.try_into()
+        .map_err(|_| anyhow::anyhow!("bad MAC of {iface}: {s}"))
+}
+
+/// SCHED_FIFO priority 10 for every thread of `pid`.
+pub fn fifo(pid: u32) {
+    for tid in tids(pid) {
+        let p = libc::sched_param { sched_priority: 10 };
+        // SAFETY: valid param pointer.
+        unsafe { libc::sched_setscheduler(tid as i32, libc::SCHED_FIFO, &p) };
+    }
+}
