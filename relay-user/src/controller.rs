@@ -219,11 +219,13 @@ impl Hub {
     }
 
     fn retry_held(&mut self) {
-        if self.router.held_len() == 0 {
-            return;
+        if self.router.held_len() != 0 {
+            for (o, a) in self.router.retry_held(Instant::now()) {
+                self.handle(o, a);
+            }
         }
-        for (o, a) in self.router.retry_held(Instant::now()) {
-            self.handle(o, a);
+        for _ in 0..self.router.take_superseded() {
+            self.metrics.initiation(Outcome::Superseded.label());
         }
     }
 
@@ -372,6 +374,20 @@ fn read_events(ring: &mut RingBuf<MapData>, out: &mut Vec<InitiationEvent>) {
     }
 }
 
+/// The eBPF side logs at most as verbosely as the controller's log filter
+/// (RUST_LOG) lets through, so it stays silent at info.
+fn ebpf_log_level() -> u8 {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        LevelFilter::OFF => 0,
+        LevelFilter::ERROR => 1,
+        LevelFilter::WARN => 2,
+        LevelFilter::INFO => 3,
+        LevelFilter::DEBUG => 4,
+        _ => 5,
+    }
+}
+
 /// Run the hub until SIGINT/SIGTERM.
 pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
     let state = StateDir::open(&cfg.state_dir)?;
@@ -391,7 +407,7 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
         )
     })?;
     let mut sender = RawSender::new().context("opening raw sockets (run as root)")?;
-    let mut datapath = Datapath::load(object, &cfg.capacity, cfg.port)?;
+    let mut datapath = Datapath::load(object, &cfg.capacity, cfg.port, ebpf_log_level())?;
     // Dual-stack: the hub's own address per family, for cross-family relay.
     let (hub_v4, hub_v6) = crate::netinfo::hub_addresses(&cfg.iface, &state.endpoint_ips())?;
     datapath.set_hub_addresses(hub_v4, hub_v6)?;
@@ -487,9 +503,24 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
     let mut events = Vec::with_capacity(64);
     let mut logger = logger;
     loop {
+        // A delayed (crossing) initiation falls due at a precise time.
+        let due = hub
+            .lock()
+            .expect("hub lock")
+            .router
+            .next_due(Instant::now());
+        let due = due.map(tokio::time::Instant::from_std);
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = async {
+                match due {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                hub.lock().expect("hub lock").retry_held();
+            }
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 events.clear();

@@ -86,9 +86,17 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Load the program (not attached yet).
-    pub fn load(object: &[u8], cap: &Capacity, port: u16) -> Result<Self, DatapathError> {
+    /// Load the program (not attached yet). `log_level` is the most
+    /// verbose aya-log level the program may emit (0 = none, 1 = error ..
+    /// 5 = trace); disabled levels cost a load and a compare.
+    pub fn load(
+        object: &[u8],
+        cap: &Capacity,
+        port: u16,
+        log_level: u8,
+    ) -> Result<Self, DatapathError> {
         let mut ebpf = EbpfLoader::new()
+            .override_global("AYA_LOG_LEVEL", &log_level, false)
             .map_max_entries(MAP_SLOTS, cap.slots)
             .map_max_entries(MAP_SLOT_COUNTERS, cap.slots)
             .map_max_entries(MAP_ENDPOINT_SLOTS, cap.slots)

@@ -23,12 +23,15 @@ use relay_common::{Endpoint, InitiationEvent, SESSION_FROM_INITIATION, SessionKe
 pub const HOLD_FOR: Duration = Duration::from_millis(1200);
 /// Bound on held initiations (oldest dropped first).
 pub const MAX_HELD: usize = 1024;
-/// Two spokes initiating to each other at once must not both be delivered:
-/// each would consume the other's initiation, overwrite its own handshake
-/// state, and both would wait as responders until WireGuard's 5 s retry.
-/// Within this window after forwarding A->B, an initiation B->A is dropped
-/// (A's initiation reaches B, B responds, and the handshake completes).
-pub const CROSS_WINDOW: Duration = Duration::from_millis(1000);
+/// Two spokes initiating to each other at once must not have both
+/// initiations arrive while the other's is in flight: each would consume
+/// the other's, overwrite its own handshake state, and both would wait as
+/// responders until WireGuard's 5 s retry. So an initiation B->A that
+/// comes within this delay after A->B was forwarded is held until the
+/// delay has passed: by then B has answered A (a hub-to-spoke round trip),
+/// and if B's answer was lost to a race on B, B's own initiation still
+/// gets through. Longer than any sane hub-spoke-hub round trip.
+pub const CROSS_DELAY: Duration = Duration::from_millis(500);
 /// Destinations remembered per source, tried before the full scan.
 const RECENT_PER_SOURCE: usize = 8;
 
@@ -84,8 +87,11 @@ pub enum Outcome {
     Malformed,
     /// Held queue overflow.
     Overflow,
-    /// Dropped in favour of a newer or opposite-direction initiation
-    /// between the same two spokes (see [`CROSS_WINDOW`]).
+    /// Held back: the opposite initiation was just forwarded (see
+    /// [`CROSS_DELAY`]).
+    Delayed,
+    /// A held copy replaced by a newer initiation from the same sender to
+    /// the same spoke (a retransmission).
     Superseded,
 }
 
@@ -101,6 +107,7 @@ impl Outcome {
             Outcome::Loop => "loop",
             Outcome::Malformed => "malformed",
             Outcome::Overflow => "overflow",
+            Outcome::Delayed => "delayed",
             Outcome::Superseded => "superseded",
         }
     }
@@ -132,6 +139,8 @@ struct SpokeEntry {
 struct Held {
     event: InitiationEvent,
     dst: u32,
+    /// Not forwarded before this (crossing initiations).
+    not_before: Instant,
     deadline: Instant,
 }
 
@@ -145,6 +154,7 @@ pub struct Router {
     held: VecDeque<Held>,
     /// When an initiation src -> dst was last forwarded.
     forwarded: HashMap<(u32, u32), Instant>,
+    superseded: u64,
 }
 
 impl Router {
@@ -262,7 +272,7 @@ impl Router {
         }
         if self.forwarded.len() > MAX_HELD {
             self.forwarded
-                .retain(|_, t| now.saturating_duration_since(*t) < CROSS_WINDOW);
+                .retain(|_, t| now.saturating_duration_since(*t) < CROSS_DELAY);
         }
         let src = self.slot_of(&event.src);
         let dst = match self.match_mac1(src, frame) {
@@ -273,37 +283,73 @@ impl Router {
         match self.decide(src, dst, event, now) {
             Decision::Forward(o, a) => (o, Some(a)),
             Decision::Final(o) => (o, None),
-            Decision::Wait(_) => {
-                // A retransmission replaces the copy it supersedes.
-                self.held
-                    .retain(|h| !(h.dst == dst && h.event.src == event.src));
-                let outcome = if self.held.len() >= MAX_HELD {
-                    self.held.pop_front();
-                    Outcome::Overflow
+            Decision::Delay(until) => {
+                let outcome = self.hold(event, dst, until, now);
+                let outcome = if outcome == Outcome::Held {
+                    Outcome::Delayed
                 } else {
-                    Outcome::Held
+                    outcome
                 };
-                self.held.push_back(Held {
-                    event: *event,
-                    dst,
-                    deadline: now + HOLD_FOR,
-                });
+                (outcome, None)
+            }
+            Decision::Wait(_) => {
+                let outcome = self.hold(event, dst, now, now);
                 (outcome, Some(Action::Refresh))
             }
         }
+    }
+
+    /// Queue an initiation; a retransmission replaces the copy it
+    /// supersedes, and the queue is bounded (oldest dropped).
+    fn hold(
+        &mut self,
+        event: &InitiationEvent,
+        dst: u32,
+        not_before: Instant,
+        now: Instant,
+    ) -> Outcome {
+        let before = self.held.len();
+        self.held
+            .retain(|h| !(h.dst == dst && h.event.src == event.src));
+        if self.held.len() != before {
+            self.superseded += 1;
+        }
+        let outcome = if self.held.len() >= MAX_HELD {
+            self.held.pop_front();
+            Outcome::Overflow
+        } else {
+            Outcome::Held
+        };
+        self.held.push_back(Held {
+            event: *event,
+            dst,
+            not_before,
+            deadline: not_before.max(now) + HOLD_FOR,
+        });
+        outcome
+    }
+
+    /// Held copies replaced by retransmissions since the last call.
+    pub fn take_superseded(&mut self) -> u64 {
+        std::mem::take(&mut self.superseded)
     }
 
     /// After an endpoint refresh (or on a timer): route held initiations
     /// that can now be routed, drop the ones past their deadline.
     pub fn retry_held(&mut self, now: Instant) -> Vec<(Outcome, Option<Action>)> {
         self.forwarded
-            .retain(|_, t| now.saturating_duration_since(*t) < CROSS_WINDOW);
+            .retain(|_, t| now.saturating_duration_since(*t) < CROSS_DELAY);
         let mut out = Vec::new();
         let mut keep = VecDeque::new();
         let held = std::mem::take(&mut self.held);
-        // Newest first: of two crossing initiations the newer one is sent
-        // (its sender's handshake state is the current one).
+        // Newest first: of two crossing initiations the newer one goes
+        // first (its sender's handshake state is the current one); the
+        // other is delayed by CROSS_DELAY.
         for h in held.into_iter().rev() {
+            if now < h.not_before {
+                keep.push_front(h);
+                continue;
+            }
             let src = self.slot_of(&h.event.src);
             let dst = match self.match_mac1(src, &h.event.frame) {
                 Some(Target::Spoke(d)) => d,
@@ -320,6 +366,11 @@ impl Router {
             match self.decide(src, dst, &h.event, now) {
                 Decision::Forward(o, a) => out.push((o, Some(a))),
                 Decision::Final(o) => out.push((o, None)),
+                Decision::Delay(until) => keep.push_front(Held {
+                    not_before: until,
+                    deadline: until + HOLD_FOR,
+                    ..h
+                }),
                 Decision::Wait(why) if now >= h.deadline => out.push((why, None)),
                 Decision::Wait(_) => keep.push_front(h),
             }
@@ -331,6 +382,16 @@ impl Router {
     /// Earliest deadline of a held initiation.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.held.iter().map(|h| h.deadline).min()
+    }
+
+    /// When a delayed initiation becomes due (the IO shell should call
+    /// [`Router::retry_held`] then).
+    pub fn next_due(&self, now: Instant) -> Option<Instant> {
+        self.held
+            .iter()
+            .map(|h| h.not_before)
+            .filter(|&t| t > now)
+            .min()
     }
 
     fn decide(
@@ -349,12 +410,10 @@ impl Router {
         let Some(to) = self.endpoint(dst) else {
             return Decision::Wait(Outcome::NoDestination);
         };
-        if self
-            .forwarded
-            .get(&(dst, src))
-            .is_some_and(|t| now.saturating_duration_since(*t) < CROSS_WINDOW)
+        if let Some(&t) = self.forwarded.get(&(dst, src))
+            && now < t + CROSS_DELAY
         {
-            return Decision::Final(Outcome::Superseded);
+            return Decision::Delay(t + CROSS_DELAY);
         }
         self.forwarded.insert((src, dst), now);
         let recent = self.recent.entry(src).or_default();
@@ -399,6 +458,8 @@ enum Decision {
     Forward(Outcome, Action),
     /// Might succeed once endpoints are refreshed.
     Wait(Outcome),
+    /// Forward no earlier than this.
+    Delay(Instant),
     Final(Outcome),
 }
 
@@ -547,7 +608,7 @@ mod tests {
     }
 
     #[test]
-    fn crossing_held_initiations_deliver_only_the_newest() {
+    fn crossing_held_initiations_are_staggered() {
         let mut r = router();
         let now = Instant::now();
         // Spoke 1 initiates to 3 before 3 is up: held.
@@ -556,39 +617,57 @@ mod tests {
         // A retransmission replaces it.
         let later = now + Duration::from_millis(300);
         r.on_initiation(&event(ep(1, 1001), initiation(&key(3), 12)), later);
-        assert_eq!(r.held_len(), 1);
+        assert_eq!((r.held_len(), r.take_superseded()), (1, 1));
         // Spoke 3 comes up and initiates to 1 before the hub authenticated it.
         let t3 = now + Duration::from_millis(500);
         let (o, _) = r.on_initiation(&event(ep(3, 1003), initiation(&key(1), 31)), t3);
         assert_eq!(o, Outcome::Held);
         r.set_endpoint(3, Some(ep(3, 1003)));
-        let out = r.retry_held(t3 + Duration::from_millis(5));
-        let outcomes: Vec<Outcome> = out.iter().map(|(o, _)| *o).collect();
-        assert_eq!(
-            outcomes,
-            vec![Outcome::Relayed { src: 3, dst: 1 }, Outcome::Superseded]
+        let t = t3 + Duration::from_millis(5);
+        let out = r.retry_held(t);
+        // The newest (3 -> 1) goes now; 1 -> 3 waits CROSS_DELAY.
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, Outcome::Relayed { src: 3, dst: 1 });
+        assert_eq!(r.held_len(), 1);
+        assert_eq!(r.next_due(t), Some(t + CROSS_DELAY));
+        assert!(
+            r.retry_held(t + CROSS_DELAY - Duration::from_millis(1))
+                .is_empty()
         );
+        let out = r.retry_held(t + CROSS_DELAY);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, Outcome::Relayed { src: 1, dst: 3 });
+        match &out[0].1 {
+            Some(Action::Forward { frame, .. }) => {
+                assert_eq!(frame[SENDER_OFF..SENDER_OFF + 4], 12u32.to_le_bytes())
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(r.held_len(), 0);
     }
 
     #[test]
-    fn opposite_initiation_within_window_is_dropped() {
+    fn opposite_initiation_within_the_delay_waits() {
         let mut r = router();
         let now = Instant::now();
         let (o, _) = r.on_initiation(&event(ep(1, 1001), initiation(&key(2), 1)), now);
         assert_eq!(o, Outcome::Relayed { src: 1, dst: 2 });
         let soon = now + Duration::from_millis(50);
         let (o, a) = r.on_initiation(&event(ep(2, 1002), initiation(&key(1), 2)), soon);
-        assert_eq!((o, a), (Outcome::Superseded, None));
+        assert_eq!((o, a), (Outcome::Delayed, None));
+        assert_eq!(r.next_due(soon), Some(now + CROSS_DELAY));
         // Same direction again (a retry) is fine.
         let (o, _) = r.on_initiation(&event(ep(1, 1001), initiation(&key(2), 3)), soon);
         assert_eq!(o, Outcome::Relayed { src: 1, dst: 2 });
-        // After the window the other side may initiate (rekey).
-        let (o, _) = r.on_initiation(
-            &event(ep(2, 1002), initiation(&key(1), 4)),
-            soon + CROSS_WINDOW,
-        );
-        assert_eq!(o, Outcome::Relayed { src: 2, dst: 1 });
+        // That retry restarts the delay for 2 -> 1.
+        let out = r.retry_held(now + CROSS_DELAY);
+        assert!(out.is_empty(), "{out:?}");
+        let out = r.retry_held(soon + CROSS_DELAY);
+        assert_eq!(out[0].0, Outcome::Relayed { src: 2, dst: 1 });
+        // Later the other side may initiate at once (rekey).
+        let t = soon + 3 * CROSS_DELAY;
+        let (o, _) = r.on_initiation(&event(ep(1, 1001), initiation(&key(2), 4)), t);
+        assert_eq!(o, Outcome::Relayed { src: 1, dst: 2 });
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //!   REKEY_TIMEOUT (up to two keepalives missed: loss or a NAT hiccup);
 //! - **down**: silent for longer, or never heard from since the hub started.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use relay_common::wire::REKEY_TIMEOUT_SECS;
@@ -78,33 +79,34 @@ impl Thresholds {
 #[derive(Clone, Debug, Default)]
 pub struct SpokeHealth {
     prev: SlotCounters,
-    /// Controller time (ns) when the keepalive count last rose.
-    last_keepalive_seen_ns: Option<u64>,
-    /// Smoothed interval between keepalives to the hub, seconds.
-    interval: Option<f64>,
+    /// (controller time ns, keepalive count) whenever the count rose; the
+    /// interval is measured across the window, so the sampling period's
+    /// jitter divides by the number of keepalives in it.
+    samples: VecDeque<(u64, u64)>,
+    observed: bool,
     endpoint: Option<Endpoint>,
     roams: u64,
 }
 
-/// Weight of a new interval sample.
-const EWMA_ALPHA: f64 = 0.3;
+/// Keepalive observations kept per spoke.
+const WINDOW: usize = 8;
 
 impl SpokeHealth {
     /// Feed a counter snapshot taken at `now_ns`.
     pub fn observe(&mut self, c: &SlotCounters, now_ns: u64) {
-        let new = c.hub_keepalives.saturating_sub(self.prev.hub_keepalives);
-        if new > 0 {
-            if let Some(prev_ns) = self.last_keepalive_seen_ns
-                && self.prev.hub_keepalives > 0
-            {
-                let sample = now_ns.saturating_sub(prev_ns) as f64 / 1e9 / new as f64;
-                self.interval = Some(match self.interval {
-                    Some(i) => i + EWMA_ALPHA * (sample - i),
-                    None => sample,
-                });
+        if c.hub_keepalives < self.prev.hub_keepalives {
+            // Counters restarted (new datapath): this snapshot is a new baseline.
+            self.samples.clear();
+        } else if self.observed && c.hub_keepalives > self.prev.hub_keepalives {
+            // A keepalive arrived since the last snapshot: a timed sample.
+            // (The very first snapshot is only a baseline: what it shows
+            // may have arrived any time before.)
+            if self.samples.len() == WINDOW {
+                self.samples.pop_front();
             }
-            self.last_keepalive_seen_ns = Some(now_ns);
+            self.samples.push_back((now_ns, c.hub_keepalives));
         }
+        self.observed = true;
         self.prev = *c;
     }
 
@@ -125,9 +127,11 @@ impl SpokeHealth {
         self.roams
     }
 
-    /// Observed keepalive interval (seconds), once two keepalives were seen.
+    /// Observed keepalive interval (seconds): across the kept window, once
+    /// two keepalives were timed.
     pub fn keepalive_interval(&self) -> Option<f64> {
-        self.interval
+        let (&(t0, n0), &(t1, n1)) = (self.samples.front()?, self.samples.back()?);
+        (n1 > n0 && t1 > t0).then(|| (t1 - t0) as f64 / 1e9 / (n1 - n0) as f64)
     }
 
     pub fn counters(&self) -> &SlotCounters {
@@ -160,23 +164,35 @@ mod tests {
     #[test]
     fn interval_from_keepalive_counts() {
         let mut h = SpokeHealth::default();
-        let mut c = SlotCounters::default();
+        let mut c = SlotCounters {
+            hub_keepalives: 7, // from before the hub looked: a baseline only
+            ..Default::default()
+        };
         h.observe(&c, 0);
-        c.hub_keepalives = 1;
+        c.hub_keepalives = 8;
         h.observe(&c, 3 * S);
         assert_eq!(h.keepalive_interval(), None, "one keepalive is no interval");
-        c.hub_keepalives = 2;
+        c.hub_keepalives = 9;
         h.observe(&c, 28 * S);
         assert_eq!(h.keepalive_interval(), Some(25.0));
         // Two at once over 50 s: still 25 s each.
-        c.hub_keepalives = 4;
+        c.hub_keepalives = 11;
         h.observe(&c, 78 * S);
         assert_eq!(h.keepalive_interval(), Some(25.0));
-        // A slower sample moves the average part of the way.
-        c.hub_keepalives = 5;
+        // A slower one moves the window's average part of the way.
+        c.hub_keepalives = 12;
         h.observe(&c, 113 * S);
-        let i = h.keepalive_interval().unwrap();
-        assert!(i > 25.0 && i < 35.0, "{i}");
+        assert_eq!(h.keepalive_interval(), Some(27.5));
+        // Only the newest WINDOW samples count.
+        for k in 13..40u64 {
+            c.hub_keepalives = k;
+            h.observe(&c, (113 + (k - 12) * 2) * S);
+        }
+        assert_eq!(h.keepalive_interval(), Some(2.0));
+        // A restarted datapath starts over without a bogus sample.
+        c.hub_keepalives = 1;
+        h.observe(&c, 1000 * S);
+        assert_eq!(h.keepalive_interval(), None);
     }
 
     #[test]

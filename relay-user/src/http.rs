@@ -28,6 +28,13 @@ pub struct Response {
 
 /// Route one request line. Sans-IO so it can be tested directly.
 pub fn route(api: &dyn Api, method: &str, path: &str) -> Response {
+    route_accepting(api, method, path, None)
+}
+
+/// [`route`], honouring the request's Accept header: /metrics is served
+/// as OpenMetrics when the scraper asks for it, else in the classic
+/// Prometheus text format (what promtool and older scrapers parse).
+pub fn route_accepting(api: &dyn Api, method: &str, path: &str, accept: Option<&str>) -> Response {
     let text = |status, body: String| Response {
         status,
         content_type: "text/plain; charset=utf-8",
@@ -35,11 +42,22 @@ pub fn route(api: &dyn Api, method: &str, path: &str) -> Response {
     };
     let path = path.split('?').next().unwrap_or(path);
     match (method, path) {
-        ("GET", "/metrics") => Response {
-            status: 200,
-            content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            body: api.metrics(),
-        },
+        ("GET", "/metrics") => {
+            let body = api.metrics();
+            if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
+                Response {
+                    status: 200,
+                    content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    body,
+                }
+            } else {
+                Response {
+                    status: 200,
+                    content_type: "text/plain; version=0.0.4; charset=utf-8",
+                    body: crate::metrics::to_prometheus_text(&body),
+                }
+            }
+        }
         ("GET", "/v1/hub") => Response {
             status: 200,
             content_type: "application/json",
@@ -81,6 +99,15 @@ pub fn parse_request_line(head: &[u8]) -> Option<(&str, &str)> {
     Some((method, path))
 }
 
+/// The value of header `name` (case-insensitive) in a request head.
+pub fn header<'a>(head: &'a [u8], name: &str) -> Option<&'a str> {
+    let text = std::str::from_utf8(head).ok()?;
+    text.split('\n').skip(1).find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
@@ -116,7 +143,7 @@ async fn handle(api: Arc<dyn Api>, mut stream: TcpStream) -> std::io::Result<()>
     .await;
     let resp = match head {
         Ok(Ok(Some(()))) => match parse_request_line(&buf) {
-            Some((m, p)) => route(api.as_ref(), m, p),
+            Some((m, p)) => route_accepting(api.as_ref(), m, p, header(&buf, "accept")),
             None => Response {
                 status: 400,
                 content_type: "text/plain",
@@ -205,6 +232,20 @@ mod tests {
         ] {
             assert_eq!(parse_request_line(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn headers_and_metrics_formats() {
+        let head = b"GET /metrics HTTP/1.1\r\nHost: x\r\nACCEPT: application/openmetrics-text;version=1.0.0\r\n\r\n";
+        assert_eq!(
+            header(head, "accept"),
+            Some("application/openmetrics-text;version=1.0.0")
+        );
+        assert_eq!(header(head, "user-agent"), None);
+        let om = route_accepting(&Fake(true), "GET", "/metrics", header(head, "accept"));
+        assert!(om.content_type.starts_with("application/openmetrics-text"));
+        let plain = route(&Fake(true), "GET", "/metrics");
+        assert!(plain.content_type.starts_with("text/plain; version=0.0.4"));
     }
 
     #[test]

@@ -11,7 +11,6 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 use relay_common::{FAMILY_V4, FAMILY_V6, counter};
 
@@ -110,10 +109,11 @@ const CONTROLLER_DROPS: [(&str, &str); 7] = [
 ];
 
 /// Initiation outcome labels, in a stable order.
-const INITIATION_RESULTS: [&str; 10] = [
+const INITIATION_RESULTS: [&str; 11] = [
     "relayed",
     "to_hub",
     "held",
+    "delayed",
     "no_match",
     "unknown_source",
     "no_destination",
@@ -204,12 +204,13 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         hs,
     );
     b.counters(
-        "relayhub_xdp_counter",
-        "Raw counters of the XDP program (see relay-common counter::NAMES)",
+        "relayhub_xdp_events",
+        "Raw event counts of the XDP program, frames unless named _bytes (see relay-common counter::NAMES)",
         counter::NAMES
             .iter()
             .zip(s.xdp.iter())
-            .map(|(n, v)| (labels(&[("counter", n)]), *v)),
+            .filter(|(n, _)| !n.ends_with("_bytes"))
+            .map(|(n, v)| (labels(&[("event", n)]), *v)),
     );
     b.gauge(
         "relayhub_sessions",
@@ -252,13 +253,52 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         );
     }
     per_spoke(&mut b, &s.spokes);
-    b.reg.register(
-        "relayhub_build",
-        "Build information",
-        Info::new(vec![("version", env!("CARGO_PKG_VERSION").to_string())]),
+    // A gauge set to 1 rather than an OpenMetrics `info` type: classic
+    // Prometheus text parsers (promtool included) reject the latter.
+    b.gauges(
+        "relayhub_build_info",
+        "Build information (value 1)",
+        [(labels(&[("version", env!("CARGO_PKG_VERSION"))]), 1.0)],
     );
     let mut out = String::new();
     encode(&mut out, &b.reg).expect("writing to a String cannot fail");
+    out
+}
+
+/// Convert prometheus-client's OpenMetrics text to the classic Prometheus
+/// text format (0.0.4): counter families are named with their `_total`
+/// suffix in HELP/TYPE, and the OpenMetrics-only `# UNIT`/`# EOF` lines go.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some(name) = rest.strip_suffix(" counter")
+        {
+            counters.insert(name.to_string());
+        }
+    }
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (*p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let total = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                out.push_str(&format!("{prefix}{name}{total} {tail}"));
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
     out
 }
 
@@ -417,7 +457,7 @@ mod tests {
             "relayhub_handshakes_total{type=\"response\",result=\"to_hub\"} 6",
             "relayhub_dropped_frames_total{stage=\"xdp\",reason=\"unknown_source\"} 5",
             "relayhub_dropped_frames_total{stage=\"controller\",reason=\"no_match\"} 1",
-            "relayhub_xdp_counter_total{counter=\"seen\"} 0",
+            "relayhub_xdp_events_total{event=\"seen\"} 0",
             "relayhub_spokes_registered 2.0",
             "relayhub_spokes{state=\"up\"} 1.0",
             "relayhub_spokes{state=\"down\"} 1.0",
@@ -434,6 +474,12 @@ mod tests {
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }
+        let plain = to_prometheus_text(&text);
+        assert!(plain.contains("# TYPE relayhub_relayed_packets_total counter\n"));
+        assert!(plain.contains("# HELP relayhub_relayed_packets_total Frames relayed"));
+        assert!(plain.contains("# TYPE relayhub_sessions gauge\n"));
+        assert!(plain.contains("# TYPE relayhub_xdp_program_run_seconds_total counter\n"));
+        assert!(!plain.contains("# UNIT") && !plain.contains("# EOF"));
         // Never-seen values are absent rather than zero.
         assert!(!text.contains("relayhub_spoke_last_keepalive_age_seconds{"));
     }

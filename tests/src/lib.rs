@@ -14,6 +14,7 @@
 pub mod capture;
 pub mod cmd;
 pub mod hub;
+pub mod mesh;
 pub mod netns;
 pub mod prom;
 pub mod topology;

@@ -250,7 +250,7 @@ fn traffic(
     let counters: Vec<String> = m
         .samples
         .iter()
-        .filter(|s| s.name == "relayhub_xdp_counter_total" && s.value != 0.0)
+        .filter(|s| s.name == "relayhub_xdp_events_total" && s.value != 0.0)
         .map(|s| {
             format!(
                 "{}={}",
@@ -266,7 +266,7 @@ fn traffic(
         "drop_too_big",
         "pass_cross_family",
     ] {
-        let v = m.value("relayhub_xdp_counter_total", &[("counter", c)]);
+        let v = m.value("relayhub_xdp_events_total", &[("event", c)]);
         ensure!(v == 0.0, "xdp counter {c} = {v}");
     }
     ensure!(hub.alive(), "hub died during the test");

@@ -390,7 +390,7 @@ fn traffic_checks(
         let nonzero: Vec<String> = m_after_iperf
             .samples
             .iter()
-            .filter(|s| s.name == "relayhub_xdp_counter_total" && s.value != 0.0)
+            .filter(|s| s.name == "relayhub_xdp_events_total" && s.value != 0.0)
             .map(|s| {
                 format!(
                     "{}={}",

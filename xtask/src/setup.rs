@@ -298,8 +298,30 @@ fn find_missing(need: Need, verbose: bool) -> Vec<Missing> {
             });
         }
     }
+
+    if need >= Need::Test {
+        if cmd::on_path("promtool") {
+            say("skip promtool: installed".into());
+        } else {
+            // Only the checker from Debian's prometheus package: installing
+            // the package would also start a Prometheus server.
+            let mut c = Command::new("sh");
+            c.args(["-ec", PROMTOOL_INSTALL]);
+            missing.push(Missing {
+                what: "promtool (from Debian's prometheus package)".into(),
+                fix: vec![(c, true)],
+                hint: None,
+            });
+        }
+    }
     missing
 }
+
+/// Extract /usr/bin/promtool from the prometheus .deb into /usr/local/bin.
+const PROMTOOL_INSTALL: &str = "d=$(mktemp -d); cd \"$d\"; \
+    apt-get download prometheus || { apt-get update && apt-get download prometheus; }; \
+    dpkg-deb -x prometheus_*.deb x; install -m 0755 x/usr/bin/promtool /usr/local/bin/promtool; \
+    cd /; rm -rf \"$d\"";
 
 /// `Some("0.13.0")` for `bpf-linker 0.13.0`; `None` if it does not run.
 fn bpf_linker_version() -> Option<String> {

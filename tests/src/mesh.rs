@@ -1,0 +1,103 @@
+//! A relayhub mesh ready for traffic: spokes registered with the real hub,
+//! their wg-quick files fetched, the hub's WireGuard knowing them, and the
+//! spokes up and talking to each other.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+
+use crate::wg::WgQuick;
+use crate::{Hub, Topology, cmd};
+
+pub struct Mesh {
+    pub names: Vec<String>,
+    /// Spoke i, up (wg-quick down on drop).
+    pub spokes: Vec<Option<WgQuick>>,
+    pub addrs: Vec<Ipv4Addr>,
+}
+
+/// Public key of the spoke whose wg-quick file is `text`.
+pub fn spoke_public_key(text: &str) -> anyhow::Result<String> {
+    let private =
+        crate::wg::conf_private_key(text).context("no PrivateKey in the wg-quick file")?;
+    let out = std::process::Command::new("sh")
+        .args(["-c", "printf '%s' \"$1\" | wg pubkey", "sh", &private])
+        .output()?;
+    ensure!(out.status.success(), "wg pubkey failed");
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+impl Mesh {
+    /// Register one spoke per topology spoke (named s1, s2, ...), bring
+    /// them all up and wait until every ordered pair pings (bounded).
+    pub fn up(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<Mesh> {
+        let names: Vec<String> = (1..=topo.spokes.len()).map(|i| format!("s{i}")).collect();
+        let mut added = Vec::new();
+        for name in &names {
+            added.push(
+                hub.add_spoke(name)
+                    .with_context(|| format!("spoke add {name}"))?,
+            );
+        }
+        let mut texts = Vec::new();
+        for (name, add_text) in names.iter().zip(&added) {
+            texts.push(hub.current_config(name, add_text)?);
+        }
+        let keys: Vec<String> = texts
+            .iter()
+            .map(|t| spoke_public_key(t))
+            .collect::<anyhow::Result<_>>()?;
+        cmd::wait_for(
+            "the hub's WireGuard to list every spoke as a peer",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || {
+                let peers = topo.hub.exec(&["wg", "show", &hub.wg_iface, "peers"])?;
+                Ok(keys
+                    .iter()
+                    .all(|k| peers.contains(k.as_str()))
+                    .then_some(()))
+            },
+        )?;
+        let mut spokes = Vec::new();
+        for (i, text) in texts.iter().enumerate() {
+            spokes.push(Some(topo.spoke_up(i, text)?));
+        }
+        let addrs: Vec<Ipv4Addr> = texts
+            .iter()
+            .map(|t| crate::wg::conf_address(t))
+            .collect::<anyhow::Result<_>>()?;
+        let t0 = Instant::now();
+        for (a, s) in topo.spokes.iter().enumerate() {
+            for (b, dst) in addrs.iter().enumerate() {
+                if a == b {
+                    continue;
+                }
+                let dst = dst.to_string();
+                cmd::wait_for(
+                    &format!("{} to ping {dst}", names[a]),
+                    Duration::from_secs(15),
+                    Duration::from_millis(10),
+                    || Ok(s.ns.ping_once(&dst).then_some(())),
+                )?;
+            }
+        }
+        eprintln!(
+            "[mesh] all pairs reachable {:?} after the spokes came up",
+            t0.elapsed()
+        );
+        Ok(Mesh {
+            names,
+            spokes,
+            addrs,
+        })
+    }
+
+    /// Take spoke `i` down (wg-quick down, wireguard-go gone).
+    pub fn down(&mut self, i: usize) {
+        if let Some(mut s) = self.spokes[i].take() {
+            s.down();
+        }
+    }
+}
