@@ -171,6 +171,9 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
         && lookup::learn_response(dst_slot, le32(&hdr, SENDER_OFF), slot, now)
     {
         inc(counter::RESPONSE_LEARNED);
+        // Once per handshake, not per frame; skipped unless the controller
+        // loaded the program with debug logging (AYA_LOG_LEVEL).
+        aya_log_ebpf::debug!(ctx, "learned session: slot {} -> slot {}", dst_slot, slot);
     }
 
     let next = match cross {
