@@ -58,6 +58,16 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Fuzz the userspace parsers (cargo-fuzz targets in fuzz/, nightly)
+    /// for N seconds each; fails on any crash. Longer runs by hand:
+    /// `cargo +nightly fuzz run TARGET -- -max_total_time=SECONDS`.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets to run (default: all).
+        targets: Vec<String>,
+    },
     /// Benchmarks, as root: every relay mode in one run on the same netns
     /// topology; writes bench/RESULTS.md and bench/results.png (~15 min).
     Bench {
@@ -77,6 +87,7 @@ fn main() -> ExitCode {
         Cmd::Run { args } => run(args),
         Cmd::Lint => lint(),
         Cmd::Test { args } => test(&args),
+        Cmd::Fuzz { seconds, targets } => fuzz(seconds, &targets),
         Cmd::Bench { smoke } => bench(smoke),
     };
     match result {
@@ -327,7 +338,98 @@ fn test(args: &[String]) -> Result<()> {
         cmd::run(&mut c)
     });
     steps.step("bench smoke (relay-bench run --smoke)", || run_bench(true));
+    steps.step("fuzz userspace parsers (cargo-fuzz)", || {
+        fuzz(TEST_FUZZ_SECONDS, &[])
+    });
     steps.summary("test")
+}
+
+/// The cargo-fuzz targets in fuzz/fuzz_targets.
+const FUZZ_TARGETS: [&str; 5] = [
+    "handshake",
+    "registry_json",
+    "endpoint",
+    "http_request",
+    "route_tables",
+];
+/// Seconds per fuzz target in `cargo xtask test`.
+const TEST_FUZZ_SECONDS: u64 = 20;
+
+/// Run each fuzz target for `seconds` (all when `only` is empty): corpus in
+/// fuzz/corpus/TARGET (kept between runs), seeds from fuzz/seeds/TARGET.
+/// A crash fails (libFuzzer saves the input in fuzz/artifacts/TARGET).
+fn fuzz(seconds: u64, only: &[String]) -> Result<()> {
+    setup::ensure(Need::Build)?; // relay-user's build.rs builds the XDP object
+    if !setup::cargo_fuzz_installed() {
+        eprintln!("cargo-fuzz is missing: installing it");
+        cmd::run(&mut setup::cargo_fuzz_install())?;
+    }
+    for t in only {
+        if !FUZZ_TARGETS.contains(&t.as_str()) {
+            bail!(
+                "unknown fuzz target {t:?}; targets: {}",
+                FUZZ_TARGETS.join(", ")
+            );
+        }
+    }
+    let targets: Vec<&str> = if only.is_empty() {
+        FUZZ_TARGETS.to_vec()
+    } else {
+        only.iter().map(String::as_str).collect()
+    };
+    let dir = root().join("fuzz");
+    cmd::run(cargo().args(["+nightly", "fuzz", "build"]))?;
+    let mut summary = Vec::new();
+    for t in &targets {
+        let corpus = dir.join("corpus").join(t);
+        std::fs::create_dir_all(&corpus)
+            .with_context(|| format!("cannot create {}", corpus.display()))?;
+        let mut c = cargo();
+        c.args(["+nightly", "fuzz", "run", t])
+            .arg(&corpus)
+            .arg(dir.join("seeds").join(t))
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .arg("-print_final_stats=1");
+        eprintln!("+ {}", cmd::display(&c));
+        let out = c
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .with_context(|| format!("could not start `{}`", cmd::display(&c)))?;
+        let log = String::from_utf8_lossy(&out.stderr);
+        // libFuzzer's progress is long: keep the last lines and the stats.
+        let lines: Vec<&str> = log.lines().collect();
+        for l in &lines[lines.len().saturating_sub(12)..] {
+            eprintln!("  {l}");
+        }
+        let stat = |name: &str| {
+            lines
+                .iter()
+                .find_map(|l| l.strip_prefix(&format!("stat::{name}:")))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_else(|| "?".into())
+        };
+        let line = format!(
+            "{t}: {} executions in {} s, {} crashes",
+            stat("number_of_executed_units"),
+            seconds,
+            if out.status.success() { "0" } else { "1+" }
+        );
+        eprintln!("fuzz {line}");
+        summary.push(line);
+        if !out.status.success() {
+            bail!(
+                "fuzz target {t} failed ({}); the input is in {}",
+                out.status,
+                dir.join("artifacts").join(t).display()
+            );
+        }
+    }
+    eprintln!("fuzz summary:");
+    for l in &summary {
+        eprintln!("  {l}");
+    }
+    Ok(())
 }
 
 fn bench(smoke: bool) -> Result<()> {

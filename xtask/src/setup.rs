@@ -314,7 +314,30 @@ fn find_missing(need: Need, verbose: bool) -> Vec<Missing> {
             });
         }
     }
+    if need >= Need::Test {
+        if cargo_fuzz_installed() {
+            say("skip cargo-fuzz: installed".into());
+        } else {
+            missing.push(Missing {
+                what: "cargo-fuzz (for `cargo xtask fuzz`)".into(),
+                fix: vec![(cargo_fuzz_install(), false)],
+                hint: None,
+            });
+        }
+    }
     missing
+}
+
+/// Whether `cargo fuzz` works (it runs the fuzz targets with nightly).
+pub fn cargo_fuzz_installed() -> bool {
+    probe("cargo-fuzz", &["--version"]).is_some()
+}
+
+/// `cargo install cargo-fuzz --locked` (from crates.io, into $CARGO_HOME/bin).
+pub fn cargo_fuzz_install() -> Command {
+    let mut c = Command::new("cargo");
+    c.args(["install", "cargo-fuzz", "--locked"]);
+    c
 }
 
 /// Extract /usr/bin/promtool from the prometheus .deb into /usr/local/bin.
