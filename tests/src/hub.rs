@@ -298,6 +298,24 @@ impl<'t> Hub<'t> {
         wg::with_private_key(&conf, &key)
     }
 
+    /// Wait (bounded) until the hub's own WireGuard lists every key as a
+    /// peer: it picks up registry changes asynchronously, and a spoke's
+    /// first handshake before that would cost a 5 s retry.
+    pub fn wait_for_peers(&self, keys: &[String]) -> anyhow::Result<()> {
+        cmd::wait_for(
+            "the hub's WireGuard to list every spoke as a peer",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || {
+                let peers = self.ns.exec(&["wg", "show", &self.wg_iface, "peers"])?;
+                Ok(keys
+                    .iter()
+                    .all(|k| peers.contains(k.as_str()))
+                    .then_some(()))
+            },
+        )
+    }
+
     /// `spoke config|list|remove` etc. (relayhub only).
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
         anyhow::ensure!(

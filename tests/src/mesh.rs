@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, ensure};
+use anyhow::Context;
 
 use crate::wg::WgQuick;
 use crate::{Hub, Topology, cmd};
@@ -15,17 +15,6 @@ pub struct Mesh {
     /// Spoke i, up (wg-quick down on drop).
     pub spokes: Vec<Option<WgQuick>>,
     pub addrs: Vec<Ipv4Addr>,
-}
-
-/// Public key of the spoke whose wg-quick file is `text`.
-pub fn spoke_public_key(text: &str) -> anyhow::Result<String> {
-    let private =
-        crate::wg::conf_private_key(text).context("no PrivateKey in the wg-quick file")?;
-    let out = std::process::Command::new("sh")
-        .args(["-c", "printf '%s' \"$1\" | wg pubkey", "sh", &private])
-        .output()?;
-    ensure!(out.status.success(), "wg pubkey failed");
-    Ok(String::from_utf8(out.stdout)?.trim().to_string())
 }
 
 impl Mesh {
@@ -46,20 +35,9 @@ impl Mesh {
         }
         let keys: Vec<String> = texts
             .iter()
-            .map(|t| spoke_public_key(t))
+            .map(|t| crate::wg::conf_public_key(t))
             .collect::<anyhow::Result<_>>()?;
-        cmd::wait_for(
-            "the hub's WireGuard to list every spoke as a peer",
-            Duration::from_secs(10),
-            Duration::from_millis(20),
-            || {
-                let peers = topo.hub.exec(&["wg", "show", &hub.wg_iface, "peers"])?;
-                Ok(keys
-                    .iter()
-                    .all(|k| peers.contains(k.as_str()))
-                    .then_some(()))
-            },
-        )?;
+        hub.wait_for_peers(&keys)?;
         let mut spokes = Vec::new();
         for (i, text) in texts.iter().enumerate() {
             spokes.push(Some(topo.spoke_up(i, text)?));

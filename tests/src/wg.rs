@@ -173,6 +173,16 @@ pub fn conf_private_key(text: &str) -> Option<String> {
 
 /// `text` with a `PrivateKey = key` line added to its [Interface] section
 /// (replacing any uncommented PrivateKey line).
+/// Public key of the interface whose wg-quick file is `text` (`wg pubkey`).
+pub fn conf_public_key(text: &str) -> anyhow::Result<String> {
+    let private = conf_private_key(text).context("no PrivateKey in the wg-quick file")?;
+    let out = std::process::Command::new("sh")
+        .args(["-c", "printf '%s' \"$1\" | wg pubkey", "sh", &private])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "wg pubkey failed");
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
 pub fn with_private_key(text: &str, key: &str) -> anyhow::Result<String> {
     let mut out = String::new();
     let mut done = false;

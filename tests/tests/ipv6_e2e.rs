@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, ensure};
+use anyhow::ensure;
 use relay_tests::hub::HUB_TUNNEL_ADDR;
 use relay_tests::prom::Metrics;
 use relay_tests::topology::leftovers;
@@ -104,20 +104,9 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>, p: &str) -> anyhow::Result<()> {
     );
     let keys: Vec<String> = [&add4, &add6]
         .iter()
-        .map(|t| public_key(t))
+        .map(|t| relay_tests::wg::conf_public_key(t))
         .collect::<anyhow::Result<_>>()?;
-    cmd::wait_for(
-        "the hub's WireGuard to list both spokes",
-        Duration::from_secs(10),
-        Duration::from_millis(20),
-        || {
-            let peers = topo.hub.exec(&["wg", "show", &hub.wg_iface, "peers"])?;
-            Ok(keys
-                .iter()
-                .all(|k| peers.contains(k.as_str()))
-                .then_some(()))
-        },
-    )?;
+    hub.wait_for_peers(&keys)?;
 
     let s1 = topo.spoke_up(0, &conf4)?;
     let s2 = topo.spoke_up(1, &conf6)?;
@@ -221,7 +210,7 @@ fn traffic(
         (0, 1, &a1, "s2(v6) -> s1(v4)"),
     ] {
         let m0 = hub.metrics()?;
-        let (bps, bytes) = iperf(topo, server, client, addr)?;
+        let (bps, bytes) = topo.iperf(server, client, addr, IPERF_SECS)?;
         let m1 = hub.metrics()?;
         let db =
             xdp(&m1, "relayhub_relayed_bytes_total") - xdp(&m0, "relayhub_relayed_bytes_total");
@@ -271,59 +260,4 @@ fn traffic(
     }
     ensure!(hub.alive(), "hub died during the test");
     Ok(())
-}
-
-/// The public key of the spoke whose wg-quick file is `text`.
-fn public_key(text: &str) -> anyhow::Result<String> {
-    let private = relay_tests::wg::conf_private_key(text).context("no PrivateKey")?;
-    let out = std::process::Command::new("sh")
-        .args(["-c", "printf '%s' \"$1\" | wg pubkey", "sh", &private])
-        .output()?;
-    ensure!(out.status.success(), "wg pubkey failed");
-    Ok(String::from_utf8(out.stdout)?.trim().to_string())
-}
-
-/// iperf3 (TCP, IPERF_SECS) from spoke `client` to spoke `server` at
-/// tunnel address `addr`: (received bits/s, received bytes).
-fn iperf(topo: &Topology, server: usize, client: usize, addr: &str) -> anyhow::Result<(f64, u64)> {
-    let srv_ns = &topo.spokes[server].ns;
-    let _srv = srv_ns.spawn(
-        "iperf3-server",
-        &["iperf3", "-s", "-1", "-B", addr],
-        &topo.workdir,
-        false,
-    )?;
-    cmd::wait_for(
-        "iperf3 server listening",
-        Duration::from_secs(5),
-        Duration::from_millis(50),
-        || {
-            Ok(srv_ns
-                .exec(&["ss", "-ltnH", "sport", "= :5201"])?
-                .contains("5201")
-                .then_some(()))
-        },
-    )?;
-    let out = topo.spokes[client]
-        .ns
-        .output(
-            &[
-                "iperf3",
-                "-c",
-                addr,
-                "-t",
-                &IPERF_SECS.to_string(),
-                "-J",
-                "--connect-timeout",
-                "3000",
-            ],
-            Duration::from_secs(30),
-        )?
-        .checked()?;
-    let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 -J output")?;
-    let sum = &v["end"]["sum_received"];
-    let bps = sum["bits_per_second"]
-        .as_f64()
-        .context("no end.sum_received.bits_per_second")?;
-    Ok((bps, sum["bytes"].as_u64().unwrap_or(0)))
 }

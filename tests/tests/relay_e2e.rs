@@ -168,20 +168,9 @@ fn run_checks(topo: &Topology, hub: &mut Hub<'_>, p: &str) -> anyhow::Result<()>
     let t = Instant::now();
     let pubkeys: Vec<String> = texts
         .iter()
-        .map(|t| spoke_public_key(t))
+        .map(|t| relay_tests::wg::conf_public_key(t))
         .collect::<anyhow::Result<_>>()?;
-    cmd::wait_for(
-        "the hub's WireGuard to list every spoke as a peer",
-        Duration::from_secs(10),
-        Duration::from_millis(20),
-        || {
-            let peers = topo.hub.exec(&["wg", "show", &hub.wg_iface, "peers"])?;
-            Ok(pubkeys
-                .iter()
-                .all(|k| peers.contains(k.as_str()))
-                .then_some(()))
-        },
-    )?;
+    hub.wait_for_peers(&pubkeys)?;
     eprintln!(
         "{p} hub has all spokes as WireGuard peers after {:?}",
         t.elapsed()
@@ -366,7 +355,7 @@ fn traffic_checks(
 
     // (3) iperf3 s1 -> s2 over the tunnel.
     let m_before_iperf = hub.metrics()?;
-    let (bps, iperf_bytes) = iperf(topo, 1, 0, addrs[1])?;
+    let (bps, iperf_bytes) = topo.iperf(1, 0, &addrs[1].to_string(), 3)?;
     let m_after_iperf = hub.metrics()?;
     eprintln!(
         "{p} (3) iperf3 s1 -> s2: {:.1} Mbit/s ({iperf_bytes} bytes)",
@@ -589,16 +578,6 @@ fn utc_now() -> String {
 }
 
 /// The public key of the spoke whose wg-quick file is `text`.
-fn spoke_public_key(text: &str) -> anyhow::Result<String> {
-    let private = relay_tests::wg::conf_private_key(text)
-        .context("no PrivateKey in the spoke's wg-quick file")?;
-    let out = std::process::Command::new("sh")
-        .args(["-c", "printf '%s' \"$1\" | wg pubkey", "sh", &private])
-        .output()?;
-    ensure!(out.status.success(), "wg pubkey failed");
-    Ok(String::from_utf8(out.stdout)?.trim().to_string())
-}
-
 /// On failure: what the spokes and the hub's WireGuard see, and the hub's
 /// nonzero counters.
 fn diagnostics(topo: &Topology, hub: &Hub<'_>, p: &str) {
@@ -643,55 +622,4 @@ fn diagnostics(topo: &Topology, hub: &Hub<'_>, p: &str) {
             n.ns.name
         );
     }
-}
-
-/// iperf3 from spoke `client` to spoke `server` (tunnel address `addr`),
-/// 3 s. Returns (received bits/s, received bytes).
-fn iperf(
-    topo: &Topology,
-    server: usize,
-    client: usize,
-    addr: Ipv4Addr,
-) -> anyhow::Result<(f64, u64)> {
-    let srv_ns = &topo.spokes[server].ns;
-    let _srv = srv_ns.spawn(
-        "iperf3-server",
-        &["iperf3", "-s", "-1", "-B", &addr.to_string()],
-        &topo.workdir,
-        false,
-    )?;
-    cmd::wait_for(
-        "iperf3 server listening",
-        Duration::from_secs(5),
-        Duration::from_millis(50),
-        || {
-            Ok(srv_ns
-                .exec(&["ss", "-ltnH", "sport", "= :5201"])?
-                .contains("5201")
-                .then_some(()))
-        },
-    )?;
-    let out = topo.spokes[client]
-        .ns
-        .output(
-            &[
-                "iperf3",
-                "-c",
-                &addr.to_string(),
-                "-t",
-                "3",
-                "-J",
-                "--connect-timeout",
-                "3000",
-            ],
-            Duration::from_secs(30),
-        )?
-        .checked()?;
-    let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 -J output")?;
-    let sum = &v["end"]["sum_received"];
-    let bps = sum["bits_per_second"]
-        .as_f64()
-        .context("no end.sum_received.bits_per_second")?;
-    let bytes = sum["bytes"].as_u64().unwrap_or(0);
-    Ok((bps, bytes))
 }
