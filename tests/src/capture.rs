@@ -209,3 +209,77 @@ pub fn parse_wg_frames(text: &str) -> Vec<WgFrame> {
     finish(cur.take(), &mut frames);
     frames
 }
+
+/// One captured IPv4/UDP datagram with its payload (as far as captured).
+#[derive(Debug, Clone)]
+pub struct UdpFrame {
+    /// Seconds since the epoch (from `tcpdump -tt`).
+    pub time: f64,
+    /// `a.b.c.d.port` as tcpdump prints it.
+    pub src: String,
+    pub dst: String,
+    /// UDP payload bytes (truncated to the snap length).
+    pub payload: Vec<u8>,
+}
+
+/// Read every IPv4/UDP datagram of a capture with its payload.
+pub fn read_udp_frames(file: &Path) -> anyhow::Result<Vec<UdpFrame>> {
+    let f = file.to_str().context("utf-8 path")?;
+    let text = cmd::run_timeout(&["tcpdump", "-nr", f, "-tt", "-x"], Duration::from_secs(30))?
+        .checked()?;
+    Ok(parse_udp_frames(&text))
+}
+
+/// Parse `tcpdump -n -tt -x` output: IPv4/UDP datagrams and their payloads.
+pub fn parse_udp_frames(text: &str) -> Vec<UdpFrame> {
+    let mut out = Vec::new();
+    let mut cur: Option<(f64, String, String, Vec<u8>)> = None;
+    let finish = |c: Option<(f64, String, String, Vec<u8>)>, out: &mut Vec<UdpFrame>| {
+        let Some((time, src, dst, bytes)) = c else {
+            return;
+        };
+        // IPv4, UDP.
+        if bytes.len() < 28 || bytes[0] >> 4 != 4 || bytes[9] != 17 {
+            return;
+        }
+        let ihl = usize::from(bytes[0] & 0x0f) * 4;
+        out.push(UdpFrame {
+            time,
+            src,
+            dst,
+            payload: bytes.get(ihl + 8..).unwrap_or(&[]).to_vec(),
+        });
+    };
+    for line in text.lines() {
+        if let Some(hex) = line.trim_start().strip_prefix("0x") {
+            if let Some((_, rest)) = hex.split_once(':')
+                && let Some(c) = cur.as_mut()
+            {
+                for word in rest.split_whitespace() {
+                    for i in (0..word.len()).step_by(2) {
+                        if let Ok(b) = u8::from_str_radix(&word[i..(i + 2).min(word.len())], 16) {
+                            c.3.push(b);
+                        }
+                    }
+                }
+            }
+            continue;
+        }
+        finish(cur.take(), &mut out);
+        let toks: Vec<&str> = line.split_whitespace().collect();
+        if toks.len() < 5 || toks[1] != "IP" || toks[3] != ">" {
+            continue;
+        }
+        let Ok(time) = toks[0].parse::<f64>() else {
+            continue;
+        };
+        cur = Some((
+            time,
+            toks[2].to_string(),
+            toks[4].trim_end_matches(':').to_string(),
+            Vec::new(),
+        ));
+    }
+    finish(cur.take(), &mut out);
+    out
+}

@@ -89,6 +89,21 @@ pub struct Firewall6 {
     pub router_addr: Ipv6Addr,
 }
 
+/// A host on the Internet side of the router (like the NATs' WANs) that
+/// is not a spoke: the attacker of the security tests. It may send raw
+/// frames with any source address ([`crate::inject`]).
+pub struct Attacker {
+    pub ns: Netns,
+    pub iface: String,
+    pub addr: Ipv4Addr,
+    pub router_if: String,
+    pub router_addr: Ipv4Addr,
+}
+
+/// The attacker's address and the router's on the attacker link.
+pub const ATTACKER_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 66);
+pub const ROUTER_ATTACKER_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+
 /// One spoke namespace (its WireGuard comes later, see [`crate::wg`]).
 pub struct SpokeHost {
     /// "s1", "s2", ...
@@ -107,6 +122,7 @@ pub struct TopologyBuilder {
     random_fully: Vec<usize>,
     xdp_pass: Option<PathBuf>,
     ipv6_only: usize,
+    attacker: bool,
 }
 
 impl TopologyBuilder {
@@ -128,6 +144,13 @@ impl TopologyBuilder {
     /// spokes; `firewalls[j]` to `spokes[ipv4 count + j]`.
     pub fn ipv6_only_spokes(mut self, n: usize) -> Self {
         self.ipv6_only = n;
+        self
+    }
+
+    /// Add an attacker host `<prefix>-a` ([`ATTACKER_ADDR`]) attached to
+    /// the router like a NAT's WAN: it reaches the hub, sees nothing else.
+    pub fn attacker(mut self) -> Self {
+        self.attacker = true;
         self
     }
 
@@ -156,6 +179,8 @@ pub struct Topology {
     pub nats: Vec<Nat>,
     /// IPv6 firewalls of the IPv6-only spokes (after the IPv4 spokes).
     pub firewalls: Vec<Firewall6>,
+    /// See [`TopologyBuilder::attacker`].
+    pub attacker: Option<Attacker>,
     pub hub: Netns,
     pub hub_nic: String,
     pub router: Netns,
@@ -193,6 +218,7 @@ impl Topology {
             random_fully: vec![],
             xdp_pass: None,
             ipv6_only: 0,
+            attacker: false,
         }
     }
 
@@ -224,6 +250,7 @@ impl Topology {
             spokes: vec![],
             nats: vec![],
             firewalls: vec![],
+            attacker: None,
             hub,
             hub_nic,
             router,
@@ -367,6 +394,10 @@ impl Topology {
             topo.add_ipv6_spokes(b.spokes, b.ipv6_only)?;
         }
 
+        if b.attacker {
+            topo.add_attacker()?;
+        }
+
         if let Some(bin) = &b.xdp_pass {
             let bin = bin.to_str().context("utf-8 path")?;
             let mut proc =
@@ -406,6 +437,52 @@ impl Topology {
     /// The hub's IPv6 WireGuard endpoint (dual-stack topologies).
     pub fn hub_endpoint6(&self) -> String {
         format!("[{HUB_ADDR6}]:{HUB_PORT}")
+    }
+
+    /// The attacker host on its own router link (see [`TopologyBuilder::attacker`]).
+    fn add_attacker(&mut self) -> anyhow::Result<()> {
+        let p = self.prefix.clone();
+        let ns = Netns::new(&format!("{p}-a"))?;
+        let router_if = format!("{p}ra");
+        let iface = format!("{p}a0");
+        self.links
+            .push(Veth::new(&router_if, &self.router, &iface, &ns)?);
+        self.router.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{ROUTER_ATTACKER_ADDR}/24"),
+            "dev",
+            &router_if,
+        ])?;
+        ns.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{ATTACKER_ADDR}/24"),
+            "dev",
+            &iface,
+        ])?;
+        ns.exec(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &ROUTER_ATTACKER_ADDR.to_string(),
+        ])?;
+        anyhow::ensure!(
+            ns.ping_once(&HUB_ADDR.to_string()) || ns.ping_once(&HUB_ADDR.to_string()),
+            "the attacker cannot reach the hub underlay"
+        );
+        self.attacker = Some(Attacker {
+            ns,
+            iface,
+            addr: ATTACKER_ADDR,
+            router_if,
+            router_addr: ROUTER_ATTACKER_ADDR,
+        });
+        Ok(())
     }
 
     /// Dual-stack hub link and `n` IPv6-only spokes s<first+1>.. behind
@@ -583,6 +660,7 @@ impl Topology {
         v.extend(self.nats.iter().map(|n| &n.ns));
         v.extend(self.firewalls.iter().map(|f| &f.ns));
         v.extend(self.spokes.iter().map(|s| &s.ns));
+        v.extend(self.attacker.iter().map(|a| &a.ns));
         v
     }
 

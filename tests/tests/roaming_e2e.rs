@@ -1,0 +1,286 @@
+//! Roaming / NAT rebinding (issue 4, item 2). Spokes use a short
+//! PersistentKeepalive (RELAYHUB_KEEPALIVE=2 before `spoke add`). With a
+//! steady ping s1 -> s2 (every 50 ms), s1's NAT is rebound: its MASQUERADE
+//! rule gets a new port range and its conntrack table is flushed, so the
+//! next packet leaves from a new source port and the hub's frames to the
+//! old mapping are dropped by the NAT.
+//!
+//! Asserted: relaying to and from s1 recovers within one keepalive interval
+//! plus the controller's endpoint refresh (and a margin for scheduling);
+//! the hub's authenticated endpoint for s1 (/v1/spokes) moves into the new
+//! port range and relayhub_spoke_roams_total{spoke="s1"} counts the roam.
+//! Then an attacker sends frames claiming to be s1 (s1's live receiver
+//! indices, its old endpoint spoofed, its NAT address with another port,
+//! the attacker's own address): the hub's endpoint for s1 stays the
+//! authenticated one, no roam is counted, and traffic keeps reaching s1.
+//!
+//! Run as root: `cargo test -p relay-tests --release --test roaming_e2e -- --nocapture`.
+
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use relay_tests::capture::{self, Capture};
+use relay_tests::hub::METRICS_ADDR;
+use relay_tests::inject::{self, Datagram, Sniffed};
+use relay_tests::mesh::Mesh;
+use relay_tests::topology::{HUB_ADDR, HUB_PORT, leftovers};
+use relay_tests::{Hub, HubKind, Topology, cmd};
+use serde_json::Value;
+
+const KEEPALIVE: f64 = 2.0;
+/// relay_user::controller::ENDPOINT_REFRESH.
+const REFRESH: f64 = 0.2;
+/// Scheduling, wireguard-go timers and the ping interval.
+const MARGIN: f64 = 1.0;
+const PING_INTERVAL: f64 = 0.05;
+const PINGS: u32 = 200;
+const NEW_PORTS: (u16, u16) = (30000, 30999);
+
+#[test]
+fn roaming_e2e() {
+    cmd::require_root();
+    // SAFETY: set before this test starts any thread or child; this test
+    // binary has no other test reading the environment.
+    unsafe { std::env::set_var("RELAYHUB_KEEPALIVE", (KEEPALIVE as u64).to_string()) };
+    let prefix = scenario().unwrap_or_else(|e| panic!("roaming_e2e failed: {e:#}"));
+    let left = leftovers(&prefix);
+    assert!(left.is_empty(), "cleanup left:\n{}", left.join("\n"));
+}
+
+fn scenario() -> anyhow::Result<String> {
+    let topo = Topology::builder()
+        .spokes(2)
+        .attacker()
+        .xdp_pass(env!("CARGO_BIN_EXE_xdp-pass"))
+        .build()?;
+    let prefix = topo.prefix.clone();
+    let mut hub = Hub::start(&topo, HubKind::Relayhub)?;
+    let result = checks(&topo, &mut hub);
+    if result.is_err() {
+        let log = hub.log();
+        let lines: Vec<&str> = log.lines().collect();
+        eprintln!(
+            "hub log tail:\n{}",
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        );
+    }
+    let report = hub.stop();
+    result?;
+    ensure!(report.clean_exit, "hub did not exit cleanly: {report:?}");
+    drop(hub);
+    drop(topo);
+    Ok(prefix)
+}
+
+fn s1_endpoint(topo: &Topology) -> anyhow::Result<String> {
+    let url = format!("http://{METRICS_ADDR}/v1/spokes");
+    let out = topo
+        .hub
+        .output(&["curl", "-fsS", "-m", "3", &url], Duration::from_secs(10))?
+        .checked()?;
+    let v: Vec<Value> = serde_json::from_str(&out)?;
+    v.iter()
+        .find(|s| s["name"] == "s1")
+        .and_then(|s| s["endpoint"].as_str())
+        .map(str::to_string)
+        .context("no endpoint for s1 in /v1/spokes")
+}
+
+fn port_of(ep: &str) -> u16 {
+    ep.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `ping -D` output: icmp_seq numbers answered.
+fn answered(out: &str) -> Vec<u32> {
+    out.lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| {
+            l.split("icmp_seq=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
+    let sniff = Capture::start_filtered(
+        &topo.router,
+        &topo.router_hub_if,
+        &topo.workdir,
+        "sniff",
+        &["udp", "port", "51820"],
+    )?;
+    let mesh = Mesh::up(topo, hub)?;
+    let nat = &topo.nats[0];
+    let before = s1_endpoint(topo)?;
+    let roams0 = hub
+        .metrics()?
+        .value("relayhub_spoke_roams_total", &[("spoke", "s1")]);
+
+    // Steady ping s1 -> s2; rebind s1's NAT in the middle.
+    let dst = mesh.addrs[1].to_string();
+    let out = thread::scope(|s| -> anyhow::Result<_> {
+        let ping = s.spawn(|| {
+            topo.spokes[0].ns.output(
+                &[
+                    "ping",
+                    "-n",
+                    "-i",
+                    &PING_INTERVAL.to_string(),
+                    "-W",
+                    "1",
+                    "-c",
+                    &PINGS.to_string(),
+                    &dst,
+                ],
+                Duration::from_secs(60),
+            )
+        });
+        thread::sleep(Duration::from_secs(3));
+        nat.ns.sh(&format!(
+            "iptables -t nat -R POSTROUTING 1 -o {} -p udp -j MASQUERADE --to-ports {}-{}
+             conntrack -F 2>/dev/null || true",
+            nat.wan_if, NEW_PORTS.0, NEW_PORTS.1
+        ))?;
+        ping.join().expect("ping thread")
+    })?;
+    let got = answered(&out.stdout);
+    ensure!(
+        got.len() > PINGS as usize / 2,
+        "ping barely worked: {}",
+        out.stdout
+    );
+    // The outage: the longest run of unanswered echo requests.
+    let mut longest = 0u32;
+    let mut prev = 0u32; // icmp_seq starts at 1
+    for &seq in got.iter().chain([PINGS + 1].iter()) {
+        longest = longest.max(seq.saturating_sub(prev + 1));
+        prev = prev.max(seq);
+    }
+    let outage = longest as f64 * PING_INTERVAL;
+    let after = s1_endpoint(topo)?;
+    let roams = hub
+        .metrics()?
+        .value("relayhub_spoke_roams_total", &[("spoke", "s1")])
+        - roams0;
+    eprintln!(
+        "[roam] s1 endpoint {before} -> {after}; {} of {PINGS} pings answered; outage {outage:.2} s \
+         ({longest} x {PING_INTERVAL} s); roams +{roams}",
+        got.len()
+    );
+    let p = port_of(&after);
+    ensure!(
+        (NEW_PORTS.0..=NEW_PORTS.1).contains(&p),
+        "the hub did not learn s1's new endpoint: {before} -> {after}"
+    );
+    ensure!(longest > 0, "no outage at all: did the NAT rebind?");
+    let budget = KEEPALIVE + REFRESH + MARGIN;
+    ensure!(
+        outage <= budget,
+        "relaying to/from s1 took {outage:.2} s to recover > {budget:.1} s (keepalive + refresh + margin)"
+    );
+    ensure!(
+        roams >= 1.0,
+        "relayhub_spoke_roams_total{{spoke=\"s1\"}} +{roams}"
+    );
+
+    // An attacker claiming to be s1.
+    let frames = capture::read_wg_frames(&sniff.finish())?;
+    let sniffed = Sniffed::from_frames(&frames, HUB_ADDR);
+    let new_ep = format!("{}.{p}", nat.wan_addr);
+    let rx = sniffed
+        .receivers_by_src
+        .get(&new_ep)
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        !rx.is_empty(),
+        "sniffed no index of s1 after the roam: {sniffed:?}"
+    );
+    let att = topo.attacker.as_ref().context("attacker")?;
+    let old_port = port_of(&before);
+    let keys: Vec<[u8; 32]> = hub
+        .cli(&["spoke", "list"])?
+        .lines()
+        .skip(1)
+        .filter_map(|l| inject::base64_key(l.split_whitespace().nth(2)?).ok())
+        .collect();
+    let mut attack = Vec::new();
+    let mut seed = 0;
+    for (src, sport) in [
+        (nat.wan_addr, old_port),
+        (nat.wan_addr, NEW_PORTS.1 + 7),
+        (att.addr, p),
+        (att.addr, old_port),
+    ] {
+        let mut push = |payload| {
+            attack.push(Datagram {
+                src,
+                sport,
+                dst: HUB_ADDR,
+                dport: HUB_PORT,
+                payload,
+            })
+        };
+        for &r in &rx {
+            seed += 1;
+            push(inject::transport(r, 96, seed));
+            push(inject::transport(r, 32, seed));
+            push(inject::cookie(r, seed));
+        }
+        for k in &keys {
+            seed += 1;
+            push(inject::initiation(k, seed, seed));
+        }
+    }
+    let m0 = hub.metrics()?;
+    let (sent, back) = thread::scope(|s| -> anyhow::Result<_> {
+        let ping = s.spawn(|| topo.spokes[1].ns.ping(&mesh.addrs[0].to_string(), 40, 0.05));
+        thread::sleep(Duration::from_millis(300));
+        let sent = inject::send(&att.ns, &attack)?;
+        Ok((sent, ping.join().expect("ping thread")?))
+    })?;
+    // Past the controller's hold (1.2 s) and several endpoint refreshes.
+    thread::sleep(Duration::from_millis(1500));
+    let m1 = hub.metrics()?;
+    let still = s1_endpoint(topo)?;
+    let d_roams = m1.value("relayhub_spoke_roams_total", &[("spoke", "s1")])
+        - m0.value("relayhub_spoke_roams_total", &[("spoke", "s1")]);
+    let d_unknown = m1.value(
+        "relayhub_dropped_frames_total",
+        &[("stage", "xdp"), ("reason", "unknown_source")],
+    ) - m0.value(
+        "relayhub_dropped_frames_total",
+        &[("stage", "xdp"), ("reason", "unknown_source")],
+    );
+    eprintln!(
+        "[roam] attacker sent {sent} frames claiming to be s1: endpoint now {still}, roams +{d_roams}, \
+         xdp unknown_source +{d_unknown}; s2 -> s1 meanwhile: {back:?}"
+    );
+    ensure!(sent == attack.len(), "injected {sent} of {}", attack.len());
+    ensure!(
+        still == after,
+        "frames claiming to be s1 moved its endpoint: {after} -> {still}"
+    );
+    ensure!(
+        d_roams == 0.0,
+        "a roam was counted for the attacker's frames"
+    );
+    ensure!(
+        back.lost() == 0,
+        "s2 -> s1 lost pings during the attack: {back:?}"
+    );
+    ensure!(
+        d_unknown >= (attack.len() - 4 * keys.len()) as f64,
+        "xdp unknown_source +{d_unknown} < {} non-initiation frames",
+        attack.len() - 4 * keys.len()
+    );
+    Ok(())
+}
