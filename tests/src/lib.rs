@@ -15,6 +15,7 @@ pub mod capture;
 pub mod cmd;
 pub mod hub;
 pub mod inject;
+pub mod inject;
 pub mod mesh;
 pub mod netns;
 pub mod prom;
@@ -25,6 +26,59 @@ pub use hub::{Hub, HubKind};
 pub use topology::Topology;
 
 impl Topology {
+    /// iperf3 (TCP, `secs` seconds) from spoke `client` to spoke `server`
+    /// listening on tunnel address `addr`: (received bits/s, received bytes).
+    pub fn iperf(
+        &self,
+        server: usize,
+        client: usize,
+        addr: &str,
+        secs: u32,
+    ) -> anyhow::Result<(f64, u64)> {
+        use anyhow::Context as _;
+        use std::time::Duration;
+        let srv_ns = &self.spokes[server].ns;
+        let _srv = srv_ns.spawn(
+            "iperf3-server",
+            &["iperf3", "-s", "-1", "-B", addr],
+            &self.workdir,
+            false,
+        )?;
+        cmd::wait_for(
+            "iperf3 server listening",
+            Duration::from_secs(5),
+            Duration::from_millis(50),
+            || {
+                Ok(srv_ns
+                    .exec(&["ss", "-ltnH", "sport", "= :5201"])?
+                    .contains("5201")
+                    .then_some(()))
+            },
+        )?;
+        let out = self.spokes[client]
+            .ns
+            .output(
+                &[
+                    "iperf3",
+                    "-c",
+                    addr,
+                    "-t",
+                    &secs.to_string(),
+                    "-J",
+                    "--connect-timeout",
+                    "3000",
+                ],
+                Duration::from_secs(u64::from(secs) + 27),
+            )?
+            .checked()?;
+        let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 -J output")?;
+        let sum = &v["end"]["sum_received"];
+        let bps = sum["bits_per_second"]
+            .as_f64()
+            .context("no end.sum_received.bits_per_second")?;
+        Ok((bps, sum["bytes"].as_u64().unwrap_or(0)))
+    }
+
     /// Bring up spoke `i` (0-based) with the wg-quick file `text`, as
     /// interface `<prefix><spoke name>` (unique machine-wide).
     pub fn spoke_up(&self, i: usize, text: &str) -> anyhow::Result<wg::WgQuick> {
