@@ -15,7 +15,6 @@ pub mod capture;
 pub mod cmd;
 pub mod hub;
 pub mod inject;
-pub mod inject;
 pub mod mesh;
 pub mod netns;
 pub mod prom;
