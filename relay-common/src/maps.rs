@@ -218,7 +218,10 @@ pub mod counter {
     /// Dropped: the frame does not fit the outgoing MTU (bpf_fib_lookup
     /// FRAG_NEEDED; an IPv4 frame grows by 20 bytes as IPv6).
     pub const DROP_TOO_BIG: u32 = 27;
-    pub const COUNT: u32 = 28;
+    /// Passed: to the hub port but not to the hub's address (the hub only
+    /// routes it); relaying it would send frames from a foreign source.
+    pub const PASS_NOT_FOR_HUB: u32 = 28;
+    pub const COUNT: u32 = 29;
 
     /// Metric label for each counter index.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -250,6 +253,7 @@ pub mod counter {
         "adjust_head_failed",
         "pass_no_checksum",
         "drop_too_big",
+        "pass_not_for_hub",
     ];
 
     /// The `RELAYED_*_TO_*` counter of a relay from `from` to `to`

@@ -67,10 +67,11 @@ fn le32(b: &[u8; 16], off: usize) -> u32 {
 
 #[inline(always)]
 fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
-    let port = match CONFIG.get(0) {
-        Some(c) if c.port != 0 => c.port,
+    let cfg = match CONFIG.get(0) {
+        Some(c) if c.port != 0 => c,
         _ => return Ok(XDP_PASS),
     };
+    let port = cfg.port;
     let ip_payload_len = match I::parse(ctx, port)? {
         L3::Ignore => return Ok(XDP_PASS),
         L3::Unsupported => {
@@ -84,6 +85,10 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
         }
         L3::Udp { ip_payload_len } => ip_payload_len,
     };
+    if !parse::to_hub::<I>(ctx, cfg)? {
+        inc(counter::PASS_NOT_FOR_HUB);
+        return Ok(XDP_PASS);
+    }
     inc(counter::SEEN);
     let Some(msg) = parse::wireguard::<I>(ctx, ip_payload_len)? else {
         inc(counter::PASS_MALFORMED);

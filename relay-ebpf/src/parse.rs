@@ -9,7 +9,7 @@
 use aya_ebpf::programs::XdpContext;
 use core::{mem::size_of, ptr::addr_of_mut};
 use relay_common::{
-    Endpoint, FAMILY_V4, FAMILY_V6,
+    Endpoint, FAMILY_V4, FAMILY_V6, HUB_V4_SET, HUB_V6_SET, HubConfig,
     wire::{
         COOKIE_REPLY_LEN, INITIATION_LEN, MSG_COOKIE_REPLY, MSG_INITIATION, MSG_RESPONSE,
         MSG_TRANSPORT, RESPONSE_LEN, TRANSPORT_MIN_LEN,
@@ -148,10 +148,55 @@ impl Ip for V4 {
         if tot_len < Self::IP_LEN + UDP_LEN || ETH_LEN + tot_len > frame_len(ctx) {
             return Ok(L3::Malformed);
         }
+        // The rewrite recomputes the header checksum: check it first, or a
+        // corrupted header the kernel would drop would leave valid.
+        let mut sum = 0u32;
+        let mut i = 0;
+        while i < 20 {
+            sum += u32::from(be16(ip[i], ip[i + 1]));
+            i += 2;
+        }
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        if sum != 0xffff {
+            return Ok(L3::Malformed);
+        }
         Ok(L3::Udp {
             ip_payload_len: tot_len - Self::IP_LEN,
         })
     }
+}
+
+/// Whether the frame is addressed to the hub: its destination is the hub's
+/// address in this family, when the controller configured one (without it,
+/// anything to the port counts).
+#[inline(always)]
+pub fn to_hub<I: Ip>(ctx: &XdpContext, cfg: &HubConfig) -> Result<bool, ()> {
+    let (set, want): (u32, &[u8]) = if I::FAMILY == FAMILY_V4 {
+        (HUB_V4_SET, &cfg.hub_v4)
+    } else {
+        (HUB_V6_SET, &cfg.hub_v6)
+    };
+    if cfg.flags & set == 0 {
+        return Ok(true);
+    }
+    let h = check(ctx, 0, I::DST_OFF + I::ADDR_LEN)?;
+    // Compared in place, word by word: no copy on the BPF stack.
+    let mut i = 0;
+    while i < I::ADDR_LEN {
+        // SAFETY: inside the checked header; want has ADDR_LEN bytes.
+        let (got, exp) = unsafe {
+            (
+                core::ptr::read_unaligned(h.add(I::DST_OFF + i).cast::<u32>()),
+                core::ptr::read_unaligned(want.as_ptr().add(i).cast::<u32>()),
+            )
+        };
+        if got != exp {
+            return Ok(false);
+        }
+        i += 4;
+    }
+    Ok(true)
 }
 
 /// IPv6 extension headers (and ESP) that may precede UDP.

@@ -86,8 +86,9 @@ impl Builder {
 /// Drop reasons of the XDP program: (reason label, counter index). Frames
 /// "passed" to the kernel for these reasons are not relayed; the hub's
 /// WireGuard then discards them.
-const XDP_DROPS: [(&str, u32); 8] = [
+const XDP_DROPS: [(&str, u32); 9] = [
     ("unknown_source", counter::PASS_UNKNOWN_SOURCE),
+    ("not_for_hub", counter::PASS_NOT_FOR_HUB),
     ("malformed", counter::PASS_MALFORMED),
     ("unsupported", counter::PASS_UNSUPPORTED),
     ("no_destination", counter::DROP_NO_DESTINATION),

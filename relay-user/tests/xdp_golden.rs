@@ -1513,6 +1513,29 @@ fn cross_family_golden() {
             .rx_seen(A.slot),
         );
     }
+    {
+        // To the hub port but another host's address (the hub only routes
+        // it): never relayed, whatever it carries, in either family.
+        let mut v4 = Frame::from_spoke(&A, transport(R_CROSS, 20));
+        v4.dst = Addr::V4(Ipv4Addr::new(198, 51, 100, 7));
+        let mut v6 = Frame::from_spoke(&D, transport(R_D_TO_A, 20));
+        v6.dst = Addr::V6("2001:db8:1::77".parse().unwrap());
+        for (name, f) in [
+            ("A(v4) to a foreign address", v4),
+            ("D(v6) to a foreign address", v6),
+        ] {
+            cases.push(pass_case(name, f.build(), &[(PASS_NOT_FOR_HUB, 1)]));
+        }
+        // A corrupted IPv4 header (the kernel would drop it) must not leave
+        // with a freshly computed checksum.
+        let mut bad = Frame::from_spoke(&A, transport(R_CROSS, 20)).build();
+        bad[24] ^= 0x5a;
+        cases.push(pass_case(
+            "A(v4) with a bad IPv4 header checksum",
+            bad,
+            &[(SEEN, 1), (PASS_MALFORMED, 1)],
+        ));
+    }
     for case in &cases {
         check_case(&mut hub, case);
     }
