@@ -109,6 +109,16 @@ pub struct RunArgs {
     /// Capacity of the relay session table (LRU).
     #[arg(long, env = "RELAYHUB_MAX_SESSIONS", default_value_t = relay_common::MAX_SESSIONS)]
     pub max_sessions: u32,
+    /// bpffs directory where the maps and the XDP link are pinned (one
+    /// subdirectory per interface), so the program keeps relaying while no
+    /// controller runs and the next one adopts the session table.
+    #[arg(long, env = "RELAYHUB_PIN_DIR", default_value = "/sys/fs/bpf/relayhub")]
+    pub pin_dir: PathBuf,
+    /// On SIGINT/SIGTERM leave XDP attached, the maps pinned and the hub's
+    /// WireGuard interface up, for a restart or upgrade without loss
+    /// (default: remove everything). After SIGKILL everything stays anyway.
+    #[arg(long, env = "RELAYHUB_KEEP_ON_EXIT", value_parser = clap::builder::BoolishValueParser::new())]
+    pub keep_on_exit: bool,
 }
 
 #[derive(Subcommand, Debug)]

@@ -16,7 +16,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::datapath::{AttachMode, Capacity, Datapath, ktime_ns};
+use crate::datapath::{AttachMode, Capacity, Datapath, IfaceLock, PinDir, ktime_ns};
 use crate::handshake::{Action, Outcome, Router};
 use crate::health::{SpokeHealth, Thresholds};
 use crate::hubwg::HubWg;
@@ -51,6 +51,12 @@ pub struct RunConfig {
     pub keepalive: u16,
     /// Enable the kernel's BPF run-time statistics while running.
     pub bpf_stats: bool,
+    /// bpffs directory for the pinned maps and XDP link (per interface
+    /// below it); not on bpffs = nothing pinned.
+    pub pin_dir: PathBuf,
+    /// On SIGINT/SIGTERM leave XDP attached, the maps pinned and the hub's
+    /// WireGuard up, for an upgrade or restart.
+    pub keep_on_exit: bool,
 }
 
 /// What the hub knows about one registered spoke.
@@ -147,6 +153,28 @@ impl Hub {
             .collect();
         self.wg.sync_peers(&peers)?;
         tracing::info!(spokes = reg.spokes().len(), "registry applied");
+        Ok(())
+    }
+
+    /// After adopting pinned maps: clear slots the registry no longer has
+    /// (removed while no controller ran), with their sessions.
+    fn forget_unregistered(&mut self) -> anyhow::Result<()> {
+        let live: HashSet<u32> = self.by_key.values().copied().collect();
+        let stale: Vec<u32> = self
+            .installed
+            .keys()
+            .copied()
+            .filter(|s| !live.contains(s))
+            .collect();
+        for slot in stale {
+            let old = self.installed.remove(&slot);
+            self.datapath.set_spoke_endpoint(slot, old, None)?;
+            let entries = self.datapath.sessions();
+            for k in sessions::involving(&entries, slot) {
+                self.datapath.remove_session(&k);
+            }
+            tracing::info!(slot, "pinned slot no longer registered: removed");
+        }
         Ok(())
     }
 
@@ -407,7 +435,12 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
         )
     })?;
     let mut sender = RawSender::new().context("opening raw sockets (run as root)")?;
-    let mut datapath = Datapath::load(object, &cfg.capacity, cfg.port, ebpf_log_level())?;
+    // One hub per interface: adopting pins would otherwise let a second
+    // hub take over a running one's program silently.
+    let _lock = IfaceLock::acquire(&cfg.iface)?;
+    let _wg_lock = IfaceLock::acquire(&format!("wg-{}", cfg.wg_iface))?;
+    let pins = PinDir::for_iface(&cfg.pin_dir, &cfg.iface);
+    let mut datapath = Datapath::load(object, &cfg.capacity, cfg.port, ebpf_log_level(), pins)?;
     // Dual-stack: the hub's own address per family, for cross-family relay.
     let (hub_v4, hub_v6) = crate::netinfo::hub_addresses(&cfg.iface, &state.endpoint_ips())?;
     datapath.set_hub_addresses(hub_v4, hub_v6)?;
@@ -452,8 +485,21 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
         },
         wg,
     };
+    if hub.datapath.adopted() {
+        // Start from what the adopted maps hold, so unchanged spokes see
+        // no map writes and slots removed meanwhile are cleared.
+        hub.installed = hub.datapath.installed_endpoints();
+    }
     hub.apply_registry(&registry)?;
+    hub.forget_unregistered()?;
     hub.refresh_endpoints()?;
+    tracing::info!(
+        adopted_link = hub.datapath.adopted_link(),
+        adopted_maps = hub.datapath.adopted(),
+        adopted_wg = hub.wg.adopted(),
+        pinned = hub.datapath.pinned(),
+        "datapath state"
+    );
     tracing::info!(
         iface = %cfg.iface,
         mode = hub.datapath.mode(),
@@ -583,15 +629,23 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
             }
         }
     }
-    tracing::info!("shutting down: detaching XDP and removing the hub's WireGuard interface");
+    if cfg.keep_on_exit {
+        tracing::info!(
+            "shutting down, keeping XDP attached, maps pinned and the hub's WireGuard up (--keep-on-exit)"
+        );
+    } else {
+        tracing::info!("shutting down: detaching XDP and removing the hub's WireGuard interface");
+    }
     http_task.abort();
     let _ = http_task.await;
     drop(ring);
     drop(logger);
-    let hub = Arc::try_unwrap(hub)
+    let mut hub = Arc::try_unwrap(hub)
         .map_err(|_| anyhow::anyhow!("hub still shared at shutdown"))?
         .into_inner()
         .expect("hub lock");
+    hub.datapath.set_keep_on_drop(cfg.keep_on_exit);
+    hub.wg.set_keep_on_drop(cfg.keep_on_exit);
     drop(hub);
     Ok(())
 }

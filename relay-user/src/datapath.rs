@@ -1,17 +1,52 @@
 //! The XDP datapath: load the relay program, attach it to the underlay NIC,
 //! and read and write its maps.
 
+//!
+//! Restarts: with a pin directory (on bpffs) the maps and the XDP link are
+//! pinned under `<pin root>/<interface key>/`, so the program keeps relaying
+//! while no controller runs and a new controller adopts the maps (the
+//! session table, counters) and swaps its freshly loaded program onto the
+//! pinned link atomically (`bpf_link_update`): a restart and an upgrade are
+//! the same operation.
+
+use std::collections::HashMap as StdHashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, MapData, MapInfo, MapType, PerCpuArray, RingBuf};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::xdp::XdpLink;
 use aya::programs::{ProgramError, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use relay_common::{
-    Endpoint, HUB_V4_SET, HUB_V6_SET, HubConfig, MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINT_SLOTS,
-    MAP_INITIATIONS, MAP_SESSIONS, MAP_SLOT_COUNTERS, MAP_SLOTS, PROG_RELAY, SLOT_ACTIVE,
-    SessionKey, SessionValue, SlotCounters, SpokeSlot, counter,
+    Endpoint, HUB_V4_SET, HUB_V6_SET, HubConfig, INITIATIONS_RING_BYTES, MAP_CONFIG, MAP_COUNTERS,
+    MAP_ENDPOINT_SLOTS, MAP_INITIATIONS, MAP_SESSIONS, MAP_SLOT_COUNTERS, MAP_SLOTS, PROG_RELAY,
+    SLOT_ACTIVE, SessionKey, SessionValue, SlotCounters, SpokeSlot, counter,
 };
+
+/// Version of the pinned maps' layout (key/value meaning). Bump it when a
+/// map's key or value changes meaning without changing size: a new version
+/// starts from fresh maps instead of misreading old ones.
+pub const PIN_LAYOUT: u32 = 1;
+/// The link's pin inside the interface's pin directory.
+const LINK_PIN: &str = "link";
+/// Where the per-interface lock files live.
+pub const LOCK_DIR: &str = "/run/relayhub";
+
+/// Maps that are pinned (everything the controller and program share;
+/// not aya-log's buffer or the program's global data).
+const PINNED_MAPS: [&str; 7] = [
+    MAP_ENDPOINT_SLOTS,
+    MAP_SLOTS,
+    MAP_SESSIONS,
+    MAP_CONFIG,
+    MAP_SLOT_COUNTERS,
+    MAP_COUNTERS,
+    MAP_INITIATIONS,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -40,6 +75,21 @@ pub enum DatapathError {
     },
     #[error("slot {slot} is beyond the map capacity {max} (raise --max-spokes)")]
     SlotRange { slot: u32, max: u32 },
+    #[error("pinning under {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("pinned XDP link {path}: {detail}")]
+    Link { path: PathBuf, detail: String },
+    #[error(
+        "another relayhub is running on {iface} (lock {path} held{holder}). Stop it first; two hubs cannot share an interface"
+    )]
+    Locked {
+        iface: String,
+        path: PathBuf,
+        holder: String,
+    },
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
@@ -69,6 +119,236 @@ impl Default for Capacity {
     }
 }
 
+/// Where one interface's maps and link are pinned, and what was found there.
+#[derive(Debug, Clone)]
+pub struct PinDir {
+    /// `<pin root>/<interface key>`.
+    pub dir: PathBuf,
+}
+
+impl PinDir {
+    /// The pin directory for `iface` under `root`, or `None` (with a
+    /// warning) when `root` is not on a BPF filesystem: then nothing is
+    /// pinned and a restart loses the session table.
+    pub fn for_iface(root: &Path, iface: &str) -> Option<PinDir> {
+        if !on_bpffs(root) {
+            tracing::warn!(
+                pin_dir = %root.display(),
+                "not on a BPF filesystem (mount one: `mount -t bpf bpf /sys/fs/bpf`, or pick --pin-dir); \
+                 maps are not pinned, so a controller restart loses the relay session table"
+            );
+            return None;
+        }
+        Some(PinDir {
+            dir: root.join(iface_key(iface)),
+        })
+    }
+
+    fn maps_dir(&self) -> PathBuf {
+        self.dir.join(format!("maps-v{PIN_LAYOUT}"))
+    }
+
+    fn map(&self, name: &str) -> PathBuf {
+        self.maps_dir().join(name)
+    }
+
+    fn link(&self) -> PathBuf {
+        self.dir.join(LINK_PIN)
+    }
+
+    /// Remove every pin (maps of all layouts, the link) and the directory.
+    pub fn remove(&self) {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                if let Ok(inner) = std::fs::read_dir(&p) {
+                    for m in inner.flatten() {
+                        let _ = std::fs::remove_file(m.path());
+                    }
+                }
+                let _ = std::fs::remove_dir(&p);
+            } else {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+        if let Some(root) = self.dir.parent() {
+            // Only if empty: other interfaces' pins stay.
+            let _ = std::fs::remove_dir(root);
+        }
+    }
+}
+
+/// `iface`, qualified by the network namespace unless it is the init
+/// one: interface names are only unique per namespace.
+fn iface_key(iface: &str) -> String {
+    let ino = |p: &str| std::fs::metadata(p).map(|m| m.ino()).ok();
+    // When init's namespace is unknown (no access to pid 1), qualify: the
+    // inode of a namespace is stable for its lifetime, so restarts agree.
+    match (ino("/proc/self/ns/net"), ino("/proc/1/ns/net")) {
+        (Some(me), init) if init != Some(me) => format!("{iface}@netns{me}"),
+        _ => iface.to_string(),
+    }
+}
+
+fn on_bpffs(path: &Path) -> bool {
+    // The nearest existing ancestor decides (the directory itself may not
+    // exist yet).
+    let mut p = Some(path);
+    while let Some(d) = p {
+        if d.exists() {
+            return nix::sys::statfs::statfs(d)
+                .map(|s| s.filesystem_type().0 as u64 == libc::BPF_FS_MAGIC as u64)
+                .unwrap_or(false);
+        }
+        p = d.parent();
+    }
+    false
+}
+
+/// An exclusive lock on the interface, held while the hub runs (released
+/// by the kernel if the process dies). Adopting pins removes the "XDP
+/// already attached" signal, so this is what keeps a second hub off.
+pub struct IfaceLock {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl IfaceLock {
+    pub fn acquire(iface: &str) -> Result<IfaceLock, DatapathError> {
+        use std::io::{Read as _, Seek as _, Write as _};
+        let path = Path::new(LOCK_DIR).join(format!("{}.lock", iface_key(iface)));
+        let pin_err = |source| DatapathError::Pin {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(LOCK_DIR).map_err(pin_err)?;
+        loop {
+            let mut file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(pin_err)?;
+            // SAFETY: flock on an fd we own.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc != 0 {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                return Err(DatapathError::Locked {
+                    iface: iface.to_string(),
+                    path,
+                    holder: if holder.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" by pid {holder}")
+                    },
+                });
+            }
+            // The previous holder may have unlinked the file between our
+            // open and flock: then lock the new one.
+            let same = std::fs::metadata(&path)
+                .ok()
+                .zip(file.metadata().ok())
+                .is_some_and(|(a, b)| a.ino() == b.ino() && a.dev() == b.dev());
+            if !same {
+                continue;
+            }
+            let _ = file.set_len(0);
+            let _ = file.rewind();
+            let _ = writeln!(file, "{}", std::process::id());
+            return Ok(IfaceLock { file, path });
+        }
+    }
+}
+
+impl Drop for IfaceLock {
+    fn drop(&mut self) {
+        // Unlink while still locked; the lock goes with the fd.
+        let _ = std::fs::remove_file(&self.path);
+        let _ = &self.file;
+    }
+}
+
+/// What a map must look like to be adopted.
+struct MapSpec {
+    name: &'static str,
+    kind: MapType,
+    key: u32,
+    value: u32,
+    max: u32,
+}
+
+fn map_specs(cap: &Capacity) -> [MapSpec; 7] {
+    use std::mem::size_of;
+    let spec = |name, kind, key: usize, value: usize, max| MapSpec {
+        name,
+        kind,
+        key: key as u32,
+        value: value as u32,
+        max,
+    };
+    [
+        spec(
+            MAP_ENDPOINT_SLOTS,
+            MapType::Hash,
+            size_of::<Endpoint>(),
+            4,
+            cap.slots,
+        ),
+        spec(
+            MAP_SLOTS,
+            MapType::Array,
+            4,
+            size_of::<SpokeSlot>(),
+            cap.slots,
+        ),
+        spec(
+            MAP_SESSIONS,
+            MapType::LruHash,
+            size_of::<SessionKey>(),
+            size_of::<SessionValue>(),
+            cap.sessions,
+        ),
+        spec(MAP_CONFIG, MapType::Array, 4, size_of::<HubConfig>(), 1),
+        spec(
+            MAP_SLOT_COUNTERS,
+            MapType::PerCpuArray,
+            4,
+            size_of::<SlotCounters>(),
+            cap.slots,
+        ),
+        spec(MAP_COUNTERS, MapType::PerCpuArray, 4, 8, counter::COUNT),
+        spec(
+            MAP_INITIATIONS,
+            MapType::RingBuf,
+            0,
+            0,
+            INITIATIONS_RING_BYTES,
+        ),
+    ]
+}
+
+/// Why a pinned map cannot be adopted, if it cannot.
+fn incompatible(info: &MapInfo, spec: &MapSpec) -> Option<String> {
+    let kind = info.map_type().ok();
+    let have = (info.key_size(), info.value_size(), info.max_entries());
+    let want = (spec.key, spec.value, spec.max);
+    if kind != Some(spec.kind) || have != want {
+        Some(format!(
+            "pinned {:?} key/value/entries {have:?}, this build wants {:?} {want:?}",
+            kind, spec.kind
+        ))
+    } else {
+        None
+    }
+}
+
 pub struct Datapath {
     // Field order matters on drop: maps and the link go with `ebpf`.
     endpoint_slots: HashMap<MapData, Endpoint, u32>,
@@ -82,26 +362,90 @@ pub struct Datapath {
     max_slots: u32,
     mode: &'static str,
     iface: String,
+    pins: Option<PinDir>,
+    /// Maps found pinned and reused (names).
+    adopted_maps: Vec<&'static str>,
+    /// The XDP link was found pinned and our program swapped onto it.
+    adopted_link: bool,
+    /// Leave pins (and so the attached program) behind when dropped.
+    keep_on_drop: bool,
+    link: Option<XdpLink>,
     ebpf: Ebpf,
 }
 
 impl Datapath {
     /// Load the program (not attached yet). `log_level` is the most
     /// verbose aya-log level the program may emit (0 = none, 1 = error ..
-    /// 5 = trace); disabled levels cost a load and a compare.
+    /// 5 = trace); disabled levels cost a load and a compare. With `pins`,
+    /// compatible pinned maps are reused (the session table and counters
+    /// survive) and the others are created and pinned there.
     pub fn load(
         object: &[u8],
         cap: &Capacity,
         port: u16,
         log_level: u8,
+        pins: Option<PinDir>,
     ) -> Result<Self, DatapathError> {
-        let mut ebpf = EbpfLoader::new()
+        let mut adopted_maps = Vec::new();
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global("AYA_LOG_LEVEL", &log_level, false)
             .map_max_entries(MAP_SLOTS, cap.slots)
             .map_max_entries(MAP_SLOT_COUNTERS, cap.slots)
             .map_max_entries(MAP_ENDPOINT_SLOTS, cap.slots)
-            .map_max_entries(MAP_SESSIONS, cap.sessions)
-            .load(object)?;
+            .map_max_entries(MAP_SESSIONS, cap.sessions);
+        if let Some(p) = &pins {
+            let dir = p.maps_dir();
+            std::fs::create_dir_all(&dir).map_err(|source| DatapathError::Pin {
+                path: dir.clone(),
+                source,
+            })?;
+            for spec in map_specs(cap) {
+                let path = p.map(spec.name);
+                if !path.exists() {
+                    continue;
+                }
+                match MapInfo::from_pin(&path) {
+                    Ok(info) => match incompatible(&info, &spec) {
+                        None => adopted_maps.push(spec.name),
+                        Some(why) => {
+                            tracing::warn!(map = spec.name, %why, "pinned map not adoptable; starting it empty");
+                            let _ = std::fs::remove_file(&path);
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(map = spec.name, error = %e, "unreadable pin; replacing it");
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
+            }
+            for name in PINNED_MAPS {
+                loader.map_pin_path(name, p.map(name));
+            }
+        }
+        let mut ebpf = loader.load(object)?;
+        if let Some(p) = &pins {
+            // Pins of other layouts: the program still attached keeps its
+            // own references; the names go.
+            let current = p.maps_dir();
+            if let Ok(rd) = std::fs::read_dir(&p.dir) {
+                for e in rd.flatten() {
+                    let path = e.path();
+                    if path.is_dir() && path != current {
+                        tracing::info!(dir = %path.display(), "removing pins of another map layout");
+                        if let Ok(inner) = std::fs::read_dir(&path) {
+                            for m in inner.flatten() {
+                                let _ = std::fs::remove_file(m.path());
+                            }
+                        }
+                        let _ = std::fs::remove_dir(&path);
+                    }
+                }
+            }
+            if !adopted_maps.is_empty() {
+                tracing::info!(dir = %current.display(), maps = ?adopted_maps, "adopted pinned maps");
+            }
+        }
         let mut take =
             |name: &'static str| ebpf.take_map(name).ok_or(DatapathError::MissingMap(name));
         let endpoint_slots =
@@ -115,21 +459,28 @@ impl Datapath {
             RingBuf::try_from(take(MAP_INITIATIONS)?).map_err(map_err(MAP_INITIATIONS))?;
         let mut config: Array<MapData, HubConfig> =
             Array::try_from(take(MAP_CONFIG)?).map_err(map_err(MAP_CONFIG))?;
-        config
-            .set(
-                0,
-                HubConfig {
-                    port,
-                    ..Default::default()
-                },
-                0,
-            )
-            .map_err(map_err(MAP_CONFIG))?;
+        // An adopted config keeps the hub addresses until
+        // set_hub_addresses: the running program must not see port 0.
+        let keep_config =
+            adopted_maps.contains(&MAP_CONFIG) && config.get(&0, 0).is_ok_and(|c| c.port == port);
+        if !keep_config {
+            config
+                .set(
+                    0,
+                    HubConfig {
+                        port,
+                        ..Default::default()
+                    },
+                    0,
+                )
+                .map_err(map_err(MAP_CONFIG))?;
+        }
         let prog: &mut Xdp = ebpf
             .program_mut(PROG_RELAY)
             .ok_or(DatapathError::MissingMap(PROG_RELAY))?
             .try_into()?;
         prog.load()?;
+        let keep_on_drop = !adopted_maps.is_empty();
         Ok(Self {
             endpoint_slots,
             slots,
@@ -142,6 +493,11 @@ impl Datapath {
             max_slots: cap.slots,
             mode: "detached",
             iface: String::new(),
+            pins,
+            adopted_maps,
+            adopted_link: false,
+            keep_on_drop,
+            link: None,
             ebpf,
         })
     }
@@ -160,11 +516,23 @@ impl Datapath {
             .map_err(map_err(MAP_CONFIG))
     }
 
-    /// Attach to `iface`. The program stays attached until `self` drops.
+    /// Attach to `iface`. With pins, a pinned link that is live on `iface`
+    /// is adopted: our program replaces the running one atomically
+    /// (`bpf_link_update`; every frame sees one program or the other).
+    /// Otherwise the program is attached fresh and, with pins, the link is
+    /// pinned. The program stays attached until `self` drops (and, pinned,
+    /// after that unless [`Datapath::set_keep_on_drop`] says otherwise).
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<(), DatapathError> {
         let ifindex = nix::net::if_::if_nametoindex(iface)
             .map_err(|_| DatapathError::NoInterface(iface.to_string()))?;
-        if let Some(id) = attached_program(ifindex) {
+        if let Some(p) = self.pins.clone()
+            && p.link().exists()
+            && self.adopt_link(&p, ifindex)?
+        {
+            self.iface = iface.to_string();
+            return Ok(());
+        }
+        if let Some((id, _)) = attached_xdp(ifindex) {
             tracing::debug!(iface, prog_id = id, "existing XDP program");
             return Err(DatapathError::Busy {
                 iface: iface.to_string(),
@@ -183,9 +551,23 @@ impl Datapath {
         let mut last = None;
         for &(m, name) in tries {
             match prog.attach_to_if_index(ifindex, m) {
-                Ok(_) => {
+                Ok(id) => {
+                    // Netlink attachments (kernels without XDP links) cannot be pinned.
+                    let is_fd_link = format!("{id:?}").contains("FdLink");
+                    let link = prog.take_link(id)?;
                     self.mode = name;
                     self.iface = iface.to_string();
+                    self.link = Some(match (&self.pins, is_fd_link) {
+                        (Some(p), true) => pin_link(link, &p.link())?,
+                        (Some(_), false) => {
+                            tracing::warn!(
+                                iface,
+                                "XDP attached through netlink (no BPF link support): not pinned, a restart detaches it"
+                            );
+                            link
+                        }
+                        (None, _) => link,
+                    });
                     return Ok(());
                 }
                 Err(e) if is_busy(&e) => {
@@ -207,6 +589,94 @@ impl Datapath {
         })
     }
 
+    /// Swap our program onto the pinned link if that link is the one
+    /// attached to `ifindex`; false (and the stale pin removed) if not.
+    fn adopt_link(&mut self, p: &PinDir, ifindex: u32) -> Result<bool, DatapathError> {
+        let path = p.link();
+        let link_err = |detail: String| DatapathError::Link {
+            path: path.clone(),
+            detail,
+        };
+        let fd: FdLink = match PinnedLink::from_pin(&path) {
+            Ok(l) => l.into(),
+            Err(e) => {
+                tracing::warn!(pin = %path.display(), error = %e, "unusable pinned XDP link; removing it");
+                let _ = std::fs::remove_file(&path);
+                return Ok(false);
+            }
+        };
+        let old_prog = fd.info().map_err(|e| link_err(e.to_string()))?.program_id();
+        let Some((_, mode)) = attached_xdp(ifindex).filter(|&(id, _)| id == old_prog) else {
+            // The interface went away (a defunct link) or someone detached us.
+            tracing::warn!(pin = %path.display(), "pinned XDP link is not attached to this interface; removing it");
+            let _ = std::fs::remove_file(&path);
+            return Ok(false);
+        };
+        let link = XdpLink::try_from(fd).map_err(|e| link_err(e.to_string()))?;
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(PROG_RELAY)
+            .ok_or(DatapathError::MissingMap(PROG_RELAY))?
+            .try_into()?;
+        let id = prog.attach_to_link(link)?;
+        self.link = Some(prog.take_link(id)?);
+        self.mode = mode;
+        self.adopted_link = true;
+        self.keep_on_drop = true;
+        let new_prog = prog.info().map(|i| i.id()).unwrap_or(0);
+        tracing::info!(
+            pin = %path.display(),
+            old_prog,
+            new_prog,
+            mode,
+            "adopted the pinned XDP link: program replaced atomically"
+        );
+        Ok(true)
+    }
+
+    /// Whether pinned state (maps or the link) from a previous controller
+    /// was adopted.
+    pub fn adopted(&self) -> bool {
+        self.adopted_link || !self.adopted_maps.is_empty()
+    }
+
+    pub fn adopted_link(&self) -> bool {
+        self.adopted_link
+    }
+
+    /// Whether the maps and link are pinned (survive this process).
+    pub fn pinned(&self) -> bool {
+        self.pins.is_some()
+    }
+
+    /// On drop: leave the pins, so the program keeps relaying and the next
+    /// controller adopts it (`true`), or remove them and detach (`false`).
+    /// Defaults to `true` only when pinned state was adopted, so a failed
+    /// start never destroys what a previous controller left.
+    pub fn set_keep_on_drop(&mut self, keep: bool) {
+        self.keep_on_drop = keep;
+    }
+
+    /// Active slots and their endpoints as the (possibly adopted) maps have
+    /// them: the starting point for reconciling with the registry.
+    pub fn installed_endpoints(&mut self) -> StdHashMap<u32, Endpoint> {
+        let mut out = StdHashMap::new();
+        let keys: Vec<(Endpoint, u32)> =
+            self.endpoint_slots.iter().filter_map(Result::ok).collect();
+        for (ep, slot) in keys {
+            match self.slots.get(&slot, 0) {
+                Ok(s) if s.flags & SLOT_ACTIVE != 0 && s.endpoint == ep => {
+                    out.insert(slot, ep);
+                }
+                _ => {
+                    // A reverse entry without its slot: stale.
+                    let _ = self.endpoint_slots.remove(&ep);
+                }
+            }
+        }
+        out
+    }
+
     pub fn mode(&self) -> &'static str {
         self.mode
     }
@@ -222,7 +692,7 @@ impl Datapath {
         }
         nix::net::if_::if_nametoindex(self.iface.as_str())
             .ok()
-            .and_then(attached_program)
+            .and_then(attached_xdp)
             .is_some()
     }
 
@@ -351,8 +821,39 @@ pub fn hub_config(port: u16, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> HubC
     c
 }
 
-/// Id of the XDP program attached to `ifindex`, if any (any mode).
-fn attached_program(ifindex: u32) -> Option<u32> {
+/// Pin `link` at `path` (replacing a stale pin) and hand it back.
+fn pin_link(link: XdpLink, path: &Path) -> Result<XdpLink, DatapathError> {
+    let link_err = |detail: String| DatapathError::Link {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let _ = std::fs::remove_file(path);
+    let fd = FdLink::try_from(link).map_err(|e| link_err(e.to_string()))?;
+    let pinned = fd.pin(path).map_err(|e| link_err(e.to_string()))?;
+    let fd: FdLink = pinned.into();
+    let link = XdpLink::try_from(fd).map_err(|e| link_err(e.to_string()))?;
+    tracing::info!(pin = %path.display(), "XDP link pinned");
+    Ok(link)
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        let Some(p) = &self.pins else { return };
+        if self.keep_on_drop {
+            tracing::info!(
+                pins = %p.dir.display(),
+                "leaving the XDP program attached and its maps pinned for the next relayhub"
+            );
+        } else {
+            // The link detaches when its fd closes (right after this).
+            p.remove();
+        }
+    }
+}
+
+/// Id and mode ("native", "generic", "offload") of the XDP program
+/// attached to `ifindex`, if any.
+fn attached_xdp(ifindex: u32) -> Option<(u32, &'static str)> {
     // Walk loaded programs' links is heavy; the netlink query in aya is
     // private, so ask the kernel through `ip -j link`.
     let out = std::process::Command::new("ip")
@@ -365,7 +866,8 @@ fn attached_program(ifindex: u32) -> Option<u32> {
             return None;
         }
         let xdp = l.get("xdp")?;
-        xdp.get("prog")
+        let id = xdp
+            .get("prog")
             .and_then(|p| p.get("id"))
             .or_else(|| {
                 xdp.get("attached")?
@@ -374,8 +876,14 @@ fn attached_program(ifindex: u32) -> Option<u32> {
                     .get("prog")?
                     .get("id")
             })
-            .and_then(|v| v.as_u64())
-            .map(|v| v as u32)
+            .and_then(|v| v.as_u64())? as u32;
+        // XDP_ATTACHED_DRV = 1, SKB = 2, HW = 3.
+        let mode = match xdp.get("mode").and_then(|m| m.as_u64()) {
+            Some(2) => "generic",
+            Some(3) => "offload",
+            _ => "native",
+        };
+        Some((id, mode))
     })
 }
 

@@ -21,9 +21,9 @@ pub enum HubWgError {
     #[error("invalid WireGuard interface name {0:?} (1-15 characters, no '/' or spaces)")]
     Name(String),
     #[error(
-        "interface {0} already exists (another relayhub?). Stop it or remove it with `ip link del {0}`, or pick another --wg-iface"
+        "interface {0} already exists and is not this hub's WireGuard interface ({1}). Remove it with `ip link del {0}`, or pick another --wg-iface"
     )]
-    Exists(String),
+    Exists(String, &'static str),
     #[error(
         "starting the hub's WireGuard interface {name} ({backend}) failed: {source}. The kernel has no WireGuard module, so wireguard-go is needed: `apt-get install wireguard-go`"
     )]
@@ -56,6 +56,10 @@ pub struct HubWg {
     name: InterfaceName,
     name_str: String,
     backend: Backend,
+    /// Found running with the hub's key (left by a previous relayhub).
+    adopted: bool,
+    /// Leave the interface up when dropped.
+    keep_on_drop: bool,
 }
 
 /// A peer endpoint stays trusted this long after its last handshake:
@@ -84,7 +88,11 @@ fn link_exists(name: &str) -> bool {
 }
 
 impl HubWg {
-    /// Create and configure the interface: key, port, address, up.
+    /// Create and configure the interface: key, port, address, up. An
+    /// existing WireGuard interface with the hub's private key (a previous
+    /// relayhub's, left running: wireguard-go outlives a killed relayhub)
+    /// is adopted as it is, peers and sessions included, so spokes'
+    /// sessions with the hub carry on.
     pub fn up(
         name: &str,
         private_key: &Key,
@@ -94,7 +102,7 @@ impl HubWg {
     ) -> Result<Self, HubWgError> {
         let iname: InterfaceName = name.parse().map_err(|_| HubWgError::Name(name.into()))?;
         if link_exists(name) {
-            return Err(HubWgError::Exists(name.into()));
+            return Self::adopt(iname, name, private_key, port, address, prefix);
         }
         // Kernel WireGuard when the module can make the link; else wireguard-go.
         let backend = if ip(&["link", "add", "dev", name, "type", "wireguard"]).is_ok() {
@@ -110,6 +118,8 @@ impl HubWg {
             name: iname,
             name_str: name.to_string(),
             backend,
+            adopted: false,
+            keep_on_drop: false,
         };
         DeviceUpdate::new()
             .set_private_key(private_key.clone())
@@ -128,8 +138,78 @@ impl HubWg {
         Ok(hub)
     }
 
+    fn adopt(
+        iname: InterfaceName,
+        name: &str,
+        private_key: &Key,
+        port: u16,
+        address: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<Self, HubWgError> {
+        let sock = Path::new("/var/run/wireguard").join(format!("{name}.sock"));
+        let tries: &[Backend] = if sock.exists() {
+            &[Backend::Userspace, Backend::Kernel]
+        } else {
+            &[Backend::Kernel]
+        };
+        let Some(dev) = tries
+            .iter()
+            .find_map(|&b| Device::get(&iname, b).ok().map(|d| (d, b)))
+        else {
+            return Err(HubWgError::Exists(name.into(), "not a WireGuard interface"));
+        };
+        let (dev, backend) = dev;
+        if dev.private_key.as_ref() != Some(private_key) {
+            return Err(HubWgError::Exists(
+                name.into(),
+                "a WireGuard interface with another key",
+            ));
+        }
+        let hub = Self {
+            name: iname,
+            name_str: name.to_string(),
+            backend,
+            adopted: true,
+            // Until the controller decides: a failed start leaves it be.
+            keep_on_drop: true,
+        };
+        if dev.listen_port != Some(port) {
+            DeviceUpdate::new()
+                .set_listen_port(port)
+                .apply(&hub.name, backend)
+                .map_err(|source| HubWgError::Io {
+                    name: name.into(),
+                    source,
+                })?;
+        }
+        let cidr = format!("{address}/{prefix}");
+        ip(&["address", "replace", &cidr, "dev", name])?;
+        ip(&["link", "set", "dev", name, "up"])?;
+        tracing::info!(
+            iface = name,
+            backend = if backend == Backend::Kernel { "kernel" } else { "wireguard-go" },
+            peers = dev.peers.len(),
+            %cidr,
+            port,
+            "adopted the running hub WireGuard interface"
+        );
+        Ok(hub)
+    }
+
     pub fn name(&self) -> &str {
         &self.name_str
+    }
+
+    /// Whether the interface was found running and adopted.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// On drop: leave the interface running for the next relayhub (`true`)
+    /// or remove it (`false`). Defaults to `true` only for an adopted
+    /// interface.
+    pub fn set_keep_on_drop(&mut self, keep: bool) {
+        self.keep_on_drop = keep;
     }
 
     pub fn is_up(&self) -> bool {
@@ -217,6 +297,10 @@ impl HubWg {
 
 impl Drop for HubWg {
     fn drop(&mut self) {
+        if self.keep_on_drop {
+            tracing::info!(iface = %self.name_str, "leaving the hub's WireGuard interface up for the next relayhub");
+            return;
+        }
         // Deleting the link also ends wireguard-go (which may be gone
         // already if it got the same signal as we did).
         if link_exists(&self.name_str)

@@ -43,6 +43,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 },
                 keepalive: args.keepalive,
                 bpf_stats: args.bpf_stats,
+                pin_dir: args.pin_dir,
+                keep_on_exit: args.keep_on_exit,
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
