@@ -216,9 +216,17 @@ impl Hub {
     /// Carry out one routing decision; true if a refresh was asked for.
     fn handle(&mut self, outcome: Outcome, action: Option<Action>) -> bool {
         self.metrics.initiation(outcome.label());
+        self.metrics.shield = self.router.shield_stats();
         match action {
             None => false,
             Some(Action::Refresh) => true,
+            Some(Action::Reply { from, to, frame }) => {
+                if let Err(e) = self.sender.send(&from, &to, &frame) {
+                    self.metrics.send_errors += 1;
+                    tracing::debug!(error = %e, "sending cookie reply");
+                }
+                false
+            }
             Some(Action::Forward {
                 session,
                 from,
@@ -463,7 +471,11 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
         cfg.net.prefix,
     )?;
     let mut hub = Hub {
-        router: Router::new(&hub_public.0),
+        router: {
+            let mut r = Router::new(&hub_public.0);
+            r.enable_shield(crate::ratelimit::Limits::default(), Instant::now());
+            r
+        },
         sender,
         metrics: Metrics::default(),
         installed: HashMap::new(),

@@ -12,9 +12,13 @@ use std::time::{Duration, Instant};
 use blake2::digest::{FixedOutput, KeyInit, Update, consts::U16};
 use blake2::{Blake2s256, Blake2sMac, Digest};
 use relay_common::wire::{
-    INITIATION_LEN, INITIATION_MAC1_OFF, KEY_LEN, LABEL_MAC1, MAC_LEN, MSG_INITIATION, SENDER_OFF,
+    COOKIE_REPLY_LEN, INITIATION_LEN, INITIATION_MAC1_OFF, KEY_LEN, LABEL_MAC1, MAC_LEN,
+    MSG_INITIATION, SENDER_OFF,
 };
 use relay_common::{Endpoint, InitiationEvent, SESSION_FROM_INITIATION, SessionKey, SessionValue};
+
+use crate::cookie::{CookieJar, CookieKey, Mac2, clear_mac2};
+use crate::ratelimit::{Limits, Shield, ShieldStats, Standing};
 
 /// How long an initiation waits for its sender's or destination's
 /// authenticated endpoint before it is dropped. WireGuard retries after
@@ -93,6 +97,12 @@ pub enum Outcome {
     /// A held copy replaced by a newer initiation from the same sender to
     /// the same spoke (a retransmission).
     Superseded,
+    /// Under load without a valid mac2: answered with a cookie reply on
+    /// behalf of the destination spoke (see [`crate::ratelimit`]).
+    CookieSent,
+    /// Dropped by the flood shield (scan or cookie budget spent, a proven
+    /// source over its rate, or a stranger under load).
+    RateLimited,
 }
 
 impl Outcome {
@@ -109,6 +119,8 @@ impl Outcome {
             Outcome::Overflow => "overflow",
             Outcome::Delayed => "delayed",
             Outcome::Superseded => "superseded",
+            Outcome::CookieSent => "cookie_sent",
+            Outcome::RateLimited => "rate_limited",
         }
     }
 }
@@ -129,11 +141,25 @@ pub enum Action {
     /// Re-read the hub's authenticated endpoints soon, then call
     /// [`Router::retry_held`].
     Refresh,
+    /// Send a cookie reply `from` (the hub address the initiation came to)
+    /// `to` (its source).
+    Reply {
+        from: Endpoint,
+        to: Endpoint,
+        frame: [u8; COOKIE_REPLY_LEN],
+    },
 }
 
 struct SpokeEntry {
     key: Mac1Key,
+    cookie: CookieKey,
     endpoint: Option<Endpoint>,
+}
+
+/// The flood shield and the hub's cookie secret.
+struct Flood {
+    shield: Shield,
+    jar: CookieJar,
 }
 
 struct Held {
@@ -155,6 +181,8 @@ pub struct Router {
     /// When an initiation src -> dst was last forwarded.
     forwarded: HashMap<(u32, u32), Instant>,
     superseded: u64,
+    /// Rate limits and cookies; off unless enabled.
+    flood: Option<Flood>,
 }
 
 impl Router {
@@ -165,16 +193,42 @@ impl Router {
         }
     }
 
+    /// Turn on the handshake flood shield: rate limits, cookie replies on
+    /// behalf of spokes, mac2 checks (see [`crate::ratelimit`]).
+    pub fn enable_shield(&mut self, limits: Limits, now: Instant) {
+        self.enable_shield_with(Shield::new(limits, now), CookieJar::new(now));
+    }
+
+    /// [`Router::enable_shield`] with given state (tests: seeded secrets).
+    pub fn enable_shield_with(&mut self, shield: Shield, jar: CookieJar) {
+        self.flood = Some(Flood { shield, jar });
+    }
+
+    /// The shield's counts, if it is on.
+    pub fn shield_stats(&self) -> Option<ShieldStats> {
+        self.flood.as_ref().map(|f| f.shield.stats)
+    }
+
+    /// The cookie the hub gives `src` now (tests, diagnostics).
+    pub fn cookie_for(&mut self, src: &Endpoint, now: Instant) -> Option<crate::cookie::Cookie> {
+        self.flood.as_mut().map(|f| f.jar.cookie(src, now))
+    }
+
     /// Register or re-key a spoke.
     pub fn set_spoke(&mut self, slot: u32, public_key: &[u8; KEY_LEN]) {
         let key = Mac1Key::for_public_key(public_key);
+        let cookie = CookieKey::for_public_key(public_key);
         match self.spokes.get_mut(&slot) {
-            Some(e) => e.key = key,
+            Some(e) => {
+                e.key = key;
+                e.cookie = cookie;
+            }
             None => {
                 self.spokes.insert(
                     slot,
                     SpokeEntry {
                         key,
+                        cookie,
                         endpoint: None,
                     },
                 );
@@ -189,6 +243,9 @@ impl Router {
             self.by_endpoint.remove(&ep);
         }
         self.recent.remove(&slot);
+        if let Some(f) = self.flood.as_mut() {
+            f.shield.forget_destination(slot);
+        }
         self.forwarded.retain(|&(a, b), _| a != slot && b != slot);
         for r in self.recent.values_mut() {
             r.retain(|&d| d != slot);
@@ -242,6 +299,12 @@ impl Router {
     /// Which registered key an initiation is for: recent destinations of
     /// `src` first, then every spoke.
     pub fn match_mac1(&self, src: Option<u32>, frame: &[u8; INITIATION_LEN]) -> Option<Target> {
+        self.match_cheap(src, frame)
+            .or_else(|| self.match_full(src, frame))
+    }
+
+    /// The hub's key and the recent destinations of `src` (a few MACs).
+    fn match_cheap(&self, src: Option<u32>, frame: &[u8; INITIATION_LEN]) -> Option<Target> {
         if self.hub.is_some_and(|k| k.matches(frame)) {
             return Some(Target::Hub);
         }
@@ -253,6 +316,12 @@ impl Router {
                 }
             }
         }
+        None
+    }
+
+    /// Every other registered key (one MAC per spoke).
+    fn match_full(&self, src: Option<u32>, frame: &[u8; INITIATION_LEN]) -> Option<Target> {
+        let recent = src.and_then(|s| self.recent.get(&s));
         self.spokes
             .iter()
             .filter(|(slot, _)| !recent.is_some_and(|r| r.contains(slot)))
@@ -275,11 +344,18 @@ impl Router {
                 .retain(|_, t| now.saturating_duration_since(*t) < CROSS_DELAY);
         }
         let src = self.slot_of(&event.src);
-        let dst = match self.match_mac1(src, frame) {
-            None => return (Outcome::NoMatch, None),
-            Some(Target::Hub) => return (Outcome::ToHub, None),
-            Some(Target::Spoke(d)) => d,
+        let (dst, event) = match self.flood.is_some() {
+            false => match self.match_mac1(src, frame) {
+                None => return (Outcome::NoMatch, None),
+                Some(Target::Hub) => return (Outcome::ToHub, None),
+                Some(Target::Spoke(d)) => (d, *event),
+            },
+            true => match self.shield_gate(src, event, now) {
+                Ok(v) => v,
+                Err(r) => return r,
+            },
         };
+        let event = &event;
         match self.decide(src, dst, event, now) {
             Decision::Forward(o, a) => (o, Some(a)),
             Decision::Final(o) => (o, None),
@@ -297,6 +373,90 @@ impl Router {
                 (outcome, Some(Action::Refresh))
             }
         }
+    }
+
+    /// The flood shield's early path: rate limits, budgeted mac1 scan,
+    /// mac2 check or cookie reply. `Ok` is the destination and the event to
+    /// route on (mac2 cleared if the hub checked it).
+    #[allow(clippy::result_large_err)] // the Err is the final answer, used once
+    fn shield_gate(
+        &mut self,
+        src: Option<u32>,
+        event: &InitiationEvent,
+        now: Instant,
+    ) -> Result<(u32, InitiationEvent), (Outcome, Option<Action>)> {
+        let limited = Err((Outcome::RateLimited, None));
+        let f = self.flood.as_mut().expect("shield on");
+        let over = f.shield.observe_source(&event.src, now);
+        let proven = match f.jar.check(&event.src, &event.frame, now) {
+            Mac2::Absent => false,
+            Mac2::Valid => {
+                f.shield.stats.mac2_valid += 1;
+                true
+            }
+            Mac2::Invalid => {
+                f.shield.stats.mac2_invalid += 1;
+                false
+            }
+        };
+        if proven && !f.shield.admit_proven(&event.src, now) {
+            return limited;
+        }
+        if over && !proven && src.is_none() {
+            // Never forwardable before the hub's WireGuard authenticates
+            // it; not worth a scan or a cookie while under load.
+            f.shield.deny_stranger();
+            return limited;
+        }
+        let target = match self.match_cheap(src, &event.frame) {
+            Some(t) => Some(t),
+            None => {
+                let standing = match (proven, src) {
+                    (true, _) => Standing::Proven,
+                    (false, Some(_)) => Standing::Known,
+                    (false, None) => Standing::Stranger,
+                };
+                let n = self.spokes.len();
+                let f = self.flood.as_mut().expect("shield on");
+                if !f.shield.allow_scan(n, standing, now) {
+                    return limited;
+                }
+                self.match_full(src, &event.frame)
+            }
+        };
+        let dst = match target {
+            None => return Err((Outcome::NoMatch, None)),
+            // The hub's own WireGuard has its own cookie logic.
+            Some(Target::Hub) => return Err((Outcome::ToHub, None)),
+            Some(Target::Spoke(d)) => d,
+        };
+        let cookie_key = self.spokes.get(&dst).expect("matched spoke").cookie;
+        let f = self.flood.as_mut().expect("shield on");
+        let dst_over = f.shield.observe_destination(dst, now);
+        let mut ev = *event;
+        if proven {
+            // The hub's cookie means nothing to the spoke (which, under
+            // load itself, would check mac2 against its own cookie).
+            clear_mac2(&mut ev.frame);
+        } else if over || dst_over {
+            if src.is_none() {
+                f.shield.deny_stranger();
+                return limited;
+            }
+            if !f.shield.allow_cookie(&event.src, now) {
+                return limited;
+            }
+            let frame = f.jar.reply(&cookie_key, &event.src, &event.frame, now);
+            return Err((
+                Outcome::CookieSent,
+                Some(Action::Reply {
+                    from: event.dst,
+                    to: event.src,
+                    frame,
+                }),
+            ));
+        }
+        Ok((dst, ev))
     }
 
     /// Queue an initiation; a retransmission replaces the copy it
@@ -684,6 +844,119 @@ mod tests {
             assert_eq!(o, want);
         }
         assert_eq!(r.held_len(), MAX_HELD);
+    }
+
+    fn shielded(limits: Limits, now: Instant) -> Router {
+        use rand::SeedableRng;
+        let mut r = router();
+        r.enable_shield_with(
+            Shield::new(limits, now),
+            CookieJar::with_rng(rand::rngs::StdRng::seed_from_u64(1), now),
+        );
+        r
+    }
+
+    #[test]
+    fn under_load_cookie_reply_then_mac2_is_forwarded_cleared() {
+        use crate::ratelimit::Rate;
+        let now = Instant::now();
+        let limits = Limits {
+            per_destination: Rate::new(1.0, 1.0),
+            ..Limits::default()
+        };
+        let mut r = shielded(limits, now);
+        let f = initiation(&key(2), 0x77);
+        // Within the destination's budget: forwarded as usual.
+        let (o, _) = r.on_initiation(&event(ep(1, 1001), f), now);
+        assert_eq!(o, Outcome::Relayed { src: 1, dst: 2 });
+        // Over it: a cookie reply on behalf of spoke 2, to the source.
+        let (o, a) = r.on_initiation(&event(ep(1, 1001), f), now);
+        assert_eq!(o, Outcome::CookieSent);
+        let Some(Action::Reply { from, to, frame }) = a else {
+            panic!("{a:?}")
+        };
+        assert_eq!(to, ep(1, 1001));
+        assert_eq!(from, Endpoint::v4([198, 51, 100, 1], 51820));
+        assert_eq!(frame[4..8], 0x77u32.to_le_bytes());
+        let cookie = CookieKey::for_public_key(&key(2))
+            .open(
+                &frame,
+                &f[INITIATION_MAC1_OFF..INITIATION_MAC1_OFF + MAC_LEN],
+            )
+            .expect("sealed for spoke 2 and this mac1");
+        assert_eq!(Some(cookie), r.cookie_for(&ep(1, 1001), now));
+        // The retry carries mac2: forwarded with mac2 cleared.
+        let mut g = initiation(&key(2), 0x78);
+        let m = crate::cookie::mac2(&cookie, &g);
+        g[132..].copy_from_slice(&m);
+        let (o, a) = r.on_initiation(&event(ep(1, 1001), g), now);
+        assert_eq!(o, Outcome::Relayed { src: 1, dst: 2 });
+        let Some(Action::Forward { frame, .. }) = a else {
+            panic!("{a:?}")
+        };
+        assert_eq!(frame[..132], g[..132]);
+        assert_eq!(frame[132..], [0u8; 16]);
+        // Another source cannot use that cookie.
+        let (o, _) = r.on_initiation(&event(ep(2, 1002), g), now);
+        assert_eq!(o, Outcome::CookieSent);
+        let st = r.shield_stats().unwrap();
+        assert_eq!((st.mac2_valid, st.mac2_invalid, st.cookies_sent), (1, 1, 2));
+    }
+
+    #[test]
+    fn flood_from_a_spoofed_spoke_endpoint_is_bounded() {
+        let now = Instant::now();
+        let mut r = shielded(Limits::default(), now);
+        let l = Limits::default();
+        let mut relayed = 0;
+        let mut cookies = 0;
+        let mut limited = 0;
+        // 20k initiations in 0.2 s (100k/s) for spoke 2 from spoke 1's endpoint.
+        for i in 0..20_000u32 {
+            let t = now + Duration::from_micros(10 * i as u64);
+            match r
+                .on_initiation(&event(ep(1, 1001), initiation(&key(2), i)), t)
+                .0
+            {
+                Outcome::Relayed { .. } => relayed += 1,
+                Outcome::CookieSent => cookies += 1,
+                Outcome::RateLimited => limited += 1,
+                o => panic!("{o:?}"),
+            }
+        }
+        assert!(
+            relayed as f64 <= l.per_source.burst + l.per_source.per_sec,
+            "{relayed}"
+        );
+        let max_cookies = l.cookie_replies_per_source.burst + l.cookie_replies_per_source.per_sec;
+        assert!(cookies as f64 <= max_cookies, "{cookies}");
+        assert_eq!(relayed + cookies + limited, 20_000);
+        // Strangers under load cost no scan and no cookie.
+        let (o, a) = r.on_initiation(
+            &event(ep(99, 9), initiation(&key(2), 1)),
+            now + Duration::from_millis(200),
+        );
+        assert_eq!((o, a), (Outcome::RateLimited, None));
+        // Another spoke still gets a cookie, and with it through.
+        r.set_endpoint(3, Some(ep(3, 1003)));
+        let t = now + Duration::from_millis(200);
+        let f = initiation(&key(3), 5);
+        let (o, a) = r.on_initiation(&event(ep(2, 1002), f), t);
+        let frame = match (o, a) {
+            (Outcome::CookieSent, Some(Action::Reply { frame, .. })) => frame,
+            other => panic!("{other:?}"),
+        };
+        let cookie = CookieKey::for_public_key(&key(3))
+            .open(
+                &frame,
+                &f[INITIATION_MAC1_OFF..INITIATION_MAC1_OFF + MAC_LEN],
+            )
+            .unwrap();
+        let mut g = initiation(&key(3), 6);
+        let m = crate::cookie::mac2(&cookie, &g);
+        g[132..].copy_from_slice(&m);
+        let (o, _) = r.on_initiation(&event(ep(2, 1002), g), t);
+        assert_eq!(o, Outcome::Relayed { src: 2, dst: 3 });
     }
 
     #[test]

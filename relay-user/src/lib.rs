@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod controller;
+pub mod cookie;
 pub mod datapath;
 pub mod handshake;
 pub mod health;
@@ -10,6 +11,7 @@ pub mod http;
 pub mod hubwg;
 pub mod metrics;
 pub mod netinfo;
+pub mod ratelimit;
 pub mod registry;
 pub mod render;
 pub mod sender;

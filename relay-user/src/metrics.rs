@@ -28,6 +28,8 @@ pub struct Metrics {
     pub userspace_bytes: u64,
     /// Raw-socket send failures.
     pub send_errors: u64,
+    /// The flood shield's counts (absent when it is off).
+    pub shield: Option<crate::ratelimit::ShieldStats>,
 }
 
 impl Metrics {
@@ -99,7 +101,7 @@ const XDP_DROPS: [(&str, u32); 9] = [
 ];
 
 /// Controller outcomes that drop an initiation, with their drop reason.
-const CONTROLLER_DROPS: [(&str, &str); 7] = [
+const CONTROLLER_DROPS: [(&str, &str); 9] = [
     ("no_match", "no_match"),
     ("unknown_source", "unknown_source"),
     ("no_destination", "no_destination"),
@@ -107,10 +109,13 @@ const CONTROLLER_DROPS: [(&str, &str); 7] = [
     ("malformed", "malformed"),
     ("overflow", "rate_limited"),
     ("superseded", "superseded"),
+    // Same series as a held-queue overflow: both are load shedding.
+    ("rate_limited", "rate_limited"),
+    ("cookie_sent", "cookie_required"),
 ];
 
 /// Initiation outcome labels, in a stable order.
-const INITIATION_RESULTS: [&str; 11] = [
+const INITIATION_RESULTS: [&str; 13] = [
     "relayed",
     "to_hub",
     "held",
@@ -122,6 +127,8 @@ const INITIATION_RESULTS: [&str; 11] = [
     "malformed",
     "overflow",
     "superseded",
+    "cookie_sent",
+    "rate_limited",
 ];
 
 /// The text exposition of everything.
@@ -204,6 +211,34 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         "WireGuard handshake messages seen by the hub, by type and result",
         hs,
     );
+    if let Some(st) = &m.shield {
+        b.counters(
+            "relayhub_mac2_checks",
+            "Initiations carrying a mac2, by whether it is a cookie the hub issued to that source",
+            [
+                (labels(&[("result", "valid")]), st.mac2_valid),
+                (labels(&[("result", "invalid")]), st.mac2_invalid),
+            ],
+        );
+        let c = Counter::<u64>::default();
+        c.inc_by(st.cookies_sent);
+        b.reg.register(
+            "relayhub_cookie_replies",
+            "Cookie replies the hub sent on behalf of spokes (handshake flood shield)",
+            c,
+        );
+        b.counters(
+            "relayhub_rate_limited_initiations",
+            "Initiations dropped by the handshake flood shield, by budget",
+            [
+                ("scan_budget", st.scan_denied),
+                ("cookie_budget", st.cookie_denied),
+                ("proven_rate", st.proven_denied),
+                ("stranger_under_load", st.stranger_denied),
+            ]
+            .map(|(r, v)| (labels(&[("reason", r)]), v)),
+        );
+    }
     b.counters(
         "relayhub_xdp_events",
         "Raw event counts of the XDP program, frames unless named _bytes (see relay-common counter::NAMES)",
@@ -435,6 +470,15 @@ mod tests {
         };
         m.initiation("relayed");
         m.initiation("no_match");
+        m.initiation("overflow");
+        m.initiation("rate_limited");
+        m.initiation("cookie_sent");
+        m.shield = Some(crate::ratelimit::ShieldStats {
+            mac2_valid: 4,
+            mac2_invalid: 2,
+            cookies_sent: 1,
+            ..Default::default()
+        });
         let mut xdp = [0u64; counter::COUNT as usize];
         xdp[counter::RELAYED_PACKETS as usize] = 42;
         xdp[counter::RELAYED_BYTES as usize] = 4200;
@@ -458,6 +502,15 @@ mod tests {
             "relayhub_handshakes_total{type=\"response\",result=\"to_hub\"} 6",
             "relayhub_dropped_frames_total{stage=\"xdp\",reason=\"unknown_source\"} 5",
             "relayhub_dropped_frames_total{stage=\"controller\",reason=\"no_match\"} 1",
+            "relayhub_dropped_frames_total{stage=\"controller\",reason=\"rate_limited\"} 2",
+            "relayhub_dropped_frames_total{stage=\"controller\",reason=\"cookie_required\"} 1",
+            "relayhub_handshakes_total{type=\"initiation\",result=\"overflow\"} 1",
+            "relayhub_handshakes_total{type=\"initiation\",result=\"rate_limited\"} 1",
+            "relayhub_handshakes_total{type=\"initiation\",result=\"cookie_sent\"} 1",
+            "relayhub_mac2_checks_total{result=\"valid\"} 4",
+            "relayhub_mac2_checks_total{result=\"invalid\"} 2",
+            "relayhub_cookie_replies_total 1",
+            "relayhub_rate_limited_initiations_total{reason=\"scan_budget\"} 0",
             "relayhub_xdp_events_total{event=\"seen\"} 0",
             "relayhub_spokes_registered 2.0",
             "relayhub_spokes{state=\"up\"} 1.0",
