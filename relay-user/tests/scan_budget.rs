@@ -1,0 +1,169 @@
+//! The mac1 search stays cheap at scale: with 10k registered spokes a full
+//! scan costs 10k BLAKE2s, so first contacts are budgeted (see
+//! relay_user::ratelimit). Measured here, in process, with simulated time:
+//!
+//! - the cost of one full scan without the shield;
+//! - a flood of 100k first-contact initiations/s from authenticated spoke
+//!   endpoints (the attacker spoofs them) for 2 simulated seconds: CPU the
+//!   router spends per simulated second stays bounded by the scan budget;
+//! - during it, a source that proved its address (valid mac2) still gets
+//!   its first contact scanned and routed, and rekeys to recent
+//!   destinations never need the budget.
+//!
+//! Figures are printed (`-- --nocapture`); bounds are checked only in
+//! release builds (debug BLAKE2s is an order of magnitude slower).
+
+use std::time::{Duration, Instant};
+
+use relay_common::wire::{INITIATION_LEN, INITIATION_MAC1_OFF, MAC_LEN, MSG_INITIATION};
+use relay_common::{Endpoint, InitiationEvent, NO_SLOT};
+use relay_user::cookie::mac2;
+use relay_user::handshake::{Action, Mac1Key, Outcome, Router};
+use relay_user::ratelimit::Limits;
+
+fn key(i: u32) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    let mut x = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    for c in k.chunks_mut(8) {
+        x ^= x >> 29;
+        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        c.copy_from_slice(&x.to_le_bytes());
+    }
+    k
+}
+
+fn ep(i: u32) -> Endpoint {
+    Endpoint::v4([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 40000)
+}
+
+fn event(src: u32, dst: u32, sender: u32) -> InitiationEvent {
+    let mut f = [0u8; INITIATION_LEN];
+    f[0] = MSG_INITIATION;
+    f[4..8].copy_from_slice(&sender.to_le_bytes());
+    for (i, b) in f[8..INITIATION_MAC1_OFF].iter_mut().enumerate() {
+        *b = (i as u32 ^ sender) as u8;
+    }
+    let mac = Mac1Key::for_public_key(&key(dst)).mac(&f[..INITIATION_MAC1_OFF]);
+    f[INITIATION_MAC1_OFF..INITIATION_MAC1_OFF + MAC_LEN].copy_from_slice(&mac);
+    InitiationEvent {
+        src: ep(src),
+        dst: Endpoint::v4([198, 51, 100, 1], 51820),
+        src_slot: NO_SLOT,
+        ifindex: 1,
+        frame: f,
+    }
+}
+
+#[test]
+fn first_contacts_with_10k_spokes_are_budgeted() {
+    let release = !cfg!(debug_assertions);
+    let n: u32 = if release { 10_000 } else { 1_000 };
+    let build = |shield: bool, now: Instant| {
+        let mut r = Router::new(&key(u32::MAX));
+        for i in 1..=n {
+            r.set_spoke(i, &key(i));
+            r.set_endpoint(i, Some(ep(i)));
+        }
+        if shield {
+            r.enable_shield(Limits::default(), now);
+        }
+        r
+    };
+
+    // 1. Full scans without the shield (first contacts, distinct sources).
+    let t0 = Instant::now();
+    let mut r = build(false, t0);
+    let mut now = t0;
+    let scans = 200;
+    let t = Instant::now();
+    for k in 0..scans {
+        now += Duration::from_secs(2);
+        let src = 1 + k;
+        let dst = 1 + (k * 7919 + 13) % n;
+        let (o, _) = r.on_initiation(&event(src, dst, k), now);
+        assert!(
+            matches!(o, Outcome::Relayed { .. } | Outcome::Loop),
+            "{o:?}"
+        );
+    }
+    let per_scan = t.elapsed() / scans;
+    eprintln!(
+        "{n} spokes, no shield: first contact {per_scan:?} each = {:.0}/s on one core",
+        1.0 / per_scan.as_secs_f64()
+    );
+
+    // 2. Shielded: 100k/s first contacts from spoofed spoke endpoints for
+    //    2 simulated seconds.
+    let t0 = Instant::now();
+    let mut r = build(true, t0);
+    let rate: u32 = if release { 100_000 } else { 10_000 };
+    let secs = 2;
+    let mut counts = std::collections::BTreeMap::<&str, u64>::new();
+    // Built before timing: only the router's work is measured.
+    let events: Vec<(Instant, InitiationEvent)> = (0..rate * secs)
+        .map(|k| {
+            let now = t0 + Duration::from_micros(1_000_000 * k as u64 / rate as u64);
+            let src = 1 + k % n;
+            // A new destination each time round (no recent-destination hits).
+            let dst = 1 + (k.wrapping_mul(7919) + k / n + 1) % n;
+            (now, event(src, dst, k))
+        })
+        .collect();
+    let cpu = Instant::now();
+    for (now, ev) in &events {
+        let (o, _) = r.on_initiation(ev, *now);
+        *counts.entry(o.label()).or_default() += 1;
+    }
+    let cpu = cpu.elapsed();
+    let st = r.shield_stats().unwrap();
+    let scans_run = (rate * secs) as u64 - st.scan_denied - st.stranger_denied;
+    eprintln!(
+        "{n} spokes, shield on, {rate}/s spoofed first contacts for {secs} s: router CPU {:.3} s per \
+         simulated second; outcomes {counts:?}; scans denied {}, so at most {} full scans ({:.0}/s)",
+        cpu.as_secs_f64() / secs as f64,
+        st.scan_denied,
+        scans_run,
+        scans_run as f64 / secs as f64,
+    );
+    let l = Limits::default();
+    let max_scans = (l.scan_keys.burst + l.scan_keys.per_sec * secs as f64) / n as f64 + 2.0;
+    assert!(
+        (scans_run as f64) <= max_scans,
+        "{scans_run} scans > {max_scans}"
+    );
+    if release {
+        assert!(
+            cpu.as_secs_f64() / (secs as f64) < 0.6,
+            "router CPU {cpu:?} for {secs} simulated seconds"
+        );
+    }
+
+    // 3. Still under load: an unproven first contact finds the budget
+    //    spent (dropped; WireGuard retries in 5 s), but a source that
+    //    proved its address (its cookie from an earlier exchange) may use
+    //    the reserve: scanned and routed.
+    let now = t0 + Duration::from_secs(secs as u64);
+    let (src, dst) = (n / 2, n / 3);
+    let (o, _) = r.on_initiation(&event(src, dst, 0xfeed), now);
+    if release {
+        assert_eq!(o, Outcome::RateLimited);
+    }
+    let cookie = r.cookie_for(&ep(src), now).unwrap();
+    let mut ev = event(src, dst, 0xfeee);
+    let m = mac2(&cookie, &ev.frame);
+    ev.frame[132..].copy_from_slice(&m);
+    let (o, a) = r.on_initiation(&ev, now + Duration::from_millis(1));
+    assert_eq!(o, Outcome::Relayed { src, dst });
+    let Some(Action::Forward { frame, .. }) = a else {
+        panic!("{a:?}")
+    };
+    assert_eq!(frame[132..], [0u8; 16]);
+    // A rekey to that (now recent) destination needs no scan at all.
+    let denied = r.shield_stats().unwrap().scan_denied;
+    let mut ev = event(src, dst, 0xfeef);
+    let m = mac2(&cookie, &ev.frame);
+    ev.frame[132..].copy_from_slice(&m);
+    let (o, _) = r.on_initiation(&ev, now + Duration::from_millis(600));
+    assert_eq!(o, Outcome::Relayed { src, dst });
+    assert_eq!(r.shield_stats().unwrap().scan_denied, denied);
+}
