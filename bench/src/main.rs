@@ -6,6 +6,7 @@ mod frames;
 mod hs;
 mod loadgen;
 mod packet;
+mod prof;
 mod real;
 mod report;
 mod synth;
@@ -41,6 +42,27 @@ enum Cmd {
         #[arg(long, default_value = "cargo xtask bench")]
         command: String,
     },
+    /// The XDP program alone under BPF_PROG_TEST_RUN (hit, misses, empty
+    /// program), for profiling; see RESULTS.md, "Profile".
+    Prof {
+        /// Another build of the relay object (default: the embedded one).
+        #[arg(long)]
+        object: Option<PathBuf>,
+        #[arg(long, default_value_t = 1_000_000)]
+        repeat: u32,
+        #[arg(long, default_value_t = 7)]
+        reps: usize,
+        /// With the kernel's BPF run-time statistics on (as in `run`).
+        #[arg(long)]
+        stats: bool,
+        /// Write `bpftool prog show` and the xlated dump of the program here.
+        #[arg(long)]
+        dump: Option<PathBuf>,
+        /// Only one case (0 hit, 1 miss unknown source, 2 miss no session,
+        /// 3 empty program), e.g. under `perf record -e cpu-clock`.
+        #[arg(long)]
+        only: Option<usize>,
+    },
     /// The userspace index relay baseline (started by `run`).
     Urelay {
         #[arg(long)]
@@ -53,6 +75,21 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Urelay { port, table } => urelay::run(port, &table),
+        Cmd::Prof {
+            object,
+            repeat,
+            reps,
+            stats,
+            dump,
+            only,
+        } => prof::run(&prof::Opts {
+            object,
+            repeat,
+            reps,
+            stats,
+            dump,
+            only,
+        }),
         Cmd::Run {
             smoke,
             out,

@@ -73,8 +73,9 @@ pub struct ModeResult {
     pub overload: Vec<Sample>,
     /// Round-trip times generator -> hub -> generator, µs.
     pub rtt_us: Vec<f64>,
-    /// BPF_PROG_TEST_RUN ns/frame: hit, miss (unknown source), miss (no session).
-    pub test_run: Option<[(f64, u32); 3]>,
+    /// BPF_PROG_TEST_RUN (ns/frame, action): hit, miss (unknown source),
+    /// miss (no session), the empty XDP_PASS program (the test run's own cost).
+    pub test_run: Option<[(f64, u32); 4]>,
     pub memlock: Vec<(String, u64)>,
 }
 
@@ -348,12 +349,13 @@ impl<'t> Bench<'t> {
                 x.test_run(ifindex, 64, 1_000_000)
             })?;
             eprintln!(
-                "  {:<24} BPF_PROG_TEST_RUN ns/frame: hit {:.1} (action {}), miss unknown source {:.1}, miss no session {:.1}",
+                "  {:<24} BPF_PROG_TEST_RUN ns/frame: hit {:.1} (action {}), miss unknown source {:.1}, miss no session {:.1}, empty program {:.1}",
                 mode.name(),
                 tr[0].0,
                 tr[0].1,
                 tr[1].0,
-                tr[2].0
+                tr[2].0,
+                tr[3].0
             );
             res.test_run = Some(tr);
             let mut m: Vec<(String, u64)> =

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use aya::maps::{Array, HashMap, MapData};
 use aya::programs::{Xdp, XdpMode};
-use aya::{Ebpf, EbpfLoader, TestRun, TestRunOptions};
+use aya::{Ebpf, EbpfLoader};
 use relay_common::{
     Endpoint, HubConfig, MAP_CONFIG, MAP_ENDPOINT_SLOTS, MAP_SESSIONS, MAP_SLOTS, PROG_RELAY,
     SESSION_FROM_INITIATION, SLOT_ACTIVE, SessionKey, SessionValue, SpokeSlot,
@@ -94,7 +94,13 @@ const FIX_IP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
 impl XdpHub {
     /// Load and fill; call from a thread in the hub's namespace.
     pub fn load(sp: &[Spoke]) -> anyhow::Result<Self> {
-        let mut ebpf = EbpfLoader::new().load(relay_user::EBPF_OBJECT)?;
+        Self::load_object(relay_user::EBPF_OBJECT, sp)
+    }
+
+    /// [`load`](Self::load) with another build of the object (profiling
+    /// variants, `relay-bench prof --object`).
+    pub fn load_object(object: &[u8], sp: &[Spoke]) -> anyhow::Result<Self> {
+        let mut ebpf = EbpfLoader::new().load(object)?;
         let memlock: std::collections::HashMap<String, u64> = ebpf
             .maps()
             .map(|(n, m)| (n.to_string(), map_memlock(m)))
@@ -205,66 +211,85 @@ impl XdpHub {
         }
     }
 
+    /// The relay program's fd (loaded).
+    pub fn prog_fd(&mut self) -> anyhow::Result<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        Ok(self.prog()?.fd()?.as_fd())
+    }
+
+    /// The relay program's kernel id (for bpftool).
+    pub fn prog_id(&mut self) -> anyhow::Result<u32> {
+        Ok(self.prog()?.info()?.id())
+    }
+
     /// ns per frame via BPF_PROG_TEST_RUN with `repeat`, for a hit (the
-    /// relay path including bpf_fib_lookup, frame rewritten and XDP_TX)
-    /// and two misses (unknown source; known source, no session: both
-    /// XDP_PASS). `ifindex`: the hub NIC in the calling thread's namespace.
+    /// relay path including bpf_fib_lookup, frame rewritten and XDP_TX),
+    /// two misses (unknown source; known source, no session: both
+    /// XDP_PASS) and, last, the hand-assembled XDP_PASS program on the hit
+    /// frame: BPF_PROG_TEST_RUN's own cost per repeat. `ifindex`: the hub
+    /// NIC in the calling thread's namespace.
     pub fn test_run(
         &mut self,
         ifindex: u32,
         payload: usize,
         repeat: u32,
-    ) -> anyhow::Result<[(f64, u32); 3]> {
-        let mac = [2, 0, 0, 0, 0, 1];
-        let hit = frames::udp_frame(
-            mac,
-            mac,
-            FIX_IP,
-            HUB_PORT,
-            FIX_IP,
-            HUB_PORT,
-            &frames::transport(FIX_RX, 1, payload),
-            false,
-        );
-        let stranger = frames::udp_frame(
-            mac,
-            mac,
-            Ipv4Addr::new(10, 202, 0, 1),
-            40000,
-            HUB_IP,
-            HUB_PORT,
-            &frames::transport(FIX_RX, 1, payload),
-            false,
-        );
-        let no_session = frames::udp_frame(
-            mac,
-            mac,
-            FIX_IP,
-            HUB_PORT,
-            HUB_IP,
-            HUB_PORT,
-            &frames::transport(0xdead_beef, 1, payload),
-            false,
-        );
-        let md: [u32; 6] = [0, 0, 0, ifindex, 0, 0];
+    ) -> anyhow::Result<[(f64, u32); 4]> {
+        let frames = test_frames(payload);
+        let pass = crate::bpfraw::load("pass", &crate::bpfraw::pass())?;
         let mut out = Vec::new();
-        let prog = self.prog()?;
-        for f in [&hit, &stranger, &no_session] {
-            let mut md = md;
-            md[1] = f.len() as u32;
-            let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
-            let mut buf = vec![0u8; f.len() + 256];
-            let r = prog.test_run(TestRunOptions {
-                data_in: Some(f),
-                data_out: Some(&mut buf),
-                ctx_in: Some(&ctx),
-                repeat,
-                ..Default::default()
-            })?;
-            out.push((r.duration.as_nanos() as f64, r.return_value));
+        let fd = self.prog_fd()?;
+        for f in &frames {
+            out.push(crate::bpfraw::test_run(fd, f, ifindex, repeat)?);
         }
-        Ok([out[0], out[1], out[2]])
+        {
+            use std::os::fd::AsFd;
+            out.push(crate::bpfraw::test_run(
+                pass.as_fd(),
+                &frames[0],
+                ifindex,
+                repeat,
+            )?);
+        }
+        Ok([out[0], out[1], out[2], out[3]])
     }
+}
+
+/// The BPF_PROG_TEST_RUN frames: a hit on the fixed point (relayed back to
+/// itself, so every repeat is a hit), a frame from an unknown source and
+/// one from a known source with an unknown receiver index.
+pub fn test_frames(payload: usize) -> [Vec<u8>; 3] {
+    let mac = [2, 0, 0, 0, 0, 1];
+    let hit = frames::udp_frame(
+        mac,
+        mac,
+        FIX_IP,
+        HUB_PORT,
+        FIX_IP,
+        HUB_PORT,
+        &frames::transport(FIX_RX, 1, payload),
+        false,
+    );
+    let stranger = frames::udp_frame(
+        mac,
+        mac,
+        Ipv4Addr::new(10, 202, 0, 1),
+        40000,
+        HUB_IP,
+        HUB_PORT,
+        &frames::transport(FIX_RX, 1, payload),
+        false,
+    );
+    let no_session = frames::udp_frame(
+        mac,
+        mac,
+        FIX_IP,
+        HUB_PORT,
+        HUB_IP,
+        HUB_PORT,
+        &frames::transport(0xdead_beef, 1, payload),
+        false,
+    );
+    [hit, stranger, no_session]
 }
 
 /// `memlock:` of a map's fd from /proc/self/fdinfo (bytes the kernel

@@ -1,0 +1,115 @@
+//! `relay-bench prof`: the XDP program alone under BPF_PROG_TEST_RUN, for
+//! profiling (bench/RESULTS.md, "Profile"). Loads the product's object or
+//! another build of it (`--object`: variants with steps compiled out),
+//! fills its maps like the packet-rate bench, and times a hit, two misses
+//! and the empty XDP_PASS program (BPF_PROG_TEST_RUN's own cost per
+//! repeat), interleaved, `--reps` times; optionally with the kernel's BPF
+//! run-time statistics on (as during `relay-bench run`) and with bpftool's
+//! xlated dump of the loaded program.
+
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+
+use crate::packet::{med, spread};
+use crate::{bpfraw, synth, sys};
+
+pub struct Opts {
+    pub object: Option<PathBuf>,
+    pub repeat: u32,
+    pub reps: usize,
+    pub stats: bool,
+    pub dump: Option<PathBuf>,
+    /// Only this case (0 hit, 1 miss unknown source, 2 miss no session, 3
+    /// empty program): for `perf record`.
+    pub only: Option<usize>,
+}
+
+pub fn run(o: &Opts) -> anyhow::Result<()> {
+    relay_tests::cmd::require_root();
+    let object = match &o.object {
+        Some(p) => std::fs::read(p)?,
+        None => relay_user::EBPF_OBJECT.to_vec(),
+    };
+    let topo = relay_tests::Topology::builder().spokes(1).build()?;
+    // A neighbour entry for the default route, as after traffic: the hit's
+    // bpf_fib_lookup then succeeds (XDP_TX) instead of NO_NEIGH.
+    sys::ns_sh(
+        &topo.hub.name,
+        &format!(
+            "ping -c1 -W1 {} >/dev/null || true",
+            relay_tests::topology::ROUTER_HUB_ADDR
+        ),
+    )?;
+    let nic = topo.hub_nic.clone();
+    let dump = o.dump.clone();
+    let (repeat, reps, stats, only) = (o.repeat, o.reps, o.stats, o.only);
+    let rows = sys::in_netns(&topo.hub.name, move || {
+        let c = std::ffi::CString::new(nic.as_str())?;
+        // SAFETY: valid C string.
+        let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        let sp = synth::spokes(64);
+        let mut hub = synth::XdpHub::load_object(&object, &sp)?;
+        if let Some(d) = &dump {
+            let id = hub.prog_id()?;
+            std::fs::create_dir_all(d)?;
+            let out = sys::sh(&format!(
+                "bpftool prog show id {id}; bpftool prog dump xlated id {id}"
+            ))?;
+            std::fs::write(d.join("relay.xlated"), out)?;
+            // No jited dump: Debian's bpftool is built without libbfd
+            // (`prog show` above gives the jited size).
+        }
+        let pass = bpfraw::load("pass", &bpfraw::pass())?;
+        let frames = synth::test_frames(64);
+        let _stats = if stats {
+            Some(aya::sys::enable_stats(aya::sys::Stats::RunTime)?)
+        } else {
+            None
+        };
+        let mut ns = vec![Vec::new(); 4];
+        let mut act = [0u32; 4];
+        for _ in 0..reps {
+            for (i, f) in frames.iter().enumerate() {
+                if only.is_some_and(|o| o != i) {
+                    continue;
+                }
+                let (t, a) = bpfraw::test_run(hub.prog_fd()?, f, ifindex, repeat)?;
+                ns[i].push(t);
+                act[i] = a;
+            }
+            if only.is_none_or(|o| o == 3) {
+                let (t, a) = bpfraw::test_run(pass.as_fd(), &frames[0], ifindex, repeat)?;
+                ns[3].push(t);
+                act[3] = a;
+            }
+        }
+        Ok((ns, act))
+    })?;
+    let (ns, act) = rows;
+    let empty = med(ns[3].iter().copied());
+    println!(
+        "repeat {repeat}, {reps} reps, BPF stats {}; ns/frame median (min-max), net = median - empty program median",
+        if stats { "on" } else { "off" }
+    );
+    for (i, name) in [
+        "hit",
+        "miss unknown source",
+        "miss no session",
+        "empty XDP_PASS",
+    ]
+    .iter()
+    .enumerate()
+    {
+        if ns[i].is_empty() {
+            continue;
+        }
+        let m = med(ns[i].iter().copied());
+        let (a, b) = spread(ns[i].iter().copied());
+        println!(
+            "{name:<22} {m:>6.1} ({a:.0}-{b:.0})  net {:>6.1}  action {}",
+            m - empty,
+            act[i]
+        );
+    }
+    Ok(())
+}
