@@ -49,6 +49,11 @@ pub enum Command {
     /// Manage spokes (works whether or not the hub runs).
     #[command(subcommand)]
     Spoke(SpokeCommand),
+    /// Which spokes may reach which (policy.json in the state directory;
+    /// without it every spoke may reach every other). The running hub
+    /// applies changes within a second.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Show every spoke's state, endpoint, keepalives and relayed traffic
     /// (from a running hub's API).
     ///
@@ -151,4 +156,25 @@ pub enum SpokeCommand {
     List,
     /// Remove a spoke.
     Remove { name: String },
+}
+
+/// Terms: a spoke name, `@group`, or `*` (every spoke). Rules are
+/// symmetric; deny beats allow.
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Print the rules and which spokes each registered spoke may reach.
+    Show,
+    /// Validate FILE (JSON, see README "Policy") and make it the policy,
+    /// all or nothing.
+    Set { file: PathBuf },
+    /// Let A and B reach each other (without a policy yet: start from
+    /// nothing allowed).
+    Allow { a: String, b: String },
+    /// Stop A and B reaching each other (without a policy yet: start from
+    /// everything allowed).
+    Deny { a: String, b: String },
+    /// Set group NAME to these spokes; no spokes removes the group.
+    Group { name: String, spokes: Vec<String> },
+    /// Remove the policy: every spoke may reach every other.
+    Reset,
 }

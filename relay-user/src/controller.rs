@@ -21,6 +21,7 @@ use crate::handshake::{Action, Outcome, Router};
 use crate::health::{SpokeHealth, Thresholds};
 use crate::hubwg::HubWg;
 use crate::metrics::{Metrics, Snapshot};
+use crate::policy::{PolicyStore, PolicyWatch, SlotPolicy};
 use crate::registry::{Registry, RegistryStore, TunnelNet};
 use crate::sender::RawSender;
 use crate::state::StateDir;
@@ -87,6 +88,8 @@ struct Hub {
     /// Registered spokes: public key -> slot.
     by_key: HashMap<[u8; 32], u32>,
     registry_stamp: Option<u64>,
+    /// policy.json, polled with the registry.
+    policy: PolicyWatch,
     spokes: HashMap<u32, SpokeMeta>,
     thresholds: Thresholds,
     facts: HubFacts,
@@ -146,6 +149,8 @@ impl Hub {
             );
         }
         self.by_key = wanted;
+        // Names may have moved between slots.
+        self.apply_policy();
         let peers: Vec<_> = reg
             .spokes()
             .iter()
@@ -176,6 +181,41 @@ impl Hub {
             tracing::info!(slot, "pinned slot no longer registered: removed");
         }
         Ok(())
+    }
+
+    /// Hand the policy (in slot terms) to the router and close the relayed
+    /// sessions it no longer allows; WireGuard's re-handshakes between such
+    /// spokes are then denied by the router.
+    fn apply_policy(&mut self) {
+        let names = self.spokes.iter().map(|(&s, m)| (s, m.name.clone()));
+        let policy = SlotPolicy::new(self.policy.current(), names);
+        let entries = self.datapath.sessions();
+        let gone = sessions::denied(&entries, |a, b| policy.allows(a, b));
+        self.router.set_policy(policy);
+        for k in &gone {
+            self.datapath.remove_session(k);
+        }
+        self.metrics.policy_closed_sessions += gone.len() as u64;
+        if !gone.is_empty() {
+            tracing::info!(closed = gone.len(), "policy: relayed sessions closed");
+        }
+    }
+
+    /// Re-read policy.json; apply it if it changed. An invalid file keeps
+    /// the previous policy in force.
+    fn poll_policy(&mut self) {
+        match self.policy.poll() {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::info!(
+                    file = %self.policy.store().path().display(),
+                    policy = if self.policy.current().is_some() { "file" } else { "allow all" },
+                    "policy applied"
+                );
+                self.apply_policy();
+            }
+            Err(e) => tracing::error!(error = %e, "policy not applied; keeping the previous one"),
+        }
     }
 
     /// Re-read the hub's authenticated endpoints and mirror them into the
@@ -432,6 +472,7 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
     // The file does not record the network: catch a changed --network.
     registry.check_net(&cfg.net)?;
     let stamp = store.stamp().ok();
+    let policy = PolicyWatch::open(PolicyStore::in_dir(state.path()))?;
     let hub_key = state.hub_key()?;
     let hub_public = hub_key.get_public();
 
@@ -481,6 +522,7 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
         installed: HashMap::new(),
         by_key: HashMap::new(),
         registry_stamp: stamp,
+        policy,
         spokes: HashMap::new(),
         thresholds: Thresholds::new(cfg.keepalive),
         facts: HubFacts {
@@ -632,6 +674,7 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "registry stamp"),
                 }
+                h.poll_policy();
             }
             _ = health_tick.tick() => {
                 hub.lock().expect("hub lock").observe_health();

@@ -87,6 +87,8 @@ pub enum Outcome {
     NoDestination,
     /// A spoke initiating to itself.
     Loop,
+    /// The hub's policy does not let these two spokes talk.
+    Denied,
     /// Not a well-formed initiation.
     Malformed,
     /// Held queue overflow.
@@ -115,6 +117,7 @@ impl Outcome {
             Outcome::UnknownSource => "unknown_source",
             Outcome::NoDestination => "no_destination",
             Outcome::Loop => "loop",
+            Outcome::Denied => "denied",
             Outcome::Malformed => "malformed",
             Outcome::Overflow => "overflow",
             Outcome::Delayed => "delayed",
@@ -183,6 +186,8 @@ pub struct Router {
     superseded: u64,
     /// Rate limits and cookies; off unless enabled.
     flood: Option<Flood>,
+    /// Which spoke pairs may talk (default: all).
+    policy: crate::policy::SlotPolicy,
 }
 
 impl Router {
@@ -250,6 +255,11 @@ impl Router {
         for r in self.recent.values_mut() {
             r.retain(|&d| d != slot);
         }
+    }
+
+    /// Replace the policy; held initiations are checked again on retry.
+    pub fn set_policy(&mut self, policy: crate::policy::SlotPolicy) {
+        self.policy = policy;
     }
 
     pub fn slots(&self) -> impl Iterator<Item = u32> + '_ {
@@ -567,6 +577,9 @@ impl Router {
         if src == dst {
             return Decision::Final(Outcome::Loop);
         }
+        if !self.policy.allows(src, dst) {
+            return Decision::Final(Outcome::Denied);
+        }
         let Some(to) = self.endpoint(dst) else {
             return Decision::Wait(Outcome::NoDestination);
         };
@@ -828,6 +841,35 @@ mod tests {
         let t = soon + 3 * CROSS_DELAY;
         let (o, _) = r.on_initiation(&event(ep(1, 1001), initiation(&key(2), 4)), t);
         assert_eq!(o, Outcome::Relayed { src: 1, dst: 2 });
+    }
+
+    #[test]
+    fn policy_denies_and_held_copies_are_checked_again() {
+        let mut r = router();
+        let names = |n: u32| (1..=n).map(|s| (s, format!("s{s}")));
+        let only_1_2 = crate::policy::Policy::from_json(
+            r#"{"allow": [["s1", "s2"]]}"#,
+            std::path::Path::new("policy.json"),
+        )
+        .unwrap();
+        r.set_policy(crate::policy::SlotPolicy::new(Some(&only_1_2), names(3)));
+        let now = Instant::now();
+        let (o, _) = r.on_initiation(&event(ep(1, 1001), initiation(&key(2), 1)), now);
+        assert_eq!(o, Outcome::Relayed { src: 1, dst: 2 });
+        // Denied without holding, even though 3 has no endpoint yet.
+        let (o, a) = r.on_initiation(&event(ep(1, 1001), initiation(&key(3), 2)), now);
+        assert_eq!((o, a), (Outcome::Denied, None));
+        assert_eq!(r.held_len(), 0);
+        // A copy held before the policy changed is denied on retry.
+        let (o, _) = r.on_initiation(&event(ep(3, 1003), initiation(&key(2), 3)), now);
+        assert_eq!(o, Outcome::Held);
+        r.set_endpoint(3, Some(ep(3, 1003)));
+        let out = r.retry_held(now + Duration::from_millis(10));
+        assert_eq!(out, vec![(Outcome::Denied, None)]);
+        // Back to allow-all.
+        r.set_policy(crate::policy::SlotPolicy::default());
+        let (o, _) = r.on_initiation(&event(ep(3, 1003), initiation(&key(2), 4)), now);
+        assert_eq!(o, Outcome::Relayed { src: 3, dst: 2 });
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub mod http;
 pub mod hubwg;
 pub mod metrics;
 pub mod netinfo;
+pub mod policy;
+pub mod policy_cmd;
 pub mod ratelimit;
 pub mod registry;
 pub mod render;

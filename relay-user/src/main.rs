@@ -1,10 +1,10 @@
 use anyhow::Context as _;
 use clap::Parser as _;
-use relay_user::cli::{Cli, Command, SpokeCommand, StatusArgs};
+use relay_user::cli::{Cli, Command, PolicyCommand, SpokeCommand, StatusArgs};
 use relay_user::controller::{self, RunConfig};
 use relay_user::datapath::Capacity;
 use relay_user::state::StateDir;
-use relay_user::{netinfo, spoke_cmd};
+use relay_user::{netinfo, policy_cmd, spoke_cmd};
 
 fn main() {
     let cli = Cli::parse();
@@ -52,6 +52,19 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             rt.block_on(controller::run(cfg, relay_user::EBPF_OBJECT))
         }
         Command::Status(args) => status(&args),
+        Command::Policy(cmd) => {
+            let state = StateDir::open(&cli.state_dir)?;
+            let out = match cmd {
+                PolicyCommand::Show => policy_cmd::show(&state)?,
+                PolicyCommand::Set { file } => policy_cmd::set(&state, &file)?,
+                PolicyCommand::Allow { a, b } => policy_cmd::allow(&state, &a, &b)?,
+                PolicyCommand::Deny { a, b } => policy_cmd::deny(&state, &a, &b)?,
+                PolicyCommand::Group { name, spokes } => policy_cmd::group(&state, &name, &spokes)?,
+                PolicyCommand::Reset => policy_cmd::reset(&state)?,
+            };
+            print!("{out}");
+            Ok(())
+        }
         Command::Spoke(cmd) => {
             let state = StateDir::open(&cli.state_dir)?;
             let ctx = |keepalive| spoke_cmd::SpokeCtx {

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub send_errors: u64,
     /// The flood shield's counts (absent when it is off).
     pub shield: Option<crate::ratelimit::ShieldStats>,
+    /// Relay sessions closed because the policy stopped allowing the pair.
+    pub policy_closed_sessions: u64,
 }
 
 impl Metrics {
@@ -101,7 +103,7 @@ const XDP_DROPS: [(&str, u32); 9] = [
 ];
 
 /// Controller outcomes that drop an initiation, with their drop reason.
-const CONTROLLER_DROPS: [(&str, &str); 9] = [
+const CONTROLLER_DROPS: [(&str, &str); 10] = [
     ("no_match", "no_match"),
     ("unknown_source", "unknown_source"),
     ("no_destination", "no_destination"),
@@ -112,10 +114,11 @@ const CONTROLLER_DROPS: [(&str, &str); 9] = [
     // Same series as a held-queue overflow: both are load shedding.
     ("rate_limited", "rate_limited"),
     ("cookie_sent", "cookie_required"),
+    ("denied", "policy"),
 ];
 
 /// Initiation outcome labels, in a stable order.
-const INITIATION_RESULTS: [&str; 13] = [
+const INITIATION_RESULTS: [&str; 14] = [
     "relayed",
     "to_hub",
     "held",
@@ -129,6 +132,7 @@ const INITIATION_RESULTS: [&str; 13] = [
     "superseded",
     "cookie_sent",
     "rate_limited",
+    "denied",
 ];
 
 /// The text exposition of everything.
@@ -247,6 +251,13 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
             .zip(s.xdp.iter())
             .filter(|(n, _)| !n.ends_with("_bytes"))
             .map(|(n, v)| (labels(&[("event", n)]), *v)),
+    );
+    let closed = Counter::<u64>::default();
+    closed.inc_by(m.policy_closed_sessions);
+    b.reg.register(
+        "relayhub_policy_closed_sessions",
+        "Relay session entries removed because the policy no longer allows the spoke pair",
+        closed,
     );
     b.gauge(
         "relayhub_sessions",
@@ -479,6 +490,8 @@ mod tests {
             cookies_sent: 1,
             ..Default::default()
         });
+        m.initiation("denied");
+        m.policy_closed_sessions = 4;
         let mut xdp = [0u64; counter::COUNT as usize];
         xdp[counter::RELAYED_PACKETS as usize] = 42;
         xdp[counter::RELAYED_BYTES as usize] = 4200;
@@ -512,6 +525,9 @@ mod tests {
             "relayhub_cookie_replies_total 1",
             "relayhub_rate_limited_initiations_total{reason=\"scan_budget\"} 0",
             "relayhub_xdp_events_total{event=\"seen\"} 0",
+            "relayhub_handshakes_total{type=\"initiation\",result=\"denied\"} 1",
+            "relayhub_dropped_frames_total{stage=\"controller\",reason=\"policy\"} 1",
+            "relayhub_policy_closed_sessions_total 4",
             "relayhub_spokes_registered 2.0",
             "relayhub_spokes{state=\"up\"} 1.0",
             "relayhub_spokes{state=\"down\"} 1.0",

@@ -45,6 +45,20 @@ pub fn involving<'a>(
         .collect()
 }
 
+/// Keys whose entries relay between two spokes that `allows` no longer
+/// lets reach each other (policy change): entry (src, idx) -> dst names
+/// the pair src <-> dst.
+pub fn denied<'a>(
+    entries: impl IntoIterator<Item = &'a (SessionKey, SessionValue)>,
+    allows: impl Fn(u32, u32) -> bool,
+) -> Vec<SessionKey> {
+    entries
+        .into_iter()
+        .filter(|(k, v)| !allows(k.src_slot, v.dst_slot))
+        .map(|(k, _)| *k)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,6 +98,22 @@ mod tests {
         let gone = sweep(&entries, 100, &live);
         assert_eq!(gone, vec![entries[1].0, entries[2].0]);
         assert_eq!(involving(&entries, 3), vec![entries[1].0, entries[2].0]);
+    }
+
+    #[test]
+    fn entries_between_denied_pairs_go() {
+        // 1 <-> 2 denied (both directions of both sessions), 1 <-> 3 allowed.
+        let entries = [
+            e(1, 10, 2, 0),
+            e(2, 11, 1, 0),
+            e(1, 12, 3, 0),
+            e(3, 13, 1, 0),
+            e(2, 14, 1, 0),
+        ];
+        let allows = |a: u32, b: u32| (a.min(b), a.max(b)) != (1, 2);
+        let gone = denied(&entries, allows);
+        assert_eq!(gone, vec![entries[0].0, entries[1].0, entries[4].0]);
+        assert!(denied(&entries, |_, _| true).is_empty());
     }
 
     #[test]

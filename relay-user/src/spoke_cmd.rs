@@ -136,10 +136,17 @@ impl SpokeCtx<'_> {
         let spoke = registry
             .get(name)
             .with_context(|| format!("spoke {name:?} vanished from the registry"))?;
+        // Only the peers the hub's policy lets this spoke reach.
+        let policy = crate::policy::PolicyStore::in_dir(self.state.path()).load()?;
         let peers: Vec<&Spoke> = registry
             .spokes()
             .iter()
             .filter(|s| s.id != spoke.id)
+            .filter(|s| {
+                policy
+                    .as_ref()
+                    .is_none_or(|p| p.allows(&spoke.name, &s.name))
+            })
             .collect();
         let mut text = note.unwrap_or_default();
         text.push_str(&render_spoke(
@@ -185,6 +192,7 @@ pub fn add_in(
     // Everything that can fail without changing the registry comes first, so
     // a failed add leaves nothing behind.
     ctx.hub_info_for(family, true)?;
+    crate::policy::PolicyStore::in_dir(ctx.state.path()).load()?;
     let hub_public = ctx.state.hub_public_key()?;
     let store = ctx.state.registry();
     let registry = store
@@ -478,6 +486,33 @@ mod tests {
             "{e}"
         );
         assert_eq!(f.state.registry().load().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn config_lists_only_the_peers_the_policy_allows() {
+        let f = Fixture::new("cmd-policy");
+        let ctx = f.ctx();
+        for n in ["a", "b", "c"] {
+            add(&ctx, n, None).unwrap();
+        }
+        let policy = f.state.path().join("policy.json");
+        std::fs::write(&policy, r#"{"allow": [["a", "b"]]}"#).unwrap();
+        let peers = |n: &str| value(&config(&ctx, n).unwrap(), "AllowedIPs").join(" ");
+        assert_eq!(peers("a"), "10.88.0.1/32 10.88.0.3/32");
+        assert_eq!(peers("b"), "10.88.0.1/32 10.88.0.2/32");
+        assert_eq!(peers("c"), "10.88.0.1/32");
+        // A new spoke is reachable by nobody until a rule names it.
+        assert_eq!(
+            value(&add(&ctx, "d", None).unwrap(), "AllowedIPs"),
+            ["10.88.0.1/32"]
+        );
+        // An invalid policy fails the command (and stores nothing) rather
+        // than printing a wrong peer list.
+        std::fs::write(&policy, "{\"allow\": [[\"a\"]]}").unwrap();
+        let e = format!("{:#}", config(&ctx, "a").unwrap_err());
+        assert!(e.contains("policy.json:1:"), "{e}");
+        assert!(add(&ctx, "e", None).is_err());
+        assert!(f.state.registry().load().unwrap().get("e").is_none());
     }
 
     #[test]

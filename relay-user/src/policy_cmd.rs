@@ -1,0 +1,240 @@
+//! The `relayhub policy ...` subcommands. Each returns the text to print on
+//! stdout; a change is stored whole (or not at all) when it returns.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+
+use crate::policy::{Policy, PolicyError, PolicyStore, Term};
+use crate::registry::{Registry, RegistryStore};
+use crate::state::StateDir;
+
+const APPLY_NOTE: &str = "the running hub applies it within a second: it drops initiations between denied \
+     spokes and closes their relayed sessions; `relayhub spoke config NAME` prints spoke files that \
+     list only the peers each spoke may reach\n";
+
+fn store(state: &StateDir) -> PolicyStore {
+    PolicyStore::in_dir(state.path())
+}
+
+/// `relayhub policy show`: the rules and who may reach whom.
+pub fn show(state: &StateDir) -> anyhow::Result<String> {
+    let store = store(state);
+    let registry = state.registry().load()?;
+    Ok(match store.load()? {
+        None => format!(
+            "no policy ({} does not exist): every registered spoke may reach every other\n",
+            store.path().display()
+        ),
+        Some(p) => summary(&store, &p, &registry),
+    })
+}
+
+/// `relayhub policy set FILE`: validate FILE and make it the policy.
+pub fn set(state: &StateDir, file: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("{}: cannot read the policy file", file.display()))?;
+    let store = store(state);
+    let policy = store.set_text(&text, file)?;
+    let registry = state.registry().load()?;
+    Ok(format!(
+        "policy set from {}\n{}{APPLY_NOTE}",
+        file.display(),
+        summary(&store, &policy, &registry)
+    ))
+}
+
+/// `relayhub policy allow A B`.
+pub fn allow(state: &StateDir, a: &str, b: &str) -> anyhow::Result<String> {
+    let (a, b) = (term(a)?, term(b)?);
+    change(state, |cur| {
+        // Without a policy everything was allowed: listing pairs starts
+        // from nothing allowed.
+        let mut p = cur.unwrap_or_default();
+        p.allow_pair(a, b)?;
+        Ok(p)
+    })
+}
+
+/// `relayhub policy deny A B`.
+pub fn deny(state: &StateDir, a: &str, b: &str) -> anyhow::Result<String> {
+    let (a, b) = (term(a)?, term(b)?);
+    change(state, |cur| {
+        // Without a policy everything was allowed, and still is but A <-> B.
+        let mut p = cur.unwrap_or_else(Policy::allow_all);
+        p.deny_pair(a, b)?;
+        Ok(p)
+    })
+}
+
+/// `relayhub policy group NAME [SPOKE...]`.
+pub fn group(state: &StateDir, name: &str, members: &[String]) -> anyhow::Result<String> {
+    change(state, |cur| {
+        let mut p = cur.unwrap_or_else(Policy::allow_all);
+        p.set_group(name, members)?;
+        Ok(p)
+    })
+}
+
+/// `relayhub policy reset`: remove the file (every pair allowed).
+pub fn reset(state: &StateDir) -> anyhow::Result<String> {
+    let store = store(state);
+    Ok(if store.remove()? {
+        format!(
+            "removed {}: every registered spoke may reach every other again\n{APPLY_NOTE}",
+            store.path().display()
+        )
+    } else {
+        "no policy to remove: every registered spoke may reach every other\n".to_owned()
+    })
+}
+
+fn term(s: &str) -> anyhow::Result<Term> {
+    Term::parse(s).map_err(|e| PolicyError::Usage(e).into())
+}
+
+fn change(
+    state: &StateDir,
+    f: impl FnOnce(Option<Policy>) -> Result<Policy, PolicyError>,
+) -> anyhow::Result<String> {
+    let store = store(state);
+    let policy = store.update(f).context("policy not changed")?;
+    let registry = state.registry().load()?;
+    Ok(format!(
+        "policy updated\n{}{APPLY_NOTE}",
+        summary(&store, &policy, &registry)
+    ))
+}
+
+/// The policy's rules, then each registered spoke's reachable peers.
+pub fn summary(store: &PolicyStore, p: &Policy, registry: &Registry) -> String {
+    let mut out = format!("policy: {}\n", store.path().display());
+    out.push_str("groups:\n");
+    if p.groups.is_empty() {
+        out.push_str("  (none)\n");
+    }
+    for (g, members) in &p.groups {
+        out.push_str(&format!("  @{g}: {}\n", members.join(" ")));
+    }
+    for (name, rules) in [("allow", &p.allow), ("deny", &p.deny)] {
+        out.push_str(&format!("{name}:\n"));
+        if rules.is_empty() {
+            out.push_str("  (none)\n");
+        }
+        for r in rules {
+            out.push_str(&format!("  {r}\n"));
+        }
+    }
+    out.push_str("registered spokes may reach:\n");
+    if registry.is_empty() {
+        out.push_str("  (no spokes registered)\n");
+    }
+    for s in registry.spokes() {
+        let peers: Vec<&str> = registry
+            .spokes()
+            .iter()
+            .filter(|o| o.id != s.id && p.allows(&s.name, &o.name))
+            .map(|o| o.name.as_str())
+            .collect();
+        let peers = if peers.is_empty() {
+            "(only the hub)".to_owned()
+        } else {
+            peers.join(" ")
+        };
+        out.push_str(&format!("  {}: {peers}\n", s.name));
+    }
+    let unknown: Vec<&str> = p
+        .spoke_names()
+        .into_iter()
+        .filter(|n| registry.get(n).is_none())
+        .collect();
+    if !unknown.is_empty() {
+        out.push_str(&format!(
+            "note: not registered (yet): {}; their rules apply once spokes with these names are added\n",
+            unknown.join(" ")
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::TunnelNet;
+    use crate::state::test_support::TempDir;
+    use wireguard_control::Key;
+
+    fn state(tag: &str) -> (TempDir, StateDir) {
+        let tmp = TempDir::new(tag);
+        let st = StateDir::open(&tmp.path().join("state")).unwrap();
+        let net = TunnelNet::default();
+        st.registry()
+            .update(&mut |r| {
+                for (i, n) in ["s1", "s2", "s3"].iter().enumerate() {
+                    r.add(n, Key([i as u8 + 1; 32]), &net)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        (tmp, st)
+    }
+
+    #[test]
+    fn show_allow_deny_reset() {
+        let (_tmp, st) = state("polcmd");
+        assert!(show(&st).unwrap().starts_with("no policy ("));
+        let out = allow(&st, "s1", "s2").unwrap();
+        assert!(
+            out.contains("  s1: s2\n  s2: s1\n  s3: (only the hub)\n"),
+            "{out}"
+        );
+        let out = deny(&st, "s1", "s2").unwrap();
+        assert!(out.contains("allow:\n  (none)\ndeny:\n  (none)\n"), "{out}");
+        assert!(out.contains("  s1: (only the hub)\n"), "{out}");
+        group(&st, "ops", &["s3".into(), "s9".into()]).unwrap();
+        let out = allow(&st, "@ops", "*").unwrap();
+        assert!(
+            out.contains("  s1: s3\n") && out.contains("  s3: s1 s2\n"),
+            "{out}"
+        );
+        assert!(out.contains("note: not registered (yet): s9;"), "{out}");
+        let e = format!("{:#}", allow(&st, "x y", "s1").unwrap_err());
+        assert!(
+            e.contains("\"x y\" is not a spoke name, @group or *"),
+            "{e}"
+        );
+        let e = format!("{:#}", allow(&st, "@nope", "s1").unwrap_err());
+        assert!(
+            e.starts_with("policy not changed: group @nope is not defined"),
+            "{e}"
+        );
+        assert!(reset(&st).unwrap().starts_with("removed "));
+        assert!(reset(&st).unwrap().starts_with("no policy to remove"));
+        // deny on no policy keeps everything else allowed.
+        let out = deny(&st, "s1", "s3").unwrap();
+        assert!(out.contains("  s1: s2\n  s2: s1 s3\n  s3: s2\n"), "{out}");
+    }
+
+    #[test]
+    fn set_validates_before_storing() {
+        let (tmp, st) = state("polset");
+        let file = tmp.path().join("p.json");
+        std::fs::write(&file, "{\"allow\": [[\"s1\", \"@g\"]]}").unwrap();
+        let e = format!("{:#}", set(&st, &file).unwrap_err());
+        assert!(
+            e.starts_with(&format!("{}:1:", file.display()))
+                && e.contains("group @g, which is not defined"),
+            "{e}"
+        );
+        assert!(!st.path().join("policy.json").exists());
+        std::fs::write(&file, "{\"allow\": [[\"s1\", \"s3\"]]}").unwrap();
+        let out = set(&st, &file).unwrap();
+        assert!(out.contains("  s1: s3\n  s2: (only the hub)\n"), "{out}");
+        assert_eq!(
+            std::fs::read_to_string(st.path().join("policy.json")).unwrap(),
+            "{\"allow\": [[\"s1\", \"s3\"]]}"
+        );
+        let e = format!("{:#}", set(&st, &tmp.path().join("missing")).unwrap_err());
+        assert!(e.contains("cannot read the policy file"), "{e}");
+    }
+}
