@@ -24,6 +24,41 @@ pub mod wg;
 pub use hub::{Hub, HubKind};
 pub use topology::Topology;
 
+/// The usual shape of a relayhub end-to-end test: build the topology,
+/// start the real hub, run `checks`, print the hub's log tail if they fail,
+/// stop the hub (it must exit cleanly), tear everything down and check that
+/// nothing is left behind. Panics with the whole error chain on failure.
+pub fn relayhub_scenario(
+    name: &str,
+    builder: topology::TopologyBuilder,
+    checks: impl FnOnce(&Topology, &mut Hub<'_>) -> anyhow::Result<()>,
+) {
+    cmd::require_root();
+    let run = move || -> anyhow::Result<String> {
+        let topo = builder.build()?;
+        let prefix = topo.prefix.clone();
+        let mut hub = Hub::start(&topo, HubKind::Relayhub)?;
+        let result = checks(&topo, &mut hub);
+        if result.is_err() {
+            let log = hub.log();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "hub log tail:\n{}",
+                lines[lines.len().saturating_sub(50)..].join("\n")
+            );
+        }
+        let report = hub.stop();
+        result?;
+        anyhow::ensure!(report.clean_exit, "hub did not exit cleanly: {report:?}");
+        drop(hub);
+        drop(topo);
+        Ok(prefix)
+    };
+    let prefix = run().unwrap_or_else(|e| panic!("{name} failed: {e:#}"));
+    let left = topology::leftovers(&prefix);
+    assert!(left.is_empty(), "cleanup left:\n{}", left.join("\n"));
+}
+
 impl Topology {
     /// iperf3 (TCP, `secs` seconds) from spoke `client` to spoke `server`
     /// listening on tunnel address `addr`: (received bits/s, received bytes).

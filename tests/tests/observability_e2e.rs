@@ -16,8 +16,8 @@ use anyhow::{Context, bail, ensure};
 use relay_tests::hub::METRICS_ADDR;
 use relay_tests::mesh::Mesh;
 use relay_tests::prom::Metrics;
-use relay_tests::topology::leftovers;
-use relay_tests::{Hub, HubKind, Topology, cmd};
+use relay_tests::relayhub_scenario;
+use relay_tests::{Hub, Topology, cmd};
 use serde_json::Value;
 
 const KEEPALIVE: u64 = 2;
@@ -27,40 +27,19 @@ const PINGS: u32 = 20;
 
 #[test]
 fn observability_e2e() {
-    cmd::require_root();
     // SAFETY: set before this test starts any thread or child; this test
     // binary has no other test reading the environment.
     unsafe {
         std::env::set_var("RELAYHUB_KEEPALIVE", KEEPALIVE.to_string());
         std::env::set_var("RELAYHUB_BPF_STATS", "true");
     }
-    let prefix = scenario().unwrap_or_else(|e| panic!("observability_e2e failed: {e:#}"));
-    let left = leftovers(&prefix);
-    assert!(left.is_empty(), "cleanup left:\n{}", left.join("\n"));
-}
-
-fn scenario() -> anyhow::Result<String> {
-    let topo = Topology::builder()
-        .spokes(3)
-        .xdp_pass(env!("CARGO_BIN_EXE_xdp-pass"))
-        .build()?;
-    let prefix = topo.prefix.clone();
-    let mut hub = Hub::start(&topo, HubKind::Relayhub)?;
-    let result = checks(&topo, &mut hub);
-    if result.is_err() {
-        eprintln!("hub log tail:\n{}", tail(&hub.log(), 40));
-    }
-    let report = hub.stop();
-    result?;
-    ensure!(report.clean_exit, "hub did not exit cleanly: {report:?}");
-    drop(hub);
-    drop(topo);
-    Ok(prefix)
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    relayhub_scenario(
+        "observability_e2e",
+        Topology::builder()
+            .spokes(3)
+            .xdp_pass(env!("CARGO_BIN_EXE_xdp-pass")),
+        checks,
+    );
 }
 
 fn get(topo: &Topology, path: &str) -> anyhow::Result<(u16, String)> {

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use relay_tests::hub::HUB_TUNNEL_ADDR;
 use relay_tests::prom::Metrics;
-use relay_tests::topology::leftovers;
+use relay_tests::relayhub_scenario;
 use relay_tests::wg::{self, WgQuick};
-use relay_tests::{Hub, HubKind, Topology, cmd};
+use relay_tests::{Hub, Topology, cmd};
 
 const NAMES: [&str; 3] = ["s1", "s2", "s3"];
 /// Traffic between newly denied spokes must stop within this.
@@ -27,34 +27,13 @@ const STOP_BUDGET: Duration = Duration::from_secs(3);
 
 #[test]
 fn policy_e2e() {
-    cmd::require_root();
-    let prefix = scenario().unwrap_or_else(|e| panic!("policy_e2e failed: {e:#}"));
-    let left = leftovers(&prefix);
-    assert!(left.is_empty(), "cleanup left:\n{}", left.join("\n"));
-}
-
-fn scenario() -> anyhow::Result<String> {
-    let topo = Topology::builder()
-        .spokes(NAMES.len())
-        .xdp_pass(env!("CARGO_BIN_EXE_xdp-pass"))
-        .build()?;
-    let prefix = topo.prefix.clone();
-    let mut hub = Hub::start(&topo, HubKind::Relayhub)?;
-    let result = checks(&topo, &mut hub);
-    if result.is_err() {
-        let log = hub.log();
-        let lines: Vec<&str> = log.lines().collect();
-        eprintln!(
-            "hub log tail:\n{}",
-            lines[lines.len().saturating_sub(50)..].join("\n")
-        );
-    }
-    let report = hub.stop();
-    result?;
-    ensure!(report.clean_exit, "hub did not exit cleanly: {report:?}");
-    drop(hub);
-    drop(topo);
-    Ok(prefix)
+    relayhub_scenario(
+        "policy_e2e",
+        Topology::builder()
+            .spokes(NAMES.len())
+            .xdp_pass(env!("CARGO_BIN_EXE_xdp-pass")),
+        checks,
+    );
 }
 
 fn denied(m: &Metrics) -> f64 {

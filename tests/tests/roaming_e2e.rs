@@ -24,8 +24,9 @@ use relay_tests::capture::{self, Capture};
 use relay_tests::hub::METRICS_ADDR;
 use relay_tests::inject::{self, Datagram, Sniffed};
 use relay_tests::mesh::Mesh;
-use relay_tests::topology::{HUB_ADDR, HUB_PORT, leftovers};
-use relay_tests::{Hub, HubKind, Topology, cmd};
+use relay_tests::relayhub_scenario;
+use relay_tests::topology::{HUB_ADDR, HUB_PORT};
+use relay_tests::{Hub, Topology};
 use serde_json::Value;
 
 const KEEPALIVE: f64 = 2.0;
@@ -39,38 +40,17 @@ const NEW_PORTS: (u16, u16) = (30000, 30999);
 
 #[test]
 fn roaming_e2e() {
-    cmd::require_root();
     // SAFETY: set before this test starts any thread or child; this test
     // binary has no other test reading the environment.
     unsafe { std::env::set_var("RELAYHUB_KEEPALIVE", (KEEPALIVE as u64).to_string()) };
-    let prefix = scenario().unwrap_or_else(|e| panic!("roaming_e2e failed: {e:#}"));
-    let left = leftovers(&prefix);
-    assert!(left.is_empty(), "cleanup left:\n{}", left.join("\n"));
-}
-
-fn scenario() -> anyhow::Result<String> {
-    let topo = Topology::builder()
-        .spokes(2)
-        .attacker()
-        .xdp_pass(env!("CARGO_BIN_EXE_xdp-pass"))
-        .build()?;
-    let prefix = topo.prefix.clone();
-    let mut hub = Hub::start(&topo, HubKind::Relayhub)?;
-    let result = checks(&topo, &mut hub);
-    if result.is_err() {
-        let log = hub.log();
-        let lines: Vec<&str> = log.lines().collect();
-        eprintln!(
-            "hub log tail:\n{}",
-            lines[lines.len().saturating_sub(40)..].join("\n")
-        );
-    }
-    let report = hub.stop();
-    result?;
-    ensure!(report.clean_exit, "hub did not exit cleanly: {report:?}");
-    drop(hub);
-    drop(topo);
-    Ok(prefix)
+    relayhub_scenario(
+        "roaming_e2e",
+        Topology::builder()
+            .spokes(2)
+            .attacker()
+            .xdp_pass(env!("CARGO_BIN_EXE_xdp-pass")),
+        checks,
+    );
 }
 
 fn s1_endpoint(topo: &Topology) -> anyhow::Result<String> {
