@@ -31,9 +31,9 @@ use aya::{
 };
 use common::*;
 use relay_common::{
-    Endpoint, FAMILY_V4, FAMILY_V6, HUB_V4_SET, HUB_V6_SET, HubConfig, InitiationEvent, MAP_CONFIG,
-    MAP_COUNTERS, MAP_ENDPOINT_SLOTS, MAP_INITIATIONS, MAP_SESSIONS, MAP_SLOT_COUNTERS, MAP_SLOTS,
-    NO_SLOT, PROG_RELAY, SESSION_FROM_INITIATION, SESSION_FROM_RESPONSE, SLOT_ACTIVE, SessionKey,
+    Endpoint, FAMILY_V4, FAMILY_V6, HubConfig, InitiationEvent, MAP_CONFIG, MAP_COUNTERS,
+    MAP_ENDPOINT_SLOTS, MAP_INITIATIONS, MAP_SESSIONS, MAP_SLOT_COUNTERS, MAP_SLOTS, NO_SLOT,
+    PROG_RELAY, SESSION_FROM_INITIATION, SESSION_FROM_RESPONSE, SLOT_ACTIVE, SessionKey,
     SessionValue, SlotCounters, SpokeSlot,
     counter::{self, *},
 };
@@ -338,18 +338,8 @@ impl Hub {
 
     /// Port and the hub's own addresses (for cross-family relay).
     fn set_config(&mut self, port: u16, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) {
-        let mut c = HubConfig {
-            port,
-            ..Default::default()
-        };
-        if let Some(a) = v4 {
-            c.hub_v4 = a.octets();
-            c.flags |= HUB_V4_SET;
-        }
-        if let Some(a) = v6 {
-            c.hub_v6 = a.octets();
-            c.flags |= HUB_V6_SET;
-        }
+        // The controller's own builder: the same bytes the hub installs.
+        let c = relay_user::datapath::hub_config(port, v4, v6);
         self.config.set(0, c, 0).unwrap();
     }
 
