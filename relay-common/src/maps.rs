@@ -18,6 +18,10 @@ pub const MAP_SLOT_COUNTERS: &str = "SLOT_COUNTERS";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 /// `RingBuf` of [`InitiationEvent`]s for the controller.
 pub const MAP_INITIATIONS: &str = "INITIATIONS";
+/// `PerfEventArray` of [`FallbackMeta`] + frame samples: frames the fast
+/// path hands to the controller's userspace relay. Not pinned: its
+/// entries are the reading process's perf buffers.
+pub const MAP_FALLBACK: &str = "FALLBACK";
 
 /// Name of the relay XDP program in the object file.
 pub const PROG_RELAY: &str = "relay";
@@ -30,6 +34,11 @@ pub const MAX_SLOTS: u32 = 16384;
 pub const MAX_ENDPOINTS: u32 = 16384;
 pub const MAX_SESSIONS: u32 = 131072;
 pub const INITIATIONS_RING_BYTES: u32 = 256 * 1024;
+/// Pages per CPU of the fallback perf buffers (a power of two): 128 x 4 KiB
+/// holds ~350 full-size frames per CPU between two reads (iperf3 through
+/// the fallback on the 2-core test VM overflowed 64 pages for 0.3% of its
+/// frames).
+pub const FALLBACK_PAGES_PER_CPU: usize = 128;
 
 /// "No slot": an unknown source.
 pub const NO_SLOT: u32 = u32::MAX;
@@ -140,6 +149,10 @@ pub struct HubConfig {
 pub const HUB_V4_SET: u32 = 1;
 /// [`HubConfig::hub_v6`] is set: IPv4 -> IPv6 relay is possible.
 pub const HUB_V6_SET: u32 = 2;
+/// Cross-family frames always take the userspace fallback
+/// (`--cross-family-path userspace`): for NICs whose drivers mishandle
+/// `bpf_xdp_adjust_head`, and for testing the fallback.
+pub const CROSS_VIA_USERSPACE: u32 = 4;
 
 /// Value of [`MAP_SLOT_COUNTERS`], per CPU. "rx" = from the spoke, "tx" =
 /// relayed to the spoke. Bytes are UDP payload bytes (the WireGuard
@@ -209,19 +222,26 @@ pub mod counter {
     pub const RELAYED_V4_TO_V6: u32 = 22;
     pub const RELAYED_V6_TO_V4: u32 = 23;
     pub const RELAYED_V6_TO_V6: u32 = 24;
-    /// Passed: a cross-family relay needed bpf_xdp_adjust_head and the
-    /// driver refused it.
+    /// A cross-family relay needed bpf_xdp_adjust_head and the driver
+    /// refused it: the frame took the userspace fallback.
     pub const ADJUST_HEAD_FAILED: u32 = 25;
-    /// Passed: IPv4 -> IPv6 relay of a frame without UDP checksum (IPv6
-    /// needs one; the fast path does not sum payloads).
-    pub const PASS_NO_CHECKSUM: u32 = 26;
+    /// IPv4 -> IPv6 relay of a frame without UDP checksum (IPv6 needs one;
+    /// the fast path does not sum payloads): the frame took the userspace
+    /// fallback.
+    pub const NO_CHECKSUM: u32 = 26;
     /// Dropped: the frame does not fit the outgoing MTU (bpf_fib_lookup
     /// FRAG_NEEDED; an IPv4 frame grows by 20 bytes as IPv6).
     pub const DROP_TOO_BIG: u32 = 27;
     /// Passed: to the hub port but not to the hub's address (the hub only
     /// routes it); relaying it would send frames from a foreign source.
     pub const PASS_NOT_FOR_HUB: u32 = 28;
-    pub const COUNT: u32 = 29;
+    /// Frames handed to the controller's userspace relay (cross-family
+    /// frames the fast path cannot rebuild, see [`super::FallbackMeta`]).
+    pub const USERSPACE_FALLBACK: u32 = 29;
+    /// Dropped: the userspace fallback had no room (perf buffer full or no
+    /// reader).
+    pub const DROP_FALLBACK_FULL: u32 = 30;
+    pub const COUNT: u32 = 31;
 
     /// Metric label for each counter index.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -251,9 +271,11 @@ pub mod counter {
         "relayed_v6_to_v4",
         "relayed_v6_to_v6",
         "adjust_head_failed",
-        "pass_no_checksum",
+        "no_checksum",
         "drop_too_big",
         "pass_not_for_hub",
+        "userspace_fallback",
+        "drop_fallback_full",
     ];
 
     /// The `RELAYED_*_TO_*` counter of a relay from `from` to `to`
@@ -279,6 +301,20 @@ pub struct InitiationEvent {
     pub frame: [u8; crate::wire::INITIATION_LEN],
 }
 
+/// Perf sample header of the userspace fallback; the frame as received
+/// (Ethernet header first, `frame_len` bytes) follows it in the sample.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FallbackMeta {
+    /// The destination spoke's endpoint when the frame was taken.
+    pub dst: Endpoint,
+    /// Why (a [`counter`] index): `ADJUST_HEAD_FAILED`, `NO_CHECKSUM`, or
+    /// `USERSPACE_FALLBACK` when [`CROSS_VIA_USERSPACE`] is set.
+    pub reason: u32,
+    /// Bytes of frame after this header.
+    pub frame_len: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -300,4 +336,5 @@ const _: () = {
     assert!(core::mem::size_of::<HubConfig>() == 28);
     assert!(core::mem::size_of::<SlotCounters>() == 72);
     assert!(core::mem::size_of::<InitiationEvent>() == 20 + 20 + 4 + 4 + 148);
+    assert!(core::mem::size_of::<FallbackMeta>() == 28);
 };

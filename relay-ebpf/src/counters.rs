@@ -65,6 +65,19 @@ pub fn relayed(
     if keepalive {
         inc(counter::RELAYED_KEEPALIVES);
     }
+    spoke_relayed(bytes, keepalive, now, src, dst_slot);
+}
+
+/// The per-spoke half of [`relayed`]: also counted for frames handed to
+/// the userspace fallback, so per-spoke traffic covers both paths.
+#[inline(always)]
+pub fn spoke_relayed(
+    bytes: u64,
+    keepalive: bool,
+    now: u64,
+    src: Option<*mut SlotCounters>,
+    dst_slot: u32,
+) {
     if let Some(c) = src {
         // SAFETY: per-CPU map value from this run.
         unsafe {

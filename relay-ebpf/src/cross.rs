@@ -128,7 +128,7 @@ fn v4_to_v6(ctx: &XdpContext, dst: &Endpoint, cfg: &HubConfig, ip_payload_len: u
         let csum = unsafe { be16(*h.add(V4::UDP_OFF + 6), *h.add(V4::UDP_OFF + 7)) };
         if csum == 0 {
             // IPv6 needs a checksum; summing the payload is not done here.
-            return counter::PASS_NO_CHECKSUM;
+            return counter::NO_CHECKSUM;
         }
     }
     if !adjust_head(ctx, -GROW) {

@@ -9,6 +9,7 @@
 
 mod counters;
 mod cross;
+mod fallback;
 mod forward;
 mod initiation;
 mod lookup;
@@ -25,7 +26,7 @@ use aya_ebpf::{
 };
 use core::mem::MaybeUninit;
 use relay_common::{
-    Endpoint, FAMILY_V4, NO_SLOT, counter,
+    CROSS_VIA_USERSPACE, Endpoint, FAMILY_V4, NO_SLOT, counter,
     wire::{
         KEEPALIVE_LEN, MSG_COOKIE_REPLY, MSG_INITIATION, MSG_RESPONSE, MSG_TRANSPORT, RECEIVER_OFF,
         RESPONSE_RECEIVER_OFF, SENDER_OFF,
@@ -188,9 +189,23 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
             forward::forward::<I>(ctx, (ip_payload_len + I::IP_LEN) as u16)?
         }
         Some(cfg) => {
-            if let Err(why) = cross::rebuild::<I>(ctx, dst_ep, cfg, ip_payload_len)? {
-                inc(why);
-                return Ok(XDP_PASS);
+            let rebuilt = if cfg.flags & CROSS_VIA_USERSPACE != 0 {
+                Err(counter::USERSPACE_FALLBACK)
+            } else {
+                cross::rebuild::<I>(ctx, dst_ep, cfg, ip_payload_len)?
+            };
+            if let Err(why) = rebuilt {
+                // The frame is untouched: the controller relays it.
+                if why != counter::USERSPACE_FALLBACK {
+                    inc(why);
+                }
+                if !fallback::queue(ctx, dst_ep, why) {
+                    inc(counter::DROP_FALLBACK_FULL);
+                    return Ok(XDP_DROP);
+                }
+                inc(counter::USERSPACE_FALLBACK);
+                counters::spoke_relayed(msg.len as u64, keepalive, now, src_counters, dst_slot);
+                return Ok(XDP_DROP);
             }
             if I::FAMILY == FAMILY_V4 {
                 forward::forward::<V6>(ctx, (ip_payload_len + V6::IP_LEN) as u16)?

@@ -3,11 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerfEventArray, RingBuf},
 };
 use relay_common::{
-    Endpoint, HubConfig, INITIATIONS_RING_BYTES, MAX_ENDPOINTS, MAX_SESSIONS, MAX_SLOTS,
-    SessionKey, SessionValue, SlotCounters, SpokeSlot, counter,
+    Endpoint, FallbackMeta, HubConfig, INITIATIONS_RING_BYTES, MAX_ENDPOINTS, MAX_SESSIONS,
+    MAX_SLOTS, SessionKey, SessionValue, SlotCounters, SpokeSlot, counter,
 };
 
 /// Authenticated spoke endpoint -> slot.
@@ -38,3 +38,7 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 /// Copies of initiations for the controller.
 #[map]
 pub static INITIATIONS: RingBuf = RingBuf::with_byte_size(INITIATIONS_RING_BYTES, 0);
+
+/// Frames for the controller's userspace relay (one perf buffer per CPU).
+#[map]
+pub static FALLBACK: PerfEventArray<FallbackMeta> = PerfEventArray::new(0);

@@ -125,6 +125,17 @@ pub struct RunArgs {
     /// (default: remove everything). After SIGKILL everything stays anyway.
     #[arg(long, env = "RELAYHUB_KEEP_ON_EXIT", value_parser = clap::builder::BoolishValueParser::new())]
     pub keep_on_exit: bool,
+    /// Path of frames between IPv4 and IPv6 spokes: `xdp` rebuilds the
+    /// headers in the XDP program (frames it cannot rebuild still go
+    /// through userspace); `userspace` sends them all through the
+    /// controller (for drivers that mishandle bpf_xdp_adjust_head).
+    #[arg(
+        long,
+        env = "RELAYHUB_CROSS_FAMILY_PATH",
+        value_enum,
+        default_value = "xdp"
+    )]
+    pub cross_family_path: crate::datapath::CrossPath,
 }
 
 #[derive(Subcommand, Debug)]

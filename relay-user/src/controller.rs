@@ -16,7 +16,8 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::datapath::{AttachMode, Capacity, Datapath, IfaceLock, PinDir, ktime_ns};
+use crate::datapath::{AttachMode, Capacity, CrossPath, Datapath, IfaceLock, PinDir, ktime_ns};
+use crate::fallback::{self, SAMPLE_MAX};
 use crate::handshake::{Action, Outcome, Router};
 use crate::health::{SpokeHealth, Thresholds};
 use crate::hubwg::HubWg;
@@ -38,6 +39,9 @@ pub const REGISTRY_POLL: Duration = Duration::from_millis(250);
 pub const SESSION_SWEEP: Duration = Duration::from_secs(10);
 /// Health samples: one counter read per spoke each time.
 pub const HEALTH_SAMPLE: Duration = Duration::from_secs(1);
+/// The hub's own addresses (the source of cross-family frames) are re-read
+/// this often: renumbering the underlay needs no restart.
+pub const ADDRESS_REFRESH: Duration = Duration::from_secs(5);
 
 pub struct RunConfig {
     pub state_dir: PathBuf,
@@ -58,6 +62,8 @@ pub struct RunConfig {
     /// On SIGINT/SIGTERM leave XDP attached, the maps pinned and the hub's
     /// WireGuard up, for an upgrade or restart.
     pub keep_on_exit: bool,
+    /// Which path relays between IPv4 and IPv6 spokes.
+    pub cross_path: CrossPath,
 }
 
 /// What the hub knows about one registered spoke.
@@ -294,6 +300,53 @@ impl Hub {
         }
     }
 
+    /// One frame from the fast path's userspace fallback: send it on.
+    fn relay_fallback(&mut self, sample: &[u8]) {
+        let r = match fallback::parse(sample) {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.fallback.malformed += 1;
+                tracing::debug!(error = %e, "fallback sample");
+                return;
+            }
+        };
+        self.metrics.fallback.received(r.reason);
+        match self.sender.send(&r.hub, &r.to, r.payload) {
+            Ok(()) => {
+                self.metrics.userspace_packets += 1;
+                self.metrics.userspace_bytes += r.payload.len() as u64;
+                self.metrics.fallback.sent(r.from_family, r.to.family);
+            }
+            Err(e) => {
+                self.metrics.send_errors += 1;
+                tracing::debug!(error = %e, "sending a fallback frame");
+            }
+        }
+    }
+
+    /// Re-read the hub's own addresses; install them where they changed.
+    fn refresh_hub_addresses(&mut self, endpoint_ips: &[std::net::IpAddr]) {
+        let now = match crate::netinfo::hub_addresses(self.datapath.iface(), endpoint_ips) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the hub's addresses");
+                return;
+            }
+        };
+        let before = self.datapath.hub_addresses();
+        if now == before {
+            return;
+        }
+        let (v4, v6) = now;
+        match self.datapath.set_hub_addresses(v4, v6) {
+            Ok(()) => {
+                self.sender.set_hub_addresses(v4, v6);
+                tracing::info!(hub_v4 = ?v4, hub_v6 = ?v6, was = ?before, "hub addresses for cross-family relay changed");
+            }
+            Err(e) => tracing::warn!(error = %e, "installing the hub's addresses"),
+        }
+    }
+
     fn retry_held(&mut self) {
         if self.router.held_len() != 0 {
             for (o, a) in self.router.retry_held(Instant::now()) {
@@ -450,6 +503,30 @@ fn read_events(ring: &mut RingBuf<MapData>, out: &mut Vec<InitiationEvent>) {
     }
 }
 
+/// Relay what one CPU's fallback perf buffer delivers, until aborted.
+async fn fallback_reader(
+    mut fd: AsyncFd<aya::maps::perf::PerfEventArrayBuffer<MapData>>,
+    hub: Arc<Mutex<Hub>>,
+) {
+    let mut scratch = Box::new([0u8; SAMPLE_MAX]);
+    loop {
+        let mut guard = match fd.readable_mut().await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(error = %e, "fallback perf buffer; cross-family frames the fast path cannot rebuild are dropped");
+                return;
+            }
+        };
+        // Cleared before draining (see the initiation ring).
+        guard.clear_ready();
+        let mut h = hub.lock().expect("hub lock");
+        fallback::drain(guard.get_inner_mut(), &mut scratch, |ev| match ev {
+            fallback::Event::Sample(s) => h.relay_fallback(s),
+            fallback::Event::Lost(n) => h.metrics.fallback.lost += n,
+        });
+    }
+}
+
 /// The eBPF side logs at most as verbosely as the controller's log filter
 /// (RUST_LOG) lets through, so it stays silent at info.
 fn ebpf_log_level() -> u8 {
@@ -490,11 +567,14 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
     let _wg_lock = IfaceLock::acquire(&format!("wg-{}", cfg.wg_iface))?;
     let pins = PinDir::for_iface(&cfg.pin_dir, &cfg.iface);
     let mut datapath = Datapath::load(object, &cfg.capacity, cfg.port, ebpf_log_level(), pins)?;
+    datapath.set_cross_path(cfg.cross_path)?;
     // Dual-stack: the hub's own address per family, for cross-family relay.
     let (hub_v4, hub_v6) = crate::netinfo::hub_addresses(&cfg.iface, &state.endpoint_ips())?;
     datapath.set_hub_addresses(hub_v4, hub_v6)?;
     sender.set_hub_addresses(hub_v4, hub_v6);
-    tracing::info!(?hub_v4, ?hub_v6, "hub addresses for cross-family relay");
+    tracing::info!(?hub_v4, ?hub_v6, cross_family_path = ?cfg.cross_path, "hub addresses for cross-family relay");
+    // Opened before attaching: no fallback frame finds the buffers missing.
+    let fallback_bufs = datapath.open_fallback()?;
 
     // Kept open for the hub's lifetime: statistics stay on while it is.
     let _bpf_stats = if cfg.bpf_stats {
@@ -585,6 +665,14 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
 
     let hub = Arc::new(Mutex::new(hub));
     let http_task = tokio::spawn(http::serve(listener, Arc::new(HubApi(hub.clone()))));
+    let mut fallback_tasks = Vec::with_capacity(fallback_bufs.len());
+    for buf in fallback_bufs {
+        // SAFETY: as for the ring buffers: the buffer owns its perf event
+        // fd while the AsyncFd holds it, and as_raw_fd() is always that fd.
+        let fd = unsafe { AsyncFd::register_with_interest(buf, Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("polling a fallback perf buffer: {e}"))?;
+        fallback_tasks.push(tokio::spawn(fallback_reader(fd, hub.clone())));
+    }
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -592,7 +680,9 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
     let mut registry_tick = tokio::time::interval(REGISTRY_POLL);
     let mut sweep_tick = tokio::time::interval(SESSION_SWEEP);
     let mut health_tick = tokio::time::interval(HEALTH_SAMPLE);
+    let mut address_tick = tokio::time::interval(ADDRESS_REFRESH);
     for t in [
+        &mut address_tick,
         &mut endpoint_tick,
         &mut registry_tick,
         &mut sweep_tick,
@@ -623,9 +713,11 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
             }
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
+                // Cleared before reading: a record submitted meanwhile
+                // wakes us again instead of waiting for the next one.
+                guard.clear_ready();
                 events.clear();
                 read_events(guard.get_inner_mut(), &mut events);
-                guard.clear_ready();
                 let mut h = hub.lock().expect("hub lock");
                 let mut refresh = false;
                 let now = Instant::now();
@@ -676,6 +768,9 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
                 }
                 h.poll_policy();
             }
+            _ = address_tick.tick() => {
+                hub.lock().expect("hub lock").refresh_hub_addresses(&state.endpoint_ips());
+            }
             _ = health_tick.tick() => {
                 hub.lock().expect("hub lock").observe_health();
             }
@@ -693,6 +788,10 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
     }
     http_task.abort();
     let _ = http_task.await;
+    for t in fallback_tasks {
+        t.abort();
+        let _ = t.await;
+    }
     drop(ring);
     drop(logger);
     let mut hub = Arc::try_unwrap(hub)

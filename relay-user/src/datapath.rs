@@ -16,15 +16,17 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aya::maps::{Array, HashMap, MapData, MapInfo, MapType, PerCpuArray, RingBuf};
+use aya::maps::perf::PerfEventArrayBuffer;
+use aya::maps::{Array, HashMap, MapData, MapInfo, MapType, PerCpuArray, PerfEventArray, RingBuf};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::xdp::XdpLink;
 use aya::programs::{ProgramError, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use relay_common::{
-    Endpoint, HUB_V4_SET, HUB_V6_SET, HubConfig, INITIATIONS_RING_BYTES, MAP_CONFIG, MAP_COUNTERS,
-    MAP_ENDPOINT_SLOTS, MAP_INITIATIONS, MAP_SESSIONS, MAP_SLOT_COUNTERS, MAP_SLOTS, PROG_RELAY,
-    SLOT_ACTIVE, SessionKey, SessionValue, SlotCounters, SpokeSlot, counter,
+    CROSS_VIA_USERSPACE, Endpoint, FALLBACK_PAGES_PER_CPU, HUB_V4_SET, HUB_V6_SET, HubConfig,
+    INITIATIONS_RING_BYTES, MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINT_SLOTS, MAP_FALLBACK,
+    MAP_INITIATIONS, MAP_SESSIONS, MAP_SLOT_COUNTERS, MAP_SLOTS, PROG_RELAY, SLOT_ACTIVE,
+    SessionKey, SessionValue, SlotCounters, SpokeSlot, counter,
 };
 
 /// Version of the pinned maps' layout (key/value meaning). Bump it when a
@@ -73,6 +75,8 @@ pub enum DatapathError {
         mode: &'static str,
         source: ProgramError,
     },
+    #[error("userspace fallback (cross-family relay): {0}")]
+    Fallback(String),
     #[error("slot {slot} is beyond the map capacity {max} (raise --max-spokes)")]
     SlotRange { slot: u32, max: u32 },
     #[error("pinning under {path}: {source}")]
@@ -103,6 +107,18 @@ pub enum AttachMode {
     Auto,
     Native,
     Generic,
+}
+
+/// Which path relays frames between IPv4 and IPv6 spokes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum CrossPath {
+    /// The XDP program rebuilds the headers (bpf_xdp_adjust_head); a frame
+    /// it cannot rebuild still takes the userspace fallback.
+    #[default]
+    Xdp,
+    /// Every cross-family frame goes through the controller (for drivers
+    /// that mishandle bpf_xdp_adjust_head; slower).
+    Userspace,
 }
 
 pub struct Capacity {
@@ -359,6 +375,8 @@ pub struct Datapath {
     initiations: Option<RingBuf<MapData>>,
     config: Array<MapData, HubConfig>,
     port: u16,
+    cross: CrossPath,
+    hub_addrs: (Option<Ipv4Addr>, Option<Ipv6Addr>),
     max_slots: u32,
     mode: &'static str,
     iface: String,
@@ -490,6 +508,8 @@ impl Datapath {
             initiations: Some(initiations),
             config,
             port,
+            cross: CrossPath::Xdp,
+            hub_addrs: (None, None),
             max_slots: cap.slots,
             mode: "detached",
             iface: String::new(),
@@ -512,8 +532,42 @@ impl Datapath {
         v6: Option<Ipv6Addr>,
     ) -> Result<(), DatapathError> {
         self.config
-            .set(0, hub_config(self.port, v4, v6), 0)
-            .map_err(map_err(MAP_CONFIG))
+            .set(0, hub_config(self.port, v4, v6, self.cross), 0)
+            .map_err(map_err(MAP_CONFIG))?;
+        self.hub_addrs = (v4, v6);
+        Ok(())
+    }
+
+    /// The hub addresses last set with [`Datapath::set_hub_addresses`].
+    pub fn hub_addresses(&self) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+        self.hub_addrs
+    }
+
+    /// Which path relays cross-family frames (written to the program's
+    /// configuration with the hub addresses).
+    pub fn set_cross_path(&mut self, cross: CrossPath) -> Result<(), DatapathError> {
+        self.cross = cross;
+        let (v4, v6) = self.hub_addrs;
+        self.set_hub_addresses(v4, v6)
+    }
+
+    /// Open the userspace fallback's perf buffers, one per online CPU
+    /// (taken once). Until they are open, frames for the fallback are
+    /// dropped and counted as `drop_fallback_full`.
+    pub fn open_fallback(&mut self) -> Result<Vec<PerfEventArrayBuffer<MapData>>, DatapathError> {
+        let map = self
+            .ebpf
+            .take_map(MAP_FALLBACK)
+            .ok_or(DatapathError::MissingMap(MAP_FALLBACK))?;
+        let mut perf = PerfEventArray::try_from(map).map_err(map_err(MAP_FALLBACK))?;
+        let cpus = aya::util::online_cpus()
+            .map_err(|(_, source)| DatapathError::Fallback(source.to_string()))?;
+        cpus.into_iter()
+            .map(|cpu| {
+                perf.open(cpu, Some(FALLBACK_PAGES_PER_CPU))
+                    .map_err(|e| DatapathError::Fallback(format!("perf buffer of CPU {cpu}: {e}")))
+            })
+            .collect()
     }
 
     /// Attach to `iface`. With pins, a pinned link that is live on `iface`
@@ -804,12 +858,21 @@ impl Datapath {
     }
 }
 
-/// The [`HubConfig`] for `port` and the hub's addresses.
-pub fn hub_config(port: u16, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> HubConfig {
+/// The [`HubConfig`] for `port`, the hub's addresses and the cross-family
+/// path.
+pub fn hub_config(
+    port: u16,
+    v4: Option<Ipv4Addr>,
+    v6: Option<Ipv6Addr>,
+    cross: CrossPath,
+) -> HubConfig {
     let mut c = HubConfig {
         port,
         ..Default::default()
     };
+    if cross == CrossPath::Userspace {
+        c.flags |= CROSS_VIA_USERSPACE;
+    }
     if let Some(a) = v4 {
         c.hub_v4 = a.octets();
         c.flags |= HUB_V4_SET;

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod controller;
 pub mod cookie;
 pub mod datapath;
+pub mod fallback;
 pub mod handshake;
 pub mod health;
 pub mod http;

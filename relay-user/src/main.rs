@@ -45,6 +45,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 bpf_stats: args.bpf_stats,
                 pin_dir: args.pin_dir,
                 keep_on_exit: args.keep_on_exit,
+                cross_path: args.cross_family_path,
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub shield: Option<crate::ratelimit::ShieldStats>,
     /// Relay sessions closed because the policy stopped allowing the pair.
     pub policy_closed_sessions: u64,
+    /// The cross-family userspace fallback.
+    pub fallback: crate::fallback::FallbackStats,
 }
 
 impl Metrics {
@@ -90,7 +92,7 @@ impl Builder {
 /// Drop reasons of the XDP program: (reason label, counter index). Frames
 /// "passed" to the kernel for these reasons are not relayed; the hub's
 /// WireGuard then discards them.
-const XDP_DROPS: [(&str, u32); 9] = [
+const XDP_DROPS: [(&str, u32); 11] = [
     ("unknown_source", counter::PASS_UNKNOWN_SOURCE),
     ("not_for_hub", counter::PASS_NOT_FOR_HUB),
     ("malformed", counter::PASS_MALFORMED),
@@ -100,6 +102,8 @@ const XDP_DROPS: [(&str, u32); 9] = [
     ("loop", counter::DROP_LOOP),
     ("cross_family", counter::PASS_CROSS_FAMILY),
     ("ring_full", counter::INITIATIONS_RING_FULL),
+    ("too_big", counter::DROP_TOO_BIG),
+    ("fallback_full", counter::DROP_FALLBACK_FULL),
 ];
 
 /// Controller outcomes that drop an initiation, with their drop reason.
@@ -160,7 +164,7 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
     );
     b.counters(
         "relayhub_relayed_family_packets",
-        "Frames relayed by the XDP fast path, by address family of the sending and receiving spoke",
+        "Frames relayed between spokes (fast path and its userspace fallback), by address family of the sending and receiving spoke",
         [
             ("ipv4", "ipv4"),
             ("ipv4", "ipv6"),
@@ -171,7 +175,8 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
             let fam = |a: &str| if a == "ipv4" { FAMILY_V4 } else { FAMILY_V6 };
             (
                 labels(&[("from", f), ("to", t)]),
-                x(counter::relayed_family(fam(f), fam(t))),
+                x(counter::relayed_family(fam(f), fam(t)))
+                    + m.fallback.sent_count(fam(f), fam(t)),
             )
         }),
     );
@@ -189,10 +194,26 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         labels(&[("stage", "controller"), ("reason", "send_error")]),
         m.send_errors,
     ));
+    drops.push((
+        labels(&[("stage", "controller"), ("reason", "fallback_lost")]),
+        m.fallback.lost,
+    ));
+    drops.push((
+        labels(&[("stage", "controller"), ("reason", "fallback_malformed")]),
+        m.fallback.malformed,
+    ));
     b.counters(
         "relayhub_dropped_frames",
         "Frames not relayed, by stage and reason",
         drops,
+    );
+    b.counters(
+        "relayhub_userspace_fallback_frames",
+        "Cross-family frames the XDP program handed to the controller instead of rebuilding them, by reason",
+        crate::fallback::Reason::ALL
+            .iter()
+            .zip(m.fallback.received)
+            .map(|(r, v)| (labels(&[("reason", r.label())]), v)),
     );
     let mut hs: Vec<(Labels, u64)> = INITIATION_RESULTS
         .iter()

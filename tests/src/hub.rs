@@ -111,6 +111,15 @@ impl<'t> Hub<'t> {
     /// Start the hub and wait until it is ready (relayhub: GET /healthz is
     /// 200; wireguard-go: interface up).
     pub fn start(topo: &'t Topology, kind: HubKind) -> anyhow::Result<Hub<'t>> {
+        Self::start_with(topo, kind, &[])
+    }
+
+    /// [`Hub::start`] with extra `relayhub run` options (relayhub only).
+    pub fn start_with(
+        topo: &'t Topology,
+        kind: HubKind,
+        run_args: &[&str],
+    ) -> anyhow::Result<Hub<'t>> {
         let t0 = Instant::now();
         let state_dir = topo.workdir.join("state");
         std::fs::create_dir_all(&state_dir)?;
@@ -135,7 +144,7 @@ impl<'t> Hub<'t> {
             start_time: Duration::ZERO,
         };
         match kind {
-            HubKind::Relayhub => hub.start_relayhub()?,
+            HubKind::Relayhub => hub.start_relayhub(run_args)?,
             HubKind::DecryptingWireguardGo => hub.start_decrypting()?,
         }
         hub.start_time = t0.elapsed();
@@ -143,7 +152,7 @@ impl<'t> Hub<'t> {
         Ok(hub)
     }
 
-    fn start_relayhub(&mut self) -> anyhow::Result<()> {
+    fn start_relayhub(&mut self, run_args: &[&str]) -> anyhow::Result<()> {
         let bin = relayhub_bin()?;
         anyhow::ensure!(
             relayhub_has_run(&bin),
@@ -154,26 +163,24 @@ impl<'t> Hub<'t> {
         let bin_s = bin.to_str().context("utf-8 path")?.to_string();
         let state = self.state_dir.to_str().context("utf-8 path")?.to_string();
         let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-        let mut proc = self.ns.spawn(
-            "relayhub",
-            &[
-                "env",
-                &format!("RUST_LOG={rust_log}"),
-                "NO_COLOR=1",
-                &bin_s,
-                "--state-dir",
-                &state,
-                "run",
-                "--iface",
-                &self.nic,
-                "--wg-iface",
-                &self.wg_iface,
-                "--metrics-addr",
-                METRICS_ADDR,
-            ],
-            &self.workdir,
-            false,
-        )?;
+        let rust_log = format!("RUST_LOG={rust_log}");
+        let mut argv = vec![
+            "env",
+            &rust_log,
+            "NO_COLOR=1",
+            &bin_s,
+            "--state-dir",
+            &state,
+            "run",
+            "--iface",
+            &self.nic,
+            "--wg-iface",
+            &self.wg_iface,
+            "--metrics-addr",
+            METRICS_ADDR,
+        ];
+        argv.extend_from_slice(run_args);
+        let mut proc = self.ns.spawn("relayhub", &argv, &self.workdir, false)?;
         let url = format!("http://{METRICS_ADDR}/healthz");
         let ns = self.ns;
         let res = cmd::wait_for(
