@@ -241,7 +241,11 @@ pub mod counter {
     /// Dropped: the userspace fallback had no room (perf buffer full or no
     /// reader).
     pub const DROP_FALLBACK_FULL: u32 = 30;
-    pub const COUNT: u32 = 31;
+    /// A relayed response's sender index is the receiver index of another
+    /// pair's live session from the same initiator: not learned (the
+    /// response itself is relayed).
+    pub const LEARN_CONFLICT: u32 = 31;
+    pub const COUNT: u32 = 32;
 
     /// Metric label for each counter index.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -276,6 +280,7 @@ pub mod counter {
         "pass_not_for_hub",
         "userspace_fallback",
         "drop_fallback_full",
+        "learn_conflict",
     ];
 
     /// The `RELAYED_*_TO_*` counter of a relay from `from` to `to`

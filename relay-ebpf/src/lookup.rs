@@ -1,5 +1,6 @@
 //! Map lookups: source endpoint -> slot, relay sessions, destinations.
 
+use aya_ebpf::bindings::BPF_NOEXIST;
 use relay_common::{
     Endpoint, SESSION_FROM_RESPONSE, SLOT_ACTIVE, SessionKey, SessionValue, SpokeSlot,
 };
@@ -42,10 +43,25 @@ pub fn destination(slot: u32) -> Option<&'static SpokeSlot> {
     (s.flags & SLOT_ACTIVE != 0 && s.endpoint.is_set()).then_some(s)
 }
 
+/// What [`learn_response`] did.
+pub enum Learned {
+    /// New entry, or the same pair's entry refreshed.
+    Yes,
+    /// The key belongs to another pair's session: left alone. Overwriting
+    /// would let a spoke that knows a live index (it cannot read one, but
+    /// may guess or have sniffed the underlay) divert that session.
+    Conflict,
+    /// Neither (the entry vanished between the two map operations).
+    No,
+}
+
 /// A relayed response from `responder_slot` carries the responder's
 /// sender index: frames from `initiator_slot` will use it as receiver.
+/// Insert-if-absent; an existing entry is only refreshed when it already
+/// names `responder_slot` (entries of ended sessions age out through the
+/// controller's sweep and the LRU).
 #[inline(always)]
-pub fn learn_response(initiator_slot: u32, sender: u32, responder_slot: u32, now: u64) -> bool {
+pub fn learn_response(initiator_slot: u32, sender: u32, responder_slot: u32, now: u64) -> Learned {
     let key = SessionKey {
         src_slot: initiator_slot,
         receiver: sender,
@@ -55,5 +71,17 @@ pub fn learn_response(initiator_slot: u32, sender: u32, responder_slot: u32, now
         flags: SESSION_FROM_RESPONSE,
         last_seen_ns: now,
     };
-    SESSIONS.insert(key, value, 0).is_ok()
+    if SESSIONS.insert(key, value, u64::from(BPF_NOEXIST)).is_ok() {
+        return Learned::Yes;
+    }
+    match SESSIONS.get_ptr_mut(key) {
+        // SAFETY: pointer from a map lookup in this program run.
+        Some(v) if unsafe { (*v).dst_slot } == responder_slot => {
+            // SAFETY: as above.
+            unsafe { (*v).last_seen_ns = now };
+            Learned::Yes
+        }
+        Some(_) => Learned::Conflict,
+        None => Learned::No,
+    }
 }

@@ -173,13 +173,17 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
     } else {
         None
     };
-    if msg.kind == MSG_RESPONSE
-        && lookup::learn_response(dst_slot, le32(&hdr, SENDER_OFF), slot, now)
-    {
-        inc(counter::RESPONSE_LEARNED);
-        // Once per handshake, not per frame; skipped unless the controller
-        // loaded the program with debug logging (AYA_LOG_LEVEL).
-        aya_log_ebpf::debug!(ctx, "learned session: slot {} -> slot {}", dst_slot, slot);
+    if msg.kind == MSG_RESPONSE {
+        match lookup::learn_response(dst_slot, le32(&hdr, SENDER_OFF), slot, now) {
+            lookup::Learned::Yes => {
+                inc(counter::RESPONSE_LEARNED);
+                // Once per handshake, not per frame; skipped unless the
+                // controller loaded the program with debug logging.
+                aya_log_ebpf::debug!(ctx, "learned session: slot {} -> slot {}", dst_slot, slot);
+            }
+            lookup::Learned::Conflict => inc(counter::LEARN_CONFLICT),
+            lookup::Learned::No => {}
+        }
     }
 
     let next = match cross {

@@ -261,6 +261,23 @@ impl Hub {
 
     /// Carry out one routing decision; true if a refresh was asked for.
     fn handle(&mut self, outcome: Outcome, action: Option<Action>) -> bool {
+        if let Some(Action::Forward {
+            session: (key, value),
+            ..
+        }) = &action
+            && !sessions::may_install(self.datapath.session(key).as_ref(), value.dst_slot)
+        {
+            // The initiator's sender index is another pair's live
+            // receiver index at that destination: neither installed nor
+            // forwarded (a real initiator retries with a fresh index).
+            self.metrics.initiation("index_conflict");
+            tracing::debug!(
+                ?key,
+                initiator = value.dst_slot,
+                "initiation index in use by another session"
+            );
+            return false;
+        }
         self.metrics.initiation(outcome.label());
         self.metrics.shield = self.router.shield_stats();
         match action {

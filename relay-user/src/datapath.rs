@@ -813,6 +813,11 @@ impl Datapath {
             .map_err(map_err(MAP_SESSIONS))
     }
 
+    /// The session entry of `key`, if any.
+    pub fn session(&self, key: &SessionKey) -> Option<SessionValue> {
+        self.sessions.get(key, 0).ok()
+    }
+
     /// All session entries (for expiry and the live-session gauge).
     pub fn sessions(&self) -> Vec<(SessionKey, SessionValue)> {
         self.sessions.iter().filter_map(Result::ok).collect()

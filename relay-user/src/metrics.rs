@@ -107,7 +107,7 @@ const XDP_DROPS: [(&str, u32); 11] = [
 ];
 
 /// Controller outcomes that drop an initiation, with their drop reason.
-const CONTROLLER_DROPS: [(&str, &str); 10] = [
+const CONTROLLER_DROPS: [(&str, &str); 11] = [
     ("no_match", "no_match"),
     ("unknown_source", "unknown_source"),
     ("no_destination", "no_destination"),
@@ -119,10 +119,11 @@ const CONTROLLER_DROPS: [(&str, &str); 10] = [
     ("rate_limited", "rate_limited"),
     ("cookie_sent", "cookie_required"),
     ("denied", "policy"),
+    ("index_conflict", "index_conflict"),
 ];
 
 /// Initiation outcome labels, in a stable order.
-const INITIATION_RESULTS: [&str; 14] = [
+const INITIATION_RESULTS: [&str; 15] = [
     "relayed",
     "to_hub",
     "held",
@@ -137,6 +138,7 @@ const INITIATION_RESULTS: [&str; 14] = [
     "cookie_sent",
     "rate_limited",
     "denied",
+    "index_conflict",
 ];
 
 /// The text exposition of everything.

@@ -33,6 +33,16 @@ pub fn sweep<'a>(
         .collect()
 }
 
+/// Whether a routed initiation may install its entry (`dst_slot` = the
+/// initiator) over what the table holds for that key: only where there is
+/// none or it names the same initiator (a retransmission). Overwriting
+/// another pair's live entry would let a spoke that knows its index divert
+/// that session; ended sessions' entries age out through [`sweep`]. The
+/// XDP program applies the same rule to learned responses.
+pub fn may_install(existing: Option<&SessionValue>, dst_slot: u32) -> bool {
+    existing.is_none_or(|v| v.dst_slot == dst_slot)
+}
+
 /// Keys whose entries involve `slot` (removed spoke).
 pub fn involving<'a>(
     entries: impl IntoIterator<Item = &'a (SessionKey, SessionValue)>,
@@ -62,6 +72,18 @@ pub fn denied<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn install_never_takes_another_pairs_entry() {
+        let v = |dst_slot| SessionValue {
+            dst_slot,
+            flags: 0,
+            last_seen_ns: 0,
+        };
+        assert!(may_install(None, 3));
+        assert!(may_install(Some(&v(3)), 3));
+        assert!(!may_install(Some(&v(4)), 3));
+    }
 
     fn e(src: u32, rx: u32, dst: u32, seen: u64) -> (SessionKey, SessionValue) {
         (

@@ -307,6 +307,8 @@ struct Model {
     by_src: StdHashMap<u32, Vec<u32>>,
     ifindex: u32,
     c: Counters,
+    /// Responses whose sender index was another pair's entry (not learned).
+    learn_conflicts: u64,
 }
 
 /// Counter indices the model uses (looked up by name where they may not
@@ -324,6 +326,7 @@ struct Counters {
     no_dest: u32,
     cross: u32,
     learned: u32,
+    learn_conflict: Option<u32>,
     no_route: u32,
     too_big: u32,
     fallback: u32,
@@ -353,6 +356,7 @@ impl Counters {
             no_dest: ctr_req("drop_no_destination"),
             cross: ctr_req("pass_cross_family"),
             learned: ctr_req("response_learned"),
+            learn_conflict: ctr("learn_conflict"),
             no_route: ctr_req("drop_no_route"),
             // A too-big frame is a fib_lookup failure unless the program
             // counts it separately.
@@ -457,6 +461,7 @@ impl Model {
             by_src: StdHashMap::new(),
             ifindex,
             c: Counters::new(),
+            learn_conflicts: 0,
         };
         m.index();
         m
@@ -663,12 +668,23 @@ impl Model {
         }
         if kind == 2 {
             // The responder's sender index, seen from the initiator.
+            // Insert-if-absent: another pair's entry is never taken over;
+            // the same pair's is refreshed (flags kept).
             let k = (dst_slot, le32(f, wg_off + 4));
-            if !self.sessions.contains_key(&k) {
-                self.by_src.entry(k.0).or_default().push(k.1);
+            match self.sessions.get(&k) {
+                None => {
+                    self.by_src.entry(k.0).or_default().push(k.1);
+                    self.sessions.insert(k, (slot, SESSION_FROM_RESPONSE));
+                    e.counters.push((c.learned, 1));
+                }
+                Some(&(d, _)) if d == slot => e.counters.push((c.learned, 1)),
+                Some(_) => {
+                    self.learn_conflicts += 1;
+                    if let Some(i) = c.learn_conflict {
+                        e.counters.push((i, 1));
+                    }
+                }
             }
-            self.sessions.insert(k, (slot, SESSION_FROM_RESPONSE));
-            e.counters.push((c.learned, 1));
         }
 
         // The relayed frame, from scratch.
@@ -887,7 +903,16 @@ impl Gen {
                 m
             }
             2 => {
-                let mut m = response(r.u32(), receiver);
+                // Sometimes a sender index the initiator already uses for
+                // another session (index takeover attempts).
+                let taken = slot
+                    .and_then(|s| model.sessions.get(&(s, receiver)))
+                    .and_then(|(dst, _)| model.by_src.get(dst));
+                let sender = match taken {
+                    Some(v) if r.pct(30) => r.pick(v),
+                    _ => r.u32(),
+                };
+                let mut m = response(sender, receiver);
                 r.fill(&mut m[12..]);
                 m
             }
@@ -1714,6 +1739,16 @@ fn random_and_mutated_frames() {
     );
     for d in &dev.first {
         eprintln!("xdp_fuzz:   e.g. {d}");
+    }
+    eprintln!(
+        "xdp_fuzz: {} responses tried to take over another session's index (not learned)",
+        model.learn_conflicts
+    );
+    if iters >= 100_000 {
+        assert!(
+            model.learn_conflicts > 0,
+            "no index takeover attempt generated"
+        );
     }
     // The generator must reach every outcome, or the run proves little.
     if iters >= 100_000 {

@@ -100,6 +100,8 @@ const IDX_A: u32 = 0xaaaa_0001;
 const IDX_B: u32 = 0xbbbb_0001;
 /// A second handshake of A, answered with a cookie reply by B.
 const IDX_A2: u32 = 0xaaaa_0002;
+/// A's index of a handshake answered by C.
+const IDX_A4: u32 = 0xaaaa_0004;
 /// No session anywhere: the hub's own.
 const R_HUB: u32 = 0xdead_beef;
 
@@ -338,6 +340,7 @@ impl Hub {
             // Installed by the controller when it routed A's initiations.
             (B.slot, IDX_A, A.slot),
             (B.slot, IDX_A2, A.slot),
+            (C.slot, IDX_A4, A.slot),
         ] {
             hub.add_session(src, receiver, dst);
         }
@@ -820,6 +823,41 @@ fn table() -> Vec<Case> {
         Csum::Full,
         RELAYED_TRANSPORT,
     ));
+    {
+        // C answers A with B's live index as its sender index: relayed, but
+        // A's entry for that index keeps pointing at B.
+        let mut c = relay_case(
+            "response C->A reusing B's live index (not learned)",
+            &C,
+            &A,
+            response(IDX_B, IDX_A4),
+            Csum::Full,
+            RELAYED_RESPONSE,
+        );
+        c.counters.push((LEARN_CONFLICT, 1));
+        v.push(c);
+    }
+    v.push(relay_case(
+        "transport A->B on the learned entry, after the conflict",
+        &A,
+        &B,
+        transport(IDX_B, 64),
+        Csum::Full,
+        RELAYED_TRANSPORT,
+    ));
+    {
+        // B repeats its response: the same pair's entry is refreshed.
+        let mut c = relay_case(
+            "response B->A again (same pair: refreshed)",
+            &B,
+            &A,
+            response(IDX_B, IDX_A),
+            Csum::Full,
+            RELAYED_RESPONSE,
+        );
+        c.counters.push((RESPONSE_LEARNED, 1));
+        v.push(c);
+    }
     v.push(relay_case(
         "cookie reply B->A",
         &B,
