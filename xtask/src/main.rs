@@ -345,12 +345,13 @@ fn test(args: &[String]) -> Result<()> {
 }
 
 /// The cargo-fuzz targets in fuzz/fuzz_targets.
-const FUZZ_TARGETS: [&str; 5] = [
+const FUZZ_TARGETS: [&str; 6] = [
     "handshake",
     "registry_json",
     "endpoint",
     "http_request",
     "route_tables",
+    "fallback_sample",
 ];
 /// Seconds per fuzz target in `cargo xtask test`.
 const TEST_FUZZ_SECONDS: u64 = 20;
