@@ -345,6 +345,16 @@ impl<'t> Hub<'t> {
         Ok(Metrics::parse(&text))
     }
 
+    /// GET `path` of the hub's HTTP API (e.g. `/v1/spokes`) as JSON.
+    pub fn api_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let url = format!("http://{METRICS_ADDR}{path}");
+        let out = self
+            .ns
+            .output(&["curl", "-fsS", "-m", "3", &url], Duration::from_secs(10))?
+            .checked()?;
+        serde_json::from_str(&out).with_context(|| format!("{path}: not JSON: {out}"))
+    }
+
     /// The hub's stderr so far (relayhub).
     pub fn log(&self) -> String {
         self.proc.as_ref().map(|p| p.stderr()).unwrap_or_default()

@@ -30,13 +30,11 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use relay_tests::capture::{self, Capture};
-use relay_tests::hub::METRICS_ADDR;
 use relay_tests::inject::{self, Datagram, Sniffed};
 use relay_tests::mesh::Mesh;
 use relay_tests::relayhub_scenario;
 use relay_tests::topology::{HUB_ADDR, HUB_PORT};
 use relay_tests::{Hub, Topology};
-use serde_json::Value;
 
 #[test]
 fn attack_e2e() {
@@ -51,18 +49,9 @@ fn attack_e2e() {
     );
 }
 
-fn get_json(topo: &Topology, path: &str) -> anyhow::Result<Value> {
-    let url = format!("http://{METRICS_ADDR}{path}");
-    let out = topo
-        .hub
-        .output(&["curl", "-fsS", "-m", "3", &url], Duration::from_secs(10))?
-        .checked()?;
-    Ok(serde_json::from_str(&out)?)
-}
-
 /// name -> authenticated endpoint, from /v1/spokes.
-fn hub_endpoints(topo: &Topology) -> anyhow::Result<BTreeMap<String, String>> {
-    let v = get_json(topo, "/v1/spokes")?;
+fn hub_endpoints(hub: &Hub<'_>) -> anyhow::Result<BTreeMap<String, String>> {
+    let v = hub.api_json("/v1/spokes")?;
     Ok(v.as_array()
         .context("/v1/spokes")?
         .iter()
@@ -186,7 +175,7 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
     let keys = spoke_keys(hub)?;
     ensure!(keys.len() == 3, "spoke list: {keys:?}");
     let hub_key = inject::base64_key(
-        get_json(topo, "/v1/hub")?["public_key"]
+        hub.api_json("/v1/hub")?["public_key"]
             .as_str()
             .context("/v1/hub public_key")?,
     )?;
@@ -282,7 +271,7 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
         }
     }
 
-    let endpoints0 = hub_endpoints(topo)?;
+    let endpoints0 = hub_endpoints(hub)?;
     let wg0 = wg_state(&mesh)?;
     let caps = Captures::start(topo, "attack")?;
     let m0 = hub.metrics()?;
@@ -298,7 +287,7 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
     // Held initiations expire 1.2 s after arrival; the pings took 5 s.
     let m1 = hub.metrics()?;
     let wg1 = wg_state(&mesh)?;
-    let endpoints1 = hub_endpoints(topo)?;
+    let endpoints1 = hub_endpoints(hub)?;
     let seen = caps.stop()?;
     ensure!(
         sent == frames.len() + spoofed.len(),
@@ -463,7 +452,7 @@ fn exact_spoof(
         dport: HUB_PORT,
         payload: inject::initiation(&keys[1].1, 0x5bad_5bad, 9999),
     });
-    let endpoints0 = hub_endpoints(topo)?;
+    let endpoints0 = hub_endpoints(hub)?;
     let wg0 = wg_state(mesh)?;
     let m0 = hub.metrics()?;
     let caps = Captures::start(topo, "spoof")?;
@@ -493,7 +482,7 @@ fn exact_spoof(
         ),
     );
     // Nothing authenticated changes: endpoints, roams, handshakes.
-    let endpoints1 = hub_endpoints(topo)?;
+    let endpoints1 = hub_endpoints(hub)?;
     ensure!(
         endpoints0 == endpoints1,
         "spoofing moved the hub's endpoints: {endpoints0:?} -> {endpoints1:?}"

@@ -21,13 +21,11 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use relay_tests::capture::{self, Capture};
-use relay_tests::hub::METRICS_ADDR;
 use relay_tests::inject::{self, Datagram, Sniffed};
 use relay_tests::mesh::Mesh;
 use relay_tests::relayhub_scenario;
 use relay_tests::topology::{HUB_ADDR, HUB_PORT};
 use relay_tests::{Hub, Topology};
-use serde_json::Value;
 
 const KEEPALIVE: f64 = 2.0;
 /// relay_user::controller::ENDPOINT_REFRESH.
@@ -53,14 +51,11 @@ fn roaming_e2e() {
     );
 }
 
-fn s1_endpoint(topo: &Topology) -> anyhow::Result<String> {
-    let url = format!("http://{METRICS_ADDR}/v1/spokes");
-    let out = topo
-        .hub
-        .output(&["curl", "-fsS", "-m", "3", &url], Duration::from_secs(10))?
-        .checked()?;
-    let v: Vec<Value> = serde_json::from_str(&out)?;
-    v.iter()
+fn s1_endpoint(hub: &Hub<'_>) -> anyhow::Result<String> {
+    let v = hub.api_json("/v1/spokes")?;
+    v.as_array()
+        .context("/v1/spokes")?
+        .iter()
         .find(|s| s["name"] == "s1")
         .and_then(|s| s["endpoint"].as_str())
         .map(str::to_string)
@@ -99,7 +94,7 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
     )?;
     let mesh = Mesh::up(topo, hub)?;
     let nat = &topo.nats[0];
-    let before = s1_endpoint(topo)?;
+    let before = s1_endpoint(hub)?;
     let roams0 = hub
         .metrics()?
         .value("relayhub_spoke_roams_total", &[("spoke", "s1")]);
@@ -145,7 +140,7 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
         prev = prev.max(seq);
     }
     let outage = longest as f64 * PING_INTERVAL;
-    let after = s1_endpoint(topo)?;
+    let after = s1_endpoint(hub)?;
     let roams = hub
         .metrics()?
         .value("relayhub_spoke_roams_total", &[("spoke", "s1")])
@@ -230,7 +225,7 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
     // Past the controller's hold (1.2 s) and several endpoint refreshes.
     thread::sleep(Duration::from_millis(1500));
     let m1 = hub.metrics()?;
-    let still = s1_endpoint(topo)?;
+    let still = s1_endpoint(hub)?;
     let d_roams = m1.value("relayhub_spoke_roams_total", &[("spoke", "s1")])
         - m0.value("relayhub_spoke_roams_total", &[("spoke", "s1")]);
     let d_unknown = m1.value(

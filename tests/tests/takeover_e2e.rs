@@ -22,7 +22,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use relay_tests::hub::METRICS_ADDR;
 use relay_tests::inject::{self, Datagram};
 use relay_tests::mesh::Mesh;
 use relay_tests::topology::{HUB_ADDR, HUB_PORT};
@@ -87,18 +86,9 @@ fn sessions() -> anyhow::Result<Table> {
     Ok(t)
 }
 
-fn get_json(topo: &Topology, path: &str) -> anyhow::Result<Value> {
-    let url = format!("http://{METRICS_ADDR}{path}");
-    let out = topo
-        .hub
-        .output(&["curl", "-fsS", "-m", "3", &url], Duration::from_secs(10))?
-        .checked()?;
-    Ok(serde_json::from_str(&out)?)
-}
-
 fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
     let mesh = Mesh::up(topo, hub)?;
-    let spokes = get_json(topo, "/v1/spokes")?;
+    let spokes = hub.api_json("/v1/spokes")?;
     let by_name: BTreeMap<String, (u32, String)> = spokes
         .as_array()
         .context("/v1/spokes")?
