@@ -21,6 +21,7 @@ pub mod sender;
 pub mod sessions;
 pub mod spoke_cmd;
 pub mod state;
+pub mod statefile;
 pub mod status;
 
 /// The compiled XDP object (built by build.rs with aya-build).

@@ -29,17 +29,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write as _};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use nix::fcntl::{Flock, FlockArg};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 use crate::registry::validate_name;
+use crate::statefile::{FileError, StateFile};
 
 /// The policy file inside the state directory.
 pub const POLICY_FILE: &str = "policy.json";
@@ -535,27 +533,22 @@ impl SlotPolicy {
     }
 }
 
-/// The policy file, read and replaced atomically (temp file + rename)
-/// under an `flock`ed lock file next to it.
+/// The policy file (see [`StateFile`]: atomic replace under a lock).
 #[derive(Debug, Clone)]
 pub struct PolicyStore {
-    path: PathBuf,
-    lock_path: PathBuf,
-    tmp_path: PathBuf,
+    file: StateFile,
+}
+
+impl From<FileError> for PolicyError {
+    fn from(e: FileError) -> Self {
+        PolicyError::io(&e.path, e.source)
+    }
 }
 
 impl PolicyStore {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        let path = path.into();
-        let with_suffix = |suffix: &str| {
-            let mut p = path.clone().into_os_string();
-            p.push(suffix);
-            PathBuf::from(p)
-        };
         PolicyStore {
-            lock_path: with_suffix(".lock"),
-            tmp_path: with_suffix(".tmp"),
-            path,
+            file: StateFile::new(path),
         }
     }
 
@@ -565,28 +558,29 @@ impl PolicyStore {
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
     /// The file's text; `None` if there is no file.
     pub fn read_text(&self) -> Result<Option<String>, PolicyError> {
-        match fs::read_to_string(&self.path) {
-            Ok(t) => Ok(Some(t)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(PolicyError::Invalid {
-                path: self.path.clone(),
-                line: 1,
-                column: 1,
-                detail: "the file is not UTF-8 text; write it as JSON".to_owned(),
-            }),
-            Err(e) => Err(PolicyError::io(&self.path, e)),
-        }
+        self.file.read().map_err(|e| {
+            if e.source.kind() == io::ErrorKind::InvalidData {
+                PolicyError::Invalid {
+                    path: e.path,
+                    line: 1,
+                    column: 1,
+                    detail: "the file is not UTF-8 text; write it as JSON".to_owned(),
+                }
+            } else {
+                e.into()
+            }
+        })
     }
 
     /// The policy; `None` without a file (every pair allowed).
     pub fn load(&self) -> Result<Option<Policy>, PolicyError> {
         self.read_text()?
-            .map(|t| Policy::from_json(&t, &self.path))
+            .map(|t| Policy::from_json(&t, self.path()))
             .transpose()
     }
 
@@ -594,8 +588,8 @@ impl PolicyStore {
     /// later errors point at the lines the user wrote.
     pub fn set_text(&self, text: &str, source: &Path) -> Result<Policy, PolicyError> {
         let policy = Policy::from_json(text, source)?;
-        let _lock = self.lock()?;
-        self.write(text)?;
+        let lock = self.file.lock()?;
+        self.file.replace(text, &lock)?;
         Ok(policy)
     }
 
@@ -605,47 +599,16 @@ impl PolicyStore {
         &self,
         f: impl FnOnce(Option<Policy>) -> Result<Policy, PolicyError>,
     ) -> Result<Policy, PolicyError> {
-        let _lock = self.lock()?;
+        let lock = self.file.lock()?;
         let after = f(self.load()?)?;
-        self.write(&after.to_json())?;
+        self.file.replace(&after.to_json(), &lock)?;
         Ok(after)
     }
 
     /// Removes the file: every pair allowed again.
     pub fn remove(&self) -> Result<bool, PolicyError> {
-        let _lock = self.lock()?;
-        match fs::remove_file(&self.path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(PolicyError::io(&self.path, e)),
-        }
-    }
-
-    fn lock(&self) -> Result<Flock<File>, PolicyError> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&self.lock_path)
-            .map_err(|e| PolicyError::io(&self.lock_path, e))?;
-        Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| PolicyError::io(&self.lock_path, errno.into()))
-    }
-
-    fn write(&self, text: &str) -> Result<(), PolicyError> {
-        let io_tmp = |e| PolicyError::io(&self.tmp_path, e);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&self.tmp_path)
-            .map_err(io_tmp)?;
-        file.write_all(text.as_bytes()).map_err(io_tmp)?;
-        file.sync_all().map_err(io_tmp)?;
-        drop(file);
-        fs::rename(&self.tmp_path, &self.path).map_err(|e| PolicyError::io(&self.path, e))
+        let lock = self.file.lock()?;
+        Ok(self.file.remove(&lock)?)
     }
 }
 
@@ -707,6 +670,7 @@ impl PolicyWatch {
 mod tests {
     use super::*;
     use crate::state::test_support::TempDir;
+    use std::fs;
 
     fn p(text: &str) -> Result<Policy, PolicyError> {
         Policy::from_json(text, Path::new("/state/policy.json"))

@@ -12,18 +12,19 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::io::{self, Write};
+use std::io;
 use std::net::Ipv4Addr;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use wireguard_control::Key;
+
+use crate::statefile::{FileError, StateFile};
 
 /// The registry file format version this build reads and writes.
 pub const REGISTRY_VERSION: u32 = 1;
@@ -540,103 +541,45 @@ pub trait RegistryStore {
     fn stamp(&self) -> Result<u64, RegistryError>;
 }
 
-/// The embedded store: one JSON file, replaced atomically (temp file +
-/// rename) under an `flock`ed lock file next to it.
+/// The embedded store: one JSON file (see [`StateFile`]: atomic replace
+/// under a lock; the modification time moves on every write, which is
+/// what [`RegistryStore::stamp`] polls).
 #[derive(Debug, Clone)]
 pub struct FileStore {
-    path: PathBuf,
-    lock_path: PathBuf,
-    tmp_path: PathBuf,
+    file: StateFile,
+}
+
+impl From<FileError> for RegistryError {
+    fn from(e: FileError) -> Self {
+        RegistryError::io(&e.path, e.source)
+    }
 }
 
 impl FileStore {
     /// A store kept in the file `path` (for example `<state_dir>/spokes.json`).
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        let path = path.into();
-        let with_suffix = |suffix: &str| {
-            let mut p = path.clone().into_os_string();
-            p.push(suffix);
-            PathBuf::from(p)
-        };
         FileStore {
-            lock_path: with_suffix(".lock"),
-            tmp_path: with_suffix(".tmp"),
-            path,
+            file: StateFile::new(path),
         }
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
-
-    fn lock(&self) -> Result<Flock<File>, RegistryError> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&self.lock_path)
-            .map_err(|e| RegistryError::io(&self.lock_path, e))?;
-        Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| RegistryError::io(&self.lock_path, errno.into()))
-    }
-
-    fn write(&self, registry: &Registry) -> Result<(), RegistryError> {
-        let previous = fs::metadata(&self.path).ok().map(|m| mtime(&m));
-        let io_tmp = |e| RegistryError::io(&self.tmp_path, e);
-        // Under the lock there is a single writer, so a fixed temp name is safe;
-        // a leftover from a crash is simply truncated.
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&self.tmp_path)
-            .map_err(io_tmp)?;
-        file.write_all(registry.to_json().as_bytes())
-            .map_err(io_tmp)?;
-        // Make the stamp change even for two writes within one clock tick.
-        let now = SystemTime::now();
-        if let Some(prev) = previous {
-            let mut next = if now > prev {
-                now
-            } else {
-                prev + Duration::from_nanos(1)
-            };
-            file.set_modified(next).map_err(io_tmp)?;
-            let stored = mtime(&file.metadata().map_err(io_tmp)?);
-            if stored <= prev {
-                // Coarse timestamps on this file system.
-                next = prev + Duration::from_secs(1);
-                file.set_modified(next).map_err(io_tmp)?;
-            }
-        }
-        file.sync_all().map_err(io_tmp)?;
-        drop(file);
-        fs::rename(&self.tmp_path, &self.path).map_err(|e| RegistryError::io(&self.path, e))?;
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| RegistryError::io(dir, e))?;
-        }
-        Ok(())
-    }
-}
-
-fn mtime(m: &fs::Metadata) -> SystemTime {
-    m.modified().unwrap_or(UNIX_EPOCH)
 }
 
 impl RegistryStore for FileStore {
     fn load(&self) -> Result<Registry, RegistryError> {
-        match fs::read_to_string(&self.path) {
-            Ok(text) => Registry::from_json(&text, &self.path),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Registry::new()),
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(RegistryError::Corrupt {
-                path: self.path.clone(),
-                detail: "is not UTF-8 text".to_owned(),
-            }),
-            Err(e) => Err(RegistryError::io(&self.path, e)),
+        match self.file.read() {
+            Ok(Some(text)) => Registry::from_json(&text, self.path()),
+            Ok(None) => Ok(Registry::new()),
+            Err(e) if e.source.kind() == io::ErrorKind::InvalidData => {
+                Err(RegistryError::Corrupt {
+                    path: e.path,
+                    detail: "is not UTF-8 text".to_owned(),
+                })
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -644,21 +587,21 @@ impl RegistryStore for FileStore {
         &self,
         f: &mut dyn FnMut(&mut Registry) -> Result<(), RegistryError>,
     ) -> Result<Registry, RegistryError> {
-        let _lock = self.lock()?;
+        let lock = self.file.lock()?;
         let before = self.load()?;
         let mut after = before.clone();
         f(&mut after)?;
         if after != before {
-            self.write(&after)?;
+            self.file.replace(&after.to_json(), &lock)?;
         }
         Ok(after)
     }
 
     fn stamp(&self) -> Result<u64, RegistryError> {
-        let m = match fs::metadata(&self.path) {
+        let m = match fs::metadata(self.path()) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(RegistryError::io(&self.path, e)),
+            Err(e) => return Err(RegistryError::io(self.path(), e)),
         };
         let mut h = DefaultHasher::new();
         (

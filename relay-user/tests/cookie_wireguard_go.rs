@@ -9,7 +9,6 @@
 //! Needs root and wireguard-go (`cargo xtask test` provides both).
 
 use std::net::UdpSocket;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use relay_common::wire::{INITIATION_LEN, INITIATION_MAC2_OFF};
@@ -19,39 +18,8 @@ use relay_user::handshake::{Action, Outcome, Router};
 use relay_user::ratelimit::{Limits, Rate};
 use wireguard_control::Key;
 
-struct Netns(String);
-
-impl Netns {
-    fn new(name: String) -> Self {
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        run(&["ip", "netns", "add", &name]);
-        let ns = Self(name);
-        run(&["ip", "-n", &ns.0, "link", "set", "lo", "up"]);
-        ns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "pids", &self.0])
-            .output()
-            .map(|o| {
-                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                    let _ = Command::new("kill").arg(pid).status();
-                }
-            });
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn run(args: &[&str]) {
-    let st = Command::new(args[0])
-        .args(&args[1..])
-        .status()
-        .expect(args[0]);
-    assert!(st.success(), "{args:?} failed");
-}
+mod common;
+use common::wggo::WgGoNs;
 
 fn recv_initiation(sock: &UdpSocket, within: Duration) -> Option<([u8; INITIATION_LEN], u16)> {
     let deadline = Instant::now() + within;
@@ -73,9 +41,7 @@ fn wireguard_go_accepts_the_hubs_cookie_reply_and_sends_mac2() {
         nix::unistd::geteuid().is_root(),
         "needs root (network namespaces, wireguard-go): run `cargo xtask test`"
     );
-    let tag = format!("{:04x}", std::process::id() & 0xffff);
-    let ns = Netns::new(format!("rhc-{tag}"));
-    let ifname = format!("rhc{tag}");
+    let ns = WgGoNs::new("rhc");
 
     let initiator = Key::generate_private();
     let responder = Key::generate_private().get_public();
@@ -95,12 +61,9 @@ fn wireguard_go_accepts_the_hubs_cookie_reply_and_sends_mac2() {
     );
 
     // The socket lives in the namespace; the test thread enters it.
-    let ns_name = ns.0.clone();
     let (port_tx, port_rx) = std::sync::mpsc::channel();
     let (cfg_tx, cfg_rx) = std::sync::mpsc::channel::<()>();
-    let worker = std::thread::spawn(move || {
-        let f = std::fs::File::open(format!("/var/run/netns/{ns_name}")).expect("netns file");
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+    let worker = ns.spawn_inside(move || {
         let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
         let port = sock.local_addr().unwrap().port();
         port_tx.send(port).unwrap();
@@ -165,30 +128,7 @@ fn wireguard_go_accepts_the_hubs_cookie_reply_and_sends_mac2() {
         );
     });
     let port = port_rx.recv().unwrap();
-    let keyfile = std::env::temp_dir().join(format!("rhc-{tag}.key"));
-    std::fs::write(&keyfile, initiator.to_base64()).unwrap();
-    run(&["ip", "netns", "exec", &ns.0, "wireguard-go", &ifname]);
-    run(&[
-        "ip",
-        "netns",
-        "exec",
-        &ns.0,
-        "wg",
-        "set",
-        &ifname,
-        "private-key",
-        keyfile.to_str().unwrap(),
-        "peer",
-        &responder.to_base64(),
-        "endpoint",
-        &format!("127.0.0.1:{port}"),
-        "allowed-ips",
-        "10.99.0.2/32",
-        "persistent-keepalive",
-        "1",
-    ]);
-    let _ = std::fs::remove_file(&keyfile);
-    run(&["ip", "-n", &ns.0, "link", "set", &ifname, "up"]);
+    ns.initiate(&initiator, &responder, &format!("127.0.0.1:{port}"));
     cfg_tx.send(()).unwrap();
     let res = worker.join();
     drop(ns);

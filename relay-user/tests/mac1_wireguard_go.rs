@@ -6,7 +6,6 @@
 //! Needs root and wireguard-go (`cargo xtask test` provides both).
 
 use std::net::UdpSocket;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use relay_common::wire::INITIATION_LEN;
@@ -14,39 +13,8 @@ use relay_common::{Endpoint, InitiationEvent, NO_SLOT};
 use relay_user::handshake::{Action, Mac1Key, Outcome, Router};
 use wireguard_control::Key;
 
-struct Netns(String);
-
-impl Netns {
-    fn new(name: String) -> Self {
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        run(&["ip", "netns", "add", &name]);
-        let ns = Self(name);
-        run(&["ip", "-n", &ns.0, "link", "set", "lo", "up"]);
-        ns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "pids", &self.0])
-            .output()
-            .map(|o| {
-                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                    let _ = Command::new("kill").arg(pid).status();
-                }
-            });
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn run(args: &[&str]) {
-    let st = Command::new(args[0])
-        .args(&args[1..])
-        .status()
-        .expect(args[0]);
-    assert!(st.success(), "{args:?} failed");
-}
+mod common;
+use common::wggo::WgGoNs;
 
 #[test]
 fn mac1_of_a_wireguard_go_initiation() {
@@ -54,16 +22,11 @@ fn mac1_of_a_wireguard_go_initiation() {
         nix::unistd::geteuid().is_root(),
         "needs root (network namespaces, wireguard-go): run `cargo xtask test`"
     );
-    let tag = format!("{:04x}", std::process::id() & 0xffff);
-    let ns = Netns::new(format!("rhm-{tag}"));
-    let ifname = format!("rhm{tag}");
+    let ns = WgGoNs::new("rhm");
 
     // Our "responder": a UDP socket inside the namespace.
-    let ns_name = ns.0.clone();
     let (port_tx, port_rx) = std::sync::mpsc::channel();
-    let catcher = std::thread::spawn(move || {
-        let f = std::fs::File::open(format!("/var/run/netns/{ns_name}")).expect("netns file");
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+    let catcher = ns.spawn_inside(move || {
         let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
         port_tx.send(sock.local_addr().unwrap().port()).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(500)))
@@ -85,30 +48,7 @@ fn mac1_of_a_wireguard_go_initiation() {
     let initiator = Key::generate_private();
     let responder = Key::generate_private().get_public();
     let other = Key::generate_private().get_public();
-    let keyfile = std::env::temp_dir().join(format!("rhm-{tag}.key"));
-    std::fs::write(&keyfile, initiator.to_base64()).unwrap();
-    run(&["ip", "netns", "exec", &ns.0, "wireguard-go", &ifname]);
-    run(&[
-        "ip",
-        "netns",
-        "exec",
-        &ns.0,
-        "wg",
-        "set",
-        &ifname,
-        "private-key",
-        keyfile.to_str().unwrap(),
-        "peer",
-        &responder.to_base64(),
-        "endpoint",
-        &format!("127.0.0.1:{port}"),
-        "allowed-ips",
-        "10.99.0.2/32",
-        "persistent-keepalive",
-        "1",
-    ]);
-    let _ = std::fs::remove_file(&keyfile);
-    run(&["ip", "-n", &ns.0, "link", "set", &ifname, "up"]);
+    ns.initiate(&initiator, &responder, &format!("127.0.0.1:{port}"));
 
     let (frame, from) = catcher
         .join()

@@ -3,6 +3,8 @@
 //! with full checksum computation, never by the program's incremental update.
 #![allow(dead_code)]
 
+pub mod wggo;
+
 use std::{
     fs::File,
     net::{Ipv4Addr, Ipv6Addr},
