@@ -4,7 +4,9 @@
 //! traffic crosses families (IPv4 frame in, IPv6 frame out and back) and
 //! must be relayed by XDP; with `--cross-family-path userspace` (what a
 //! driver refusing `bpf_xdp_adjust_head` leads to) by the controller's
-//! userspace fallback instead, and counted there.
+//! userspace fallback instead, and counted there. On the XDP path the hub
+//! is then renumbered while running (new IPv6 address, picked up without a
+//! restart) and the IPv6 spoke roams (new port).
 //!
 //! Run as root: `cargo test -p relay-tests --release --test ipv6_e2e -- --nocapture`.
 
@@ -84,6 +86,137 @@ fn scenario(path: &'static str) -> anyhow::Result<String> {
     drop(hub);
     drop(topo);
     Ok(prefix)
+}
+
+/// The hub's new IPv6 address after renumbering (same /64).
+const HUB_ADDR6_NEW: &str = "2001:db8:100::2";
+
+/// Renumber the hub's IPv6 address while it runs: the hub must pick up the
+/// new address (no restart) as the source of frames to IPv6 spokes, or the
+/// IPv6 spoke's stateful firewall, which now only expects replies from the
+/// new address, drops them.
+fn renumber(
+    topo: &Topology,
+    hub: &Hub<'_>,
+    p: &str,
+    s1: &WgQuick,
+    s2: &WgQuick,
+) -> anyhow::Result<()> {
+    let old = relay_tests::topology::HUB_ADDR6.to_string();
+    let t = Instant::now();
+    topo.hub.exec(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        &format!("{HUB_ADDR6_NEW}/64"),
+        "dev",
+        &hub.nic,
+        "nodad",
+    ])?;
+    topo.hub.exec(&[
+        "ip",
+        "-6",
+        "addr",
+        "del",
+        &format!("{old}/64"),
+        "dev",
+        &hub.nic,
+    ])?;
+    cmd::wait_for(
+        "the hub to log its new IPv6 address",
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        || {
+            Ok(hub
+                .log()
+                .lines()
+                .any(|l| {
+                    l.contains("addresses for cross-family relay changed")
+                        && l.contains(HUB_ADDR6_NEW)
+                })
+                .then_some(()))
+        },
+    )?;
+    eprintln!(
+        "{p} hub renumbered {old} -> {HUB_ADDR6_NEW}, picked up after {:?}",
+        t.elapsed()
+    );
+    // The IPv6 spoke now dials the new address for every peer.
+    let n2 = &topo.spokes[1].ns;
+    let endpoint = format!("[{HUB_ADDR6_NEW}]:{}", relay_tests::topology::HUB_PORT);
+    for (peer, _) in s2.endpoints()? {
+        n2.exec(&[
+            "wg", "set", &s2.ifname, "peer", &peer, "endpoint", &endpoint,
+        ])?;
+    }
+    let (n1, a1, a2) = (
+        &topo.spokes[0].ns,
+        s1.address()?.to_string(),
+        s2.address()?.to_string(),
+    );
+    cmd::wait_for(
+        "s2 -> s1 after renumbering",
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        || Ok(n2.ping_once(&a1).then_some(())),
+    )?;
+    let m0 = hub.metrics()?;
+    for (ns, dst, what) in [(n1, &a2, "s1(v4) -> s2(v6)"), (n2, &a1, "s2(v6) -> s1(v4)")] {
+        let r = ns.ping(dst, PINGS, 0.1)?;
+        ensure!(r.lost() == 0, "{what} after renumbering: {r:?}");
+        eprintln!(
+            "{p} after renumbering, ping {what}: {}/{}",
+            r.received, r.transmitted
+        );
+    }
+    let m1 = hub.metrics()?;
+    let d46 = family(&m1, "ipv4", "ipv6") - family(&m0, "ipv4", "ipv6");
+    ensure!(
+        d46 >= f64::from(PINGS),
+        "v4->v6 relayed +{d46} for {PINGS} echo requests after renumbering"
+    );
+    roam(topo, hub, p, &a1, s2)
+}
+
+/// The IPv6 spoke roams (its WireGuard port changes, as after a restart or
+/// a firewall rebinding): its next frame to the hub authenticates the new
+/// endpoint, and relay to and from it resumes.
+fn roam(topo: &Topology, hub: &Hub<'_>, p: &str, a1: &str, s2: &WgQuick) -> anyhow::Result<()> {
+    let n2 = &topo.spokes[1].ns;
+    let before = spoke_endpoint(hub, "s2")?;
+    n2.exec(&["wg", "set", &s2.ifname, "listen-port", "47123"])?;
+    let t = Instant::now();
+    // Any frame to the hub does (a keepalive would, PersistentKeepalive later).
+    let _ = n2.ping_once(&HUB_TUNNEL_ADDR.to_string());
+    cmd::wait_for(
+        "s2 -> s1 after roaming",
+        Duration::from_secs(15),
+        Duration::from_millis(50),
+        || Ok(n2.ping_once(a1).then_some(())),
+    )?;
+    let after = spoke_endpoint(hub, "s2")?;
+    eprintln!(
+        "{p} s2 roamed {before} -> {after}; relay resumed after {:?}",
+        t.elapsed()
+    );
+    ensure!(
+        after.ends_with(":47123") && after != before,
+        "the hub's endpoint of s2 is {after} (was {before}), expected port 47123"
+    );
+    let r = n2.ping(a1, PINGS, 0.1)?;
+    ensure!(r.lost() == 0, "s2 -> s1 after roaming: {r:?}");
+    Ok(())
+}
+
+/// The hub's authenticated endpoint of spoke `name` (/v1/spokes).
+fn spoke_endpoint(hub: &Hub<'_>, name: &str) -> anyhow::Result<String> {
+    let v = hub.api_json("/v1/spokes")?;
+    v.as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == name))
+        .and_then(|s| s["endpoint"].as_str())
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("no endpoint for {name} in /v1/spokes"))
 }
 
 fn on_path(m: &Metrics, name: &str, path: &str) -> f64 {
@@ -268,6 +401,9 @@ fn traffic(
                 s.ifname
             );
         }
+    }
+    if path == "xdp" {
+        renumber(topo, hub, p, s1, s2)?;
     }
     let m = hub.metrics()?;
     let counters: Vec<String> = m
