@@ -351,10 +351,13 @@ impl Hub {
             }
         };
         let before = self.datapath.hub_addresses();
-        if now == before {
+        // A family whose address vanished keeps the last one: without an
+        // address the program would accept relay traffic to any address of
+        // that family (see parse::to_hub), and there is no new source.
+        let (v4, v6) = (now.0.or(before.0), now.1.or(before.1));
+        if (v4, v6) == before {
             return;
         }
-        let (v4, v6) = now;
         match self.datapath.set_hub_addresses(v4, v6) {
             Ok(()) => {
                 self.sender.set_hub_addresses(v4, v6);
@@ -584,7 +587,7 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
     let _wg_lock = IfaceLock::acquire(&format!("wg-{}", cfg.wg_iface))?;
     let pins = PinDir::for_iface(&cfg.pin_dir, &cfg.iface);
     let mut datapath = Datapath::load(object, &cfg.capacity, cfg.port, ebpf_log_level(), pins)?;
-    datapath.set_cross_path(cfg.cross_path)?;
+    datapath.set_cross_path(cfg.cross_path);
     // Dual-stack: the hub's own address per family, for cross-family relay.
     let (hub_v4, hub_v6) = crate::netinfo::hub_addresses(&cfg.iface, &state.endpoint_ips())?;
     datapath.set_hub_addresses(hub_v4, hub_v6)?;

@@ -543,12 +543,11 @@ impl Datapath {
         self.hub_addrs
     }
 
-    /// Which path relays cross-family frames (written to the program's
-    /// configuration with the hub addresses).
-    pub fn set_cross_path(&mut self, cross: CrossPath) -> Result<(), DatapathError> {
+    /// Which path relays cross-family frames. Takes effect with the next
+    /// [`Datapath::set_hub_addresses`] (one configuration write: an adopted,
+    /// running program never sees a configuration without addresses).
+    pub fn set_cross_path(&mut self, cross: CrossPath) {
         self.cross = cross;
-        let (v4, v6) = self.hub_addrs;
-        self.set_hub_addresses(v4, v6)
     }
 
     /// Open the userspace fallback's perf buffers, one per online CPU
