@@ -22,6 +22,12 @@ pub enum RealMode {
     Userspace,
     Decrypting,
     Direct,
+    /// relayhub between an IPv4 spoke (NAT44) and an IPv6-only spoke
+    /// (stateful firewall): the XDP program rebuilds every frame.
+    CrossXdp,
+    /// The same with `--cross-family-path userspace`: every frame through
+    /// the controller's fallback.
+    CrossUserspace,
 }
 
 impl RealMode {
@@ -32,6 +38,16 @@ impl RealMode {
             RealMode::Userspace => "userspace index relay",
             RealMode::Decrypting => "decrypting wireguard-go hub",
             RealMode::Direct => "direct spoke-to-spoke wire",
+            RealMode::CrossXdp => "relayhub IPv4 <-> IPv6, XDP",
+            RealMode::CrossUserspace => "relayhub IPv4 <-> IPv6, userspace fallback",
+        }
+    }
+
+    fn cross_path(self) -> Option<&'static str> {
+        match self {
+            RealMode::CrossXdp => Some("xdp"),
+            RealMode::CrossUserspace => Some("userspace"),
+            _ => None,
         }
     }
 }
@@ -87,6 +103,8 @@ pub fn run(smoke: bool, self_exe: &str) -> anyhow::Result<RealResults> {
             RealMode::Userspace,
             RealMode::Decrypting,
             RealMode::Direct,
+            RealMode::CrossXdp,
+            RealMode::CrossUserspace,
         ]
     };
     let mut out = RealResults {
@@ -101,7 +119,11 @@ pub fn run(smoke: bool, self_exe: &str) -> anyhow::Result<RealResults> {
 }
 
 fn one(mode: RealMode, plan: &Plan, self_exe: &str) -> anyhow::Result<RealResult> {
-    let topo = Topology::builder().spokes(2).build()?;
+    let topo = if mode.cross_path().is_some() {
+        Topology::builder().spokes(1).ipv6_only_spokes(1).build()?
+    } else {
+        Topology::builder().spokes(2).build()?
+    };
     let rif = topo.router_hub_if.clone();
     let _pass = sys::in_netns(&topo.router.name, || {
         bpfraw::attach(
@@ -120,6 +142,22 @@ fn one(mode: RealMode, plan: &Plan, self_exe: &str) -> anyhow::Result<RealResult
     let mut urelay = None;
     let mut _direct = None;
     let texts: Vec<String> = match mode {
+        RealMode::CrossXdp | RealMode::CrossUserspace => {
+            let path = mode.cross_path().unwrap_or("xdp");
+            let mut h = Hub::start_with(
+                &topo,
+                HubKind::Relayhub,
+                &["--cross-family-path", path],
+            )?;
+            let added = [h.add_spoke("s1")?, h.add_spoke_ipv6("s2")?];
+            let t = vec![
+                h.current_config("s1", &added[0])?,
+                h.current_config("s2", &added[1])?,
+            ];
+            std::thread::sleep(Duration::from_millis(800));
+            hub = Some(h);
+            t
+        }
         RealMode::RelayhubNative | RealMode::RelayhubGeneric | RealMode::Decrypting => {
             let kind = if mode == RealMode::Decrypting {
                 HubKind::DecryptingWireguardGo

@@ -276,7 +276,7 @@ pub fn write(all: &All, out: &Path, command: &str) -> anyhow::Result<()> {
         writeln!(w, "\n## Real wireguard-go spokes behind NATs\n")?;
         writeln!(
             w,
-            "The harness topology (hub behind a router, each spoke behind an outbound-only NAT), two wireguard-go spokes and iperf3 pinned to CPU 1, the hub (NIC NAPI thread and hub processes) on CPU 0. relayhub modes run the real `relayhub run` binary (`--xdp-mode` via RELAYHUB_XDP_MODE) with its controller and its own WireGuard; its hub CPU includes both. The direct wire is a veth between the two spoke namespaces.\n"
+            "The harness topology (hub behind a router, each spoke behind an outbound-only NAT), two wireguard-go spokes and iperf3 pinned to CPU 1, the hub (NIC NAPI thread and hub processes) on CPU 0. relayhub modes run the real `relayhub run` binary (`--xdp-mode` via RELAYHUB_XDP_MODE) with its controller and its own WireGuard; its hub CPU includes both. The direct wire is a veth between the two spoke namespaces. The IPv4 <-> IPv6 rows relay between an IPv4 spoke behind NAT44 and an IPv6-only spoke behind a stateful firewall (`--cross-family-path xdp` / `userspace`); iperf3 runs from the IPv4 to the IPv6 spoke.\n"
         )?;
         writeln!(
             w,
