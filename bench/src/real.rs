@@ -144,11 +144,7 @@ fn one(mode: RealMode, plan: &Plan, self_exe: &str) -> anyhow::Result<RealResult
     let texts: Vec<String> = match mode {
         RealMode::CrossXdp | RealMode::CrossUserspace => {
             let path = mode.cross_path().unwrap_or("xdp");
-            let mut h = Hub::start_with(
-                &topo,
-                HubKind::Relayhub,
-                &["--cross-family-path", path],
-            )?;
+            let mut h = Hub::start_with(&topo, HubKind::Relayhub, &["--cross-family-path", path])?;
             let added = [h.add_spoke("s1")?, h.add_spoke_ipv6("s2")?];
             let t = vec![
                 h.current_config("s1", &added[0])?,

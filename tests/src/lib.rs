@@ -26,18 +26,29 @@ pub use topology::Topology;
 
 /// The usual shape of a relayhub end-to-end test: build the topology,
 /// start the real hub, run `checks`, print the hub's log tail if they fail,
-/// stop the hub (it must exit cleanly), tear everything down and check that
-/// nothing is left behind. Panics with the whole error chain on failure.
+/// stop the hub (it must exit cleanly, with its WireGuard interface removed
+/// and XDP detached), tear everything down and check that nothing is left
+/// behind. Panics with the whole error chain on failure.
 pub fn relayhub_scenario(
     name: &str,
     builder: topology::TopologyBuilder,
+    checks: impl FnOnce(&Topology, &mut Hub<'_>) -> anyhow::Result<()>,
+) {
+    relayhub_scenario_with(name, builder, &[], checks)
+}
+
+/// [`relayhub_scenario`] with extra `relayhub run` options.
+pub fn relayhub_scenario_with(
+    name: &str,
+    builder: topology::TopologyBuilder,
+    run_args: &[&str],
     checks: impl FnOnce(&Topology, &mut Hub<'_>) -> anyhow::Result<()>,
 ) {
     cmd::require_root();
     let run = move || -> anyhow::Result<String> {
         let topo = builder.build()?;
         let prefix = topo.prefix.clone();
-        let mut hub = Hub::start(&topo, HubKind::Relayhub)?;
+        let mut hub = Hub::start_with(&topo, HubKind::Relayhub, run_args)?;
         let result = checks(&topo, &mut hub);
         if result.is_err() {
             let log = hub.log();
@@ -50,6 +61,10 @@ pub fn relayhub_scenario(
         let report = hub.stop();
         result?;
         anyhow::ensure!(report.clean_exit, "hub did not exit cleanly: {report:?}");
+        anyhow::ensure!(
+            report.wg_iface_removed && report.xdp_detached,
+            "hub left state behind: {report:?}"
+        );
         drop(hub);
         drop(topo);
         Ok(prefix)
@@ -57,6 +72,7 @@ pub fn relayhub_scenario(
     let prefix = run().unwrap_or_else(|e| panic!("{name} failed: {e:#}"));
     let left = topology::leftovers(&prefix);
     assert!(left.is_empty(), "cleanup left:\n{}", left.join("\n"));
+    eprintln!("[{prefix}] {name}: cleanup left nothing behind");
 }
 
 impl Topology {

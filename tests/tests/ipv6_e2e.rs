@@ -15,9 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::ensure;
 use relay_tests::hub::HUB_TUNNEL_ADDR;
 use relay_tests::prom::Metrics;
-use relay_tests::topology::leftovers;
 use relay_tests::wg::WgQuick;
-use relay_tests::{Hub, HubKind, Topology, cmd};
+use relay_tests::{Hub, Topology, cmd, relayhub_scenario_with};
 
 /// Pings per direction.
 const PINGS: u32 = 10;
@@ -37,55 +36,20 @@ fn ipv4_ipv6_cross_family_userspace_fallback() {
 /// `path`: the `--cross-family-path` and the `path` label of the relayed
 /// counters that must grow.
 fn run(path: &'static str) {
-    cmd::require_root();
-    let prefix = scenario(path).unwrap_or_else(|e| panic!("ipv6_e2e ({path}) failed: {e:#}"));
-    let left = leftovers(&prefix);
-    assert!(
-        left.is_empty(),
-        "cleanup left things behind:\n{}",
-        left.join("\n")
+    relayhub_scenario_with(
+        &format!("ipv6_e2e ({path} path)"),
+        Topology::builder()
+            .spokes(1)
+            .ipv6_only_spokes(1)
+            .xdp_pass(env!("CARGO_BIN_EXE_xdp-pass")),
+        &["--cross-family-path", path],
+        |topo, hub| {
+            let p = format!("[{} dual-stack, {path} path]", topo.prefix);
+            eprintln!("{p} {}", topo.check_nat_blocks_inbound(0)?);
+            eprintln!("{p} {}", topo.check_firewall6_blocks_inbound(0)?);
+            checks(topo, hub, &p, path)
+        },
     );
-    eprintln!("[{prefix}] cleanup: nothing left");
-}
-
-fn scenario(path: &'static str) -> anyhow::Result<String> {
-    let t = Instant::now();
-    let topo = Topology::builder()
-        .spokes(1)
-        .ipv6_only_spokes(1)
-        .xdp_pass(env!("CARGO_BIN_EXE_xdp-pass"))
-        .build()?;
-    let prefix = topo.prefix.clone();
-    let p = format!("[{prefix} dual-stack, {path} path]");
-    eprintln!("{p} topology built in {:?}", t.elapsed());
-    eprintln!("{p} {}", topo.check_nat_blocks_inbound(0)?);
-    eprintln!("{p} {}", topo.check_firewall6_blocks_inbound(0)?);
-
-    let mut hub = Hub::start_with(&topo, HubKind::Relayhub, &["--cross-family-path", path])?;
-    let result = checks(&topo, &mut hub, &p, path);
-    if result.is_err() {
-        let log = hub.log();
-        let lines: Vec<&str> = log.lines().collect();
-        eprintln!(
-            "{p} hub log (last 60 lines):\n{}",
-            lines[lines.len().saturating_sub(60)..].join("\n")
-        );
-    }
-    let report = hub.stop();
-    eprintln!("{p} hub stopped: {report:?}");
-    result?;
-    ensure!(
-        report.clean_exit,
-        "relayhub did not exit cleanly: {}",
-        report.status
-    );
-    ensure!(
-        report.wg_iface_removed && report.xdp_detached,
-        "hub left state behind: {report:?}"
-    );
-    drop(hub);
-    drop(topo);
-    Ok(prefix)
 }
 
 /// The hub's new IPv6 address after renumbering (same /64).
