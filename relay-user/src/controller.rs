@@ -466,6 +466,13 @@ impl Hub {
             keepalive_secs: self.thresholds.keepalive.as_secs() as u16,
             up_within_secs: self.thresholds.up_within().as_secs(),
             down_after_secs: self.thresholds.down_after().as_secs(),
+            underlay_v4: self.datapath.hub_addresses().0.map(|a| a.to_string()),
+            underlay_v6: self.datapath.hub_addresses().1.map(|a| a.to_string()),
+            cross_family_path: match self.datapath.cross_path() {
+                CrossPath::Xdp => "xdp",
+                CrossPath::Userspace => "userspace",
+            }
+            .to_string(),
         }
     }
 

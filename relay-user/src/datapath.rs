@@ -538,6 +538,10 @@ impl Datapath {
         Ok(())
     }
 
+    pub fn cross_path(&self) -> CrossPath {
+        self.cross
+    }
+
     /// The hub addresses last set with [`Datapath::set_hub_addresses`].
     pub fn hub_addresses(&self) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
         self.hub_addrs

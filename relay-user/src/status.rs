@@ -23,6 +23,15 @@ pub struct HubStatus {
     pub keepalive_secs: u16,
     pub up_within_secs: u64,
     pub down_after_secs: u64,
+    /// The hub's own underlay addresses (the source of cross-family
+    /// frames), as currently installed.
+    #[serde(default)]
+    pub underlay_v4: Option<String>,
+    #[serde(default)]
+    pub underlay_v6: Option<String>,
+    /// `xdp` or `userspace` (`--cross-family-path`).
+    #[serde(default)]
+    pub cross_family_path: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -125,6 +134,17 @@ pub fn render_table(hub: &HubStatus, spokes: &[SpokeStatus], now_unix: u64) -> S
         hub.up_within_secs,
         hub.down_after_secs
     );
+    let _ = writeln!(
+        out,
+        "underlay IPv4 {}, IPv6 {}; IPv4 <-> IPv6 relay path: {}",
+        hub.underlay_v4.as_deref().unwrap_or("none"),
+        hub.underlay_v6.as_deref().unwrap_or("none"),
+        if hub.cross_family_path.is_empty() {
+            "?"
+        } else {
+            &hub.cross_family_path
+        }
+    );
     let header = [
         "NAME",
         "ADDRESS",
@@ -196,6 +216,9 @@ mod tests {
             keepalive_secs: 25,
             up_within_secs: 30,
             down_after_secs: 80,
+            underlay_v4: Some("198.51.100.1".into()),
+            underlay_v6: None,
+            cross_family_path: "xdp".into(),
         }
     }
 
@@ -225,13 +248,17 @@ mod tests {
         let t = render_table(&hub(), std::slice::from_ref(&s), 1000);
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].contains("eth0") && lines[0].contains("down > 80s"));
-        assert!(lines[1].starts_with("NAME"));
-        assert!(lines[2].starts_with("web1  10.88.0.2  up"), "{t}");
-        assert!(lines[2].contains("2s ago") && lines[2].contains("90s ago"));
-        assert!(lines[2].contains("25.0s, 0 missed"));
-        assert!(lines[2].contains("10 / 1.5 KB") && lines[2].contains("9 / 999 B"));
+        assert_eq!(
+            lines[1],
+            "underlay IPv4 198.51.100.1, IPv6 none; IPv4 <-> IPv6 relay path: xdp"
+        );
+        assert!(lines[2].starts_with("NAME"));
+        assert!(lines[3].starts_with("web1  10.88.0.2  up"), "{t}");
+        assert!(lines[3].contains("2s ago") && lines[3].contains("90s ago"));
+        assert!(lines[3].contains("25.0s, 0 missed"));
+        assert!(lines[3].contains("10 / 1.5 KB") && lines[3].contains("9 / 999 B"));
         // Columns line up: STATE starts at the same offset in both lines.
-        assert_eq!(lines[1].find("STATE"), lines[2].find("up "));
+        assert_eq!(lines[2].find("STATE"), lines[3].find("up "));
         // Round trip through JSON (the API's wire format).
         let json = serde_json::to_string(std::slice::from_ref(&s)).unwrap();
         let back: Vec<SpokeStatus> = serde_json::from_str(&json).unwrap();

@@ -106,6 +106,11 @@ fn renumber(
         "{p} hub renumbered {old} -> {HUB_ADDR6_NEW}, picked up after {:?}",
         t.elapsed()
     );
+    let info = hub.api_json("/v1/hub")?;
+    ensure!(
+        info["underlay_v6"] == HUB_ADDR6_NEW,
+        "/v1/hub after renumbering: {info}"
+    );
     // The IPv6 spoke now dials the new address for every peer.
     let n2 = &topo.spokes[1].ns;
     let endpoint = format!("[{HUB_ADDR6_NEW}]:{}", relay_tests::topology::HUB_PORT);
@@ -195,6 +200,13 @@ fn family(m: &Metrics, from: &str, to: &str) -> f64 {
 }
 
 fn checks(topo: &Topology, hub: &mut Hub<'_>, p: &str, path: &str) -> anyhow::Result<()> {
+    let info = hub.api_json("/v1/hub")?;
+    ensure!(
+        info["cross_family_path"] == path
+            && info["underlay_v6"] == relay_tests::topology::HUB_ADDR6.to_string()
+            && info["underlay_v4"] == relay_tests::topology::HUB_ADDR.to_string(),
+        "/v1/hub: {info}"
+    );
     // s1: IPv4-only behind NAT44; s2: IPv6-only behind the IPv6 firewall.
     let add4 = hub.add_spoke("s1")?;
     let add6 = hub.add_spoke_ipv6("s2")?;
