@@ -23,6 +23,16 @@ pub const MAP_INITIATIONS: &str = "INITIATIONS";
 /// entries are the reading process's perf buffers.
 pub const MAP_FALLBACK: &str = "FALLBACK";
 
+/// `PerCpuArray<NextHop>`: a per-CPU cache of `bpf_fib_lookup` results,
+/// indexed by destination slot modulo [`NEXTHOP_ENTRIES`]. Not pinned.
+pub const MAP_NEXTHOPS: &str = "NEXTHOPS";
+/// Entries of [`MAP_NEXTHOPS`] per CPU (direct-mapped: slots that share an
+/// entry evict each other, which only costs a lookup).
+pub const NEXTHOP_ENTRIES: u32 = 1024;
+/// A cached next hop is used for this long, then looked up again (route
+/// and neighbour changes take effect within this time).
+pub const NEXTHOP_TTL_NS: u64 = 1_000_000_000;
+
 /// Name of the relay XDP program in the object file.
 pub const PROG_RELAY: &str = "relay";
 /// A program that only returns XDP_PASS: attached to the peer of a veth so
@@ -292,6 +302,27 @@ pub mod counter {
     }
 }
 
+/// Value of [`MAP_NEXTHOPS`]: where frames to `dst` went when they came in
+/// on `in_ifindex`. Valid while `stamp_ns` is younger than
+/// [`NEXTHOP_TTL_NS`], for IP packets of at most `max_len` bytes (the MTU
+/// check of the lookup that filled it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NextHop {
+    /// `bpf_ktime_get_ns()` of the lookup; 0 = empty.
+    pub stamp_ns: u64,
+    /// Destination address (IPv4 in the first 4 bytes).
+    pub dst: [u8; 16],
+    pub in_ifindex: u32,
+    pub out_ifindex: u32,
+    pub max_len: u16,
+    /// `FAMILY_V4` / `FAMILY_V6`.
+    pub family: u8,
+    pub _pad: u8,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+}
+
 /// Ring buffer record: a copy of an initiation for the controller.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -342,4 +373,5 @@ const _: () = {
     assert!(core::mem::size_of::<SlotCounters>() == 72);
     assert!(core::mem::size_of::<InitiationEvent>() == 20 + 20 + 4 + 4 + 148);
     assert!(core::mem::size_of::<FallbackMeta>() == 28);
+    assert!(core::mem::size_of::<NextHop>() == 48);
 };

@@ -190,7 +190,7 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
         None => {
             rewrite::rewrite::<I>(ctx, dst_ep)?;
             // Whole IP packet length, for the MTU check.
-            forward::forward::<I>(ctx, (ip_payload_len + I::IP_LEN) as u16)?
+            forward::forward::<I>(ctx, (ip_payload_len + I::IP_LEN) as u16, dst_slot, now)?
         }
         Some(cfg) => {
             let rebuilt = if cfg.flags & CROSS_VIA_USERSPACE != 0 {
@@ -212,9 +212,9 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
                 return Ok(XDP_DROP);
             }
             if I::FAMILY == FAMILY_V4 {
-                forward::forward::<V6>(ctx, (ip_payload_len + V6::IP_LEN) as u16)?
+                forward::forward::<V6>(ctx, (ip_payload_len + V6::IP_LEN) as u16, dst_slot, now)?
             } else {
-                forward::forward::<V4>(ctx, (ip_payload_len + V4::IP_LEN) as u16)?
+                forward::forward::<V4>(ctx, (ip_payload_len + V4::IP_LEN) as u16, dst_slot, now)?
             }
         }
     };

@@ -7,7 +7,8 @@ use aya_ebpf::{
 };
 use relay_common::{
     Endpoint, FallbackMeta, HubConfig, INITIATIONS_RING_BYTES, MAX_ENDPOINTS, MAX_SESSIONS,
-    MAX_SLOTS, SessionKey, SessionValue, SlotCounters, SpokeSlot, counter,
+    MAX_SLOTS, NEXTHOP_ENTRIES, NextHop, SessionKey, SessionValue, SlotCounters, SpokeSlot,
+    counter,
 };
 
 /// Authenticated spoke endpoint -> slot.
@@ -42,3 +43,7 @@ pub static INITIATIONS: RingBuf = RingBuf::with_byte_size(INITIATIONS_RING_BYTES
 /// Frames for the controller's userspace relay (one perf buffer per CPU).
 #[map]
 pub static FALLBACK: PerfEventArray<FallbackMeta> = PerfEventArray::new(0);
+
+/// Per-CPU next-hop cache (see relay-common `NextHop`).
+#[map]
+pub static NEXTHOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(NEXTHOP_ENTRIES, 0);

@@ -1832,3 +1832,51 @@ fn cross_family_fallback() {
     assert!(hub.drain_fallback().is_empty());
     hub.cross = CrossPath::Xdp;
 }
+
+/// The next-hop cache: within its lifetime a relayed frame gets the cached
+/// gateway MAC even after the neighbour entry changed; afterwards the new
+/// one. The thread is pinned to one CPU (the cache is per CPU).
+#[test]
+fn next_hop_cache_expires() {
+    if !is_root() {
+        return;
+    }
+    // SAFETY: plain syscalls on this thread's own affinity mask.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pin to CPU 0"
+        );
+    }
+    let ns = Netns::new();
+    let (ifindex, _) = topology(&ns, true);
+    let mut hub = Hub::load(ifindex);
+    let new_gw: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfd];
+    let relay = |name: &str, gw: [u8; 6]| {
+        let len = 64;
+        let input = Frame::from_spoke(&A, transport(R_A_TO_B, len));
+        Case::new(name, input.build(), XDP_TX)
+            .output(input.relayed_to(&B, gw, HUB_MAC).build())
+            .counters(&relayed(RELAYED_TRANSPORT, len + 32, false, &A, &B))
+            .slot(A.slot, rx(len + 32, false))
+            .slot(B.slot, tx(len + 32))
+            .rx_seen(A.slot)
+    };
+    check_case(&mut hub, &relay("A->B, fills the cache", GW_MAC));
+    ns.ip(&format!(
+        "neigh replace 198.51.100.254 lladdr {} nud permanent dev rhg0",
+        mac(new_gw)
+    ));
+    check_case(&mut hub, &relay("A->B, cached next hop", GW_MAC));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    check_case(&mut hub, &relay("A->B after the cache lifetime", new_gw));
+    // A larger frame than the cached one is looked up again (MTU check):
+    // still relayed, with the current neighbour.
+    let big = Frame::from_spoke(&A, transport(R_A_TO_B, 1200));
+    let (action, out) = hub.run(&big.build()).unwrap();
+    assert_eq!(action, XDP_TX);
+    assert_eq!(&out[..6], &new_gw);
+}
