@@ -601,7 +601,23 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
     sender.set_hub_addresses(hub_v4, hub_v6);
     tracing::info!(?hub_v4, ?hub_v6, cross_family_path = ?cfg.cross_path, "hub addresses for cross-family relay");
     // Opened before attaching: no fallback frame finds the buffers missing.
-    let fallback_bufs = datapath.open_fallback()?;
+    // Without perf events (e.g. a seccomp profile that blocks
+    // perf_event_open) the hub still relays; only the rare frames that need
+    // the fallback are lost, unless every cross-family frame is to use it.
+    let fallback_bufs = match datapath.open_fallback() {
+        Ok(b) => b,
+        Err(e) if cfg.cross_path == CrossPath::Xdp => {
+            tracing::warn!(
+                error = %e,
+                "userspace fallback unavailable: cross-family frames the XDP program cannot rebuild are dropped (counted as fallback_full)"
+            );
+            Vec::new()
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context("--cross-family-path userspace needs the userspace fallback"));
+        }
+    };
 
     // Kept open for the hub's lifetime: statistics stay on while it is.
     let _bpf_stats = if cfg.bpf_stats {
