@@ -186,6 +186,22 @@ pub struct SlotCounters {
     pub last_keepalive_ns: u64,
 }
 
+impl SlotCounters {
+    /// Add another CPU's values: counts are summed, timestamps take the
+    /// latest.
+    pub fn accumulate(&mut self, o: &SlotCounters) {
+        self.rx_packets += o.rx_packets;
+        self.rx_bytes += o.rx_bytes;
+        self.tx_packets += o.tx_packets;
+        self.tx_bytes += o.tx_bytes;
+        self.rx_keepalives += o.rx_keepalives;
+        self.hub_packets += o.hub_packets;
+        self.hub_keepalives += o.hub_keepalives;
+        self.last_rx_ns = self.last_rx_ns.max(o.last_rx_ns);
+        self.last_keepalive_ns = self.last_keepalive_ns.max(o.last_keepalive_ns);
+    }
+}
+
 /// Indices of [`MAP_COUNTERS`].
 pub mod counter {
     /// UDP frames to the hub port that the program looked at.

@@ -851,15 +851,7 @@ impl Datapath {
         let mut s = SlotCounters::default();
         if let Ok(values) = self.slot_counters.get(&slot, 0) {
             for c in values.iter() {
-                s.rx_packets += c.rx_packets;
-                s.rx_bytes += c.rx_bytes;
-                s.tx_packets += c.tx_packets;
-                s.tx_bytes += c.tx_bytes;
-                s.rx_keepalives += c.rx_keepalives;
-                s.hub_packets += c.hub_packets;
-                s.hub_keepalives += c.hub_keepalives;
-                s.last_rx_ns = s.last_rx_ns.max(c.last_rx_ns);
-                s.last_keepalive_ns = s.last_keepalive_ns.max(c.last_keepalive_ns);
+                s.accumulate(c);
             }
         }
         s

@@ -249,17 +249,6 @@ struct Hub {
     fallback: Vec<PerfEventArrayBuffer<MapData>>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct SlotDelta {
-    rx_packets: u64,
-    rx_bytes: u64,
-    tx_packets: u64,
-    tx_bytes: u64,
-    rx_keepalives: u64,
-    hub_packets: u64,
-    hub_keepalives: u64,
-}
-
 #[derive(Clone, Debug)]
 struct Snapshot {
     counters: Vec<u64>,
@@ -435,23 +424,7 @@ impl Hub {
             .map(|i| self.counters.get(&i, 0).unwrap().iter().sum())
             .collect();
         let slots = (0..MAX_TEST_SLOT)
-            .map(|i| {
-                let v = self.slot_counters.get(&i, 0).unwrap();
-                let mut d = SlotDelta::default();
-                let (mut rx_ns, mut ka_ns) = (0, 0);
-                for c in v.iter() {
-                    d.rx_packets += c.rx_packets;
-                    d.rx_bytes += c.rx_bytes;
-                    d.tx_packets += c.tx_packets;
-                    d.tx_bytes += c.tx_bytes;
-                    d.rx_keepalives += c.rx_keepalives;
-                    d.hub_packets += c.hub_packets;
-                    d.hub_keepalives += c.hub_keepalives;
-                    rx_ns = rx_ns.max(c.last_rx_ns);
-                    ka_ns = ka_ns.max(c.last_keepalive_ns);
-                }
-                (d, rx_ns, ka_ns)
-            })
+            .map(|i| slot_totals(self.slot_counters.get(&i, 0).unwrap().iter()))
             .collect();
         Snapshot { counters, slots }
     }

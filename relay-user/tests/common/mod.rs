@@ -12,6 +12,41 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
+use relay_common::SlotCounters;
+
+/// A slot's counts without its timestamps (what a case expects to change).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotDelta {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_keepalives: u64,
+    pub hub_packets: u64,
+    pub hub_keepalives: u64,
+}
+
+/// A slot's per-CPU values summed ([`SlotCounters::accumulate`]): the
+/// counts, `last_rx_ns` and `last_keepalive_ns`.
+pub fn slot_totals<'a>(
+    per_cpu: impl IntoIterator<Item = &'a SlotCounters>,
+) -> (SlotDelta, u64, u64) {
+    let mut c = SlotCounters::default();
+    for v in per_cpu {
+        c.accumulate(v);
+    }
+    let d = SlotDelta {
+        rx_packets: c.rx_packets,
+        rx_bytes: c.rx_bytes,
+        tx_packets: c.tx_packets,
+        tx_bytes: c.tx_bytes,
+        rx_keepalives: c.rx_keepalives,
+        hub_packets: c.hub_packets,
+        hub_keepalives: c.hub_keepalives,
+    };
+    (d, c.last_rx_ns, c.last_keepalive_ns)
+}
+
 #[derive(Clone, Copy, Debug)]
 pub enum Addr {
     V4(Ipv4Addr),
