@@ -122,8 +122,9 @@ const CONTROLLER_DROPS: [(&str, &str); 11] = [
     ("index_conflict", "index_conflict"),
 ];
 
-/// Initiation outcome labels, in a stable order.
-const INITIATION_RESULTS: [&str; 15] = [
+/// Initiation outcome labels, in a stable order (the `result` label of
+/// `relayhub_handshakes_total{type="initiation"}`).
+pub const INITIATION_RESULTS: [&str; 15] = [
     "relayed",
     "to_hub",
     "held",

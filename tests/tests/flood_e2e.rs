@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use relay_tests::capture::{Capture, read_wg_frames};
+use relay_tests::inject::Datagram;
 use relay_tests::topology::{HUB_ADDR, HUB_PORT, leftovers};
 use relay_tests::wg::conf_public_key;
 use relay_tests::{Hub, HubKind, Topology, cmd};
@@ -272,24 +273,12 @@ fn run(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
     let relayed = init("relayed");
     let cookies = init("cookie_sent");
     let limited = init("rate_limited");
-    let handled: f64 = [
-        "relayed",
-        "to_hub",
-        "held",
-        "delayed",
-        "no_match",
-        "unknown_source",
-        "no_destination",
-        "loop",
-        "malformed",
-        "overflow",
-        "superseded",
-        "cookie_sent",
-        "rate_limited",
-    ]
-    .iter()
-    .map(|r| init(r))
-    .sum();
+    // Every outcome the controller counts (the list had drifted when it
+    // was spelled out here: "denied" and "index_conflict" were missing).
+    let handled: f64 = relay_user::metrics::INITIATION_RESULTS
+        .iter()
+        .map(|r| init(r))
+        .sum();
     let reasons: Vec<String> = [
         "scan_budget",
         "cookie_budget",
@@ -356,48 +345,15 @@ struct Pkt {
     bytes: Vec<u8>,
 }
 
-fn csum(data: &[u8], mut acc: u32) -> u32 {
-    for c in data.chunks(2) {
-        acc += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    acc
-}
-
-fn fold(mut acc: u32) -> u16 {
-    while acc >> 16 != 0 {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    !(acc as u16)
-}
-
 fn packet(src: Ipv4Addr, sport: u16, payload: &[u8]) -> Vec<u8> {
-    let dst = HUB_ADDR;
-    let udp_len = 8 + payload.len();
-    let mut udp = Vec::with_capacity(udp_len);
-    udp.extend(sport.to_be_bytes());
-    udp.extend(HUB_PORT.to_be_bytes());
-    udp.extend((udp_len as u16).to_be_bytes());
-    udp.extend([0, 0]);
-    udp.extend(payload);
-    let mut pseudo = Vec::new();
-    pseudo.extend(src.octets());
-    pseudo.extend(dst.octets());
-    pseudo.extend([0, 17]);
-    pseudo.extend((udp_len as u16).to_be_bytes());
-    let c = match fold(csum(&udp, csum(&pseudo, 0))) {
-        0 => 0xffff,
-        c => c,
-    };
-    udp[6..8].copy_from_slice(&c.to_be_bytes());
-    let mut ip = vec![0x45, 0];
-    ip.extend(((20 + udp_len) as u16).to_be_bytes());
-    ip.extend([0, 0, 0x40, 0, 64, 17, 0, 0]);
-    ip.extend(src.octets());
-    ip.extend(dst.octets());
-    let c = fold(csum(&ip, 0));
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    ip.extend(udp);
-    ip
+    Datagram {
+        src,
+        sport,
+        dst: HUB_ADDR,
+        dport: HUB_PORT,
+        payload: payload.to_vec(),
+    }
+    .packet()
 }
 
 /// Distinct initiations for `target` (valid mac1, zero mac2): most from
