@@ -312,33 +312,7 @@ fn one(mode: RealMode, plan: &Plan, self_exe: &str) -> anyhow::Result<RealResult
 /// (received bits/s, received packets for UDP).
 fn iperf(topo: &Topology, dst: Ipv4Addr, extra: &[&str]) -> anyhow::Result<(f64, u64)> {
     let cpu = AUX_CPU.to_string();
-    let srv_ns = &topo.spokes[1].ns;
-    let _srv = srv_ns.spawn(
-        "iperf3-s",
-        &[
-            "taskset",
-            "-c",
-            &cpu,
-            "iperf3",
-            "-s",
-            "-1",
-            "-B",
-            &dst.to_string(),
-        ],
-        &topo.workdir,
-        false,
-    )?;
-    cmd::wait_for(
-        "iperf3 server",
-        Duration::from_secs(5),
-        Duration::from_millis(30),
-        || {
-            Ok(srv_ns
-                .exec(&["ss", "-ltnH", "sport", "= :5201"])?
-                .contains("5201")
-                .then_some(()))
-        },
-    )?;
+    let _srv = topo.iperf3_server(1, &dst.to_string(), &["taskset", "-c", &cpu])?;
     let mut argv = vec!["taskset", "-c", &cpu, "iperf3", "-c"];
     let d = dst.to_string();
     argv.push(&d);

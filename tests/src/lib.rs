@@ -87,24 +87,7 @@ impl Topology {
     ) -> anyhow::Result<(f64, u64)> {
         use anyhow::Context as _;
         use std::time::Duration;
-        let srv_ns = &self.spokes[server].ns;
-        let _srv = srv_ns.spawn(
-            "iperf3-server",
-            &["iperf3", "-s", "-1", "-B", addr],
-            &self.workdir,
-            false,
-        )?;
-        cmd::wait_for(
-            "iperf3 server listening",
-            Duration::from_secs(5),
-            Duration::from_millis(50),
-            || {
-                Ok(srv_ns
-                    .exec(&["ss", "-ltnH", "sport", "= :5201"])?
-                    .contains("5201")
-                    .then_some(()))
-            },
-        )?;
+        let _srv = self.iperf3_server(server, addr, &[])?;
         let out = self.spokes[client]
             .ns
             .output(
@@ -127,6 +110,34 @@ impl Topology {
             .as_f64()
             .context("no end.sum_received.bits_per_second")?;
         Ok((bps, sum["bytes"].as_u64().unwrap_or(0)))
+    }
+
+    /// A one-shot iperf3 server in spoke `server`'s namespace bound to
+    /// `addr`, listening when this returns (killed when the handle drops).
+    /// `prefix` goes before the command (e.g. `taskset -c 1`).
+    pub fn iperf3_server(
+        &self,
+        server: usize,
+        addr: &str,
+        prefix: &[&str],
+    ) -> anyhow::Result<cmd::Proc> {
+        use std::time::Duration;
+        let ns = &self.spokes[server].ns;
+        let mut argv = prefix.to_vec();
+        argv.extend_from_slice(&["iperf3", "-s", "-1", "-B", addr]);
+        let proc = ns.spawn("iperf3-server", &argv, &self.workdir, false)?;
+        cmd::wait_for(
+            "iperf3 server listening",
+            Duration::from_secs(5),
+            Duration::from_millis(30),
+            || {
+                Ok(ns
+                    .exec(&["ss", "-ltnH", "sport", "= :5201"])?
+                    .contains("5201")
+                    .then_some(()))
+            },
+        )?;
+        Ok(proc)
     }
 
     /// Bring up spoke `i` (0-based) with the wg-quick file `text`, as
