@@ -1,11 +1,11 @@
-//! Handshake initiation routing, in process: relay_user::handshake::Router
+//! Handshake initiation routing, in process: relay_user::core::router::Router
 //! with N registered spokes, initiations addressed by mac1.
 
 use std::time::{Duration, Instant};
 
 use relay_common::wire::{INITIATION_LEN, INITIATION_MAC1_OFF, MAC_LEN, MSG_INITIATION};
 use relay_common::{Endpoint, InitiationEvent};
-use relay_user::handshake::{Mac1Key, Outcome, Router};
+use relay_user::core::router::{Mac1Key, Outcome, Router};
 
 #[derive(Debug, Clone, Copy)]
 pub struct HsResult {

@@ -250,7 +250,7 @@ pub fn write(all: &All, out: &Path, command: &str) -> anyhow::Result<()> {
 
     writeln!(
         w,
-        "\n## Handshake initiation routing (relay_user::handshake::Router, in process)\n"
+        "\n## Handshake initiation routing (relay_user::core::router::Router, in process)\n"
     )?;
     writeln!(
         w,

@@ -6,8 +6,8 @@
 use std::net::Ipv4Addr;
 
 use libfuzzer_sys::fuzz_target;
-use relay_user::netinfo::{endpoint_ip, normalize_endpoint};
-use relay_user::registry::{TunnelNet, parse_key, validate_name};
+use relay_user::io::netinfo::{endpoint_ip, normalize_endpoint};
+use relay_user::core::registry::{TunnelNet, parse_key, validate_name};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else {

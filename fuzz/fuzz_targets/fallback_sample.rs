@@ -6,8 +6,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use relay_common::{Endpoint, FAMILY_V4, FAMILY_V6};
-use relay_user::fallback::parse;
-use relay_user::sender::{build_v4, build_v6, csum_add, csum_fold};
+use relay_user::core::fallback_frame::parse;
+use relay_user::io::sender::{build_v4, build_v6, csum_add, csum_fold};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(r) = parse(data) else {

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use relay_user::http::{Api, parse_request_line, route};
+use relay_user::io::http::{Api, parse_request_line, route};
 
 struct Fake;
 

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use relay_user::registry::{MAX_SPOKE_ID, Registry, TunnelNet, validate_name};
+use relay_user::core::registry::{MAX_SPOKE_ID, Registry, TunnelNet, validate_name};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

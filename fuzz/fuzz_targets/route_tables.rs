@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use relay_user::netinfo::{parse_ipv4_default_route, parse_ipv6_default_route};
+use relay_user::io::netinfo::{parse_ipv4_default_route, parse_ipv6_default_route};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

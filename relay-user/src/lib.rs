@@ -1,28 +1,25 @@
 //! relayhub's controller: loads the XDP relay, routes handshakes, keeps the
 //! spoke registry and exports metrics.
+//!
+//! One folder per layer (see ARCHITECTURE.md); a layer imports only the
+//! layers below it:
+//!
+//! - [`cli`]: the command line (arguments, `spoke`, `policy`, `status`).
+//! - [`hub`]: the running hub: setup, event loop, API, metrics.
+//! - [`datapath`]: the XDP program and its maps (load, pin, attach).
+//! - [`store`]: persistent state (state directory, registry and policy files).
+//! - [`io`]: adapters to the system (raw sockets, the hub's WireGuard,
+//!   interfaces and routes, HTTP).
+//! - [`core`]: sans-IO logic (handshake routing, flood shield, sessions,
+//!   health, policy, registry, reconciliation): bytes and time in,
+//!   decisions out.
 
 pub mod cli;
-pub mod controller;
-pub mod cookie;
+pub mod core;
 pub mod datapath;
-pub mod fallback;
-pub mod handshake;
-pub mod health;
-pub mod http;
-pub mod hubwg;
-pub mod metrics;
-pub mod netinfo;
-pub mod policy;
-pub mod policy_cmd;
-pub mod ratelimit;
-pub mod registry;
-pub mod render;
-pub mod sender;
-pub mod sessions;
-pub mod spoke_cmd;
-pub mod state;
-pub mod statefile;
-pub mod status;
+pub mod hub;
+pub mod io;
+pub mod store;
 
 /// The compiled XDP object (built by build.rs with aya-build).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/relay"));

@@ -1,6 +1,6 @@
 //! The mac1 search stays cheap at scale: with 10k registered spokes a full
 //! scan costs 10k BLAKE2s, so first contacts are budgeted (see
-//! relay_user::ratelimit). Measured here, in process, with simulated time:
+//! relay_user::core::shield). Measured here, in process, with simulated time:
 //!
 //! - the cost of one full scan without the shield;
 //! - a flood of 100k first-contact initiations/s from authenticated spoke
@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use relay_common::wire::{INITIATION_LEN, INITIATION_MAC1_OFF, MAC_LEN, MSG_INITIATION};
 use relay_common::{Endpoint, InitiationEvent, NO_SLOT};
-use relay_user::cookie::mac2;
-use relay_user::handshake::{Action, Mac1Key, Outcome, Router};
-use relay_user::ratelimit::Limits;
+use relay_user::core::cookie::mac2;
+use relay_user::core::router::{Action, Mac1Key, Outcome, Router};
+use relay_user::core::shield::Limits;
 
 fn key(i: u32) -> [u8; 32] {
     let mut k = [0u8; 32];

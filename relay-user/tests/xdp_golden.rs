@@ -39,7 +39,7 @@ use relay_common::{
     SESSION_FROM_RESPONSE, SLOT_ACTIVE, SessionKey, SessionValue, SlotCounters, SpokeSlot,
     counter::{self, *},
 };
-use relay_user::{datapath::CrossPath, fallback, sender};
+use relay_user::{core::fallback_frame as fallback, datapath::CrossPath, io::sender};
 
 // ---------------------------------------------------------------------------
 // Topology constants.
@@ -443,9 +443,9 @@ impl Hub {
         let mut scratch = Box::new([0u8; fallback::SAMPLE_MAX]);
         let mut out = Vec::new();
         for buf in &mut self.fallback {
-            fallback::drain(buf, &mut scratch, |ev| match ev {
-                fallback::Event::Sample(s) => out.push(s.to_vec()),
-                fallback::Event::Lost(n) => panic!("{n} fallback samples lost"),
+            relay_user::datapath::perf::drain(buf, &mut scratch, |ev| match ev {
+                relay_user::datapath::perf::Event::Sample(s) => out.push(s.to_vec()),
+                relay_user::datapath::perf::Event::Lost(n) => panic!("{n} fallback samples lost"),
             });
         }
         out

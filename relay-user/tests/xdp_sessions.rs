@@ -8,7 +8,7 @@
 //! - `session_churn_stays_bounded_and_live_sessions_relay`: thousands of
 //!   short-lived handshakes (controller entry + learned response entry each)
 //!   through a small SESSIONS map: the LRU bound holds, a session in use
-//!   survives the churn, and `relay_user::sessions::sweep` applied to the
+//!   survives the churn, and `relay_user::core::sessions::sweep` applied to the
 //!   real map's entries removes exactly the idle ones (and those naming
 //!   unregistered slots), after which their indices no longer relay.
 //!
@@ -32,7 +32,7 @@ use relay_common::{
     PROG_RELAY, SESSION_FROM_INITIATION, SESSION_FROM_RESPONSE, SLOT_ACTIVE, SessionKey,
     SessionValue, SpokeSlot, counter,
 };
-use relay_user::sessions::{IDLE_EXPIRY, sweep};
+use relay_user::core::sessions::{IDLE_EXPIRY, sweep};
 
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;

@@ -28,7 +28,7 @@ use relay_tests::inject::Datagram;
 use relay_tests::topology::{HUB_ADDR, HUB_PORT, leftovers};
 use relay_tests::wg::conf_public_key;
 use relay_tests::{Hub, HubKind, Topology, cmd};
-use relay_user::handshake::Mac1Key;
+use relay_user::core::router::Mac1Key;
 
 /// How long the attacker floods.
 const FLOOD_FOR: Duration = Duration::from_secs(10);
@@ -275,7 +275,7 @@ fn run(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
     let limited = init("rate_limited");
     // Every outcome the controller counts (the list had drifted when it
     // was spelled out here: "denied" and "index_conflict" were missing).
-    let handled: f64 = relay_user::metrics::INITIATION_RESULTS
+    let handled: f64 = relay_user::hub::metrics::INITIATION_RESULTS
         .iter()
         .map(|r| init(r))
         .sum();

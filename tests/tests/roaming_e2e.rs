@@ -28,7 +28,7 @@ use relay_tests::topology::{HUB_ADDR, HUB_PORT};
 use relay_tests::{Hub, Topology};
 
 const KEEPALIVE: f64 = 2.0;
-/// relay_user::controller::ENDPOINT_REFRESH.
+/// relay_user::hub::ENDPOINT_REFRESH.
 const REFRESH: f64 = 0.2;
 /// Scheduling, wireguard-go timers and the ping interval.
 const MARGIN: f64 = 1.0;

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 
 use wireguard_control::Key;
 
-use crate::registry::Spoke;
+use crate::core::registry::Spoke;
 
 /// What a spoke needs to know about the hub.
 #[derive(Debug, Clone, PartialEq, Eq)]

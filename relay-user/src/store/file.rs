@@ -138,7 +138,7 @@ pub fn mtime(m: &fs::Metadata) -> SystemTime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::test_support::TempDir;
+    use crate::store::dir::test_support::TempDir;
     use std::os::unix::fs::PermissionsExt as _;
 
     #[test]

@@ -12,7 +12,6 @@
 //! The program validated the frame before handing it over; it is parsed
 //! again here because userspace does not trust a kernel buffer's layout.
 
-use aya::maps::{MapData, perf::PerfEvent, perf::PerfEventArrayBuffer};
 use relay_common::{
     Endpoint, FAMILY_V4, FAMILY_V6, FallbackMeta,
     counter::{ADJUST_HEAD_FAILED, NO_CHECKSUM, USERSPACE_FALLBACK},
@@ -22,7 +21,7 @@ const ETH_LEN: usize = 14;
 const IPPROTO_UDP: u8 = 17;
 const META_LEN: usize = std::mem::size_of::<FallbackMeta>();
 
-/// Largest sample [`drain`] reassembles when it wraps the ring: header
+/// Largest sample [`crate::datapath::perf::drain`] reassembles when it wraps the ring: header
 /// plus a jumbo frame.
 pub const SAMPLE_MAX: usize = META_LEN + 9216 + 64;
 
@@ -164,37 +163,6 @@ pub fn parse(sample: &[u8]) -> Result<Relay<'_>, Reject> {
         payload: &udp[8..udp_len],
         reason,
     })
-}
-
-/// An event of a perf buffer.
-pub enum Event<'a> {
-    Sample(&'a [u8]),
-    /// The kernel dropped this many samples (buffer full).
-    Lost(u64),
-}
-
-/// Hand every event waiting in `buf` to `f`. A sample that wraps the ring
-/// is reassembled in `scratch` (no allocation); one larger than `scratch`
-/// is reported as `Lost(1)`.
-pub fn drain(
-    buf: &mut PerfEventArrayBuffer<MapData>,
-    scratch: &mut [u8; SAMPLE_MAX],
-    mut f: impl FnMut(Event<'_>),
-) {
-    buf.for_each(|ev| match ev {
-        PerfEvent::Sample { head, tail: [] } => f(Event::Sample(head)),
-        PerfEvent::Sample { head, tail } => {
-            let n = head.len() + tail.len();
-            if n > scratch.len() {
-                f(Event::Lost(1));
-                return;
-            }
-            scratch[..head.len()].copy_from_slice(head);
-            scratch[head.len()..n].copy_from_slice(tail);
-            f(Event::Sample(&scratch[..n]));
-        }
-        PerfEvent::Lost { count } => f(Event::Lost(count)),
-    });
 }
 
 /// The controller's counts of the fallback path.

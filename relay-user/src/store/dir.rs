@@ -1,5 +1,5 @@
 //! The hub's state directory: `hub.key` (the hub's WireGuard private key)
-//! and the spoke registry (`spokes.json`, see [`crate::registry::FileStore`]).
+//! and the spoke registry (`spokes.json`, see [`crate::core::registry::FileStore`]).
 //! Spoke private keys are never stored here.
 
 use std::fs::{self, DirBuilder, OpenOptions};
@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use wireguard_control::Key;
 
-use crate::registry::{FileStore, parse_key};
+use crate::core::registry::{FileStore, parse_key};
 
 /// The hub's private key file inside the state directory.
 pub const HUB_KEY_FILE: &str = "hub.key";
@@ -128,7 +128,7 @@ impl StateDir {
     pub fn endpoint_ips(&self) -> Vec<std::net::IpAddr> {
         [self.saved_endpoint(), self.saved_endpoint6()]
             .into_iter()
-            .filter_map(|e| crate::netinfo::endpoint_ip(&e.ok()??))
+            .filter_map(|e| crate::io::netinfo::endpoint_ip(&e.ok()??))
             .collect()
     }
 

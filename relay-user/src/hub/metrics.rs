@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 use relay_common::{FAMILY_V4, FAMILY_V6, counter};
 
-use crate::status::SpokeStatus;
+use crate::cli::status::SpokeStatus;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -29,11 +29,11 @@ pub struct Metrics {
     /// Raw-socket send failures.
     pub send_errors: u64,
     /// The flood shield's counts (absent when it is off).
-    pub shield: Option<crate::ratelimit::ShieldStats>,
+    pub shield: Option<crate::core::shield::ShieldStats>,
     /// Relay sessions closed because the policy stopped allowing the pair.
     pub policy_closed_sessions: u64,
     /// The cross-family userspace fallback.
-    pub fallback: crate::fallback::FallbackStats,
+    pub fallback: crate::core::fallback_frame::FallbackStats,
 }
 
 impl Metrics {
@@ -213,7 +213,7 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
     b.counters(
         "relayhub_userspace_fallback_frames",
         "Cross-family frames the XDP program handed to the controller instead of rebuilding them, by reason",
-        crate::fallback::Reason::ALL
+        crate::core::fallback_frame::Reason::ALL
             .iter()
             .zip(m.fallback.received)
             .map(|(r, v)| (labels(&[("reason", r.label())]), v)),
@@ -508,7 +508,7 @@ mod tests {
         m.initiation("overflow");
         m.initiation("rate_limited");
         m.initiation("cookie_sent");
-        m.shield = Some(crate::ratelimit::ShieldStats {
+        m.shield = Some(crate::core::shield::ShieldStats {
             mac2_valid: 4,
             mac2_invalid: 2,
             cookies_sent: 1,

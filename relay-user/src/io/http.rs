@@ -12,9 +12,9 @@ use tokio::net::{TcpListener, TcpStream};
 /// What the server asks of the hub.
 pub trait Api: Send + Sync + 'static {
     fn metrics(&self) -> String;
-    /// JSON of [`crate::status::HubStatus`].
+    /// JSON of [`crate::cli::status::HubStatus`].
     fn hub(&self) -> String;
-    /// JSON array of [`crate::status::SpokeStatus`].
+    /// JSON array of [`crate::cli::status::SpokeStatus`].
     fn spokes(&self) -> String;
     /// Ok while healthy, else the reason.
     fn health(&self) -> Result<(), String>;
@@ -54,7 +54,7 @@ pub fn route_accepting(api: &dyn Api, method: &str, path: &str, accept: Option<&
                 Response {
                     status: 200,
                     content_type: "text/plain; version=0.0.4; charset=utf-8",
-                    body: crate::metrics::to_prometheus_text(&body),
+                    body: crate::hub::metrics::to_prometheus_text(&body),
                 }
             }
         }

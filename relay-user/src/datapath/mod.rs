@@ -9,6 +9,8 @@
 //! pinned link atomically (`bpf_link_update`): a restart and an upgrade are
 //! the same operation.
 
+pub mod perf;
+
 use std::collections::HashMap as StdHashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd as _;

@@ -1,8 +1,8 @@
 //! Handshake flood shield, sans-IO: token buckets deciding when the hub
-//! demands cookies (see [`crate::cookie`]) and how much mac1 scanning and
+//! demands cookies (see [`crate::core::cookie`]) and how much mac1 scanning and
 //! cookie replying it may do. Time is passed in.
 //!
-//! The policy, applied by [`crate::handshake::Router`] to every initiation
+//! The policy, applied by [`crate::core::router::Router`] to every initiation
 //! copy when a [`Shield`] is set:
 //!
 //! - **load**: the hub is under load for an initiation when the global

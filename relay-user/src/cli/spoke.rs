@@ -4,10 +4,10 @@
 use anyhow::{Context, bail};
 use wireguard_control::Key;
 
-use crate::netinfo;
-use crate::registry::{Registry, RegistryStore, Spoke, TunnelNet, parse_key};
-use crate::render::{HubInfo, render_spoke};
-use crate::state::StateDir;
+use crate::cli::render::{HubInfo, render_spoke};
+use crate::core::registry::{Registry, RegistryStore, Spoke, TunnelNet, parse_key};
+use crate::io::netinfo;
+use crate::store::dir::StateDir;
 
 /// What every spoke subcommand needs.
 #[derive(Debug, Clone, Copy)]
@@ -137,7 +137,7 @@ impl SpokeCtx<'_> {
             .get(name)
             .with_context(|| format!("spoke {name:?} vanished from the registry"))?;
         // Only the peers the hub's policy lets this spoke reach.
-        let policy = crate::policy::PolicyStore::in_dir(self.state.path()).load()?;
+        let policy = crate::core::policy::PolicyStore::in_dir(self.state.path()).load()?;
         let peers: Vec<&Spoke> = registry
             .spokes()
             .iter()
@@ -192,7 +192,7 @@ pub fn add_in(
     // Everything that can fail without changing the registry comes first, so
     // a failed add leaves nothing behind.
     ctx.hub_info_for(family, true)?;
-    crate::policy::PolicyStore::in_dir(ctx.state.path()).load()?;
+    crate::core::policy::PolicyStore::in_dir(ctx.state.path()).load()?;
     let hub_public = ctx.state.hub_public_key()?;
     let store = ctx.state.registry();
     let registry = store
@@ -216,7 +216,7 @@ pub fn config(ctx: &SpokeCtx, name: &str) -> anyhow::Result<String> {
 pub fn config_in(ctx: &SpokeCtx, name: &str, family: Option<Family>) -> anyhow::Result<String> {
     let registry = load(ctx)?;
     if registry.get(name).is_none() {
-        return Err(crate::registry::RegistryError::NotFound(name.to_owned()).into());
+        return Err(crate::core::registry::RegistryError::NotFound(name.to_owned()).into());
     }
     let explicit = family.is_some();
     let family = match family {
@@ -309,7 +309,7 @@ fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::test_support::TempDir;
+    use crate::store::dir::test_support::TempDir;
     use std::path::Path;
 
     struct Fixture {
@@ -671,7 +671,7 @@ mod tests {
             None,
         )
         .unwrap();
-        std::fs::remove_file(g.ctx().state.path().join(crate::state::ENDPOINT_FILE)).unwrap();
+        std::fs::remove_file(g.ctx().state.path().join(crate::store::dir::ENDPOINT_FILE)).unwrap();
         let guess = SpokeCtx {
             endpoint: None,
             ..g.ctx()

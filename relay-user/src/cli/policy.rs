@@ -5,9 +5,9 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
-use crate::policy::{Policy, PolicyError, PolicyStore, Term};
-use crate::registry::{Registry, RegistryStore};
-use crate::state::StateDir;
+use crate::core::policy::{Policy, PolicyError, PolicyStore, Term};
+use crate::core::registry::{Registry, RegistryStore};
+use crate::store::dir::StateDir;
 
 const APPLY_NOTE: &str = "the running hub applies it within a second: it drops initiations between denied \
      spokes and closes their relayed sessions; `relayhub spoke config NAME` prints spoke files that \
@@ -160,8 +160,8 @@ pub fn summary(store: &PolicyStore, p: &Policy, registry: &Registry) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::TunnelNet;
-    use crate::state::test_support::TempDir;
+    use crate::core::registry::TunnelNet;
+    use crate::store::dir::test_support::TempDir;
     use wireguard_control::Key;
 
     fn state(tag: &str) -> (TempDir, StateDir) {

@@ -1,5 +1,4 @@
-//! The status API's data (`GET /v1/hub`, `GET /v1/spokes`) and the
-//! `relayhub status` client that renders it.
+//! `relayhub status`: fetch the hub's status API and render it.
 
 use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
@@ -7,63 +6,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct HubStatus {
-    pub version: String,
-    pub public_key: String,
-    pub address: String,
-    pub port: u16,
-    pub iface: String,
-    pub xdp_mode: String,
-    pub wg_iface: String,
-    pub uptime_secs: u64,
-    /// PersistentKeepalive the health thresholds assume.
-    pub keepalive_secs: u16,
-    pub up_within_secs: u64,
-    pub down_after_secs: u64,
-    /// The hub's own underlay addresses (the source of cross-family
-    /// frames), as currently installed.
-    #[serde(default)]
-    pub underlay_v4: Option<String>,
-    #[serde(default)]
-    pub underlay_v6: Option<String>,
-    /// `xdp` or `userspace` (`--cross-family-path`).
-    #[serde(default)]
-    pub cross_family_path: String,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct SpokeStatus {
-    pub name: String,
-    pub id: u32,
-    pub address: String,
-    pub public_key: String,
-    /// Current authenticated endpoint (NAT mapping), if any.
-    pub endpoint: Option<String>,
-    /// up, stale or down (see `relayhub status --help`).
-    pub state: String,
-    /// Last handshake with the hub's own WireGuard, unix seconds.
-    pub last_handshake_unix: Option<u64>,
-    pub last_frame_secs_ago: Option<f64>,
-    pub last_keepalive_secs_ago: Option<f64>,
-    /// Observed interval between keepalives to the hub.
-    pub keepalive_interval_secs: Option<f64>,
-    pub missed_keepalives: u64,
-    pub keepalives_to_hub: u64,
-    pub keepalives_relayed: u64,
-    /// Relayed from this spoke to others (XDP).
-    pub relayed_in_packets: u64,
-    pub relayed_in_bytes: u64,
-    /// Relayed from others to this spoke (XDP).
-    pub relayed_out_packets: u64,
-    pub relayed_out_bytes: u64,
-    /// Relay session entries naming this spoke.
-    pub sessions: u64,
-    /// Times its endpoint moved (NAT rebinding, roaming).
-    pub roams: u64,
-}
+pub use crate::hub::{HubStatus, SpokeStatus};
 
 /// GET `path` from the hub's API with a short timeout. Plain HTTP/1.1 on a
 /// loopback address: no client library needed.

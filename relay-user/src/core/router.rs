@@ -17,8 +17,8 @@ use relay_common::wire::{
 };
 use relay_common::{Endpoint, InitiationEvent, SESSION_FROM_INITIATION, SessionKey, SessionValue};
 
-use crate::cookie::{CookieJar, CookieKey, Mac2, clear_mac2};
-use crate::ratelimit::{Limits, Shield, ShieldStats, Standing};
+use crate::core::cookie::{CookieJar, CookieKey, Mac2, clear_mac2};
+use crate::core::shield::{Limits, Shield, ShieldStats, Standing};
 
 /// How long an initiation waits for its sender's or destination's
 /// authenticated endpoint before it is dropped. WireGuard retries after
@@ -100,7 +100,7 @@ pub enum Outcome {
     /// the same spoke (a retransmission).
     Superseded,
     /// Under load without a valid mac2: answered with a cookie reply on
-    /// behalf of the destination spoke (see [`crate::ratelimit`]).
+    /// behalf of the destination spoke (see [`crate::core::shield`]).
     CookieSent,
     /// Dropped by the flood shield (scan or cookie budget spent, a proven
     /// source over its rate, or a stranger under load).
@@ -187,7 +187,7 @@ pub struct Router {
     /// Rate limits and cookies; off unless enabled.
     flood: Option<Flood>,
     /// Which spoke pairs may talk (default: all).
-    policy: crate::policy::SlotPolicy,
+    policy: crate::core::policy::SlotPolicy,
 }
 
 impl Router {
@@ -199,7 +199,7 @@ impl Router {
     }
 
     /// Turn on the handshake flood shield: rate limits, cookie replies on
-    /// behalf of spokes, mac2 checks (see [`crate::ratelimit`]).
+    /// behalf of spokes, mac2 checks (see [`crate::core::shield`]).
     pub fn enable_shield(&mut self, limits: Limits, now: Instant) {
         self.enable_shield_with(Shield::new(limits, now), CookieJar::new(now));
     }
@@ -215,7 +215,11 @@ impl Router {
     }
 
     /// The cookie the hub gives `src` now (tests, diagnostics).
-    pub fn cookie_for(&mut self, src: &Endpoint, now: Instant) -> Option<crate::cookie::Cookie> {
+    pub fn cookie_for(
+        &mut self,
+        src: &Endpoint,
+        now: Instant,
+    ) -> Option<crate::core::cookie::Cookie> {
         self.flood.as_mut().map(|f| f.jar.cookie(src, now))
     }
 
@@ -258,7 +262,7 @@ impl Router {
     }
 
     /// Replace the policy; held initiations are checked again on retry.
-    pub fn set_policy(&mut self, policy: crate::policy::SlotPolicy) {
+    pub fn set_policy(&mut self, policy: crate::core::policy::SlotPolicy) {
         self.policy = policy;
     }
 
@@ -847,12 +851,15 @@ mod tests {
     fn policy_denies_and_held_copies_are_checked_again() {
         let mut r = router();
         let names = |n: u32| (1..=n).map(|s| (s, format!("s{s}")));
-        let only_1_2 = crate::policy::Policy::from_json(
+        let only_1_2 = crate::core::policy::Policy::from_json(
             r#"{"allow": [["s1", "s2"]]}"#,
             std::path::Path::new("policy.json"),
         )
         .unwrap();
-        r.set_policy(crate::policy::SlotPolicy::new(Some(&only_1_2), names(3)));
+        r.set_policy(crate::core::policy::SlotPolicy::new(
+            Some(&only_1_2),
+            names(3),
+        ));
         let now = Instant::now();
         let (o, _) = r.on_initiation(&event(ep(1, 1001), initiation(&key(2), 1)), now);
         assert_eq!(o, Outcome::Relayed { src: 1, dst: 2 });
@@ -867,7 +874,7 @@ mod tests {
         let out = r.retry_held(now + Duration::from_millis(10));
         assert_eq!(out, vec![(Outcome::Denied, None)]);
         // Back to allow-all.
-        r.set_policy(crate::policy::SlotPolicy::default());
+        r.set_policy(crate::core::policy::SlotPolicy::default());
         let (o, _) = r.on_initiation(&event(ep(3, 1003), initiation(&key(2), 4)), now);
         assert_eq!(o, Outcome::Relayed { src: 3, dst: 2 });
     }
@@ -900,7 +907,7 @@ mod tests {
 
     #[test]
     fn under_load_cookie_reply_then_mac2_is_forwarded_cleared() {
-        use crate::ratelimit::Rate;
+        use crate::core::shield::Rate;
         let now = Instant::now();
         let limits = Limits {
             per_destination: Rate::new(1.0, 1.0),
@@ -929,7 +936,7 @@ mod tests {
         assert_eq!(Some(cookie), r.cookie_for(&ep(1, 1001), now));
         // The retry carries mac2: forwarded with mac2 cleared.
         let mut g = initiation(&key(2), 0x78);
-        let m = crate::cookie::mac2(&cookie, &g);
+        let m = crate::core::cookie::mac2(&cookie, &g);
         g[132..].copy_from_slice(&m);
         let (o, a) = r.on_initiation(&event(ep(1, 1001), g), now);
         assert_eq!(o, Outcome::Relayed { src: 1, dst: 2 });
@@ -995,7 +1002,7 @@ mod tests {
             )
             .unwrap();
         let mut g = initiation(&key(3), 6);
-        let m = crate::cookie::mac2(&cookie, &g);
+        let m = crate::core::cookie::mac2(&cookie, &g);
         g[132..].copy_from_slice(&m);
         let (o, _) = r.on_initiation(&event(ep(2, 1002), g), t);
         assert_eq!(o, Outcome::Relayed { src: 2, dst: 3 });

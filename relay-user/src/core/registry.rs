@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use wireguard_control::Key;
 
-use crate::statefile::{FileError, StateFile};
+use crate::store::file::{FileError, StateFile};
 
 /// The registry file format version this build reads and writes.
 pub const REGISTRY_VERSION: u32 = 1;
@@ -622,7 +622,7 @@ impl RegistryStore for FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::test_support::TempDir;
+    use crate::store::dir::test_support::TempDir;
 
     fn key(n: u8) -> Key {
         let mut b = [n; 32];

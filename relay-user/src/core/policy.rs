@@ -36,8 +36,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
-use crate::registry::validate_name;
-use crate::statefile::{FileError, StateFile};
+use crate::core::registry::validate_name;
+use crate::store::file::{FileError, StateFile};
 
 /// The policy file inside the state directory.
 pub const POLICY_FILE: &str = "policy.json";
@@ -93,7 +93,7 @@ impl Term {
         let bad = || {
             format!(
                 "{s:?} is not a spoke name, @group or *; names are 1 to {} characters of A-Z a-z 0-9 . _ -",
-                crate::registry::MAX_NAME_LEN
+                crate::core::registry::MAX_NAME_LEN
             )
         };
         if s == "*" {
@@ -454,7 +454,7 @@ impl<'de> Deserialize<'de> for MemberDe {
             Err(_) => Err(de::Error::custom(format!(
                 "group member {s:?} is not a spoke name; members are spoke names \
                  (groups do not nest, * is not a member), 1 to {} characters of A-Z a-z 0-9 . _ -",
-                crate::registry::MAX_NAME_LEN
+                crate::core::registry::MAX_NAME_LEN
             ))),
         }
     }
@@ -478,7 +478,7 @@ impl<'de> Deserialize<'de> for Groups {
                     if validate_name(&name).is_err() {
                         return Err(de::Error::custom(format!(
                             "group name {name:?} is not valid; use 1 to {} characters of A-Z a-z 0-9 . _ - (no @ here)",
-                            crate::registry::MAX_NAME_LEN
+                            crate::core::registry::MAX_NAME_LEN
                         )));
                     }
                     if out.contains_key(&name) {
@@ -669,7 +669,7 @@ impl PolicyWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::test_support::TempDir;
+    use crate::store::dir::test_support::TempDir;
     use std::fs;
 
     fn p(text: &str) -> Result<Policy, PolicyError> {

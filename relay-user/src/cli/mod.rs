@@ -1,12 +1,21 @@
 //! Command line: every default is a flag and an environment variable.
 
+pub mod policy;
+pub mod render;
+pub mod spoke;
+pub mod status;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
-use crate::datapath::AttachMode;
-use crate::registry::TunnelNet;
+use crate::core::registry::TunnelNet;
+use crate::datapath::{AttachMode, Capacity};
+use crate::hub::{self, RunConfig};
+use crate::io::netinfo;
+use crate::store::dir::StateDir;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -152,7 +161,7 @@ pub enum SpokeCommand {
         /// Which hub endpoint the file names: ipv6 for IPv6-only spokes
         /// (remembered for later `spoke config`).
         #[arg(long, value_enum)]
-        family: Option<crate::spoke_cmd::Family>,
+        family: Option<crate::cli::spoke::Family>,
     },
     /// Print a spoke's current wg-quick file (no private key).
     Config {
@@ -161,7 +170,7 @@ pub enum SpokeCommand {
         keepalive: u16,
         /// Override the hub endpoint family the spoke was added with.
         #[arg(long, value_enum)]
-        family: Option<crate::spoke_cmd::Family>,
+        family: Option<crate::cli::spoke::Family>,
     },
     /// List registered spokes.
     List,
@@ -188,4 +197,108 @@ pub enum PolicyCommand {
     Group { name: String, spokes: Vec<String> },
     /// Remove the policy: every spoke may reach every other.
     Reset,
+}
+
+/// Carry out one command line.
+pub fn execute(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => {
+            let iface = match args.iface {
+                Some(i) => i,
+                None => netinfo::default_route_interface()
+                    .context("no --iface given and no default route to pick one from")?,
+            };
+            let cfg = RunConfig {
+                state_dir: cli.state_dir,
+                iface,
+                port: cli.port,
+                net: cli.network,
+                wg_iface: args.wg_iface,
+                metrics_addr: args.metrics_addr,
+                xdp_mode: args.xdp_mode,
+                capacity: Capacity {
+                    slots: args.max_spokes,
+                    sessions: args.max_sessions,
+                },
+                keepalive: args.keepalive,
+                bpf_stats: args.bpf_stats,
+                pin_dir: args.pin_dir,
+                keep_on_exit: args.keep_on_exit,
+                cross_path: args.cross_family_path,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(hub::run(cfg, crate::EBPF_OBJECT))
+        }
+        Command::Status(args) => status(&args),
+        Command::Policy(cmd) => {
+            let state = StateDir::open(&cli.state_dir)?;
+            let out = match cmd {
+                PolicyCommand::Show => policy::show(&state)?,
+                PolicyCommand::Set { file } => policy::set(&state, &file)?,
+                PolicyCommand::Allow { a, b } => policy::allow(&state, &a, &b)?,
+                PolicyCommand::Deny { a, b } => policy::deny(&state, &a, &b)?,
+                PolicyCommand::Group { name, spokes } => policy::group(&state, &name, &spokes)?,
+                PolicyCommand::Reset => policy::reset(&state)?,
+            };
+            print!("{out}");
+            Ok(())
+        }
+        Command::Spoke(cmd) => {
+            let state = StateDir::open(&cli.state_dir)?;
+            let ctx = |keepalive| spoke::SpokeCtx {
+                state: &state,
+                net: &cli.network,
+                endpoint: cli.endpoint.as_deref(),
+                port: cli.port,
+                keepalive,
+            };
+            let out = match cmd {
+                SpokeCommand::Add {
+                    name,
+                    pubkey,
+                    keepalive,
+                    family,
+                } => spoke::add_in(&ctx(keepalive), &name, pubkey.as_deref(), family)?,
+                SpokeCommand::Config {
+                    name,
+                    keepalive,
+                    family,
+                } => spoke::config_in(&ctx(keepalive), &name, family)?,
+                SpokeCommand::List => spoke::list(&ctx(0))?,
+                SpokeCommand::Remove { name } => spoke::remove(&ctx(0), &name)?,
+            };
+            print!("{out}");
+            Ok(())
+        }
+    }
+}
+
+fn status(args: &StatusArgs) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    loop {
+        let out = if args.json {
+            status::fetch(args.metrics_addr, "/v1/spokes")?
+        } else {
+            let (hub, spokes) = status::fetch_all(args.metrics_addr)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            status::render_table(&hub, &spokes, now)
+        };
+        let mut stdout = std::io::stdout().lock();
+        if args.watch {
+            // Home the cursor and clear: redraw in place.
+            write!(stdout, "\x1b[H\x1b[2J")?;
+        }
+        write!(stdout, "{}", out.trim_end())?;
+        writeln!(stdout)?;
+        stdout.flush()?;
+        if !args.watch {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_secs_f64(args.interval));
+    }
 }

@@ -1,0 +1,12 @@
+//! The sans-IO core: protocol logic and tables that take bytes and `now`
+//! and return decisions, tested without sockets, maps or files.
+
+pub mod cookie;
+pub mod fallback_frame;
+pub mod health;
+pub mod policy;
+pub mod reconcile;
+pub mod registry;
+pub mod router;
+pub mod sessions;
+pub mod shield;

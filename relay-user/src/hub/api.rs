@@ -1,0 +1,191 @@
+//! What the hub serves over HTTP: the status API's data (`GET /v1/hub`,
+//! `GET /v1/spokes`), the metrics exposition and health.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::datapath::{CrossPath, ktime_ns};
+use crate::hub::Hub;
+use crate::hub::metrics::{self, Snapshot};
+use crate::io::http;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HubStatus {
+    pub version: String,
+    pub public_key: String,
+    pub address: String,
+    pub port: u16,
+    pub iface: String,
+    pub xdp_mode: String,
+    pub wg_iface: String,
+    pub uptime_secs: u64,
+    /// PersistentKeepalive the health thresholds assume.
+    pub keepalive_secs: u16,
+    pub up_within_secs: u64,
+    pub down_after_secs: u64,
+    /// The hub's own underlay addresses (the source of cross-family
+    /// frames), as currently installed.
+    #[serde(default)]
+    pub underlay_v4: Option<String>,
+    #[serde(default)]
+    pub underlay_v6: Option<String>,
+    /// `xdp` or `userspace` (`--cross-family-path`).
+    #[serde(default)]
+    pub cross_family_path: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SpokeStatus {
+    pub name: String,
+    pub id: u32,
+    pub address: String,
+    pub public_key: String,
+    /// Current authenticated endpoint (NAT mapping), if any.
+    pub endpoint: Option<String>,
+    /// up, stale or down (see `relayhub status --help`).
+    pub state: String,
+    /// Last handshake with the hub's own WireGuard, unix seconds.
+    pub last_handshake_unix: Option<u64>,
+    pub last_frame_secs_ago: Option<f64>,
+    pub last_keepalive_secs_ago: Option<f64>,
+    /// Observed interval between keepalives to the hub.
+    pub keepalive_interval_secs: Option<f64>,
+    pub missed_keepalives: u64,
+    pub keepalives_to_hub: u64,
+    pub keepalives_relayed: u64,
+    /// Relayed from this spoke to others (XDP).
+    pub relayed_in_packets: u64,
+    pub relayed_in_bytes: u64,
+    /// Relayed from others to this spoke (XDP).
+    pub relayed_out_packets: u64,
+    pub relayed_out_bytes: u64,
+    /// Relay session entries naming this spoke.
+    pub sessions: u64,
+    /// Times its endpoint moved (NAT rebinding, roaming).
+    pub roams: u64,
+}
+
+impl Hub {
+    pub(crate) fn spoke_statuses(&self) -> Vec<SpokeStatus> {
+        let now_ns = ktime_ns();
+        let age = |ns: u64| (ns != 0).then(|| now_ns.saturating_sub(ns) as f64 / 1e9);
+        let entries = self.datapath.sessions();
+        let mut sessions: HashMap<u32, u64> = HashMap::new();
+        for (k, v) in &entries {
+            *sessions.entry(k.src_slot).or_default() += 1;
+            if v.dst_slot != k.src_slot {
+                *sessions.entry(v.dst_slot).or_default() += 1;
+            }
+        }
+        let mut out: Vec<SpokeStatus> = self
+            .spokes
+            .iter()
+            .map(|(&slot, m)| {
+                let c = self.datapath.slot_counters(slot);
+                let silence = age(c.last_rx_ns);
+                let silence_d = silence.map(Duration::from_secs_f64);
+                SpokeStatus {
+                    name: m.name.clone(),
+                    id: slot,
+                    address: m.address.to_string(),
+                    public_key: m.public_key.to_base64(),
+                    endpoint: self
+                        .router
+                        .endpoint(slot)
+                        .and_then(|e| crate::io::hub_wg::to_socket_addr(&e))
+                        .map(|a| a.to_string()),
+                    state: self.thresholds.classify(silence_d).label().to_string(),
+                    last_handshake_unix: m
+                        .last_handshake
+                        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs()),
+                    last_frame_secs_ago: silence,
+                    last_keepalive_secs_ago: age(c.last_keepalive_ns),
+                    keepalive_interval_secs: m.health.keepalive_interval(),
+                    missed_keepalives: self.thresholds.missed(silence_d),
+                    keepalives_to_hub: c.hub_keepalives,
+                    keepalives_relayed: c.rx_keepalives,
+                    relayed_in_packets: c.rx_packets,
+                    relayed_in_bytes: c.rx_bytes,
+                    relayed_out_packets: c.tx_packets,
+                    relayed_out_bytes: c.tx_bytes,
+                    sessions: sessions.get(&slot).copied().unwrap_or(0),
+                    roams: m.health.roams(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    pub(crate) fn hub_status(&self) -> HubStatus {
+        let f = &self.facts;
+        HubStatus {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            public_key: f.public_key.clone(),
+            address: f.address.clone(),
+            port: f.port,
+            iface: f.iface.clone(),
+            xdp_mode: self.datapath.mode().to_string(),
+            wg_iface: f.wg_iface.clone(),
+            uptime_secs: f.started.elapsed().as_secs(),
+            keepalive_secs: self.thresholds.keepalive.as_secs() as u16,
+            up_within_secs: self.thresholds.up_within().as_secs(),
+            down_after_secs: self.thresholds.down_after().as_secs(),
+            underlay_v4: self.datapath.hub_addresses().0.map(|a| a.to_string()),
+            underlay_v6: self.datapath.hub_addresses().1.map(|a| a.to_string()),
+            cross_family_path: match self.datapath.cross_path() {
+                CrossPath::Xdp => "xdp",
+                CrossPath::Userspace => "userspace",
+            }
+            .to_string(),
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            xdp: self.datapath.counters(),
+            sessions: self.datapath.sessions().len() as u64,
+            spokes: self.spoke_statuses(),
+            held_initiations: self.router.held_len() as u64,
+            prog_stats: self.datapath.prog_stats(),
+        }
+    }
+}
+
+/// The HTTP server's view of the hub.
+pub(crate) struct HubApi(pub(crate) Arc<Mutex<Hub>>);
+
+impl http::Api for HubApi {
+    fn metrics(&self) -> String {
+        let hub = self.0.lock().expect("hub lock");
+        metrics::render(&hub.metrics, &hub.snapshot())
+    }
+
+    fn hub(&self) -> String {
+        let hub = self.0.lock().expect("hub lock");
+        serde_json::to_string_pretty(&hub.hub_status()).expect("serializable")
+    }
+
+    fn spokes(&self) -> String {
+        let hub = self.0.lock().expect("hub lock");
+        serde_json::to_string_pretty(&hub.spoke_statuses()).expect("serializable")
+    }
+
+    fn health(&self) -> Result<(), String> {
+        let hub = self.0.lock().expect("hub lock");
+        if !hub.datapath.is_attached() {
+            return Err(format!(
+                "XDP program not attached to {}",
+                hub.datapath.iface()
+            ));
+        }
+        if !hub.wg.is_up() {
+            return Err(format!("hub WireGuard interface {} is down", hub.wg.name()));
+        }
+        Ok(())
+    }
+}

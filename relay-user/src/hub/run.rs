@@ -1,0 +1,369 @@
+//! Setting the hub up and its event loop: the loop only feeds events to
+//! [`Hub`] and waits for the next one.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use relay_common::InitiationEvent;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::core::health::Thresholds;
+use crate::core::policy::{PolicyStore, PolicyWatch};
+use crate::core::reconcile::Reconciler;
+use crate::core::registry::{RegistryStore, TunnelNet};
+use crate::core::router::Router;
+use crate::datapath::{AttachMode, Capacity, CrossPath, Datapath, IfaceLock, PinDir};
+use crate::hub::api::HubApi;
+use crate::hub::fallback_reader::fallback_reader;
+use crate::hub::metrics::Metrics;
+use crate::hub::{Hub, HubFacts};
+use crate::io::http;
+use crate::io::hub_wg::HubWg;
+use crate::io::sender::RawSender;
+use crate::store::dir::StateDir;
+
+/// How often the hub's authenticated endpoints are re-read. Roaming and
+/// first contact wait on this, so it is short; a read is one UAPI/netlink
+/// round trip.
+pub const ENDPOINT_REFRESH: Duration = Duration::from_millis(200);
+/// A stat(2) per poll; spokes added while the hub runs must be peers of
+/// the hub before their first handshake arrives.
+pub const REGISTRY_POLL: Duration = Duration::from_millis(250);
+pub const SESSION_SWEEP: Duration = Duration::from_secs(10);
+/// Health samples: one counter read per spoke each time.
+pub const HEALTH_SAMPLE: Duration = Duration::from_secs(1);
+/// The hub's own addresses (the source of cross-family frames) are re-read
+/// this often: renumbering the underlay needs no restart.
+pub const ADDRESS_REFRESH: Duration = Duration::from_secs(5);
+
+pub struct RunConfig {
+    pub state_dir: PathBuf,
+    pub iface: String,
+    pub port: u16,
+    pub net: TunnelNet,
+    pub wg_iface: String,
+    pub metrics_addr: SocketAddr,
+    pub xdp_mode: AttachMode,
+    pub capacity: Capacity,
+    /// PersistentKeepalive spokes use (health thresholds).
+    pub keepalive: u16,
+    /// Enable the kernel's BPF run-time statistics while running.
+    pub bpf_stats: bool,
+    /// bpffs directory for the pinned maps and XDP link (per interface
+    /// below it); not on bpffs = nothing pinned.
+    pub pin_dir: PathBuf,
+    /// On SIGINT/SIGTERM leave XDP attached, the maps pinned and the hub's
+    /// WireGuard up, for an upgrade or restart.
+    pub keep_on_exit: bool,
+    /// Which path relays between IPv4 and IPv6 spokes.
+    pub cross_path: CrossPath,
+}
+
+fn read_events(ring: &mut RingBuf<MapData>, out: &mut Vec<InitiationEvent>) {
+    while let Some(item) = ring.next() {
+        if item.len() >= std::mem::size_of::<InitiationEvent>() {
+            // SAFETY: the record is at least one InitiationEvent long and
+            // the type is plain old data; read_unaligned copes with alignment.
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<InitiationEvent>()) });
+        }
+    }
+}
+
+/// The eBPF side logs at most as verbosely as the controller's log filter
+/// (RUST_LOG) lets through, so it stays silent at info.
+fn ebpf_log_level() -> u8 {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        LevelFilter::OFF => 0,
+        LevelFilter::ERROR => 1,
+        LevelFilter::WARN => 2,
+        LevelFilter::INFO => 3,
+        LevelFilter::DEBUG => 4,
+        _ => 5,
+    }
+}
+
+/// Run the hub until SIGINT/SIGTERM.
+pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
+    let state = StateDir::open(&cfg.state_dir)?;
+    let store = state.registry();
+    let registry = store.load()?;
+    // The file does not record the network: catch a changed --network.
+    registry.check_net(&cfg.net)?;
+    let stamp = store.stamp().ok();
+    let policy = PolicyWatch::open(PolicyStore::in_dir(state.path()))?;
+    let hub_key = state.hub_key()?;
+    let hub_public = hub_key.get_public();
+
+    // Fail early on everything that can be checked before touching the system.
+    let listener = http::bind(cfg.metrics_addr).await.with_context(|| {
+        format!(
+            "binding the metrics address {} (--metrics-addr)",
+            cfg.metrics_addr
+        )
+    })?;
+    let mut sender = RawSender::new().context("opening raw sockets (run as root)")?;
+    // One hub per interface: adopting pins would otherwise let a second
+    // hub take over a running one's program silently.
+    let _lock = IfaceLock::acquire(&cfg.iface)?;
+    let _wg_lock = IfaceLock::acquire(&format!("wg-{}", cfg.wg_iface))?;
+    let pins = PinDir::for_iface(&cfg.pin_dir, &cfg.iface);
+    let mut datapath = Datapath::load(object, &cfg.capacity, cfg.port, ebpf_log_level(), pins)?;
+    datapath.set_cross_path(cfg.cross_path);
+    // Dual-stack: the hub's own address per family, for cross-family relay.
+    let (hub_v4, hub_v6) = crate::io::netinfo::hub_addresses(&cfg.iface, &state.endpoint_ips())?;
+    datapath.set_hub_addresses(hub_v4, hub_v6)?;
+    sender.set_hub_addresses(hub_v4, hub_v6);
+    tracing::info!(?hub_v4, ?hub_v6, cross_family_path = ?cfg.cross_path, "hub addresses for cross-family relay");
+    // Opened before attaching: no fallback frame finds the buffers missing.
+    // Without perf events (e.g. a seccomp profile that blocks
+    // perf_event_open) the hub still relays; only the rare frames that need
+    // the fallback are lost, unless every cross-family frame is to use it.
+    let fallback_bufs = match datapath.open_fallback() {
+        Ok(b) => b,
+        Err(e) if cfg.cross_path == CrossPath::Xdp => {
+            tracing::warn!(
+                error = %e,
+                "userspace fallback unavailable: cross-family frames the XDP program cannot rebuild are dropped (counted as fallback_full)"
+            );
+            Vec::new()
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context("--cross-family-path userspace needs the userspace fallback"));
+        }
+    };
+
+    // Kept open for the hub's lifetime: statistics stay on while it is.
+    let _bpf_stats = if cfg.bpf_stats {
+        Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).context(
+            "enabling BPF run-time statistics (--bpf-stats) needs kernel >= 5.8 and root",
+        )?)
+    } else {
+        None
+    };
+    let wg = HubWg::up(
+        &cfg.wg_iface,
+        &hub_key,
+        cfg.port,
+        cfg.net.hub,
+        cfg.net.prefix,
+    )?;
+    let mut hub = Hub {
+        router: {
+            let mut r = Router::new(&hub_public.0);
+            r.enable_shield(crate::core::shield::Limits::default(), Instant::now());
+            r
+        },
+        sender,
+        metrics: Metrics::default(),
+        slots: Reconciler::new(),
+        registry_stamp: stamp,
+        policy,
+        spokes: HashMap::new(),
+        thresholds: Thresholds::new(cfg.keepalive),
+        facts: HubFacts {
+            public_key: hub_public.to_base64(),
+            address: cfg.net.hub.to_string(),
+            port: cfg.port,
+            iface: cfg.iface.clone(),
+            wg_iface: cfg.wg_iface.clone(),
+            started: Instant::now(),
+        },
+        datapath: {
+            datapath.attach(&cfg.iface, cfg.xdp_mode)?;
+            datapath
+        },
+        wg,
+    };
+    if hub.datapath.adopted() {
+        // Start from what the adopted maps hold, so unchanged spokes see
+        // no map writes and slots removed meanwhile are cleared.
+        hub.slots = Reconciler::adopt(hub.datapath.installed_endpoints());
+    }
+    hub.apply_registry(&registry)?;
+    hub.forget_unregistered()?;
+    hub.refresh_endpoints()?;
+    tracing::info!(
+        adopted_link = hub.datapath.adopted_link(),
+        adopted_maps = hub.datapath.adopted(),
+        adopted_wg = hub.wg.adopted(),
+        pinned = hub.datapath.pinned(),
+        "datapath state"
+    );
+    tracing::info!(
+        iface = %cfg.iface,
+        mode = hub.datapath.mode(),
+        port = cfg.port,
+        hub = %cfg.net.hub,
+        public_key = %hub_public.to_base64(),
+        metrics = %cfg.metrics_addr,
+        "relayhub running"
+    );
+
+    let ring = hub
+        .datapath
+        .take_initiations()
+        .context("initiation ring buffer already taken")?;
+    // SAFETY (both): the ring buffers own their map fds for as long as the
+    // AsyncFd holds them, and as_raw_fd() always returns that same fd.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("polling the initiation ring buffer: {e}"))?;
+    let logger = match aya_log::EbpfLogger::init(hub.datapath.ebpf_mut()) {
+        Ok(l) => Some(
+            unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }
+                .map_err(|e| anyhow::anyhow!("polling the eBPF log: {e}"))?,
+        ),
+        Err(e) => {
+            tracing::debug!(error = %e, "no eBPF logger");
+            None
+        }
+    };
+
+    let hub = Arc::new(Mutex::new(hub));
+    let http_task = tokio::spawn(http::serve(listener, Arc::new(HubApi(hub.clone()))));
+    let mut fallback_tasks = Vec::with_capacity(fallback_bufs.len());
+    for buf in fallback_bufs {
+        // SAFETY: as for the ring buffers: the buffer owns its perf event
+        // fd while the AsyncFd holds it, and as_raw_fd() is always that fd.
+        let fd = unsafe { AsyncFd::register_with_interest(buf, Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("polling a fallback perf buffer: {e}"))?;
+        fallback_tasks.push(tokio::spawn(fallback_reader(fd, hub.clone())));
+    }
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut endpoint_tick = tokio::time::interval(ENDPOINT_REFRESH);
+    let mut registry_tick = tokio::time::interval(REGISTRY_POLL);
+    let mut sweep_tick = tokio::time::interval(SESSION_SWEEP);
+    let mut health_tick = tokio::time::interval(HEALTH_SAMPLE);
+    let mut address_tick = tokio::time::interval(ADDRESS_REFRESH);
+    for t in [
+        &mut address_tick,
+        &mut endpoint_tick,
+        &mut registry_tick,
+        &mut sweep_tick,
+        &mut health_tick,
+    ] {
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    let mut events = Vec::with_capacity(64);
+    let mut logger = logger;
+    loop {
+        // A delayed (crossing) initiation falls due at a precise time.
+        let due = hub
+            .lock()
+            .expect("hub lock")
+            .router
+            .next_due(Instant::now());
+        let due = due.map(tokio::time::Instant::from_std);
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = async {
+                match due {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                hub.lock().expect("hub lock").retry_held();
+            }
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                // Cleared before reading: a record submitted meanwhile
+                // wakes us again instead of waiting for the next one.
+                guard.clear_ready();
+                events.clear();
+                read_events(guard.get_inner_mut(), &mut events);
+                let mut h = hub.lock().expect("hub lock");
+                let mut refresh = false;
+                let now = Instant::now();
+                for ev in &events {
+                    let (o, a) = h.router.on_initiation(ev, now);
+                    refresh |= h.handle(o, a);
+                }
+                if refresh {
+                    // First contact: the sender's handshake with the hub is
+                    // usually in flight; re-read endpoints right away.
+                    if let Err(e) = h.refresh_endpoints() {
+                        tracing::warn!(error = %e, "endpoint refresh");
+                    }
+                    h.retry_held();
+                }
+            }
+            guard = async {
+                match logger.as_mut() {
+                    Some(l) => l.readable_mut().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let mut guard = guard?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            _ = endpoint_tick.tick() => {
+                let mut h = hub.lock().expect("hub lock");
+                if let Err(e) = h.refresh_endpoints() {
+                    tracing::warn!(error = %e, "endpoint refresh");
+                }
+                h.retry_held();
+            }
+            _ = registry_tick.tick() => {
+                let mut h = hub.lock().expect("hub lock");
+                match store.stamp() {
+                    Ok(s) if Some(s) != h.registry_stamp => match store.load() {
+                        Ok(reg) => {
+                            h.registry_stamp = Some(s);
+                            if let Err(e) = h.apply_registry(&reg) {
+                                tracing::error!(error = %e, "applying the registry");
+                            }
+                        }
+                        Err(e) => tracing::error!(error = %e, "registry unreadable; keeping the previous one"),
+                    },
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "registry stamp"),
+                }
+                h.poll_policy();
+            }
+            _ = address_tick.tick() => {
+                hub.lock().expect("hub lock").refresh_hub_addresses(&state.endpoint_ips());
+            }
+            _ = health_tick.tick() => {
+                hub.lock().expect("hub lock").observe_health();
+            }
+            _ = sweep_tick.tick() => {
+                hub.lock().expect("hub lock").sweep_sessions();
+            }
+        }
+    }
+    if cfg.keep_on_exit {
+        tracing::info!(
+            "shutting down, keeping XDP attached, maps pinned and the hub's WireGuard up (--keep-on-exit)"
+        );
+    } else {
+        tracing::info!("shutting down: detaching XDP and removing the hub's WireGuard interface");
+    }
+    http_task.abort();
+    let _ = http_task.await;
+    for t in fallback_tasks {
+        t.abort();
+        let _ = t.await;
+    }
+    drop(ring);
+    drop(logger);
+    let mut hub = Arc::try_unwrap(hub)
+        .map_err(|_| anyhow::anyhow!("hub still shared at shutdown"))?
+        .into_inner()
+        .expect("hub lock");
+    hub.datapath.set_keep_on_drop(cfg.keep_on_exit);
+    hub.wg.set_keep_on_drop(cfg.keep_on_exit);
+    drop(hub);
+    Ok(())
+}
