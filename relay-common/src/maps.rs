@@ -202,112 +202,100 @@ impl SlotCounters {
     }
 }
 
-/// Indices of [`MAP_COUNTERS`].
+/// Indices of [`MAP_COUNTERS`], their metric labels and, for frames the
+/// hub does not relay, the drop reason they count under: one row per
+/// counter, so the kernel side, the metrics and the tests cannot drift.
 pub mod counter {
-    /// UDP frames to the hub port that the program looked at.
-    pub const SEEN: u32 = 0;
-    pub const RELAYED_PACKETS: u32 = 1;
-    /// UDP payload bytes relayed.
-    pub const RELAYED_BYTES: u32 = 2;
-    pub const RELAYED_TRANSPORT: u32 = 3;
-    pub const RELAYED_RESPONSE: u32 = 4;
-    pub const RELAYED_COOKIE: u32 = 5;
-    pub const RELAYED_KEEPALIVES: u32 = 6;
-    /// A relayed response taught the reverse session entry.
-    pub const RESPONSE_LEARNED: u32 = 7;
-    /// Initiations copied to the controller.
-    pub const INITIATIONS_QUEUED: u32 = 8;
-    /// Initiations not copied because the ring buffer was full.
-    pub const INITIATIONS_RING_FULL: u32 = 9;
-    /// Passed: source is not an authenticated spoke endpoint.
-    pub const PASS_UNKNOWN_SOURCE: u32 = 10;
-    /// Passed: no relay session (the hub's own WireGuard session).
-    pub const PASS_NO_SESSION: u32 = 11;
-    /// Passed: not a well-formed WireGuard message.
-    pub const PASS_MALFORMED: u32 = 12;
-    /// Passed: IP options, fragments or IPv6 extension headers.
-    pub const PASS_UNSUPPORTED: u32 = 13;
-    /// Dropped: session points at a spoke without a current endpoint.
-    pub const DROP_NO_DESTINATION: u32 = 14;
-    /// Dropped: no route or neighbour for the destination.
-    pub const DROP_NO_ROUTE: u32 = 15;
-    /// Dropped: session would send the frame back to its sender.
-    pub const DROP_LOOP: u32 = 16;
-    /// bpf_fib_lookup said forwarding is disabled; frame sent back to the
-    /// L2 neighbour it came from.
-    pub const FIB_FALLBACK: u32 = 17;
-    /// Passed: cross-family relay (IPv4 <-> IPv6) to a family in which the
-    /// hub has no address configured (see `HubConfig::flags`).
-    pub const PASS_CROSS_FAMILY: u32 = 18;
-    /// Passed to the hub's own WireGuard, by message type (responses and
-    /// cookie replies addressed to the hub's handshakes).
-    pub const HUB_RESPONSE: u32 = 19;
-    pub const HUB_COOKIE: u32 = 20;
-    /// Relayed packets by (source spoke family -> destination spoke family).
-    pub const RELAYED_V4_TO_V4: u32 = 21;
-    pub const RELAYED_V4_TO_V6: u32 = 22;
-    pub const RELAYED_V6_TO_V4: u32 = 23;
-    pub const RELAYED_V6_TO_V6: u32 = 24;
-    /// A cross-family relay needed bpf_xdp_adjust_head and the driver
-    /// refused it: the frame took the userspace fallback.
-    pub const ADJUST_HEAD_FAILED: u32 = 25;
-    /// IPv4 -> IPv6 relay of a frame without UDP checksum (IPv6 needs one;
-    /// the fast path does not sum payloads): the frame took the userspace
-    /// fallback.
-    pub const NO_CHECKSUM: u32 = 26;
-    /// Dropped: the frame does not fit the outgoing MTU (bpf_fib_lookup
-    /// FRAG_NEEDED; an IPv4 frame grows by 20 bytes as IPv6).
-    pub const DROP_TOO_BIG: u32 = 27;
-    /// Passed: to the hub port but not to the hub's address (the hub only
-    /// routes it); relaying it would send frames from a foreign source.
-    pub const PASS_NOT_FOR_HUB: u32 = 28;
-    /// Frames handed to the controller's userspace relay (cross-family
-    /// frames the fast path cannot rebuild, see [`super::FallbackMeta`]).
-    pub const USERSPACE_FALLBACK: u32 = 29;
-    /// Dropped: the userspace fallback had no room (perf buffer full or no
-    /// reader).
-    pub const DROP_FALLBACK_FULL: u32 = 30;
-    /// A relayed response's sender index is the receiver index of another
-    /// pair's live session from the same initiator: not learned (the
-    /// response itself is relayed).
-    pub const LEARN_CONFLICT: u32 = 31;
-    pub const COUNT: u32 = 32;
+    /// One row per counter: `NAME = "event label"` (the `event` label of
+    /// `relayhub_xdp_events_total`), then `drop "reason"` for counters that
+    /// are also a `reason` of `relayhub_dropped_frames_total{stage="xdp"}`.
+    /// Indices follow the order of the rows.
+    macro_rules! counters {
+        ($($(#[$doc:meta])* $name:ident = $label:literal $(drop $reason:literal)?;)*) => {
+            #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+            #[repr(u32)]
+            enum Index { $($name,)* __COUNT }
+            $($(#[$doc])* pub const $name: u32 = Index::$name as u32;)*
+            /// Number of counters.
+            pub const COUNT: u32 = Index::__COUNT as u32;
+            /// Metric label for each counter index.
+            pub const NAMES: [&str; COUNT as usize] = [$($label),*];
+            /// Drop reason for each counter index (None: not a drop).
+            pub const DROP_REASONS: [Option<&str>; COUNT as usize] = [$(counters!(@reason $($reason)?)),*];
+        };
+        (@reason) => { None };
+        (@reason $r:literal) => { Some($r) };
+    }
 
-    /// Metric label for each counter index.
-    pub const NAMES: [&str; COUNT as usize] = [
-        "seen",
-        "relayed_packets",
-        "relayed_bytes",
-        "relayed_transport",
-        "relayed_response",
-        "relayed_cookie",
-        "relayed_keepalives",
-        "response_learned",
-        "initiations_queued",
-        "initiations_ring_full",
-        "pass_unknown_source",
-        "pass_no_session",
-        "pass_malformed",
-        "pass_unsupported",
-        "drop_no_destination",
-        "drop_no_route",
-        "drop_loop",
-        "fib_fallback",
-        "pass_cross_family",
-        "hub_response",
-        "hub_cookie",
-        "relayed_v4_to_v4",
-        "relayed_v4_to_v6",
-        "relayed_v6_to_v4",
-        "relayed_v6_to_v6",
-        "adjust_head_failed",
-        "no_checksum",
-        "drop_too_big",
-        "pass_not_for_hub",
-        "userspace_fallback",
-        "drop_fallback_full",
-        "learn_conflict",
-    ];
+    counters! {
+        /// UDP frames to the hub port that the program looked at.
+        SEEN = "seen";
+        RELAYED_PACKETS = "relayed_packets";
+        /// UDP payload bytes relayed.
+        RELAYED_BYTES = "relayed_bytes";
+        RELAYED_TRANSPORT = "relayed_transport";
+        RELAYED_RESPONSE = "relayed_response";
+        RELAYED_COOKIE = "relayed_cookie";
+        RELAYED_KEEPALIVES = "relayed_keepalives";
+        /// A relayed response taught the reverse session entry.
+        RESPONSE_LEARNED = "response_learned";
+        /// Initiations copied to the controller.
+        INITIATIONS_QUEUED = "initiations_queued";
+        /// Initiations not copied because the ring buffer was full.
+        INITIATIONS_RING_FULL = "initiations_ring_full" drop "ring_full";
+        /// Passed: source is not an authenticated spoke endpoint.
+        PASS_UNKNOWN_SOURCE = "pass_unknown_source" drop "unknown_source";
+        /// Passed: no relay session (the hub's own WireGuard session).
+        PASS_NO_SESSION = "pass_no_session";
+        /// Passed: not a well-formed WireGuard message.
+        PASS_MALFORMED = "pass_malformed" drop "malformed";
+        /// Passed: IP options, fragments or IPv6 extension headers.
+        PASS_UNSUPPORTED = "pass_unsupported" drop "unsupported";
+        /// Dropped: session points at a spoke without a current endpoint.
+        DROP_NO_DESTINATION = "drop_no_destination" drop "no_destination";
+        /// Dropped: no route or neighbour for the destination.
+        DROP_NO_ROUTE = "drop_no_route" drop "no_route";
+        /// Dropped: session would send the frame back to its sender.
+        DROP_LOOP = "drop_loop" drop "loop";
+        /// bpf_fib_lookup said forwarding is disabled; frame sent back to the
+        /// L2 neighbour it came from.
+        FIB_FALLBACK = "fib_fallback";
+        /// Passed: cross-family relay (IPv4 <-> IPv6) to a family in which the
+        /// hub has no address configured (see `HubConfig::flags`).
+        PASS_CROSS_FAMILY = "pass_cross_family" drop "cross_family";
+        /// Passed to the hub's own WireGuard, by message type (responses and
+        /// cookie replies addressed to the hub's handshakes).
+        HUB_RESPONSE = "hub_response";
+        HUB_COOKIE = "hub_cookie";
+        /// Relayed packets by (source spoke family -> destination spoke family).
+        RELAYED_V4_TO_V4 = "relayed_v4_to_v4";
+        RELAYED_V4_TO_V6 = "relayed_v4_to_v6";
+        RELAYED_V6_TO_V4 = "relayed_v6_to_v4";
+        RELAYED_V6_TO_V6 = "relayed_v6_to_v6";
+        /// A cross-family relay needed bpf_xdp_adjust_head and the driver
+        /// refused it: the frame took the userspace fallback.
+        ADJUST_HEAD_FAILED = "adjust_head_failed";
+        /// IPv4 -> IPv6 relay of a frame without UDP checksum (IPv6 needs one;
+        /// the fast path does not sum payloads): the frame took the userspace
+        /// fallback.
+        NO_CHECKSUM = "no_checksum";
+        /// Dropped: the frame does not fit the outgoing MTU (bpf_fib_lookup
+        /// FRAG_NEEDED; an IPv4 frame grows by 20 bytes as IPv6).
+        DROP_TOO_BIG = "drop_too_big" drop "too_big";
+        /// Passed: to the hub port but not to the hub's address (the hub only
+        /// routes it); relaying it would send frames from a foreign source.
+        PASS_NOT_FOR_HUB = "pass_not_for_hub" drop "not_for_hub";
+        /// Frames handed to the controller's userspace relay (cross-family
+        /// frames the fast path cannot rebuild, see [`super::FallbackMeta`]).
+        USERSPACE_FALLBACK = "userspace_fallback";
+        /// Dropped: the userspace fallback had no room (perf buffer full or no
+        /// reader).
+        DROP_FALLBACK_FULL = "drop_fallback_full" drop "fallback_full";
+        /// A relayed response's sender index is the receiver index of another
+        /// pair's live session from the same initiator: not learned (the
+        /// response itself is relayed).
+        LEARN_CONFLICT = "learn_conflict";
+    }
 
     /// The `RELAYED_*_TO_*` counter of a relay from `from` to `to`
     /// (`FAMILY_V4` / `FAMILY_V6`).

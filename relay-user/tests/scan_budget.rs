@@ -112,7 +112,7 @@ fn first_contacts_with_10k_spokes_are_budgeted() {
     let cpu = Instant::now();
     for (now, ev) in &events {
         let (o, _) = r.on_initiation(ev, *now);
-        *counts.entry(o.label()).or_default() += 1;
+        *counts.entry(o.result().label()).or_default() += 1;
     }
     let cpu = cpu.elapsed();
     let st = r.shield_stats().unwrap();

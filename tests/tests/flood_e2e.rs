@@ -275,9 +275,9 @@ fn run(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
     let limited = init("rate_limited");
     // Every outcome the controller counts (the list had drifted when it
     // was spelled out here: "denied" and "index_conflict" were missing).
-    let handled: f64 = relay_user::hub::metrics::INITIATION_RESULTS
+    let handled: f64 = relay_user::core::outcome::InitiationResult::ALL
         .iter()
-        .map(|r| init(r))
+        .map(|r| init(r.label()))
         .sum();
     let reasons: Vec<String> = [
         "scan_budget",

@@ -18,6 +18,7 @@ use relay_common::wire::{
 use relay_common::{Endpoint, InitiationEvent, SESSION_FROM_INITIATION, SessionKey, SessionValue};
 
 use crate::core::cookie::{CookieJar, CookieKey, Mac2, clear_mac2};
+use crate::core::outcome::InitiationResult;
 use crate::core::shield::{Limits, Shield, ShieldStats, Standing};
 
 /// How long an initiation waits for its sender's or destination's
@@ -70,7 +71,7 @@ impl Mac1Key {
     }
 }
 
-/// What happened to one initiation (the metric label is [`Outcome::label`]).
+/// What happened to one initiation (its metric label is [`Outcome::result`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Sent to the destination spoke.
@@ -108,22 +109,23 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn label(&self) -> &'static str {
+    /// The metric result this outcome counts as.
+    pub fn result(&self) -> InitiationResult {
         match self {
-            Outcome::Relayed { .. } => "relayed",
-            Outcome::ToHub => "to_hub",
-            Outcome::Held => "held",
-            Outcome::NoMatch => "no_match",
-            Outcome::UnknownSource => "unknown_source",
-            Outcome::NoDestination => "no_destination",
-            Outcome::Loop => "loop",
-            Outcome::Denied => "denied",
-            Outcome::Malformed => "malformed",
-            Outcome::Overflow => "overflow",
-            Outcome::Delayed => "delayed",
-            Outcome::Superseded => "superseded",
-            Outcome::CookieSent => "cookie_sent",
-            Outcome::RateLimited => "rate_limited",
+            Outcome::Relayed { .. } => InitiationResult::Relayed,
+            Outcome::ToHub => InitiationResult::ToHub,
+            Outcome::Held => InitiationResult::Held,
+            Outcome::NoMatch => InitiationResult::NoMatch,
+            Outcome::UnknownSource => InitiationResult::UnknownSource,
+            Outcome::NoDestination => InitiationResult::NoDestination,
+            Outcome::Loop => InitiationResult::Loop,
+            Outcome::Denied => InitiationResult::Denied,
+            Outcome::Malformed => InitiationResult::Malformed,
+            Outcome::Overflow => InitiationResult::Overflow,
+            Outcome::Delayed => InitiationResult::Delayed,
+            Outcome::Superseded => InitiationResult::Superseded,
+            Outcome::CookieSent => InitiationResult::CookieSent,
+            Outcome::RateLimited => InitiationResult::RateLimited,
         }
     }
 }

@@ -3,7 +3,6 @@
 //! controller's own counts live here. Per-spoke series are labelled with
 //! the spoke's registered name (bounded by the registry).
 
-use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -14,15 +13,16 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 use relay_common::{FAMILY_V4, FAMILY_V6, counter};
 
-use crate::cli::status::SpokeStatus;
+use crate::core::outcome::InitiationResult;
+use crate::hub::SpokeStatus;
 
 type Labels = Vec<(&'static str, String)>;
 
 /// Counts kept by the controller (it holds them under its own lock).
 #[derive(Default)]
 pub struct Metrics {
-    /// Handshake initiations by routing outcome.
-    initiations: BTreeMap<&'static str, u64>,
+    /// Handshake initiations by routing result ([`InitiationResult::index`]).
+    initiations: [u64; InitiationResult::ALL.len()],
     /// Frames the controller itself relayed (initiations).
     pub userspace_packets: u64,
     pub userspace_bytes: u64,
@@ -37,12 +37,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn initiation(&mut self, outcome: &'static str) {
-        *self.initiations.entry(outcome).or_default() += 1;
+    pub fn initiation(&mut self, result: InitiationResult) {
+        self.initiations[result.index()] += 1;
     }
 
-    pub fn initiations(&self, outcome: &str) -> u64 {
-        self.initiations.get(outcome).copied().unwrap_or(0)
+    pub fn initiations(&self, result: InitiationResult) -> u64 {
+        self.initiations[result.index()]
     }
 }
 
@@ -89,59 +89,6 @@ impl Builder {
     }
 }
 
-/// Drop reasons of the XDP program: (reason label, counter index). Frames
-/// "passed" to the kernel for these reasons are not relayed; the hub's
-/// WireGuard then discards them.
-const XDP_DROPS: [(&str, u32); 11] = [
-    ("unknown_source", counter::PASS_UNKNOWN_SOURCE),
-    ("not_for_hub", counter::PASS_NOT_FOR_HUB),
-    ("malformed", counter::PASS_MALFORMED),
-    ("unsupported", counter::PASS_UNSUPPORTED),
-    ("no_destination", counter::DROP_NO_DESTINATION),
-    ("no_route", counter::DROP_NO_ROUTE),
-    ("loop", counter::DROP_LOOP),
-    ("cross_family", counter::PASS_CROSS_FAMILY),
-    ("ring_full", counter::INITIATIONS_RING_FULL),
-    ("too_big", counter::DROP_TOO_BIG),
-    ("fallback_full", counter::DROP_FALLBACK_FULL),
-];
-
-/// Controller outcomes that drop an initiation, with their drop reason.
-const CONTROLLER_DROPS: [(&str, &str); 11] = [
-    ("no_match", "no_match"),
-    ("unknown_source", "unknown_source"),
-    ("no_destination", "no_destination"),
-    ("loop", "loop"),
-    ("malformed", "malformed"),
-    ("overflow", "rate_limited"),
-    ("superseded", "superseded"),
-    // Same series as a held-queue overflow: both are load shedding.
-    ("rate_limited", "rate_limited"),
-    ("cookie_sent", "cookie_required"),
-    ("denied", "policy"),
-    ("index_conflict", "index_conflict"),
-];
-
-/// Initiation outcome labels, in a stable order (the `result` label of
-/// `relayhub_handshakes_total{type="initiation"}`).
-pub const INITIATION_RESULTS: [&str; 15] = [
-    "relayed",
-    "to_hub",
-    "held",
-    "delayed",
-    "no_match",
-    "unknown_source",
-    "no_destination",
-    "loop",
-    "malformed",
-    "overflow",
-    "superseded",
-    "cookie_sent",
-    "rate_limited",
-    "denied",
-    "index_conflict",
-];
-
 /// The text exposition of everything.
 pub fn render(m: &Metrics, s: &Snapshot) -> String {
     let x = |i: u32| s.xdp[i as usize];
@@ -183,15 +130,19 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
             )
         }),
     );
-    let mut drops: Vec<(Labels, u64)> = XDP_DROPS
+    // Frames "passed" to the kernel for these reasons are not relayed; the
+    // hub's WireGuard then discards them.
+    let mut drops: Vec<(Labels, u64)> = counter::DROP_REASONS
         .iter()
-        .map(|(r, i)| (labels(&[("stage", "xdp"), ("reason", r)]), x(*i)))
+        .zip(s.xdp)
+        .filter_map(|(r, v)| Some((labels(&[("stage", "xdp"), ("reason", (*r)?)]), v)))
         .collect();
-    drops.extend(CONTROLLER_DROPS.iter().map(|(o, r)| {
-        (
-            labels(&[("stage", "controller"), ("reason", r)]),
-            m.initiations(o),
-        )
+    drops.extend(InitiationResult::ALL.iter().filter_map(|r| {
+        let reason = r.drop_reason()?;
+        Some((
+            labels(&[("stage", "controller"), ("reason", reason)]),
+            m.initiations(*r),
+        ))
     }));
     drops.push((
         labels(&[("stage", "controller"), ("reason", "send_error")]),
@@ -218,12 +169,12 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
             .zip(m.fallback.received)
             .map(|(r, v)| (labels(&[("reason", r.label())]), v)),
     );
-    let mut hs: Vec<(Labels, u64)> = INITIATION_RESULTS
+    let mut hs: Vec<(Labels, u64)> = InitiationResult::ALL
         .iter()
         .map(|r| {
             (
-                labels(&[("type", "initiation"), ("result", r)]),
-                m.initiations(r),
+                labels(&[("type", "initiation"), ("result", r.label())]),
+                m.initiations(*r),
             )
         })
         .collect();
@@ -503,18 +454,18 @@ mod tests {
             userspace_packets: 3,
             ..Default::default()
         };
-        m.initiation("relayed");
-        m.initiation("no_match");
-        m.initiation("overflow");
-        m.initiation("rate_limited");
-        m.initiation("cookie_sent");
+        m.initiation(InitiationResult::Relayed);
+        m.initiation(InitiationResult::NoMatch);
+        m.initiation(InitiationResult::Overflow);
+        m.initiation(InitiationResult::RateLimited);
+        m.initiation(InitiationResult::CookieSent);
         m.shield = Some(crate::core::shield::ShieldStats {
             mac2_valid: 4,
             mac2_invalid: 2,
             cookies_sent: 1,
             ..Default::default()
         });
-        m.initiation("denied");
+        m.initiation(InitiationResult::Denied);
         m.policy_closed_sessions = 4;
         let mut xdp = [0u64; counter::COUNT as usize];
         xdp[counter::RELAYED_PACKETS as usize] = 42;

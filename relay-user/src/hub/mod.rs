@@ -20,6 +20,7 @@ use relay_common::wire::INITIATION_LEN;
 
 use crate::core::fallback_frame;
 use crate::core::health::{SpokeHealth, Thresholds};
+use crate::core::outcome::InitiationResult;
 use crate::core::policy::{PolicyWatch, SlotPolicy};
 use crate::core::reconcile::{Op, Reconciler, SlotChange};
 use crate::core::registry::Registry;
@@ -221,7 +222,7 @@ impl Hub {
             // The initiator's sender index is another pair's live
             // receiver index at that destination: neither installed nor
             // forwarded (a real initiator retries with a fresh index).
-            self.metrics.initiation("index_conflict");
+            self.metrics.initiation(InitiationResult::IndexConflict);
             tracing::debug!(
                 ?key,
                 initiator = value.dst_slot,
@@ -229,7 +230,7 @@ impl Hub {
             );
             return false;
         }
-        self.metrics.initiation(outcome.label());
+        self.metrics.initiation(outcome.result());
         self.metrics.shield = self.router.shield_stats();
         match action {
             None => false,
@@ -325,7 +326,7 @@ impl Hub {
             }
         }
         for _ in 0..self.router.take_superseded() {
-            self.metrics.initiation(Outcome::Superseded.label());
+            self.metrics.initiation(InitiationResult::Superseded);
         }
     }
 
