@@ -5,9 +5,11 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
-use crate::core::policy::{Policy, PolicyError, PolicyStore, Term};
-use crate::core::registry::{Registry, RegistryStore};
+use crate::core::policy::{Policy, PolicyError, Term};
+use crate::core::registry::Registry;
 use crate::store::dir::StateDir;
+use crate::store::policy::PolicyStore;
+use crate::store::registry::RegistryStore;
 
 const APPLY_NOTE: &str = "the running hub applies it within a second: it drops initiations between denied \
      spokes and closes their relayed sessions; `relayhub spoke config NAME` prints spoke files that \

@@ -96,6 +96,7 @@ mod tests {
             address: Ipv4Addr::new(10, 88, 0, last),
             public_key: key(k),
             added_unix: 0,
+            family: Default::default(),
         }
     }
 

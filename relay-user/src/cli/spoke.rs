@@ -5,9 +5,11 @@ use anyhow::{Context, bail};
 use wireguard_control::Key;
 
 use crate::cli::render::{HubInfo, render_spoke};
-use crate::core::registry::{Registry, RegistryStore, Spoke, TunnelNet, parse_key};
+pub use crate::core::registry::Family;
+use crate::core::registry::{Registry, Spoke, TunnelNet, parse_key};
 use crate::io::netinfo;
 use crate::store::dir::StateDir;
+use crate::store::registry::RegistryStore;
 
 /// What every spoke subcommand needs.
 #[derive(Debug, Clone, Copy)]
@@ -20,15 +22,6 @@ pub struct SpokeCtx<'a> {
     pub port: u16,
     /// PersistentKeepalive for every peer in printed configs (0 = off).
     pub keepalive: u16,
-}
-
-/// Which of the hub's endpoints a spoke's file names (`--family`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Family {
-    /// The hub's IPv4 (or last given) endpoint: the default.
-    Ipv4,
-    /// The hub's IPv6 endpoint, for IPv6-only spokes.
-    Ipv6,
 }
 
 fn is_v6_endpoint(ep: &str) -> bool {
@@ -137,7 +130,7 @@ impl SpokeCtx<'_> {
             .get(name)
             .with_context(|| format!("spoke {name:?} vanished from the registry"))?;
         // Only the peers the hub's policy lets this spoke reach.
-        let policy = crate::core::policy::PolicyStore::in_dir(self.state.path()).load()?;
+        let policy = self.state.policy().load()?;
         let peers: Vec<&Spoke> = registry
             .spokes()
             .iter()
@@ -192,17 +185,15 @@ pub fn add_in(
     // Everything that can fail without changing the registry comes first, so
     // a failed add leaves nothing behind.
     ctx.hub_info_for(family, true)?;
-    crate::core::policy::PolicyStore::in_dir(ctx.state.path()).load()?;
+    ctx.state.policy().load()?;
     let hub_public = ctx.state.hub_public_key()?;
     let store = ctx.state.registry();
     let registry = store
         .update(&mut |r| {
-            r.add_spoke(name, public_key.clone(), ctx.net, Some(&hub_public))
-                .map(|_| ())
+            r.add_spoke(name, public_key.clone(), ctx.net, Some(&hub_public))?;
+            r.set_family(name, family.unwrap_or_default())
         })
         .with_context(|| format!("cannot add spoke {name:?}"))?;
-    ctx.state
-        .set_ipv6_spoke(name, family == Some(Family::Ipv6))?;
     ctx.render(&registry, name, private_key.as_ref(), family, true)
 }
 
@@ -215,13 +206,13 @@ pub fn config(ctx: &SpokeCtx, name: &str) -> anyhow::Result<String> {
 /// with.
 pub fn config_in(ctx: &SpokeCtx, name: &str, family: Option<Family>) -> anyhow::Result<String> {
     let registry = load(ctx)?;
-    if registry.get(name).is_none() {
+    let Some(spoke) = registry.get(name) else {
         return Err(crate::core::registry::RegistryError::NotFound(name.to_owned()).into());
-    }
+    };
     let explicit = family.is_some();
     let family = match family {
         Some(f) => Some(f),
-        None if ctx.state.is_ipv6_spoke(name)? => Some(Family::Ipv6),
+        None if spoke.family == Family::Ipv6 => Some(Family::Ipv6),
         None => None,
     };
     ctx.render(&registry, name, None, family, explicit)

@@ -1,30 +1,26 @@
 //! The spoke registry: who may use the hub, their tunnel addresses and their
-//! XDP slots, plus the store it lives in.
+//! XDP slots (sans IO; where it is kept is `store::registry`).
 //!
 //! A spoke's `id` is its slot in the XDP maps: the lowest free id >= 1, kept
 //! for the spoke's lifetime and independent of its address. Its address is
 //! the lowest free host of the tunnel network, never the network, broadcast
 //! or hub address.
 //!
-//! The registry sits behind [`RegistryStore`] so that the embedded
-//! [`FileStore`] (one JSON file in the state directory) can later be swapped
-//! for a shared store (etcd or similar) without touching the callers.
+//! The registry sits behind `store::registry::RegistryStore` so that the
+//! embedded file store can later be swapped for a shared store (etcd or
+//! similar) without touching the callers.
 
 use std::collections::HashSet;
 use std::fmt;
-use std::fs;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::Hash;
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use wireguard_control::Key;
-
-use crate::store::file::{FileError, StateFile};
 
 /// The registry file format version this build reads and writes.
 pub const REGISTRY_VERSION: u32 = 1;
@@ -88,7 +84,7 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
-    fn io(path: &Path, source: io::Error) -> Self {
+    pub(crate) fn io(path: &Path, source: io::Error) -> Self {
         RegistryError::Io {
             path: path.to_owned(),
             source,
@@ -216,6 +212,26 @@ pub struct Spoke {
     pub public_key: Key,
     /// When the spoke was added (seconds since the Unix epoch).
     pub added_unix: u64,
+    /// Which of the hub's endpoints its config names.
+    pub family: Family,
+}
+
+/// The address family of the hub endpoint a spoke dials (`--family`).
+/// (A clap value too: the command line names it the same way.)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// The hub's IPv4 (or last given) endpoint: the default.
+    #[default]
+    Ipv4,
+    /// The hub's IPv6 endpoint, for IPv6-only spokes.
+    Ipv6,
+}
+
+impl Family {
+    pub fn is_ipv4(&self) -> bool {
+        *self == Family::Ipv4
+    }
 }
 
 /// Checks a spoke name: 1..=32 characters of `[A-Za-z0-9._-]`.
@@ -329,9 +345,21 @@ impl Registry {
                 address,
                 public_key,
                 added_unix,
+                family: Family::Ipv4,
             },
         );
         Ok(&self.spokes[pos])
+    }
+
+    /// Sets the hub endpoint family spoke `name` dials.
+    pub fn set_family(&mut self, name: &str, family: Family) -> Result<(), RegistryError> {
+        let spoke = self
+            .spokes
+            .iter_mut()
+            .find(|s| s.name == name)
+            .ok_or_else(|| RegistryError::NotFound(name.to_owned()))?;
+        spoke.family = family;
+        Ok(())
     }
 
     /// Unregisters a spoke; its id and address become free for reuse.
@@ -449,6 +477,7 @@ impl Registry {
                 address: rec.address,
                 public_key,
                 added_unix: rec.added_unix,
+                family: rec.family,
             });
         }
         spokes.sort_by_key(|s| s.id);
@@ -468,6 +497,7 @@ impl Registry {
                     address: s.address,
                     public_key: s.public_key.to_base64(),
                     added_unix: s.added_unix,
+                    family: s.family,
                 })
                 .collect(),
         };
@@ -523,106 +553,16 @@ struct SpokeRecord {
     public_key: String,
     #[serde(default)]
     added_unix: u64,
-}
-
-/// Where the registry is kept. Implementations make `update` atomic with
-/// respect to every other user of the same store.
-pub trait RegistryStore {
-    /// The current registry (empty if none was stored yet).
-    fn load(&self) -> Result<Registry, RegistryError>;
-    /// Read-modify-write under the store's lock. Nothing is stored when `f`
-    /// fails. Returns the registry as stored afterwards.
-    fn update(
-        &self,
-        f: &mut dyn FnMut(&mut Registry) -> Result<(), RegistryError>,
-    ) -> Result<Registry, RegistryError>;
-    /// A cheap value that changes whenever the stored registry changes
-    /// (it may also change when it did not). Polled by the running hub.
-    fn stamp(&self) -> Result<u64, RegistryError>;
-}
-
-/// The embedded store: one JSON file (see [`StateFile`]: atomic replace
-/// under a lock; the modification time moves on every write, which is
-/// what [`RegistryStore::stamp`] polls).
-#[derive(Debug, Clone)]
-pub struct FileStore {
-    file: StateFile,
-}
-
-impl From<FileError> for RegistryError {
-    fn from(e: FileError) -> Self {
-        RegistryError::io(&e.path, e.source)
-    }
-}
-
-impl FileStore {
-    /// A store kept in the file `path` (for example `<state_dir>/spokes.json`).
-    pub fn new(path: impl Into<PathBuf>) -> Self {
-        FileStore {
-            file: StateFile::new(path),
-        }
-    }
-
-    pub fn path(&self) -> &Path {
-        self.file.path()
-    }
-}
-
-impl RegistryStore for FileStore {
-    fn load(&self) -> Result<Registry, RegistryError> {
-        match self.file.read() {
-            Ok(Some(text)) => Registry::from_json(&text, self.path()),
-            Ok(None) => Ok(Registry::new()),
-            Err(e) if e.source.kind() == io::ErrorKind::InvalidData => {
-                Err(RegistryError::Corrupt {
-                    path: e.path,
-                    detail: "is not UTF-8 text".to_owned(),
-                })
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    fn update(
-        &self,
-        f: &mut dyn FnMut(&mut Registry) -> Result<(), RegistryError>,
-    ) -> Result<Registry, RegistryError> {
-        let lock = self.file.lock()?;
-        let before = self.load()?;
-        let mut after = before.clone();
-        f(&mut after)?;
-        if after != before {
-            self.file.replace(&after.to_json(), &lock)?;
-        }
-        Ok(after)
-    }
-
-    fn stamp(&self) -> Result<u64, RegistryError> {
-        let m = match fs::metadata(self.path()) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(RegistryError::io(self.path(), e)),
-        };
-        let mut h = DefaultHasher::new();
-        (
-            m.dev(),
-            m.ino(),
-            m.size(),
-            m.mtime(),
-            m.mtime_nsec(),
-            m.ctime(),
-            m.ctime_nsec(),
-        )
-            .hash(&mut h);
-        // 0 is reserved for "no registry stored".
-        Ok(h.finish().max(1))
-    }
+    /// Absent for IPv4: files of IPv4-only hubs stay as earlier releases
+    /// wrote them (those kept IPv6 spokes in a side file, see
+    /// `store::registry`).
+    #[serde(default, skip_serializing_if = "Family::is_ipv4")]
+    family: Family,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::dir::test_support::TempDir;
 
     fn key(n: u8) -> Key {
         let mut b = [n; 32];
@@ -758,6 +698,7 @@ mod tests {
                 address: Ipv4Addr::from(u32::from(n.hub) + i),
                 public_key: Key([0; 32]),
                 added_unix: 0,
+                family: Default::default(),
             });
         }
         assert!(matches!(
@@ -962,90 +903,5 @@ mod tests {
             parse_key("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA*="),
             None
         );
-    }
-
-    #[test]
-    fn file_store_round_trip_and_stamp() {
-        let dir = TempDir::new("store");
-        let store = FileStore::new(dir.path().join("spokes.json"));
-        assert!(store.load().unwrap().is_empty());
-        assert_eq!(store.stamp().unwrap(), 0);
-        let n = TunnelNet::default();
-        let mut stamps = vec![0];
-        for i in 1..=5u8 {
-            let r = store
-                .update(&mut |r| r.add(&format!("s{i}"), key(i), &n).map(|_| ()))
-                .unwrap();
-            assert_eq!(r.len(), usize::from(i));
-            let s = store.stamp().unwrap();
-            assert!(!stamps.contains(&s), "stamp changed on every write");
-            stamps.push(s);
-        }
-        let s = store.stamp().unwrap();
-        assert_eq!(store.stamp().unwrap(), s, "stable without writes");
-        // A failing update stores nothing.
-        let e = store
-            .update(&mut |r| r.remove("nope").map(|_| ()))
-            .unwrap_err();
-        assert!(matches!(e, RegistryError::NotFound(_)));
-        // A no-op update does not rewrite.
-        store.update(&mut |_| Ok(())).unwrap();
-        assert_eq!(store.stamp().unwrap(), s);
-        assert_eq!(store.load().unwrap().len(), 5);
-        // Remove then add of the same size still changes the stamp.
-        store.update(&mut |r| r.remove("s5").map(|_| ())).unwrap();
-        store
-            .update(&mut |r| r.add("s9", key(5), &n).map(|_| ()))
-            .unwrap();
-        assert_ne!(store.stamp().unwrap(), s);
-        let mode = fs::metadata(store.path()).unwrap().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        assert!(!dir.path().join("spokes.json.tmp").exists());
-    }
-
-    #[test]
-    fn file_store_corrupt_file_is_an_error() {
-        let dir = TempDir::new("corrupt");
-        let path = dir.path().join("spokes.json");
-        fs::write(&path, "{\"version\": 1, \"spokes\": [\n  {oops}\n]}\n").unwrap();
-        let store = FileStore::new(&path);
-        let e = store.load().unwrap_err().to_string();
-        assert!(
-            e.starts_with(&format!("{}: is not valid JSON", path.display())),
-            "{e}"
-        );
-        assert!(e.contains("line 2 column 4"), "{e}");
-        // update refuses too, and leaves the file alone.
-        assert!(store.update(&mut |_| Ok(())).is_err());
-        assert!(fs::read_to_string(&path).unwrap().contains("oops"));
-        fs::write(&path, [0xff, 0xfe, 0x00]).unwrap();
-        assert!(store.load().unwrap_err().to_string().contains("not UTF-8"));
-    }
-
-    #[test]
-    fn two_stores_concurrent_updates_keep_everything() {
-        let dir = TempDir::new("concurrent");
-        let path = dir.path().join("spokes.json");
-        let n = TunnelNet::default();
-        let threads: Vec<_> = (0..2u8)
-            .map(|t| {
-                let store = FileStore::new(&path);
-                std::thread::spawn(move || {
-                    for i in 0..20u8 {
-                        let k = key(t * 100 + i + 1);
-                        store
-                            .update(&mut |r| r.add(&format!("t{t}-{i}"), k.clone(), &n).map(|_| ()))
-                            .unwrap();
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        let r = FileStore::new(&path).load().unwrap();
-        assert_eq!(r.len(), 40);
-        let ids: Vec<u32> = r.spokes().iter().map(|s| s.id).collect();
-        assert_eq!(ids, (1..=40).collect::<Vec<_>>());
     }
 }

@@ -21,7 +21,7 @@ use relay_common::wire::INITIATION_LEN;
 use crate::core::fallback_frame;
 use crate::core::health::{SpokeHealth, Thresholds};
 use crate::core::outcome::InitiationResult;
-use crate::core::policy::{PolicyWatch, SlotPolicy};
+use crate::core::policy::SlotPolicy;
 use crate::core::reconcile::{Op, Reconciler, SlotChange};
 use crate::core::registry::Registry;
 use crate::core::router::{Action, Outcome, Router};
@@ -30,6 +30,7 @@ use crate::datapath::{Datapath, ktime_ns};
 use crate::hub::metrics::Metrics;
 use crate::io::hub_wg::HubWg;
 use crate::io::sender::RawSender;
+use crate::store::policy::PolicyWatch;
 
 /// What the hub knows about one registered spoke.
 pub(crate) struct SpokeMeta {

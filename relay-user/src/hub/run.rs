@@ -15,9 +15,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::core::health::Thresholds;
-use crate::core::policy::{PolicyStore, PolicyWatch};
 use crate::core::reconcile::Reconciler;
-use crate::core::registry::{RegistryStore, TunnelNet};
+use crate::core::registry::TunnelNet;
 use crate::core::router::Router;
 use crate::datapath::{AttachMode, Capacity, CrossPath, Datapath, IfaceLock, PinDir};
 use crate::hub::api::HubApi;
@@ -28,6 +27,8 @@ use crate::io::http;
 use crate::io::hub_wg::HubWg;
 use crate::io::sender::RawSender;
 use crate::store::dir::StateDir;
+use crate::store::policy::PolicyWatch;
+use crate::store::registry::RegistryStore;
 
 /// How often the hub's authenticated endpoints are re-read. Roaming and
 /// first contact wait on this, so it is short; a read is one UAPI/netlink
@@ -98,7 +99,7 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
     // The file does not record the network: catch a changed --network.
     registry.check_net(&cfg.net)?;
     let stamp = store.stamp().ok();
-    let policy = PolicyWatch::open(PolicyStore::in_dir(state.path()))?;
+    let policy = PolicyWatch::open(state.policy())?;
     let hub_key = state.hub_key()?;
     let hub_public = hub_key.get_public();
 

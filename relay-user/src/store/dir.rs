@@ -1,5 +1,7 @@
-//! The hub's state directory: `hub.key` (the hub's WireGuard private key)
-//! and the spoke registry (`spokes.json`, see [`crate::core::registry::FileStore`]).
+//! The hub's state directory, the embedded store of a single hub: `hub.key`
+//! (the hub's WireGuard private key), the spoke registry (`spokes.json`,
+//! see [`FileStore`]), the policy (`policy.json`, see [`PolicyStore`]) and
+//! the endpoints last given with `--endpoint`.
 //! Spoke private keys are never stored here.
 
 use std::fs::{self, DirBuilder, OpenOptions};
@@ -9,7 +11,10 @@ use std::path::{Path, PathBuf};
 
 use wireguard_control::Key;
 
-use crate::core::registry::{FileStore, parse_key};
+use crate::core::registry::parse_key;
+use crate::store::file::{FileError, StateFile};
+use crate::store::policy::PolicyStore;
+use crate::store::registry::FileStore;
 
 /// The hub's private key file inside the state directory.
 pub const HUB_KEY_FILE: &str = "hub.key";
@@ -20,8 +25,6 @@ pub const ENDPOINT_FILE: &str = "endpoint";
 /// The hub's IPv6 endpoint last given with `--endpoint` (text, one line),
 /// for spokes added with `--family ipv6`.
 pub const ENDPOINT6_FILE: &str = "endpoint6";
-/// Spokes whose config uses the hub's IPv6 endpoint (one name a line).
-pub const IPV6_SPOKES_FILE: &str = "ipv6-spokes";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -132,54 +135,30 @@ impl StateDir {
             .collect()
     }
 
-    /// Whether spoke `name` was added with `--family ipv6`.
-    pub fn is_ipv6_spoke(&self, name: &str) -> Result<bool, StateError> {
-        Ok(self
-            .read_line(IPV6_SPOKES_FILE)?
-            .is_some_and(|t| t.lines().any(|l| l.trim() == name)))
-    }
-
-    /// Record (or forget) that spoke `name` uses the hub's IPv6 endpoint.
-    pub fn set_ipv6_spoke(&self, name: &str, ipv6: bool) -> Result<(), StateError> {
-        if self.is_ipv6_spoke(name)? == ipv6 {
-            return Ok(());
-        }
-        let text = self.read_line(IPV6_SPOKES_FILE)?.unwrap_or_default();
-        let mut names: Vec<&str> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && *l != name)
-            .collect();
-        if ipv6 {
-            names.push(name);
-        }
-        self.write_line(IPV6_SPOKES_FILE, &names.join("\n"))
-    }
-
     /// A small text file of the state directory, trimmed; `None` if
     /// missing or empty.
     fn read_line(&self, file: &str) -> Result<Option<String>, StateError> {
-        let path = self.path.join(file);
-        match fs::read_to_string(&path) {
-            Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim().to_string())),
-            Ok(_) => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StateError::io(&path, e)),
-        }
+        let text = StateFile::new(self.path.join(file))
+            .read()
+            .map_err(|e| StateError::io(&e.path, e.source))?;
+        Ok(text.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()))
     }
 
-    /// Replace `file` atomically with `text` (unless it already holds it).
+    /// Replace `file` with `text` (unless it already holds it), through
+    /// the state-file layer: locked, atomic, synced.
     fn write_line(&self, file: &str, text: &str) -> Result<(), StateError> {
+        let f = StateFile::new(self.path.join(file));
+        let io = |e: FileError| StateError::io(&e.path, e.source);
+        let lock = f.lock().map_err(io)?;
         if self.read_line(file)?.as_deref() == Some(text) {
             return Ok(());
         }
-        let path = self.path.join(file);
-        let tmp = self
-            .path
-            .join(format!(".{file}.{}.tmp", std::process::id()));
-        fs::write(&tmp, format!("{text}\n"))
-            .and_then(|()| fs::rename(&tmp, &path))
-            .map_err(|e| StateError::io(&path, e))
+        f.replace(&format!("{text}\n"), &lock).map_err(io)
+    }
+
+    /// The spoke policy kept in this directory.
+    pub fn policy(&self) -> PolicyStore {
+        PolicyStore::in_dir(&self.path)
     }
 
     /// The spoke registry kept in this directory.

@@ -3,3 +3,5 @@
 
 pub mod dir;
 pub mod file;
+pub mod policy;
+pub mod registry;
