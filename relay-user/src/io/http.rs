@@ -1,180 +1,127 @@
-//! A small HTTP/1.1 server for /metrics and /healthz. Requests are tiny
-//! and rare (scrapes), so one short-lived task per connection and
-//! `Connection: close` keep it simple.
+//! The hub's HTTP server: /metrics, /healthz and the status API. Routes
+//! are axum's; connections are served by hyper's HTTP/1.1 builder, which
+//! bounds what a client can make the hub hold: a request head of at most
+//! [`MAX_REQUEST_HEAD`] bytes, read within [`HEAD_TIMEOUT`], one request
+//! per connection (scrapes are rare; nothing to keep alive).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+
+/// hyper's smallest read buffer; a longer request head is refused.
+pub const MAX_REQUEST_HEAD: usize = 8192;
+/// A client that has not sent its request head by then is dropped.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the server asks of the hub.
 pub trait Api: Send + Sync + 'static {
     fn metrics(&self) -> String;
-    /// JSON of [`crate::cli::status::HubStatus`].
+    /// JSON of [`crate::hub::HubStatus`].
     fn hub(&self) -> String;
-    /// JSON array of [`crate::cli::status::SpokeStatus`].
+    /// JSON array of [`crate::hub::SpokeStatus`].
     fn spokes(&self) -> String;
     /// Ok while healthy, else the reason.
     fn health(&self) -> Result<(), String>;
 }
 
-pub struct Response {
-    pub status: u16,
-    pub content_type: &'static str,
-    pub body: String,
+type Shared = Arc<dyn Api>;
+
+const TEXT: &str = "text/plain; charset=utf-8";
+const JSON: &str = "application/json";
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
-/// Route one request line. Sans-IO so it can be tested directly.
-pub fn route(api: &dyn Api, method: &str, path: &str) -> Response {
-    route_accepting(api, method, path, None)
+/// The routes (HEAD is answered wherever GET is).
+pub fn router(api: Shared) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/v1/hub", get(|State(api): State<Shared>| async move { reply(StatusCode::OK, JSON, api.hub()) }))
+        .route("/v1/spokes", get(|State(api): State<Shared>| async move { reply(StatusCode::OK, JSON, api.spokes()) }))
+        .route("/healthz", get(health))
+        .method_not_allowed_fallback(|| async { not_get() })
+        .fallback(not_found)
+        .with_state(api)
 }
 
-/// [`route`], honouring the request's Accept header: /metrics is served
-/// as OpenMetrics when the scraper asks for it, else in the classic
-/// Prometheus text format (what promtool and older scrapers parse).
-pub fn route_accepting(api: &dyn Api, method: &str, path: &str, accept: Option<&str>) -> Response {
-    let text = |status, body: String| Response {
-        status,
-        content_type: "text/plain; charset=utf-8",
-        body,
-    };
-    let path = path.split('?').next().unwrap_or(path);
-    match (method, path) {
-        ("GET", "/metrics") => {
-            let body = api.metrics();
-            if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
-                Response {
-                    status: 200,
-                    content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    body,
-                }
-            } else {
-                Response {
-                    status: 200,
-                    content_type: "text/plain; version=0.0.4; charset=utf-8",
-                    body: crate::hub::metrics::to_prometheus_text(&body),
-                }
-            }
-        }
-        ("GET", "/v1/hub") => Response {
-            status: 200,
-            content_type: "application/json",
-            body: api.hub(),
-        },
-        ("GET", "/v1/spokes") => Response {
-            status: 200,
-            content_type: "application/json",
-            body: api.spokes(),
-        },
-        ("GET", "/healthz") => match api.health() {
-            Ok(()) => text(200, "ok\n".into()),
-            Err(why) => text(503, format!("{why}\n")),
-        },
-        ("GET", _) => text(
-            404,
-            "not found: try /metrics, /healthz, /v1/hub or /v1/spokes\n".into(),
-        ),
-        _ => text(405, "only GET is supported\n".into()),
+/// Prometheus text by default (what promtool and older scrapers parse);
+/// OpenMetrics when the scraper asks for it.
+async fn metrics(State(api): State<Shared>, headers: HeaderMap) -> Response {
+    let body = api.metrics();
+    let wants_openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|a| a.contains("application/openmetrics-text"));
+    if wants_openmetrics {
+        reply(StatusCode::OK, OPENMETRICS, body)
+    } else {
+        reply(
+            StatusCode::OK,
+            PROMETHEUS,
+            crate::hub::metrics::to_prometheus_text(&body),
+        )
     }
 }
 
-/// Method and path of an HTTP/1.x request head; None if it is not one.
-pub fn parse_request_line(head: &[u8]) -> Option<(&str, &str)> {
-    let end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
-    let line = std::str::from_utf8(&head[..end])
-        .ok()?
-        .trim_end_matches('\r');
-    let mut parts = line.split(' ');
-    let (method, path, version) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some()
-        || !version.starts_with("HTTP/1.")
-        || method.is_empty()
-        || !method.bytes().all(|b| b.is_ascii_uppercase())
-        || !path.starts_with('/')
-    {
-        return None;
-    }
-    Some((method, path))
-}
-
-/// The value of header `name` (case-insensitive) in a request head.
-pub fn header<'a>(head: &'a [u8], name: &str) -> Option<&'a str> {
-    let text = std::str::from_utf8(head).ok()?;
-    text.split('\n').skip(1).find_map(|line| {
-        let (k, v) = line.split_once(':')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        503 => "Service Unavailable",
-        _ => "",
+async fn health(State(api): State<Shared>) -> Response {
+    match api.health() {
+        Ok(()) => reply(StatusCode::OK, TEXT, "ok\n".into()),
+        Err(why) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{why}\n")),
     }
 }
 
-const MAX_REQUEST: usize = 8192;
+fn not_get() -> Response {
+    reply(
+        StatusCode::METHOD_NOT_ALLOWED,
+        TEXT,
+        "only GET is supported\n".into(),
+    )
+}
 
-async fn handle(api: Arc<dyn Api>, mut stream: TcpStream) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    // Read the request head, bounded in size and time.
-    let head = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok::<_, std::io::Error>(None);
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n") {
-                return Ok(Some(()));
-            }
-            if buf.len() > MAX_REQUEST {
-                return Ok(None);
-            }
-        }
-    })
-    .await;
-    let resp = match head {
-        Ok(Ok(Some(()))) => match parse_request_line(&buf) {
-            Some((m, p)) => route_accepting(api.as_ref(), m, p, header(&buf, "accept")),
-            None => Response {
-                status: 400,
-                content_type: "text/plain",
-                body: "bad request\n".into(),
-            },
-        },
-        _ => return Ok(()),
-    };
-    let head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        resp.status,
-        reason(resp.status),
-        resp.content_type,
-        resp.body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(resp.body.as_bytes()).await?;
-    stream.shutdown().await
+async fn not_found(method: Method) -> Response {
+    if method != Method::GET && method != Method::HEAD {
+        return not_get();
+    }
+    reply(
+        StatusCode::NOT_FOUND,
+        TEXT,
+        "not found: try /metrics, /healthz, /v1/hub or /v1/spokes\n".into(),
+    )
 }
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-pub async fn serve(listener: TcpListener, api: Arc<dyn Api>) {
+/// Serve `api` on `listener` until the task is aborted.
+pub async fn serve(listener: TcpListener, api: Shared) {
+    let app = router(api);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.keep_alive(false)
+        .max_buf_size(MAX_REQUEST_HEAD)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT);
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let api = api.clone();
+                let service = TowerToHyperService::new(app.clone());
+                let conn = http.serve_connection(TokioIo::new(stream), service);
                 tokio::spawn(async move {
-                    if let Err(e) = handle(api, stream).await {
+                    if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "http connection");
                     }
                 });
@@ -187,9 +134,31 @@ pub async fn serve(listener: TcpListener, api: Arc<dyn Api>) {
     }
 }
 
+/// Answer one request without a socket (tests, fuzzing).
+pub async fn respond(api: Shared, req: axum::http::Request<Body>) -> (StatusCode, String, String) {
+    use tower::ServiceExt as _;
+    let resp = router(api)
+        .oneshot(req)
+        .await
+        .unwrap_or_else(|e| match e {});
+    let status = resp.status();
+    let content_type = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    (status, content_type, body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read as _, Write as _};
 
     struct Fake(bool);
     impl Api for Fake {
@@ -211,55 +180,95 @@ mod tests {
         }
     }
 
-    #[test]
-    fn request_lines() {
-        assert_eq!(
-            parse_request_line(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Some(("GET", "/metrics"))
-        );
-        assert_eq!(
-            parse_request_line(b"GET /healthz HTTP/1.0\n\n"),
-            Some(("GET", "/healthz"))
-        );
-        for bad in [
-            &b""[..],
-            b"GET\r\n",
-            b"GET /x\r\n",
-            b"GET x HTTP/1.1\r\n",
-            b"get /x HTTP/1.1\r\n",
-            b"GET /x HTTP/2 extra\r\n",
-            b"\xff\xfe /x HTTP/1.1\r\n",
-        ] {
-            assert_eq!(parse_request_line(bad), None, "{bad:?}");
-        }
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
     }
 
-    #[test]
-    fn headers_and_metrics_formats() {
-        let head = b"GET /metrics HTTP/1.1\r\nHost: x\r\nACCEPT: application/openmetrics-text;version=1.0.0\r\n\r\n";
-        assert_eq!(
-            header(head, "accept"),
-            Some("application/openmetrics-text;version=1.0.0")
-        );
-        assert_eq!(header(head, "user-agent"), None);
-        let om = route_accepting(&Fake(true), "GET", "/metrics", header(head, "accept"));
-        assert!(om.content_type.starts_with("application/openmetrics-text"));
-        let plain = route(&Fake(true), "GET", "/metrics");
-        assert!(plain.content_type.starts_with("text/plain; version=0.0.4"));
+    fn ask(healthy: bool, method: &str, uri: &str, accept: Option<&str>) -> (u16, String, String) {
+        let mut req = axum::http::Request::builder().method(method).uri(uri);
+        if let Some(a) = accept {
+            req = req.header("accept", a);
+        }
+        let req = req.body(Body::empty()).unwrap();
+        let (s, t, b) = rt().block_on(respond(Arc::new(Fake(healthy)), req));
+        (s.as_u16(), t, b)
     }
 
     #[test]
     fn routes() {
-        assert_eq!(route(&Fake(true), "GET", "/metrics").body, "m 1\n");
-        assert_eq!(route(&Fake(true), "GET", "/healthz").status, 200);
-        let r = route(&Fake(false), "GET", "/healthz?x=1");
-        assert_eq!((r.status, r.body.as_str()), (503, "xdp detached\n"));
-        assert_eq!(route(&Fake(true), "GET", "/nope").status, 404);
-        let r = route(&Fake(true), "GET", "/v1/spokes");
-        assert_eq!(
-            (r.status, r.content_type, r.body.as_str()),
-            (200, "application/json", "[]")
+        assert_eq!(ask(true, "GET", "/metrics", None).2, "m 1\n");
+        assert_eq!(ask(true, "GET", "/healthz", None).0, 200);
+        let (s, _, b) = ask(false, "GET", "/healthz?x=1", None);
+        assert_eq!((s, b.as_str()), (503, "xdp detached\n"));
+        assert_eq!(ask(true, "GET", "/nope", None).0, 404);
+        let (s, t, b) = ask(true, "GET", "/v1/spokes", None);
+        assert_eq!((s, t.as_str(), b.as_str()), (200, "application/json", "[]"));
+        assert_eq!(ask(true, "GET", "/v1/hub", None).2, "{}");
+        assert_eq!(ask(true, "POST", "/metrics", None).0, 405);
+        assert_eq!(ask(true, "DELETE", "/nope", None).0, 405);
+        assert_eq!(ask(true, "HEAD", "/healthz", None).0, 200);
+    }
+
+    #[test]
+    fn metrics_formats() {
+        let (_, t, _) = ask(
+            true,
+            "GET",
+            "/metrics",
+            Some("application/openmetrics-text;version=1.0.0"),
         );
-        assert_eq!(route(&Fake(true), "POST", "/metrics").status, 405);
+        assert!(t.starts_with("application/openmetrics-text"), "{t}");
+        let (_, t, _) = ask(true, "GET", "/metrics", None);
+        assert!(t.starts_with("text/plain; version=0.0.4"), "{t}");
+    }
+
+    /// The limits, over a real socket: a request head larger than the
+    /// limit and one that never completes are both refused, and a normal
+    /// request still works afterwards.
+    #[test]
+    fn limits_over_a_socket() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt.block_on(bind("127.0.0.1:0".parse().unwrap())).unwrap();
+        let addr = listener.local_addr().unwrap();
+        rt.spawn(serve(listener, Arc::new(Fake(true))));
+        let exchange = |req: &[u8]| {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(HEAD_TIMEOUT * 3)).unwrap();
+            // The server may close while a large request is still being written.
+            let _ = s.write_all(req);
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out);
+            String::from_utf8_lossy(&out).into_owned()
+        };
+        let ok = exchange(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+        assert!(ok.ends_with("\r\n\r\nok\n"), "{ok}");
+        let big = format!(
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+            "a".repeat(MAX_REQUEST_HEAD * 2)
+        );
+        let answer = exchange(big.as_bytes());
+        assert!(!answer.contains(" 200 "), "oversized head served: {answer}");
+        let started = std::time::Instant::now();
+        let answer = exchange(b"GET /metrics HTTP/1.1\r\nHost: x\r\n");
+        assert!(
+            !answer.contains(" 200 "),
+            "incomplete head served: {answer}"
+        );
+        assert!(
+            started.elapsed() < HEAD_TIMEOUT * 2,
+            "slow client held for {:?}",
+            started.elapsed()
+        );
+        assert!(exchange(b"GET /metrics HTTP/1.0\r\n\r\n").contains("m 1"));
+        // Not HTTP at all.
+        assert!(!exchange(b"\xff\xfe nonsense\r\n\r\n").contains(" 200 "));
     }
 }
