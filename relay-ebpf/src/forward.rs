@@ -32,7 +32,7 @@ pub enum Next {
     Sent(u32),
     /// Forwarding disabled or no neighbour entry: sent back to the L2
     /// neighbour it came from (XDP_TX).
-    Fallback,
+    BackToSender,
     /// No route: drop.
     NoRoute,
     /// Larger than the route's MTU: drop.
@@ -163,7 +163,7 @@ pub fn forward<I: Ip>(ctx: &XdpContext, ip_len: u16, dst_slot: u32, now: u64) ->
                     *h.add(6 + i) = d;
                 }
             }
-            Ok(Next::Fallback)
+            Ok(Next::BackToSender)
         }
         BPF_FIB_LKUP_RET_FRAG_NEEDED => Ok(Next::TooBig),
         _ => Ok(Next::NoRoute),

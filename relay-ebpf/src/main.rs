@@ -220,7 +220,7 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
     };
     let action = match next {
         Next::Sent(action) => action,
-        Next::Fallback => {
+        Next::BackToSender => {
             inc(counter::FIB_FALLBACK);
             XDP_TX
         }

@@ -10,7 +10,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::{Registry as PromRegistry, Unit};
 use relay_common::{FAMILY_V4, FAMILY_V6, counter};
 
 use crate::core::outcome::InitiationResult;
@@ -62,7 +62,7 @@ fn labels(pairs: &[(&'static str, &str)]) -> Labels {
 }
 
 struct Builder {
-    reg: Registry,
+    reg: PromRegistry,
 }
 
 impl Builder {
@@ -93,7 +93,7 @@ impl Builder {
 pub fn render(m: &Metrics, s: &Snapshot) -> String {
     let x = |i: u32| s.xdp[i as usize];
     let mut b = Builder {
-        reg: Registry::default(),
+        reg: PromRegistry::default(),
     };
     let path = |p: &str| labels(&[("path", p)]);
     b.counters(
