@@ -74,6 +74,15 @@ impl SpokeCtx<'_> {
             return self.hub_info();
         }
         let (endpoint, note) = self.hub_endpoint6(explicit)?;
+        self.hub_at(endpoint, note)
+    }
+
+    /// The hub as spokes dialling `endpoint` see it.
+    fn hub_at(
+        &self,
+        endpoint: String,
+        note: Option<String>,
+    ) -> anyhow::Result<(HubInfo, Option<String>)> {
         let public_key = self.state.hub_public_key()?;
         Ok((
             HubInfo {
@@ -106,15 +115,7 @@ impl SpokeCtx<'_> {
                 (ep, Some(note))
             }
         };
-        let public_key = self.state.hub_public_key()?;
-        Ok((
-            HubInfo {
-                public_key,
-                endpoint,
-                address: self.net.hub,
-            },
-            note,
-        ))
+        self.hub_at(endpoint, note)
     }
 
     fn render(

@@ -561,10 +561,11 @@ struct SpokeRecord {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn key(n: u8) -> Key {
+    /// A valid, non-zero test key.
+    pub(crate) fn key(n: u8) -> Key {
         let mut b = [n; 32];
         b[0] = 0xA0;
         Key(b)

@@ -170,14 +170,8 @@ impl RegistryStore for FileStore {
 mod tests {
     use super::*;
     use crate::core::registry::TunnelNet;
+    use crate::core::registry::tests::key;
     use crate::store::dir::test_support::TempDir;
-    use wireguard_control::Key;
-
-    fn key(n: u8) -> Key {
-        let mut b = [n; 32];
-        b[0] = 0xA0;
-        Key(b)
-    }
 
     #[test]
     fn file_store_round_trip_and_stamp() {
