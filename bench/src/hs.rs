@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use relay_common::wire::{INITIATION_LEN, INITIATION_MAC1_OFF, MAC_LEN, MSG_INITIATION};
 use relay_common::{Endpoint, InitiationEvent};
-use relay_user::core::router::{Mac1Key, Outcome, Router};
+use relay_user::core::keys::Mac1Key;
+use relay_user::core::router::{Outcome, Router};
 
 #[derive(Debug, Clone, Copy)]
 pub struct HsResult {

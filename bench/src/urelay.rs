@@ -19,7 +19,7 @@ use relay_common::wire::{
     INITIATION_LEN, MSG_COOKIE_REPLY, MSG_INITIATION, MSG_RESPONSE, MSG_TRANSPORT, RECEIVER_OFF,
     RESPONSE_LEN, RESPONSE_RECEIVER_OFF, SENDER_OFF, TRANSPORT_MIN_LEN,
 };
-use relay_user::core::router::Mac1Key;
+use relay_user::core::keys::Mac1Key;
 
 /// A multiplicative hasher: the baseline should not lose on SipHash.
 #[derive(Default)]

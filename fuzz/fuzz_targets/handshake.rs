@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use relay_common::wire::{INITIATION_LEN, INITIATION_MAC1_OFF, MAC_LEN, SENDER_OFF};
 use relay_common::{Endpoint, InitiationEvent, NO_SLOT, SESSION_FROM_INITIATION};
-use relay_user::core::router::{Action, MAX_HELD, Mac1Key, Outcome, Router};
+use relay_user::core::keys::Mac1Key;
+use relay_user::core::router::{Action, MAX_HELD, Outcome, Router};
 
 /// Spokes 1..=SPOKES; slot SPOKES + 1 is never registered.
 const SPOKES: u32 = 6;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use relay_common::wire::{INITIATION_LEN, INITIATION_MAC2_OFF};
 use relay_common::{Endpoint, InitiationEvent, NO_SLOT};
-use relay_user::core::cookie::mac2;
+use relay_user::core::keys::mac2;
 use relay_user::core::router::{Action, Outcome, Router};
 use relay_user::core::shield::{Limits, Rate};
 use wireguard_control::Key;

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use relay_common::wire::INITIATION_LEN;
 use relay_common::{Endpoint, InitiationEvent, NO_SLOT};
-use relay_user::core::router::{Action, Mac1Key, Outcome, Router};
+use relay_user::core::keys::Mac1Key;
+use relay_user::core::router::{Action, Outcome, Router};
 use wireguard_control::Key;
 
 mod common;

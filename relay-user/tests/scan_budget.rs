@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use relay_common::wire::{INITIATION_LEN, INITIATION_MAC1_OFF, MAC_LEN, MSG_INITIATION};
 use relay_common::{Endpoint, InitiationEvent, NO_SLOT};
-use relay_user::core::cookie::mac2;
-use relay_user::core::router::{Action, Mac1Key, Outcome, Router};
+use relay_user::core::keys::Mac1Key;
+use relay_user::core::keys::mac2;
+use relay_user::core::router::{Action, Outcome, Router};
 use relay_user::core::shield::Limits;
 
 fn key(i: u32) -> [u8; 32] {

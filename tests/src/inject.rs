@@ -135,7 +135,7 @@ fn message(kind: u8, len: usize, seed: u32) -> Vec<u8> {
 pub fn initiation(public_key: &[u8; 32], sender: u32, seed: u32) -> Vec<u8> {
     let mut m = message(1, 148, seed);
     m[4..8].copy_from_slice(&sender.to_le_bytes());
-    let mac = relay_user::core::router::Mac1Key::for_public_key(public_key).mac(&m[..116]);
+    let mac = relay_user::core::keys::Mac1Key::for_public_key(public_key).mac(&m[..116]);
     m[116..132].copy_from_slice(&mac);
     m[132..148].fill(0);
     m
@@ -203,8 +203,8 @@ mod tests {
     fn initiation_mac1_matches_its_key_only() {
         let k = [7u8; 32];
         let m: [u8; 148] = initiation(&k, 5, 1).try_into().unwrap();
-        assert!(relay_user::core::router::Mac1Key::for_public_key(&k).matches(&m));
-        assert!(!relay_user::core::router::Mac1Key::for_public_key(&[8; 32]).matches(&m));
+        assert!(relay_user::core::keys::Mac1Key::for_public_key(&k).matches(&m));
+        assert!(!relay_user::core::keys::Mac1Key::for_public_key(&[8; 32]).matches(&m));
         assert_eq!(&m[MARKER_OFF..MARKER_OFF + 8], MARKER);
     }
 

@@ -28,7 +28,7 @@ use relay_tests::inject::Datagram;
 use relay_tests::topology::{HUB_ADDR, HUB_PORT, leftovers};
 use relay_tests::wg::conf_public_key;
 use relay_tests::{Hub, HubKind, Topology, cmd};
-use relay_user::core::router::Mac1Key;
+use relay_user::core::keys::Mac1Key;
 
 /// How long the attacker floods.
 const FLOOD_FOR: Duration = Duration::from_secs(10);

@@ -9,15 +9,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use blake2::digest::{FixedOutput, KeyInit, Update, consts::U16};
-use blake2::{Blake2s256, Blake2sMac, Digest};
-use relay_common::wire::{
-    COOKIE_REPLY_LEN, INITIATION_LEN, INITIATION_MAC1_OFF, KEY_LEN, LABEL_MAC1, MAC_LEN,
-    MSG_INITIATION, SENDER_OFF,
-};
+use relay_common::wire::{COOKIE_REPLY_LEN, INITIATION_LEN, KEY_LEN, MSG_INITIATION, SENDER_OFF};
 use relay_common::{Endpoint, InitiationEvent, SESSION_FROM_INITIATION, SessionKey, SessionValue};
 
-use crate::core::cookie::{CookieJar, CookieKey, Mac2, clear_mac2};
+use crate::core::cookie::{CookieJar, Mac2, clear_mac2};
+use crate::core::keys::{CookieKey, Mac1Key};
 use crate::core::outcome::InitiationResult;
 use crate::core::shield::{Limits, Shield, ShieldStats, Standing};
 
@@ -39,37 +35,6 @@ pub const MAX_HELD: usize = 1024;
 pub const CROSS_DELAY: Duration = Duration::from_millis(500);
 /// Destinations remembered per source, tried before the full scan.
 const RECENT_PER_SOURCE: usize = 8;
-
-/// `BLAKE2s-256("mac1----" || public key)`: precomputed once per spoke.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Mac1Key([u8; 32]);
-
-impl Mac1Key {
-    pub fn for_public_key(public_key: &[u8; KEY_LEN]) -> Self {
-        let mut h = Blake2s256::new();
-        Digest::update(&mut h, LABEL_MAC1);
-        Digest::update(&mut h, public_key);
-        Self(h.finalize().into())
-    }
-
-    /// mac1 over `msg` (the message up to the mac1 field).
-    pub fn mac(&self, msg: &[u8]) -> [u8; MAC_LEN] {
-        let mut m = <Blake2sMac<U16> as KeyInit>::new_from_slice(&self.0).expect("32-byte key");
-        Update::update(&mut m, msg);
-        m.finalize_fixed().into()
-    }
-
-    /// Whether `initiation` (a whole 148-byte message) carries this key's mac1.
-    pub fn matches(&self, initiation: &[u8; INITIATION_LEN]) -> bool {
-        let want = self.mac(&initiation[..INITIATION_MAC1_OFF]);
-        // Not secret-dependent in a useful way (mac1 is public), but keep it
-        // branch-free anyway.
-        want.iter()
-            .zip(&initiation[INITIATION_MAC1_OFF..INITIATION_MAC1_OFF + MAC_LEN])
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
-    }
-}
 
 /// What happened to one initiation (its metric label is [`Outcome::result`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,7 +186,7 @@ impl Router {
         &mut self,
         src: &Endpoint,
         now: Instant,
-    ) -> Option<crate::core::cookie::Cookie> {
+    ) -> Option<crate::core::keys::Cookie> {
         self.flood.as_mut().map(|f| f.jar.cookie(src, now))
     }
 
@@ -652,6 +617,7 @@ pub enum Target {
 mod tests {
     use super::*;
     use relay_common::NO_SLOT;
+    use relay_common::wire::{INITIATION_MAC1_OFF, MAC_LEN};
 
     fn key(n: u8) -> [u8; 32] {
         [n; 32]
@@ -938,7 +904,7 @@ mod tests {
         assert_eq!(Some(cookie), r.cookie_for(&ep(1, 1001), now));
         // The retry carries mac2: forwarded with mac2 cleared.
         let mut g = initiation(&key(2), 0x78);
-        let m = crate::core::cookie::mac2(&cookie, &g);
+        let m = crate::core::keys::mac2(&cookie, &g);
         g[132..].copy_from_slice(&m);
         let (o, a) = r.on_initiation(&event(ep(1, 1001), g), now);
         assert_eq!(o, Outcome::Relayed { src: 1, dst: 2 });
@@ -1004,7 +970,7 @@ mod tests {
             )
             .unwrap();
         let mut g = initiation(&key(3), 6);
-        let m = crate::core::cookie::mac2(&cookie, &g);
+        let m = crate::core::keys::mac2(&cookie, &g);
         g[132..].copy_from_slice(&m);
         let (o, _) = r.on_initiation(&event(ep(2, 1002), g), t);
         assert_eq!(o, Outcome::Relayed { src: 2, dst: 3 });
