@@ -13,8 +13,7 @@ use relay_common::{Endpoint, InitiationEvent, NO_SLOT};
 use relay_user::core::router::{Action, Mac1Key, Outcome, Router};
 use wireguard_control::Key;
 
-mod common;
-use common::wggo::WgGoNs;
+use testkit::netns::WgGoNs;
 
 #[test]
 fn mac1_of_a_wireguard_go_initiation() {
@@ -48,7 +47,11 @@ fn mac1_of_a_wireguard_go_initiation() {
     let initiator = Key::generate_private();
     let responder = Key::generate_private().get_public();
     let other = Key::generate_private().get_public();
-    ns.initiate(&initiator, &responder, &format!("127.0.0.1:{port}"));
+    ns.initiate(
+        &initiator.to_base64(),
+        &responder.to_base64(),
+        &format!("127.0.0.1:{port}"),
+    );
 
     let (frame, from) = catcher
         .join()
