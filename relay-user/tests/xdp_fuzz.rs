@@ -51,10 +51,13 @@ use relay_common::{
 };
 use testkit::{
     checksum::{fold, sum16},
-    frame::{Addr, Csum, Frame, mac},
+    frame::{Addr, Csum, Frame},
     netns::Netns,
     wg::{cookie_reply, initiation, response, transport},
-    xdp::{Harness, SlotDelta, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
+    xdp::{
+        Harness, SlotDelta, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
+        topo::{self, GW_MAC, GW2_MAC, HUB_MAC, HUB2_MAC},
+    },
 };
 
 /// Frames per run by default (measured: see SECURITY.md).
@@ -66,12 +69,6 @@ const DEFAULT_SEED: u64 = 0x5eed_f00d_2026;
 const BATCH: usize = 2000;
 
 const PORT: u16 = 51820;
-const HUB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
-const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
-const HUB2_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x01];
-const HUB2_PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x02];
-const GW2_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0xfe];
 /// MTU of the ingress NIC (veth default).
 const MTU1: usize = 1500;
 /// MTU of the second NIC: relays to C larger than this cannot be sent.
@@ -1286,50 +1283,13 @@ impl Hub {
     }
 }
 
-/// The hub's NICs in a fresh namespace: `rhf0` (ingress; gateway with a
-/// permanent neighbour towards 203.0.113.0/24 and 2001:db8:99::/64, a
-/// gateway without neighbour towards 203.0.114.0/24) and `rhf1` (MTU
-/// [`MTU2`], towards 100.64.0.0/24). 10.255.0.0/16 and 2001:db8:de::/64
-/// have no route.
+/// The hub's NICs in a fresh namespace ([`topo::two_nics`]): `rhf0`
+/// (ingress; gateway with a permanent neighbour towards 203.0.113.0/24 and
+/// 2001:db8:99::/64, a gateway without neighbour towards 203.0.114.0/24)
+/// and `rhf1` (MTU [`MTU2`], so no IPv6, towards 100.64.0.0/24).
+/// 10.255.0.0/16 and 2001:db8:de::/64 have no route.
 fn topology(ns: &Netns) -> u32 {
-    ns.ip(&format!(
-        "link add rhf0 address {} type veth peer name rhf0p address {}",
-        mac(HUB_MAC),
-        mac(PEER_MAC)
-    ));
-    ns.ip(&format!(
-        "link add rhf1 address {} type veth peer name rhf1p address {}",
-        mac(HUB2_MAC),
-        mac(HUB2_PEER_MAC)
-    ));
-    ns.ip(&format!("link set rhf1 mtu {MTU2}"));
-    for dev in ["lo", "rhf0", "rhf0p", "rhf1", "rhf1p"] {
-        ns.ip(&format!("link set {dev} up"));
-    }
-    ns.ip("addr add 198.51.100.1/24 dev rhf0");
-    ns.ip("addr add 2001:db8:1::1/64 dev rhf0 nodad");
-    ns.ip("addr add 192.0.2.1/24 dev rhf1");
-    ns.ip(&format!(
-        "neigh add 198.51.100.254 lladdr {} nud permanent dev rhf0",
-        mac(GW_MAC)
-    ));
-    ns.ip(&format!(
-        "neigh add 2001:db8:1::fe lladdr {} nud permanent dev rhf0",
-        mac(GW_MAC)
-    ));
-    ns.ip(&format!(
-        "neigh add 192.0.2.254 lladdr {} nud permanent dev rhf1",
-        mac(GW2_MAC)
-    ));
-    ns.ip("route add 203.0.113.0/24 via 198.51.100.254 dev rhf0");
-    ns.ip("route add 2001:db8:99::/64 via 2001:db8:1::fe dev rhf0");
-    ns.ip("route add 100.64.0.0/24 via 192.0.2.254 dev rhf1");
-    ns.ip("route add 203.0.114.0/24 via 198.51.100.253 dev rhf0");
-    ns.sysctl("net.ipv4.conf.rhf0.forwarding=1");
-    ns.sysctl("net.ipv4.conf.rhf1.forwarding=1");
-    // rhf1's MTU is below IPv6's minimum: it has no IPv6.
-    ns.sysctl("net.ipv6.conf.rhf0.forwarding=1");
-    ns.ifindex("rhf0")
+    topo::two_nics(ns, "rhf", Some(MTU2), true).0
 }
 
 // ---------------------------------------------------------------------------

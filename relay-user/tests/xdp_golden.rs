@@ -34,7 +34,10 @@ use testkit::{
     frame::{Addr, Csum, Frame, mac},
     netns::Netns,
     wg::{cookie_reply, initiation, keepalive, response, transport, wg_header},
-    xdp::{Harness, SlotDelta, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
+    xdp::{
+        Harness, SlotDelta, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
+        topo::{self, GW_MAC, GW2_MAC, HUB_MAC, HUB2_MAC},
+    },
 };
 
 // ---------------------------------------------------------------------------
@@ -42,14 +45,6 @@ use testkit::{
 
 const PORT: u16 = 51820;
 
-const HUB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
-/// The gateway towards the spokes (PERMANENT neighbour, v4 and v6).
-const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
-/// Second NIC (redirect target) and its gateway.
-const HUB2_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x01];
-const HUB2_PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x02];
-const GW2_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0xfe];
 /// Some other L2 neighbour a frame arrived from (fallback cases).
 const OTHER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
 
@@ -188,45 +183,7 @@ impl SpokeFrame for Frame {
 /// The hub's NICs: `rhg0` (towards spokes A, B, F, G and the IPv6 ones)
 /// and `rhg1` (towards C).
 fn topology(ns: &Netns, forwarding: bool) -> (u32, u32) {
-    ns.ip(&format!(
-        "link add rhg0 address {} type veth peer name rhg0p address {}",
-        mac(HUB_MAC),
-        mac(PEER_MAC)
-    ));
-    ns.ip(&format!(
-        "link add rhg1 address {} type veth peer name rhg1p address {}",
-        mac(HUB2_MAC),
-        mac(HUB2_PEER_MAC)
-    ));
-    for dev in ["lo", "rhg0", "rhg0p", "rhg1", "rhg1p"] {
-        ns.ip(&format!("link set {dev} up"));
-    }
-    ns.ip("addr add 198.51.100.1/24 dev rhg0");
-    ns.ip("addr add 2001:db8:1::1/64 dev rhg0 nodad");
-    ns.ip("addr add 192.0.2.1/24 dev rhg1");
-    ns.ip(&format!(
-        "neigh add 198.51.100.254 lladdr {} nud permanent dev rhg0",
-        mac(GW_MAC)
-    ));
-    ns.ip(&format!(
-        "neigh add 2001:db8:1::fe lladdr {} nud permanent dev rhg0",
-        mac(GW_MAC)
-    ));
-    ns.ip(&format!(
-        "neigh add 192.0.2.254 lladdr {} nud permanent dev rhg1",
-        mac(GW2_MAC)
-    ));
-    ns.ip("route add 203.0.113.0/24 via 198.51.100.254 dev rhg0");
-    ns.ip("route add 2001:db8:99::/64 via 2001:db8:1::fe dev rhg0");
-    ns.ip("route add 100.64.0.0/24 via 192.0.2.254 dev rhg1");
-    // No neighbour entry for this gateway.
-    ns.ip("route add 203.0.114.0/24 via 198.51.100.253 dev rhg0");
-    let f = if forwarding { "1" } else { "0" };
-    for dev in ["rhg0", "rhg1"] {
-        ns.sysctl(&format!("net.ipv4.conf.{dev}.forwarding={f}"));
-        ns.sysctl(&format!("net.ipv6.conf.{dev}.forwarding={f}"));
-    }
-    (ns.ifindex("rhg0"), ns.ifindex("rhg1"))
+    topo::two_nics(ns, "rhg", None, forwarding)
 }
 
 // ---------------------------------------------------------------------------

@@ -83,11 +83,7 @@ impl Spoke {
 /// A namespace with the hub's NIC (`rhs0`), a gateway with a permanent
 /// neighbour entry and a route to the spokes, so relayed frames are XDP_TX.
 fn topology(ns: &Netns) -> u32 {
-    ns.ip(&format!(
-        "link add rhs0 address {} type veth peer name rhs0p address {}",
-        mac(HUB_MAC),
-        mac(PEER_MAC)
-    ));
+    ns.veth("rhs0", HUB_MAC, "rhs0p", PEER_MAC);
     for dev in ["lo", "rhs0", "rhs0p"] {
         ns.ip(&format!("link set {dev} up"));
     }

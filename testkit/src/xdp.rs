@@ -315,3 +315,77 @@ impl Harness {
         v
     }
 }
+
+/// The two-NIC hub of the in-kernel tests, in a namespace the test thread
+/// entered ([`crate::netns::Netns`]): `<p>0` (MAC [`HUB_MAC`], peer `<p>0p`)
+/// with 198.51.100.1/24 and 2001:db8:1::1/64, a gateway .254 / ::fe with a
+/// PERMANENT neighbour ([`GW_MAC`]) towards 203.0.113.0/24 and
+/// 2001:db8:99::/64, and a gateway without neighbour entry (.253) towards
+/// 203.0.114.0/24; `<p>1` (MAC [`HUB2_MAC`], peer `<p>1p`, MTU `nic2_mtu`
+/// if given) with 192.0.2.1/24 and a gateway .254 ([`GW2_MAC`]) towards
+/// 100.64.0.0/24. Forwarding on both NICs as `forwarding` says (IPv6 only
+/// where the MTU allows IPv6). Returns the two ifindexes.
+pub mod topo {
+    use crate::frame::mac;
+    use crate::netns::Netns;
+
+    pub const HUB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+    pub const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+    /// The gateway towards the spokes (PERMANENT neighbour, v4 and v6).
+    pub const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+    /// Second NIC (redirect target) and its gateway.
+    pub const HUB2_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x01];
+    pub const HUB2_PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x02];
+    pub const GW2_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0xfe];
+
+    /// See the module documentation.
+    pub fn two_nics(ns: &Netns, p: &str, nic2_mtu: Option<usize>, forwarding: bool) -> (u32, u32) {
+        let (n0, n1) = (format!("{p}0"), format!("{p}1"));
+        ns.veth(&n0, HUB_MAC, &format!("{p}0p"), PEER_MAC);
+        ns.veth(&n1, HUB2_MAC, &format!("{p}1p"), HUB2_PEER_MAC);
+        if let Some(m) = nic2_mtu {
+            ns.ip(&format!("link set {n1} mtu {m}"));
+        }
+        for dev in [
+            "lo".to_string(),
+            n0.clone(),
+            format!("{p}0p"),
+            n1.clone(),
+            format!("{p}1p"),
+        ] {
+            ns.ip(&format!("link set {dev} up"));
+        }
+        ns.ip(&format!("addr add 198.51.100.1/24 dev {n0}"));
+        ns.ip(&format!("addr add 2001:db8:1::1/64 dev {n0} nodad"));
+        ns.ip(&format!("addr add 192.0.2.1/24 dev {n1}"));
+        for (gw, dev, m) in [
+            ("198.51.100.254", &n0, GW_MAC),
+            ("2001:db8:1::fe", &n0, GW_MAC),
+            ("192.0.2.254", &n1, GW2_MAC),
+        ] {
+            ns.ip(&format!(
+                "neigh add {gw} lladdr {} nud permanent dev {dev}",
+                mac(m)
+            ));
+        }
+        ns.ip(&format!(
+            "route add 203.0.113.0/24 via 198.51.100.254 dev {n0}"
+        ));
+        ns.ip(&format!(
+            "route add 2001:db8:99::/64 via 2001:db8:1::fe dev {n0}"
+        ));
+        ns.ip(&format!("route add 100.64.0.0/24 via 192.0.2.254 dev {n1}"));
+        // No neighbour entry for this gateway.
+        ns.ip(&format!(
+            "route add 203.0.114.0/24 via 198.51.100.253 dev {n0}"
+        ));
+        let f = if forwarding { "1" } else { "0" };
+        for (dev, ipv6) in [(&n0, true), (&n1, nic2_mtu.is_none_or(|m| m >= 1280))] {
+            ns.sysctl(&format!("net.ipv4.conf.{dev}.forwarding={f}"));
+            if ipv6 {
+                ns.sysctl(&format!("net.ipv6.conf.{dev}.forwarding={f}"));
+            }
+        }
+        (ns.ifindex(&n0), ns.ifindex(&n1))
+    }
+}
