@@ -3,10 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use relay_common::wire::{INITIATION_LEN, INITIATION_MAC1_OFF, MAC_LEN, MSG_INITIATION};
-use relay_common::{Endpoint, InitiationEvent};
+use relay_common::InitiationEvent;
 use relay_user::core::keys::Mac1Key;
 use relay_user::core::router::{Outcome, Router};
+use testkit::wg::{initiation_event, mac1_initiation, spoke_endpoint as ep, spoke_key as key};
 
 #[derive(Debug, Clone, Copy)]
 pub struct HsResult {
@@ -28,37 +28,8 @@ fn rss_bytes() -> u64 {
         * 4096
 }
 
-fn key(i: u32) -> [u8; 32] {
-    let mut k = [0u8; 32];
-    let mut x = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    for c in k.chunks_mut(8) {
-        x ^= x >> 29;
-        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        c.copy_from_slice(&x.to_le_bytes());
-    }
-    k
-}
-
-fn ep(i: u32) -> Endpoint {
-    Endpoint::v4([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 40000)
-}
-
 fn initiation(src: u32, dst_key: &Mac1Key, sender: u32) -> InitiationEvent {
-    let mut f = [0u8; INITIATION_LEN];
-    f[0] = MSG_INITIATION;
-    f[4..8].copy_from_slice(&sender.to_le_bytes());
-    for (i, b) in f[8..INITIATION_MAC1_OFF].iter_mut().enumerate() {
-        *b = (i as u32 ^ sender) as u8;
-    }
-    let mac = dst_key.mac(&f[..INITIATION_MAC1_OFF]);
-    f[INITIATION_MAC1_OFF..INITIATION_MAC1_OFF + MAC_LEN].copy_from_slice(&mac);
-    InitiationEvent {
-        src: ep(src),
-        dst: Endpoint::v4([198, 51, 100, 1], 51820),
-        src_slot: src,
-        ifindex: 1,
-        frame: f,
-    }
+    initiation_event(ep(src), src, mac1_initiation(dst_key, sender))
 }
 
 /// Route initiations with `n` registered spokes for about `budget` per case.

@@ -2,7 +2,6 @@
 //! its load generator and its userspace-relay baseline. See bench/RESULTS.md.
 
 mod bpfraw;
-mod frames;
 mod hs;
 mod loadgen;
 mod packet;

@@ -4,15 +4,12 @@
 
 use std::net::Ipv4Addr;
 
-use aya::maps::{Array, HashMap, MapData};
 use aya::programs::{Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
-use relay_common::{
-    Endpoint, HubConfig, MAP_CONFIG, MAP_ENDPOINT_SLOTS, MAP_SESSIONS, MAP_SLOTS, PROG_RELAY,
-    SESSION_FROM_INITIATION, SLOT_ACTIVE, SessionKey, SessionValue, SpokeSlot,
-};
-
-use crate::frames;
+use relay_common::{Endpoint, PROG_RELAY, SESSION_FROM_INITIATION};
+use testkit::frame::udp4_frame;
+use testkit::wg::transport_with_counter;
+use testkit::xdp::RelayMaps;
 
 pub const HUB_PORT: u16 = 51820;
 pub const HUB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
@@ -48,14 +45,14 @@ pub fn receiver(slot: u32) -> u32 {
 pub fn frames(sp: &[Spoke], hub_mac: [u8; 6], gen_mac: [u8; 6], payload: usize) -> Vec<Vec<u8>> {
     sp.iter()
         .map(|s| {
-            frames::udp_frame(
+            udp4_frame(
                 hub_mac,
                 gen_mac,
                 s.ip,
                 s.port,
                 HUB_IP,
                 HUB_PORT,
-                &frames::transport(receiver(s.slot), 1, payload),
+                &transport_with_counter(receiver(s.slot), 1, payload),
                 false,
             )
         })
@@ -78,9 +75,7 @@ pub fn table(sp: &[Spoke]) -> String {
 /// The product's XDP object, loaded and filled by the bench (no controller).
 pub struct XdpHub {
     pub ebpf: Ebpf,
-    endpoint_slots: HashMap<MapData, Endpoint, u32>,
-    slots: Array<MapData, SpokeSlot>,
-    sessions: HashMap<MapData, SessionKey, SessionValue>,
+    maps: RelayMaps,
     /// Kernel memory (memlock) per map name, at default capacities.
     pub memlock: std::collections::HashMap<String, u64>,
 }
@@ -105,28 +100,11 @@ impl XdpHub {
             .maps()
             .map(|(n, m)| (n.to_string(), map_memlock(m)))
             .collect();
-        let mut take = |n: &str| {
-            ebpf.take_map(n)
-                .ok_or_else(|| anyhow::anyhow!("map {n} missing"))
-        };
-        let endpoint_slots = HashMap::try_from(take(MAP_ENDPOINT_SLOTS)?)?;
-        let slots = Array::try_from(take(MAP_SLOTS)?)?;
-        let sessions: HashMap<MapData, SessionKey, SessionValue> =
-            HashMap::try_from(take(MAP_SESSIONS)?)?;
-        let mut config: Array<MapData, HubConfig> = Array::try_from(take(MAP_CONFIG)?)?;
-        config.set(
-            0,
-            HubConfig {
-                port: HUB_PORT,
-                ..Default::default()
-            },
-            0,
-        )?;
+        let mut maps = RelayMaps::take(&mut ebpf)?;
+        maps.set_port(HUB_PORT)?;
         let mut hub = Self {
             ebpf,
-            endpoint_slots,
-            slots,
-            sessions,
+            maps,
             memlock,
         };
         for s in sp {
@@ -140,14 +118,7 @@ impl XdpHub {
         // again a frame from FIX_SLOT with the same receiver index.
         let fix = Endpoint::v4(FIX_IP.octets(), HUB_PORT);
         hub.spoke(FIX_SLOT, fix, true)?;
-        hub.slots.set(
-            FIX_DST,
-            SpokeSlot {
-                endpoint: fix,
-                flags: SLOT_ACTIVE,
-            },
-            0,
-        )?;
+        hub.maps.set_slot(FIX_DST, fix, true)?;
         hub.session(FIX_SLOT, FIX_RX, FIX_DST)?;
         let prog: &mut Xdp = hub
             .ebpf
@@ -159,29 +130,13 @@ impl XdpHub {
     }
 
     fn spoke(&mut self, slot: u32, ep: Endpoint, active: bool) -> anyhow::Result<()> {
-        self.endpoint_slots.insert(ep, slot, 0)?;
-        self.slots.set(
-            slot,
-            SpokeSlot {
-                endpoint: ep,
-                flags: if active { SLOT_ACTIVE } else { 0 },
-            },
-            0,
-        )?;
-        Ok(())
+        Ok(self.maps.set_spoke(slot, ep, active)?)
     }
 
     fn session(&mut self, src_slot: u32, receiver: u32, dst_slot: u32) -> anyhow::Result<()> {
-        self.sessions.insert(
-            SessionKey { src_slot, receiver },
-            SessionValue {
-                dst_slot,
-                flags: SESSION_FROM_INITIATION,
-                last_seen_ns: 0,
-            },
-            0,
-        )?;
-        Ok(())
+        Ok(self
+            .maps
+            .set_session(src_slot, receiver, dst_slot, SESSION_FROM_INITIATION, 0)?)
     }
 
     fn prog(&mut self) -> anyhow::Result<&mut Xdp> {
@@ -259,34 +214,34 @@ impl XdpHub {
 /// one from a known source with an unknown receiver index.
 pub fn test_frames(payload: usize) -> [Vec<u8>; 3] {
     let mac = [2, 0, 0, 0, 0, 1];
-    let hit = frames::udp_frame(
+    let hit = udp4_frame(
         mac,
         mac,
         FIX_IP,
         HUB_PORT,
         FIX_IP,
         HUB_PORT,
-        &frames::transport(FIX_RX, 1, payload),
+        &transport_with_counter(FIX_RX, 1, payload),
         false,
     );
-    let stranger = frames::udp_frame(
+    let stranger = udp4_frame(
         mac,
         mac,
         Ipv4Addr::new(10, 202, 0, 1),
         40000,
         HUB_IP,
         HUB_PORT,
-        &frames::transport(FIX_RX, 1, payload),
+        &transport_with_counter(FIX_RX, 1, payload),
         false,
     );
-    let no_session = frames::udp_frame(
+    let no_session = udp4_frame(
         mac,
         mac,
         FIX_IP,
         HUB_PORT,
         HUB_IP,
         HUB_PORT,
-        &frames::transport(0xdead_beef, 1, payload),
+        &transport_with_counter(0xdead_beef, 1, payload),
         false,
     );
     [hit, stranger, no_session]

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use relay_common::wire::{INITIATION_LEN, INITIATION_MAC1_OFF, MAC_LEN, SENDER_OFF};
+use relay_common::wire::{INITIATION_LEN, INITIATION_MAC1_OFF, SENDER_OFF};
 use relay_common::{Endpoint, InitiationEvent, NO_SLOT, SESSION_FROM_INITIATION};
 use relay_user::core::keys::Mac1Key;
 use relay_user::core::router::{Action, MAX_HELD, Outcome, Router};
@@ -155,8 +155,7 @@ fuzz_target!(|data: &[u8]| {
                     8 => 250,
                     s => s + 1,
                 };
-                let mac = Mac1Key::for_public_key(&key(t)).mac(&frame[..INITIATION_MAC1_OFF]);
-                frame[INITIATION_MAC1_OFF..INITIATION_MAC1_OFF + MAC_LEN].copy_from_slice(&mac);
+                testkit::wg::set_mac1(&mut frame, &Mac1Key::for_public_key(&key(t)));
                 // Sometimes a bad header or a flipped mac bit.
                 match tweak % 16 {
                     0 => frame[0] = tweak,

@@ -18,8 +18,7 @@ use relay_user::core::router::{Action, Outcome, Router};
 use relay_user::core::shield::{Limits, Rate};
 use wireguard_control::Key;
 
-mod common;
-use common::wggo::WgGoNs;
+use testkit::netns::WgGoNs;
 
 fn recv_initiation(sock: &UdpSocket, within: Duration) -> Option<([u8; INITIATION_LEN], u16)> {
     let deadline = Instant::now() + within;
@@ -128,7 +127,11 @@ fn wireguard_go_accepts_the_hubs_cookie_reply_and_sends_mac2() {
         );
     });
     let port = port_rx.recv().unwrap();
-    ns.initiate(&initiator, &responder, &format!("127.0.0.1:{port}"));
+    ns.initiate(
+        &initiator.to_base64(),
+        &responder.to_base64(),
+        &format!("127.0.0.1:{port}"),
+    );
     cfg_tx.send(()).unwrap();
     let res = worker.join();
     drop(ns);

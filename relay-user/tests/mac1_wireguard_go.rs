@@ -14,8 +14,7 @@ use relay_user::core::keys::Mac1Key;
 use relay_user::core::router::{Action, Outcome, Router};
 use wireguard_control::Key;
 
-mod common;
-use common::wggo::WgGoNs;
+use testkit::netns::WgGoNs;
 
 #[test]
 fn mac1_of_a_wireguard_go_initiation() {
@@ -49,7 +48,11 @@ fn mac1_of_a_wireguard_go_initiation() {
     let initiator = Key::generate_private();
     let responder = Key::generate_private().get_public();
     let other = Key::generate_private().get_public();
-    ns.initiate(&initiator, &responder, &format!("127.0.0.1:{port}"));
+    ns.initiate(
+        &initiator.to_base64(),
+        &responder.to_base64(),
+        &format!("127.0.0.1:{port}"),
+    );
 
     let (frame, from) = catcher
         .join()

@@ -39,25 +39,25 @@
 //! Longer run: `RELAYHUB_FUZZ_ITERS=20000000 RELAYHUB_FUZZ_SEED=$RANDOM
 //! cargo test -p relay-user --release --test xdp_fuzz -- --nocapture`.
 
-mod common;
-
 use std::{
     collections::{BTreeMap, HashMap as StdHashMap, HashSet},
     net::{Ipv4Addr, Ipv6Addr},
     time::Instant,
 };
 
-use aya::{
-    Ebpf, EbpfLoader, TestRun, TestRunOptions,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::Xdp,
-};
-use common::*;
 use relay_common::{
-    Endpoint, HubConfig, InitiationEvent, MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINT_SLOTS,
-    MAP_INITIATIONS, MAP_SESSIONS, MAP_SLOT_COUNTERS, MAP_SLOTS, MAX_SLOTS, NO_SLOT, PROG_RELAY,
-    SESSION_FROM_INITIATION, SESSION_FROM_RESPONSE, SLOT_ACTIVE, SessionKey, SessionValue,
-    SlotCounters, SpokeSlot, counter,
+    Endpoint, InitiationEvent, MAX_SLOTS, NO_SLOT, SESSION_FROM_INITIATION, SESSION_FROM_RESPONSE,
+    SLOT_ACTIVE, SessionKey, SpokeSlot, counter,
+};
+use testkit::{
+    checksum::{fold, sum16},
+    frame::{Addr, Csum, Frame},
+    netns::Netns,
+    wg::{cookie_reply, initiation, response, transport},
+    xdp::{
+        Harness, SlotDelta, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
+        topo::{self, GW_MAC, GW2_MAC, HUB_MAC, HUB2_MAC},
+    },
 };
 
 /// Frames per run by default (measured: see SECURITY.md).
@@ -68,18 +68,7 @@ const DEFAULT_SEED: u64 = 0x5eed_f00d_2026;
 /// counter mismatch).
 const BATCH: usize = 2000;
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
-
 const PORT: u16 = 51820;
-const HUB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
-const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
-const HUB2_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x01];
-const HUB2_PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x02];
-const GW2_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0xfe];
 /// MTU of the ingress NIC (veth default).
 const MTU1: usize = 1500;
 /// MTU of the second NIC: relays to C larger than this cannot be sent.
@@ -1225,18 +1214,8 @@ fn ipv6_ext(r: &mut Rng, f: &mut Vec<u8>) {
 // ---------------------------------------------------------------------------
 // The program and its maps.
 
-struct Hub {
-    ebpf: Ebpf,
-    endpoint_slots: HashMap<MapData, Endpoint, u32>,
-    slots: Array<MapData, SpokeSlot>,
-    sessions: HashMap<MapData, SessionKey, SessionValue>,
-    config: Array<MapData, HubConfig>,
-    counters: PerCpuArray<MapData, u64>,
-    slot_counters: PerCpuArray<MapData, SlotCounters>,
-    initiations: RingBuf<MapData>,
-    ifindex: u32,
-    out: Vec<u8>,
-}
+/// The harness filled from the model's tables.
+struct Hub(Harness);
 
 #[derive(Clone, Debug)]
 struct Snapshot {
@@ -1247,114 +1226,39 @@ struct Snapshot {
 
 impl Hub {
     fn load(ifindex: u32, model: &Model) -> Self {
-        let lim = libc::rlimit {
-            rlim_cur: libc::RLIM_INFINITY,
-            rlim_max: libc::RLIM_INFINITY,
-        };
-        // SAFETY: plain syscall; EPERM is fine (memcg accounting).
-        unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
-        let mut ebpf = EbpfLoader::new()
-            .load(relay_user::EBPF_OBJECT)
-            .expect("load object");
-        let prog: &mut Xdp = ebpf
-            .program_mut(PROG_RELAY)
-            .expect("relay program")
-            .try_into()
-            .expect("xdp");
-        prog.load().expect("verifier accepts the relay program");
-        let mut take = |n: &str| ebpf.take_map(n).unwrap_or_else(|| panic!("map {n}"));
-        let mut hub = Self {
-            endpoint_slots: HashMap::try_from(take(MAP_ENDPOINT_SLOTS)).unwrap(),
-            slots: Array::try_from(take(MAP_SLOTS)).unwrap(),
-            sessions: HashMap::try_from(take(MAP_SESSIONS)).unwrap(),
-            config: Array::try_from(take(MAP_CONFIG)).unwrap(),
-            counters: PerCpuArray::try_from(take(MAP_COUNTERS)).unwrap(),
-            slot_counters: PerCpuArray::try_from(take(MAP_SLOT_COUNTERS)).unwrap(),
-            initiations: RingBuf::try_from(take(MAP_INITIATIONS)).unwrap(),
-            ebpf,
-            ifindex,
-            out: vec![0; 4096],
-        };
-        hub.config
-            .set(
-                0,
-                HubConfig {
-                    port: PORT,
-                    ..Default::default()
-                },
-                0,
-            )
-            .unwrap();
+        let mut hub = Harness::load(ifindex);
+        hub.set_port(PORT).unwrap();
         for (ep, slot) in &model.endpoint_slots {
             hub.endpoint_slots.insert(ep, slot, 0).unwrap();
         }
         for (slot, (s, _)) in &model.slots {
             hub.slots.set(*slot, s, 0).unwrap();
         }
-        for (&(src_slot, receiver), (dst, flags)) in &model.baseline {
-            hub.sessions
-                .insert(
-                    SessionKey { src_slot, receiver },
-                    SessionValue {
-                        dst_slot: *dst,
-                        flags: *flags,
-                        last_seen_ns: 0,
-                    },
-                    0,
-                )
-                .unwrap();
+        for (&(src_slot, receiver), &(dst, flags)) in &model.baseline {
+            hub.set_session(src_slot, receiver, dst, flags, 0).unwrap();
         }
-        hub
+        Self(hub)
     }
 
     /// Run the program once on `frame`: (action, output) or the kernel's
     /// refusal.
     fn run(&mut self, frame: &[u8]) -> Result<(u32, &[u8]), aya::programs::ProgramError> {
-        let prog: &Xdp = self.ebpf.program(PROG_RELAY).unwrap().try_into().unwrap();
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
-        // rx_queue_index, egress_ifindex.
-        let md: [u32; 6] = [0, frame.len() as u32, 0, self.ifindex, 0, 0];
-        let mut ctx = [0u8; 24];
-        for (i, w) in md.iter().enumerate() {
-            ctx[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
-        }
-        let r = prog.test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut self.out),
-            ctx_in: Some(&ctx),
-            ..Default::default()
-        })?;
-        Ok((r.return_value, &self.out[..r.data_size_out as usize]))
+        self.0.run_once(frame)
     }
 
     fn snapshot(&self) -> Snapshot {
-        let counters = (0..counter::COUNT)
-            .map(|i| self.counters.get(&i, 0).unwrap().iter().sum())
-            .collect();
-        let slots = (0..NSLOTS)
-            .map(|i| slot_totals(self.slot_counters.get(&i, 0).unwrap().iter()))
-            .collect();
-        Snapshot { counters, slots }
+        Snapshot {
+            counters: self.0.counter_totals(),
+            slots: self.0.slot_snapshot(NSLOTS),
+        }
     }
 
     fn drain_events(&mut self) -> Vec<InitiationEvent> {
-        let mut v = Vec::new();
-        while let Some(item) = self.initiations.next() {
-            assert_eq!(item.len(), size_of::<InitiationEvent>());
-            // SAFETY: repr(C) plain data of exactly this size.
-            v.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<InitiationEvent>()) });
-        }
-        v
+        self.0.drain_events()
     }
 
     fn session_table(&self) -> BTreeMap<(u32, u32), (u32, u32)> {
-        self.sessions
-            .iter()
-            .map(|r| {
-                let (k, v) = r.expect("session entry");
-                ((k.src_slot, k.receiver), (v.dst_slot, v.flags))
-            })
-            .collect()
+        self.0.session_table()
     }
 
     /// Back to the model's baseline: learned entries removed, overwritten
@@ -1363,22 +1267,11 @@ impl Hub {
         for (k, v) in self.session_table() {
             match model.baseline.get(&k) {
                 Some(b) if *b == v => {}
-                Some(&(dst_slot, flags)) => self
-                    .sessions
-                    .insert(
-                        SessionKey {
-                            src_slot: k.0,
-                            receiver: k.1,
-                        },
-                        SessionValue {
-                            dst_slot,
-                            flags,
-                            last_seen_ns: 0,
-                        },
-                        0,
-                    )
-                    .unwrap(),
+                Some(&(dst_slot, flags)) => {
+                    self.0.set_session(k.0, k.1, dst_slot, flags, 0).unwrap()
+                }
                 None => self
+                    .0
                     .sessions
                     .remove(&SessionKey {
                         src_slot: k.0,
@@ -1390,50 +1283,13 @@ impl Hub {
     }
 }
 
-/// The hub's NICs in a fresh namespace: `rhf0` (ingress; gateway with a
-/// permanent neighbour towards 203.0.113.0/24 and 2001:db8:99::/64, a
-/// gateway without neighbour towards 203.0.114.0/24) and `rhf1` (MTU
-/// [`MTU2`], towards 100.64.0.0/24). 10.255.0.0/16 and 2001:db8:de::/64
-/// have no route.
+/// The hub's NICs in a fresh namespace ([`topo::two_nics`]): `rhf0`
+/// (ingress; gateway with a permanent neighbour towards 203.0.113.0/24 and
+/// 2001:db8:99::/64, a gateway without neighbour towards 203.0.114.0/24)
+/// and `rhf1` (MTU [`MTU2`], so no IPv6, towards 100.64.0.0/24).
+/// 10.255.0.0/16 and 2001:db8:de::/64 have no route.
 fn topology(ns: &Netns) -> u32 {
-    ns.ip(&format!(
-        "link add rhf0 address {} type veth peer name rhf0p address {}",
-        mac(HUB_MAC),
-        mac(PEER_MAC)
-    ));
-    ns.ip(&format!(
-        "link add rhf1 address {} type veth peer name rhf1p address {}",
-        mac(HUB2_MAC),
-        mac(HUB2_PEER_MAC)
-    ));
-    ns.ip(&format!("link set rhf1 mtu {MTU2}"));
-    for dev in ["lo", "rhf0", "rhf0p", "rhf1", "rhf1p"] {
-        ns.ip(&format!("link set {dev} up"));
-    }
-    ns.ip("addr add 198.51.100.1/24 dev rhf0");
-    ns.ip("addr add 2001:db8:1::1/64 dev rhf0 nodad");
-    ns.ip("addr add 192.0.2.1/24 dev rhf1");
-    ns.ip(&format!(
-        "neigh add 198.51.100.254 lladdr {} nud permanent dev rhf0",
-        mac(GW_MAC)
-    ));
-    ns.ip(&format!(
-        "neigh add 2001:db8:1::fe lladdr {} nud permanent dev rhf0",
-        mac(GW_MAC)
-    ));
-    ns.ip(&format!(
-        "neigh add 192.0.2.254 lladdr {} nud permanent dev rhf1",
-        mac(GW2_MAC)
-    ));
-    ns.ip("route add 203.0.113.0/24 via 198.51.100.254 dev rhf0");
-    ns.ip("route add 2001:db8:99::/64 via 2001:db8:1::fe dev rhf0");
-    ns.ip("route add 100.64.0.0/24 via 192.0.2.254 dev rhf1");
-    ns.ip("route add 203.0.114.0/24 via 198.51.100.253 dev rhf0");
-    ns.sysctl("net.ipv4.conf.rhf0.forwarding=1");
-    ns.sysctl("net.ipv4.conf.rhf1.forwarding=1");
-    // rhf1's MTU is below IPv6's minimum: it has no IPv6.
-    ns.sysctl("net.ipv6.conf.rhf0.forwarding=1");
-    ns.ifindex("rhf0")
+    topo::two_nics(ns, "rhf", Some(MTU2), true).0
 }
 
 // ---------------------------------------------------------------------------

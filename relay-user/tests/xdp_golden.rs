@@ -17,48 +17,34 @@
 //! (never by applying the program's incremental update), and every output
 //! frame's checksums are verified by full recomputation as well.
 
-mod common;
-
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, Ipv6Addr},
 };
 
-use aya::{
-    Ebpf, EbpfLoader, TestRun, TestRunOptions,
-    maps::{
-        Array, HashMap, MapData, PerCpuArray, PerfEventArray, RingBuf, perf::PerfEventArrayBuffer,
-    },
-    programs::Xdp,
-};
-use common::*;
+use aya::maps::{MapData, PerfEventArray, perf::PerfEventArrayBuffer};
 use relay_common::{
-    Endpoint, FAMILY_V4, FAMILY_V6, FallbackMeta, HubConfig, InitiationEvent, MAP_CONFIG,
-    MAP_COUNTERS, MAP_ENDPOINT_SLOTS, MAP_FALLBACK, MAP_INITIATIONS, MAP_SESSIONS,
-    MAP_SLOT_COUNTERS, MAP_SLOTS, NO_SLOT, PROG_RELAY, SESSION_FROM_INITIATION,
-    SESSION_FROM_RESPONSE, SLOT_ACTIVE, SessionKey, SessionValue, SlotCounters, SpokeSlot,
+    Endpoint, FAMILY_V4, FAMILY_V6, FallbackMeta, MAP_FALLBACK, NO_SLOT, SESSION_FROM_INITIATION,
+    SESSION_FROM_RESPONSE, SessionValue,
     counter::{self, *},
 };
 use relay_user::{core::fallback_frame as fallback, datapath::CrossPath, io::sender};
+use testkit::{
+    checksum::{fold, sum16, verify_frame as verify_checksums},
+    frame::{Addr, Csum, Frame, mac},
+    netns::Netns,
+    wg::{cookie_reply, initiation, keepalive, response, transport, wg_header},
+    xdp::{
+        Harness, SlotDelta, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
+        topo::{self, GW_MAC, GW2_MAC, HUB_MAC, HUB2_MAC},
+    },
+};
 
 // ---------------------------------------------------------------------------
 // Topology constants.
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
-
 const PORT: u16 = 51820;
 
-const HUB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
-/// The gateway towards the spokes (PERMANENT neighbour, v4 and v6).
-const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
-/// Second NIC (redirect target) and its gateway.
-const HUB2_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x01];
-const HUB2_PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x02];
-const GW2_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0xfe];
 /// Some other L2 neighbour a frame arrived from (fallback cases).
 const OTHER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
 
@@ -154,7 +140,14 @@ impl Spoke {
     }
 }
 
-impl Frame {
+/// The golden cases' frames: what arrives from a spoke, and what the hub
+/// must send for it.
+trait SpokeFrame: Sized {
+    fn from_spoke(s: &Spoke, payload: Vec<u8>) -> Self;
+    fn relayed_to(&self, to: &Spoke, eth_dst: [u8; 6], eth_src: [u8; 6]) -> Self;
+}
+
+impl SpokeFrame for Frame {
     /// A frame from spoke `s` to the hub port, as it arrives at the hub.
     fn from_spoke(s: &Spoke, payload: Vec<u8>) -> Self {
         Self {
@@ -190,63 +183,30 @@ impl Frame {
 /// The hub's NICs: `rhg0` (towards spokes A, B, F, G and the IPv6 ones)
 /// and `rhg1` (towards C).
 fn topology(ns: &Netns, forwarding: bool) -> (u32, u32) {
-    ns.ip(&format!(
-        "link add rhg0 address {} type veth peer name rhg0p address {}",
-        mac(HUB_MAC),
-        mac(PEER_MAC)
-    ));
-    ns.ip(&format!(
-        "link add rhg1 address {} type veth peer name rhg1p address {}",
-        mac(HUB2_MAC),
-        mac(HUB2_PEER_MAC)
-    ));
-    for dev in ["lo", "rhg0", "rhg0p", "rhg1", "rhg1p"] {
-        ns.ip(&format!("link set {dev} up"));
-    }
-    ns.ip("addr add 198.51.100.1/24 dev rhg0");
-    ns.ip("addr add 2001:db8:1::1/64 dev rhg0 nodad");
-    ns.ip("addr add 192.0.2.1/24 dev rhg1");
-    ns.ip(&format!(
-        "neigh add 198.51.100.254 lladdr {} nud permanent dev rhg0",
-        mac(GW_MAC)
-    ));
-    ns.ip(&format!(
-        "neigh add 2001:db8:1::fe lladdr {} nud permanent dev rhg0",
-        mac(GW_MAC)
-    ));
-    ns.ip(&format!(
-        "neigh add 192.0.2.254 lladdr {} nud permanent dev rhg1",
-        mac(GW2_MAC)
-    ));
-    ns.ip("route add 203.0.113.0/24 via 198.51.100.254 dev rhg0");
-    ns.ip("route add 2001:db8:99::/64 via 2001:db8:1::fe dev rhg0");
-    ns.ip("route add 100.64.0.0/24 via 192.0.2.254 dev rhg1");
-    // No neighbour entry for this gateway.
-    ns.ip("route add 203.0.114.0/24 via 198.51.100.253 dev rhg0");
-    let f = if forwarding { "1" } else { "0" };
-    for dev in ["rhg0", "rhg1"] {
-        ns.sysctl(&format!("net.ipv4.conf.{dev}.forwarding={f}"));
-        ns.sysctl(&format!("net.ipv6.conf.{dev}.forwarding={f}"));
-    }
-    (ns.ifindex("rhg0"), ns.ifindex("rhg1"))
+    topo::two_nics(ns, "rhg", None, forwarding)
 }
 
 // ---------------------------------------------------------------------------
 // The program and its maps.
 
 struct Hub {
-    ebpf: Ebpf,
-    endpoint_slots: HashMap<MapData, Endpoint, u32>,
-    slots: Array<MapData, SpokeSlot>,
-    sessions: HashMap<MapData, SessionKey, SessionValue>,
-    config: Array<MapData, HubConfig>,
-    counters: PerCpuArray<MapData, u64>,
-    slot_counters: PerCpuArray<MapData, SlotCounters>,
-    initiations: RingBuf<MapData>,
-    ifindex: u32,
+    h: Harness,
     cross: CrossPath,
     /// The userspace fallback's perf buffers, once opened.
     fallback: Vec<PerfEventArrayBuffer<MapData>>,
+}
+
+impl std::ops::Deref for Hub {
+    type Target = Harness;
+    fn deref(&self) -> &Harness {
+        &self.h
+    }
+}
+
+impl std::ops::DerefMut for Hub {
+    fn deref_mut(&mut self) -> &mut Harness {
+        &mut self.h
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -257,47 +217,8 @@ struct Snapshot {
 
 impl Hub {
     fn load(ifindex: u32) -> Self {
-        let lim = libc::rlimit {
-            rlim_cur: libc::RLIM_INFINITY,
-            rlim_max: libc::RLIM_INFINITY,
-        };
-        // EPERM here is fine (memcg accounting).
-        unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
-        let mut ebpf = EbpfLoader::new()
-            .load(relay_user::EBPF_OBJECT)
-            .expect("load object");
-        let prog: &mut Xdp = ebpf
-            .program_mut(PROG_RELAY)
-            .expect("relay program")
-            .try_into()
-            .expect("xdp");
-        // The verifier check.
-        prog.load().expect("verifier accepts the relay program");
-        if let Ok(info) = prog.info() {
-            eprintln!(
-                "relay: {:?} instructions verified, {:?} bytes translated",
-                info.verified_instruction_count(),
-                info.size_translated()
-            );
-        }
-        let mut take = |n: &str| ebpf.take_map(n).unwrap_or_else(|| panic!("map {n}"));
-        let endpoint_slots = HashMap::try_from(take(MAP_ENDPOINT_SLOTS)).unwrap();
-        let slots = Array::try_from(take(MAP_SLOTS)).unwrap();
-        let sessions = HashMap::try_from(take(MAP_SESSIONS)).unwrap();
-        let config = Array::try_from(take(MAP_CONFIG)).unwrap();
-        let counters = PerCpuArray::try_from(take(MAP_COUNTERS)).unwrap();
-        let slot_counters = PerCpuArray::try_from(take(MAP_SLOT_COUNTERS)).unwrap();
-        let initiations = RingBuf::try_from(take(MAP_INITIATIONS)).unwrap();
         let mut hub = Self {
-            ebpf,
-            endpoint_slots,
-            slots,
-            sessions,
-            config,
-            counters,
-            slot_counters,
-            initiations,
-            ifindex,
+            h: Harness::load(ifindex),
             cross: CrossPath::Xdp,
             fallback: Vec::new(),
         };
@@ -306,15 +227,7 @@ impl Hub {
             hub.add_spoke(&s, true);
         }
         hub.add_spoke(&INACTIVE, false);
-        hub.slots
-            .set(
-                SLOT_NO_ENDPOINT,
-                SpokeSlot {
-                    endpoint: Endpoint::default(),
-                    flags: SLOT_ACTIVE,
-                },
-                0,
-            )
+        hub.set_slot(SLOT_NO_ENDPOINT, Endpoint::default(), true)
             .unwrap();
         for (src, receiver, dst) in [
             (A.slot, R_A_TO_B, B.slot),
@@ -344,51 +257,21 @@ impl Hub {
     }
 
     fn set_port(&mut self, port: u16) {
-        self.config
-            .set(
-                0,
-                HubConfig {
-                    port,
-                    ..Default::default()
-                },
-                0,
-            )
-            .unwrap();
+        self.h.set_port(port).unwrap();
     }
 
     fn add_spoke(&mut self, s: &Spoke, active: bool) {
-        let ep = s.endpoint();
-        self.endpoint_slots.insert(ep, s.slot, 0).unwrap();
-        self.slots
-            .set(
-                s.slot,
-                SpokeSlot {
-                    endpoint: ep,
-                    flags: if active { SLOT_ACTIVE } else { 0 },
-                },
-                0,
-            )
-            .unwrap();
+        self.h.set_spoke(s.slot, s.endpoint(), active).unwrap();
     }
 
     fn add_session(&mut self, src_slot: u32, receiver: u32, dst_slot: u32) {
-        self.sessions
-            .insert(
-                SessionKey { src_slot, receiver },
-                SessionValue {
-                    dst_slot,
-                    flags: SESSION_FROM_INITIATION,
-                    last_seen_ns: 0,
-                },
-                0,
-            )
+        self.h
+            .set_session(src_slot, receiver, dst_slot, SESSION_FROM_INITIATION, 0)
             .unwrap();
     }
 
     fn session(&self, src_slot: u32, receiver: u32) -> Option<SessionValue> {
-        self.sessions
-            .get(&SessionKey { src_slot, receiver }, 0)
-            .ok()
+        self.h.session(src_slot, receiver)
     }
 
     /// Run the program on `frame`: (action, output frame).
@@ -396,37 +279,11 @@ impl Hub {
         self.run_n(frame, 1)
     }
 
-    /// Run the program `repeat` times on `frame`.
-    fn run_n(
-        &self,
-        frame: &[u8],
-        repeat: u32,
-    ) -> Result<(u32, Vec<u8>), aya::programs::ProgramError> {
-        let prog: &Xdp = self.ebpf.program(PROG_RELAY).unwrap().try_into().unwrap();
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
-        // rx_queue_index, egress_ifindex.
-        let md: [u32; 6] = [0, frame.len() as u32, 0, self.ifindex, 0, 0];
-        let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        let mut out = vec![0u8; frame.len() + 256];
-        let r = prog.test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            repeat,
-            ..Default::default()
-        })?;
-        out.truncate(r.data_size_out as usize);
-        Ok((r.return_value, out))
-    }
-
     fn snapshot(&self) -> Snapshot {
-        let counters = (0..counter::COUNT)
-            .map(|i| self.counters.get(&i, 0).unwrap().iter().sum())
-            .collect();
-        let slots = (0..MAX_TEST_SLOT)
-            .map(|i| slot_totals(self.slot_counters.get(&i, 0).unwrap().iter()))
-            .collect();
-        Snapshot { counters, slots }
+        Snapshot {
+            counters: self.counter_totals(),
+            slots: self.slot_snapshot(MAX_TEST_SLOT),
+        }
     }
 
     /// Open the fallback perf buffers (as the controller does).
@@ -449,16 +306,6 @@ impl Hub {
             });
         }
         out
-    }
-
-    fn drain_events(&mut self) -> Vec<InitiationEvent> {
-        let mut v = Vec::new();
-        while let Some(item) = self.initiations.next() {
-            assert_eq!(item.len(), size_of::<InitiationEvent>());
-            // SAFETY: repr(C) plain data of exactly this size.
-            v.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<InitiationEvent>()) });
-        }
-        v
     }
 }
 

@@ -15,27 +15,22 @@
 //! Needs root (BPF, network namespaces). Run with
 //! `cargo test -p relay-user --release --test xdp_sessions`.
 
-mod common;
-
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use aya::{
-    Ebpf, EbpfLoader, TestRun, TestRunOptions,
-    maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::Xdp,
-};
-use common::*;
 use relay_common::{
-    Endpoint, HubConfig, MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINT_SLOTS, MAP_SESSIONS, MAP_SLOTS,
-    PROG_RELAY, SESSION_FROM_INITIATION, SESSION_FROM_RESPONSE, SLOT_ACTIVE, SessionKey,
-    SessionValue, SpokeSlot, counter,
+    Endpoint, SESSION_FROM_INITIATION, SESSION_FROM_RESPONSE, SessionKey, SessionValue, counter,
 };
 use relay_user::core::sessions::{IDLE_EXPIRY, sweep};
+use testkit::{
+    checksum::verify_frame as verify_checksums,
+    frame::{Addr, Csum, Frame, mac},
+    netns::Netns,
+    wg::{cookie_reply, keepalive, response, transport},
+    xdp::{Harness, XDP_PASS, XDP_TX, ktime_ns},
+};
 
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
 const PORT: u16 = 51820;
 const HUB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x5e, 0x01];
 const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x5e, 0x02];
@@ -88,11 +83,7 @@ impl Spoke {
 /// A namespace with the hub's NIC (`rhs0`), a gateway with a permanent
 /// neighbour entry and a route to the spokes, so relayed frames are XDP_TX.
 fn topology(ns: &Netns) -> u32 {
-    ns.ip(&format!(
-        "link add rhs0 address {} type veth peer name rhs0p address {}",
-        mac(HUB_MAC),
-        mac(PEER_MAC)
-    ));
+    ns.veth("rhs0", HUB_MAC, "rhs0p", PEER_MAC);
     for dev in ["lo", "rhs0", "rhs0p"] {
         ns.ip(&format!("link set {dev} up"));
     }
@@ -106,131 +97,53 @@ fn topology(ns: &Netns) -> u32 {
     ns.ifindex("rhs0")
 }
 
-struct Relay {
-    ebpf: Ebpf,
-    endpoint_slots: HashMap<MapData, Endpoint, u32>,
-    slots: Array<MapData, SpokeSlot>,
-    sessions: HashMap<MapData, SessionKey, SessionValue>,
-    counters: PerCpuArray<MapData, u64>,
-    ifindex: u32,
+struct Relay(Harness);
+
+impl std::ops::Deref for Relay {
+    type Target = Harness;
+    fn deref(&self) -> &Harness {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Relay {
+    fn deref_mut(&mut self) -> &mut Harness {
+        &mut self.0
+    }
 }
 
 impl Relay {
     /// The real object, SESSIONS sized to `sessions` entries (as the
     /// hub's `--max-sessions` would), spokes A..D registered.
     fn load(ifindex: u32, sessions: u32) -> Self {
-        let lim = libc::rlimit {
-            rlim_cur: libc::RLIM_INFINITY,
-            rlim_max: libc::RLIM_INFINITY,
-        };
-        // EPERM here is fine (memcg accounting).
-        unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(MAP_SESSIONS, sessions)
-            .load(relay_user::EBPF_OBJECT)
-            .expect("load object");
-        let prog: &mut Xdp = ebpf
-            .program_mut(PROG_RELAY)
-            .expect("relay program")
-            .try_into()
-            .expect("xdp");
-        prog.load().expect("verifier accepts the relay program");
-        let mut take = |n: &str| ebpf.take_map(n).unwrap_or_else(|| panic!("map {n}"));
-        let endpoint_slots = HashMap::try_from(take(MAP_ENDPOINT_SLOTS)).unwrap();
-        let slots = Array::try_from(take(MAP_SLOTS)).unwrap();
-        let sessions_map = HashMap::try_from(take(MAP_SESSIONS)).unwrap();
-        let mut config: Array<MapData, HubConfig> = Array::try_from(take(MAP_CONFIG)).unwrap();
-        let counters = PerCpuArray::try_from(take(MAP_COUNTERS)).unwrap();
-        config
-            .set(
-                0,
-                HubConfig {
-                    port: PORT,
-                    ..Default::default()
-                },
-                0,
-            )
-            .unwrap();
-        let mut r = Self {
-            ebpf,
-            endpoint_slots,
-            slots,
-            sessions: sessions_map,
-            counters,
-            ifindex,
-        };
+        let mut r = Harness::load_with(ifindex, |l| {
+            l.map_max_entries(relay_common::MAP_SESSIONS, sessions);
+        });
+        r.set_port(PORT).unwrap();
         for s in [A, B, C, D] {
-            r.endpoint_slots.insert(s.endpoint(), s.slot, 0).unwrap();
-            r.slots
-                .set(
-                    s.slot,
-                    SpokeSlot {
-                        endpoint: s.endpoint(),
-                        flags: SLOT_ACTIVE,
-                    },
-                    0,
-                )
-                .unwrap();
+            r.set_spoke(s.slot, s.endpoint(), true).unwrap();
         }
-        r
+        Self(r)
     }
 
     /// What the controller does when it routes an initiation from `from`
     /// (sender index `sender`) to `to`.
     fn route_initiation(&mut self, from: &Spoke, sender: u32, to: &Spoke, now_ns: u64) {
-        self.sessions
-            .insert(
-                SessionKey {
-                    src_slot: to.slot,
-                    receiver: sender,
-                },
-                SessionValue {
-                    dst_slot: from.slot,
-                    flags: SESSION_FROM_INITIATION,
-                    last_seen_ns: now_ns,
-                },
-                0,
-            )
+        self.set_session(to.slot, sender, from.slot, SESSION_FROM_INITIATION, now_ns)
             .unwrap();
     }
 
     fn session(&self, src: &Spoke, receiver: u32) -> Option<SessionValue> {
-        self.sessions
-            .get(
-                &SessionKey {
-                    src_slot: src.slot,
-                    receiver,
-                },
-                0,
-            )
-            .ok()
+        self.0.session(src.slot, receiver)
     }
 
     fn entries(&self) -> Vec<(SessionKey, SessionValue)> {
-        self.sessions.iter().map(|r| r.expect("iterate")).collect()
-    }
-
-    fn counter(&self, i: u32) -> u64 {
-        self.counters.get(&i, 0).unwrap().iter().sum()
+        self.session_entries()
     }
 
     /// Run the program once: (action, output frame).
     fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &Xdp = self.ebpf.program(PROG_RELAY).unwrap().try_into().unwrap();
-        let md: [u32; 6] = [0, frame.len() as u32, 0, self.ifindex, 0, 0];
-        let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        let mut out = vec![0u8; frame.len() + 256];
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                repeat: 1,
-                ..Default::default()
-            })
-            .expect("test_run");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        self.run_n(frame, 1).expect("test_run")
     }
 
     /// `payload` from `from` must be relayed, unchanged, to `to` (and to
@@ -258,16 +171,6 @@ impl Relay {
         assert_eq!(action, XDP_PASS, "{what}: action");
         assert_eq!(out, frame, "{what}: a passed frame must be unchanged");
     }
-}
-
-fn ktime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[test]

@@ -6,6 +6,8 @@ use std::net::Ipv4Addr;
 
 use anyhow::Context;
 
+use testkit::frame::{self, Addr, Csum};
+
 use crate::netns::Netns;
 
 /// One IPv4/UDP datagram to send.
@@ -18,49 +20,12 @@ pub struct Datagram {
     pub payload: Vec<u8>,
 }
 
-fn sum16(data: &[u8], mut acc: u32) -> u32 {
-    for c in data.chunks(2) {
-        acc += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    acc
-}
-
-fn fold(mut acc: u32) -> u16 {
-    while acc >> 16 != 0 {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u16
-}
-
 impl Datagram {
     /// The IPv4 packet: header (checksum filled in) + UDP with a full checksum.
     pub fn packet(&self) -> Vec<u8> {
-        let udp_len = 8 + self.payload.len();
-        let mut udp = Vec::with_capacity(udp_len);
-        udp.extend(self.sport.to_be_bytes());
-        udp.extend(self.dport.to_be_bytes());
-        udp.extend((udp_len as u16).to_be_bytes());
-        udp.extend([0, 0]);
-        udp.extend(&self.payload);
-        let mut pseudo = Vec::new();
-        pseudo.extend(self.src.octets());
-        pseudo.extend(self.dst.octets());
-        pseudo.extend([0, 17]);
-        pseudo.extend((udp_len as u16).to_be_bytes());
-        let c = match !fold(sum16(&udp, sum16(&pseudo, 0))) {
-            0 => 0xffff,
-            c => c,
-        };
-        udp[6..8].copy_from_slice(&c.to_be_bytes());
-        let mut ip = vec![0x45, 0];
-        ip.extend(((20 + udp_len) as u16).to_be_bytes());
-        ip.extend([0x52, 0x48, 0x40, 0x00, 64, 17, 0, 0]);
-        ip.extend(self.src.octets());
-        ip.extend(self.dst.octets());
-        let c = !fold(sum16(&ip, 0));
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
-        ip.extend(udp);
-        ip
+        let (src, dst) = (Addr::V4(self.src), Addr::V4(self.dst));
+        let udp = frame::udp(src, dst, self.sport, self.dport, &self.payload, Csum::Full);
+        frame::ip_packet(src, dst, 0x5248, 64, &udp)
     }
 }
 
@@ -135,8 +100,10 @@ fn message(kind: u8, len: usize, seed: u32) -> Vec<u8> {
 pub fn initiation(public_key: &[u8; 32], sender: u32, seed: u32) -> Vec<u8> {
     let mut m = message(1, 148, seed);
     m[4..8].copy_from_slice(&sender.to_le_bytes());
-    let mac = relay_user::core::keys::Mac1Key::for_public_key(public_key).mac(&m[..116]);
-    m[116..132].copy_from_slice(&mac);
+    testkit::wg::set_mac1(
+        &mut m,
+        &relay_user::core::keys::Mac1Key::for_public_key(public_key),
+    );
     m[132..148].fill(0);
     m
 }
@@ -198,6 +165,7 @@ pub fn base64_key(s: &str) -> anyhow::Result<[u8; 32]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use testkit::checksum::{fold, sum16};
 
     #[test]
     fn initiation_mac1_matches_its_key_only() {
@@ -234,6 +202,11 @@ mod tests {
         pseudo.extend([0, 17]);
         pseudo.extend(((p.len() - 20) as u16).to_be_bytes());
         assert_eq!(fold(sum16(&p[20..], sum16(&pseudo, 0))), 0xffff);
+        assert!(testkit::checksum::udp_ok(
+            Addr::V4(d.src),
+            Addr::V4(d.dst),
+            &p[20..]
+        ));
     }
 }
 

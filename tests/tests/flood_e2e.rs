@@ -372,8 +372,7 @@ fn flood_pool(target: &[u8; 32], spoofed: (Ipv4Addr, u16), own: Ipv4Addr) -> Arc
             m[0] = 1;
             m[1..4].fill(0);
             m[16..24].copy_from_slice(MARKER);
-            let mac = mac1.mac(&m[..116]);
-            m[116..132].copy_from_slice(&mac);
+            testkit::wg::set_mac1(&mut m, &mac1);
             m[132..].fill(0);
             let (src, port) = if i % STRANGER_EVERY == 0 {
                 (own, 20000 + (i as u16 % 40000))
