@@ -52,7 +52,7 @@ use relay_common::{
 use testkit::{
     checksum::{fold, sum16},
     frame::{Addr, Csum, Frame},
-    netns::Netns,
+    netns::Entered,
     wg::{cookie_reply, initiation, response, transport},
     xdp::{
         Harness, SlotDelta, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
@@ -1288,7 +1288,7 @@ impl Hub {
 /// 2001:db8:99::/64, a gateway without neighbour towards 203.0.114.0/24)
 /// and `rhf1` (MTU [`MTU2`], so no IPv6, towards 100.64.0.0/24).
 /// 10.255.0.0/16 and 2001:db8:de::/64 have no route.
-fn topology(ns: &Netns) -> u32 {
+fn topology(ns: &Entered) -> u32 {
     topo::two_nics(ns, "rhf", Some(MTU2), true).0
 }
 
@@ -1348,7 +1348,7 @@ fn random_and_mutated_frames() {
     eprintln!(
         "xdp_fuzz: seed {seed:#x} ({seed}), {iters} frames (RELAYHUB_FUZZ_SEED / RELAYHUB_FUZZ_ITERS)"
     );
-    let ns = Netns::with_prefix("rhf");
+    let ns = Entered::with_prefix("rhf");
     let ifindex = topology(&ns);
     let mut gen_ = Gen { rng: Rng(seed) };
     let mut model = Model::new(ifindex, &mut gen_.rng);

@@ -32,7 +32,7 @@ use relay_user::{core::fallback_frame as fallback, datapath::CrossPath, io::send
 use testkit::{
     checksum::{fold, sum16, verify_frame as verify_checksums},
     frame::{Addr, Csum, Frame, mac},
-    netns::Netns,
+    netns::Entered,
     wg::{cookie_reply, initiation, keepalive, response, transport, wg_header},
     xdp::{
         Harness, SlotDelta, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
@@ -182,7 +182,7 @@ impl SpokeFrame for Frame {
 
 /// The hub's NICs: `rhg0` (towards spokes A, B, F, G and the IPv6 ones)
 /// and `rhg1` (towards C).
-fn topology(ns: &Netns, forwarding: bool) -> (u32, u32) {
+fn topology(ns: &Entered, forwarding: bool) -> (u32, u32) {
     topo::two_nics(ns, "rhg", None, forwarding)
 }
 
@@ -1084,7 +1084,7 @@ fn golden_cases() {
     if !is_root() {
         return;
     }
-    let ns = Netns::new();
+    let ns = Entered::new();
     let (ifindex, _) = topology(&ns, true);
     let mut hub = Hub::load(ifindex);
     let cases = table();
@@ -1129,7 +1129,7 @@ fn truncated_frames() {
     if !is_root() {
         return;
     }
-    let ns = Netns::new();
+    let ns = Entered::new();
     let (ifindex, _) = topology(&ns, true);
     let hub = Hub::load(ifindex);
     let frames = [
@@ -1172,7 +1172,7 @@ fn fib_fallback_when_forwarding_disabled() {
     if !is_root() {
         return;
     }
-    let ns = Netns::new();
+    let ns = Entered::new();
     let (ifindex, _) = topology(&ns, false);
     let mut hub = Hub::load(ifindex);
     for (name, from, to, r) in [
@@ -1201,7 +1201,7 @@ fn initiation_ring_full() {
     if !is_root() {
         return;
     }
-    let ns = Netns::new();
+    let ns = Entered::new();
     let (ifindex, _) = topology(&ns, true);
     let mut hub = Hub::load(ifindex);
     // 256 KiB of ~200-byte records: 2000 initiations overflow it.
@@ -1297,7 +1297,7 @@ fn cross_family_golden() {
     if !is_root() {
         return;
     }
-    let ns = Netns::new();
+    let ns = Entered::new();
     let (ifindex, _) = topology(&ns, true);
     let mut hub = Hub::load(ifindex);
     hub.set_config(PORT, Some(HUB4), Some(HUB6));
@@ -1474,7 +1474,7 @@ fn cross_family_golden() {
 
     // Forwarding disabled: the rebuilt frame goes back to the L2 neighbour
     // it came from (its original Ethernet addresses, swapped).
-    let ns = Netns::new();
+    let ns = Entered::new();
     let (ifindex, _) = topology(&ns, false);
     let mut hub = Hub::load(ifindex);
     hub.set_config(PORT, Some(HUB4), Some(HUB6));
@@ -1562,7 +1562,7 @@ fn cross_family_fallback() {
     if !is_root() {
         return;
     }
-    let ns = Netns::new();
+    let ns = Entered::new();
     let (ifindex, _) = topology(&ns, true);
     let mut hub = Hub::load(ifindex);
     hub.open_fallback();
@@ -1671,7 +1671,7 @@ fn next_hop_cache_expires() {
             "pin to CPU 0"
         );
     }
-    let ns = Netns::new();
+    let ns = Entered::new();
     let (ifindex, _) = topology(&ns, true);
     let mut hub = Hub::load(ifindex);
     let new_gw: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfd];

@@ -26,7 +26,7 @@ use relay_user::core::sessions::{IDLE_EXPIRY, sweep};
 use testkit::{
     checksum::verify_frame as verify_checksums,
     frame::{Addr, Csum, Frame, mac},
-    netns::Netns,
+    netns::Entered,
     wg::{cookie_reply, keepalive, response, transport},
     xdp::{Harness, XDP_PASS, XDP_TX, ktime_ns},
 };
@@ -82,7 +82,7 @@ impl Spoke {
 
 /// A namespace with the hub's NIC (`rhs0`), a gateway with a permanent
 /// neighbour entry and a route to the spokes, so relayed frames are XDP_TX.
-fn topology(ns: &Netns) -> u32 {
+fn topology(ns: &Entered) -> u32 {
     ns.veth("rhs0", HUB_MAC, "rhs0p", PEER_MAC);
     for dev in ["lo", "rhs0", "rhs0p"] {
         ns.ip(&format!("link set {dev} up"));
@@ -175,7 +175,7 @@ impl Relay {
 
 #[test]
 fn index_collisions_never_cross() {
-    let ns = Netns::with_prefix("rhc");
+    let ns = Entered::with_prefix("rhc");
     let ifindex = topology(&ns);
     let mut r = Relay::load(ifindex, 1024);
     let now = ktime_ns();
@@ -260,7 +260,7 @@ fn session_churn_stays_bounded_and_live_sessions_relay() {
     /// A live session (C <-> D) is used every this many handshakes.
     const LIVE_EVERY: u32 = 8;
 
-    let ns = Netns::with_prefix("rhc");
+    let ns = Entered::with_prefix("rhc");
     let ifindex = topology(&ns);
     let mut r = Relay::load(ifindex, CAP);
 

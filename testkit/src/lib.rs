@@ -16,6 +16,7 @@
 //! apart).
 
 pub mod checksum;
+pub mod cmd;
 pub mod frame;
 pub mod netns;
 pub mod wg;

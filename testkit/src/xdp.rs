@@ -317,7 +317,7 @@ impl Harness {
 }
 
 /// The two-NIC hub of the in-kernel tests, in a namespace the test thread
-/// entered ([`crate::netns::Netns`]): `<p>0` (MAC [`HUB_MAC`], peer `<p>0p`)
+/// entered ([`crate::netns::Entered`]): `<p>0` (MAC [`HUB_MAC`], peer `<p>0p`)
 /// with 198.51.100.1/24 and 2001:db8:1::1/64, a gateway .254 / ::fe with a
 /// PERMANENT neighbour ([`GW_MAC`]) towards 203.0.113.0/24 and
 /// 2001:db8:99::/64, and a gateway without neighbour entry (.253) towards
@@ -327,7 +327,7 @@ impl Harness {
 /// where the MTU allows IPv6). Returns the two ifindexes.
 pub mod topo {
     use crate::frame::mac;
-    use crate::netns::Netns;
+    use crate::netns::Entered;
 
     pub const HUB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
     pub const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
@@ -339,7 +339,12 @@ pub mod topo {
     pub const GW2_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0xfe];
 
     /// See the module documentation.
-    pub fn two_nics(ns: &Netns, p: &str, nic2_mtu: Option<usize>, forwarding: bool) -> (u32, u32) {
+    pub fn two_nics(
+        ns: &Entered,
+        p: &str,
+        nic2_mtu: Option<usize>,
+        forwarding: bool,
+    ) -> (u32, u32) {
         let (n0, n1) = (format!("{p}0"), format!("{p}1"));
         ns.veth(&n0, HUB_MAC, &format!("{p}0p"), PEER_MAC);
         ns.veth(&n1, HUB2_MAC, &format!("{p}1p"), HUB2_PEER_MAC);

@@ -12,11 +12,12 @@
 //! - [`capture::Capture`]: tcpdump; [`prom::Metrics`]: /metrics parser.
 
 pub mod capture;
-pub mod cmd;
 pub mod hub;
 pub mod inject;
 pub mod mesh;
-pub mod netns;
+// Commands and namespaces live in the test toolkit; re-exported so the
+// harness and the tests keep one path for them.
+pub use testkit::{cmd, netns};
 pub mod prom;
 pub mod topology;
 pub mod wg;
