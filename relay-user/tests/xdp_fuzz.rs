@@ -1496,15 +1496,7 @@ fn random_and_mutated_frames() {
         for s in 0..NSLOTS {
             let (a, rx_a, ka_a) = after.slots[s as usize];
             let (b, rx_b, ka_b) = before.slots[s as usize];
-            let d = SlotDelta {
-                rx_packets: a.rx_packets - b.rx_packets,
-                rx_bytes: a.rx_bytes - b.rx_bytes,
-                tx_packets: a.tx_packets - b.tx_packets,
-                tx_bytes: a.tx_bytes - b.tx_bytes,
-                rx_keepalives: a.rx_keepalives - b.rx_keepalives,
-                hub_packets: a.hub_packets - b.hub_packets,
-                hub_keepalives: a.hub_keepalives - b.hub_keepalives,
-            };
+            let d = a.since(&b);
             assert_eq!(d, slots[s as usize], "{at}: slot {s} counters delta");
             assert_eq!(
                 rx_a > rx_b,

@@ -431,15 +431,7 @@ fn check_case(hub: &mut Hub, case: &Case) {
     for i in 0..MAX_TEST_SLOT {
         let (a, rx_a, _) = after.slots[i as usize];
         let (b, rx_b, _) = before.slots[i as usize];
-        let d = SlotDelta {
-            rx_packets: a.rx_packets - b.rx_packets,
-            rx_bytes: a.rx_bytes - b.rx_bytes,
-            tx_packets: a.tx_packets - b.tx_packets,
-            tx_bytes: a.tx_bytes - b.tx_bytes,
-            rx_keepalives: a.rx_keepalives - b.rx_keepalives,
-            hub_packets: a.hub_packets - b.hub_packets,
-            hub_keepalives: a.hub_keepalives - b.hub_keepalives,
-        };
+        let d = a.since(&b);
         assert_eq!(
             d,
             expected.get(&i).copied().unwrap_or_default(),

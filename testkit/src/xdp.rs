@@ -33,6 +33,21 @@ pub struct SlotDelta {
     pub hub_keepalives: u64,
 }
 
+impl SlotDelta {
+    /// What changed since `before` (counters only grow).
+    pub fn since(&self, before: &SlotDelta) -> SlotDelta {
+        SlotDelta {
+            rx_packets: self.rx_packets - before.rx_packets,
+            rx_bytes: self.rx_bytes - before.rx_bytes,
+            tx_packets: self.tx_packets - before.tx_packets,
+            tx_bytes: self.tx_bytes - before.tx_bytes,
+            rx_keepalives: self.rx_keepalives - before.rx_keepalives,
+            hub_packets: self.hub_packets - before.hub_packets,
+            hub_keepalives: self.hub_keepalives - before.hub_keepalives,
+        }
+    }
+}
+
 /// A slot's per-CPU values summed ([`SlotCounters::accumulate`]): the
 /// counts, `last_rx_ns` and `last_keepalive_ns`.
 pub fn slot_totals<'a>(

@@ -28,6 +28,16 @@ impl Metrics {
 
     /// The value of the sample named `name` whose labels include all of
     /// `labels`; the sum if several match; `None` if none does.
+    /// Every relayhub series that is not zero, one per line (diagnostics).
+    pub fn nonzero(&self) -> String {
+        self.samples
+            .iter()
+            .filter(|s| s.name.starts_with("relayhub_") && s.value != 0.0)
+            .map(|s| format!("{}{:?}={}", s.name, s.labels, s.value))
+            .collect::<Vec<_>>()
+            .join("\n  ")
+    }
+
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let mut found = None;
         for s in &self.samples {

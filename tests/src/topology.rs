@@ -212,6 +212,18 @@ impl Drop for DirGuard {
 }
 
 impl Topology {
+    /// An on-path observer on the router's hub link: every UDP frame to
+    /// or from the hub port, as `<workdir>/sniff.pcap`.
+    pub fn sniff_hub_link(&self) -> anyhow::Result<crate::capture::Capture> {
+        crate::capture::Capture::start_filtered(
+            &self.router,
+            &self.router_hub_if,
+            &self.workdir,
+            "sniff",
+            &["udp", "port", "51820"],
+        )
+    }
+
     pub fn builder() -> TopologyBuilder {
         TopologyBuilder {
             spokes: 3,

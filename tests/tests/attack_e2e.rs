@@ -145,13 +145,7 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
 
     // An on-path observer's view of the hub link while the mesh comes up
     // and talks: endpoints and indices.
-    let sniff = Capture::start_filtered(
-        &topo.router,
-        &topo.router_hub_if,
-        &topo.workdir,
-        "sniff",
-        &["udp", "port", "51820"],
-    )?;
+    let sniff = topo.sniff_hub_link()?;
     let mesh = Mesh::up(topo, hub)?;
     for (a, b) in [(0, 1), (1, 2), (2, 0)] {
         topo.spokes[a]

@@ -246,13 +246,11 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>, p: &str, path: &str) -> anyhow::Re
             eprintln!("{p} diag: wg show {name}:\n{out}");
         }
         if let Ok(m) = hub.metrics() {
-            let nonzero: Vec<String> = m
-                .samples
-                .iter()
-                .filter(|s| s.name.starts_with("relayhub_") && s.value != 0.0)
-                .map(|s| format!("{}{:?}={}", s.name, s.labels, s.value))
-                .collect();
-            eprintln!("{p} diag: nonzero hub metrics:\n  {}", nonzero.join("\n  "));
+            eprintln!(
+                "{p} diag: nonzero hub metrics:
+  {}",
+                m.nonzero()
+            );
         }
     }
     result

@@ -594,13 +594,11 @@ fn diagnostics(topo: &Topology, hub: &Hub<'_>, p: &str) {
         .unwrap_or_else(|e| format!("{e:#}"));
     eprintln!("{p} diag: wg show on the hub:\n{out}");
     if let Ok(m) = hub.metrics() {
-        let nonzero: Vec<String> = m
-            .samples
-            .iter()
-            .filter(|s| s.name.starts_with("relayhub_") && s.value != 0.0)
-            .map(|s| format!("{}{:?}={}", s.name, s.labels, s.value))
-            .collect();
-        eprintln!("{p} diag: nonzero hub metrics:\n  {}", nonzero.join("\n  "));
+        eprintln!(
+            "{p} diag: nonzero hub metrics:
+  {}",
+            m.nonzero()
+        );
     }
     for n in &topo.nats {
         let out =

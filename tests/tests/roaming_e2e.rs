@@ -20,7 +20,7 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use relay_tests::capture::{self, Capture};
+use relay_tests::capture;
 use relay_tests::inject::{self, Datagram, Sniffed};
 use relay_tests::mesh::Mesh;
 use relay_tests::relayhub_scenario;
@@ -85,13 +85,7 @@ fn answered(out: &str) -> Vec<u32> {
 }
 
 fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
-    let sniff = Capture::start_filtered(
-        &topo.router,
-        &topo.router_hub_if,
-        &topo.workdir,
-        "sniff",
-        &["udp", "port", "51820"],
-    )?;
+    let sniff = topo.sniff_hub_link()?;
     let mesh = Mesh::up(topo, hub)?;
     let nat = &topo.nats[0];
     let before = s1_endpoint(hub)?;
