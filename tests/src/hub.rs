@@ -385,13 +385,22 @@ impl<'t> Hub<'t> {
         if let Some(mut w) = self.wg.take() {
             w.down();
         }
-        let links = self.ns.exec(&["ip", "-o", "link"]).unwrap_or_default();
-        let wg_iface_removed = !links.contains(&format!(": {}:", self.wg_iface));
-        let nic = self
-            .ns
-            .exec(&["ip", "-d", "link", "show", &self.nic])
-            .unwrap_or_default();
-        let xdp_detached = !nic.contains("prog/xdp") && !nic.contains(" xdp");
+        // A command that fails proves nothing: only a listing that lacks
+        // the interface (or the program) counts as removed (detached).
+        let wg_iface_removed = match self.ns.exec(&["ip", "-o", "link"]) {
+            Ok(links) => !links.contains(&format!(": {}:", self.wg_iface)),
+            Err(e) => {
+                eprintln!("[hub] cannot list links to check the WireGuard interface: {e:#}");
+                false
+            }
+        };
+        let xdp_detached = match self.ns.exec(&["ip", "-d", "link", "show", &self.nic]) {
+            Ok(nic) => !nic.contains("prog/xdp") && !nic.contains(" xdp"),
+            Err(e) => {
+                eprintln!("[hub] cannot show {} to check XDP: {e:#}", self.nic);
+                false
+            }
+        };
         // Whatever the hub left behind is ours to remove.
         if !wg_iface_removed {
             let _ = self.ns.exec(&["ip", "link", "del", &self.wg_iface]);

@@ -26,8 +26,6 @@ impl Metrics {
         }
     }
 
-    /// The value of the sample named `name` whose labels include all of
-    /// `labels`; the sum if several match; `None` if none does.
     /// Every relayhub series that is not zero, one per line (diagnostics).
     pub fn nonzero(&self) -> String {
         self.samples
@@ -38,6 +36,8 @@ impl Metrics {
             .join("\n  ")
     }
 
+    /// The value of the sample named `name` whose labels include all of
+    /// `labels`; the sum if several match; `None` if none does.
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let mut found = None;
         for s in &self.samples {
@@ -52,9 +52,29 @@ impl Metrics {
         found
     }
 
-    /// Like [`get`](Self::get) but 0 when absent.
+    /// Like [`get`](Self::get), for a series the hub always exports: a
+    /// missing one panics (naming the series of that name it has), so a
+    /// renamed metric or label fails the check instead of reading as 0.
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.get(name, labels).unwrap_or(0.0)
+        match self.get(name, labels) {
+            Some(v) => v,
+            None => {
+                let same_name: Vec<String> = self
+                    .samples
+                    .iter()
+                    .filter(|s| s.name == name)
+                    .map(|s| format!("{:?}", s.labels))
+                    .collect();
+                panic!(
+                    "no series {name} with labels {labels:?} in the exposition; series of that name: {}",
+                    if same_name.is_empty() {
+                        "none".to_string()
+                    } else {
+                        same_name.join(", ")
+                    }
+                )
+            }
+        }
     }
 }
 
@@ -141,5 +161,19 @@ mod tests {
             m.get("relayhub_relayed_packets_total", &[("path", "tc")]),
             None
         );
+    }
+
+    #[test]
+    fn value_of_a_missing_series_fails() {
+        let m = Metrics::parse("relayhub_spoke_roams_total{spoke=\"s1\"} 0\n");
+        assert_eq!(
+            m.value("relayhub_spoke_roams_total", &[("spoke", "s1")]),
+            0.0
+        );
+        let renamed_label =
+            std::panic::catch_unwind(|| m.value("relayhub_spoke_roams_total", &[("name", "s1")]));
+        let msg = *renamed_label.unwrap_err().downcast::<String>().unwrap();
+        assert!(msg.contains(r#"{"spoke": "s1"}"#), "{msg}");
+        assert!(std::panic::catch_unwind(|| m.value("relayhub_roams_total", &[])).is_err());
     }
 }

@@ -212,6 +212,30 @@ impl Drop for DirGuard {
 }
 
 impl Topology {
+    /// Let the router forward frames with spoofed sources from the attacker
+    /// (no reverse-path filter), as much of the Internet does: the spoofing
+    /// checks of the security tests depend on those frames reaching the hub.
+    pub fn allow_spoofing(&self) -> anyhow::Result<()> {
+        let att = self.attacker.as_ref().context("no attacker host")?;
+        for k in ["all", "default", &att.router_if] {
+            self.router
+                .sysctl(&format!("net.ipv4.conf.{k}.rp_filter"), "0")?;
+        }
+        Ok(())
+    }
+
+    /// Id of the XDP program attached to the hub's NIC (the hub's relay,
+    /// whatever else is loaded on the machine).
+    pub fn hub_xdp_prog_id(&self) -> anyhow::Result<u64> {
+        let out = self
+            .hub
+            .exec(&["ip", "-d", "-j", "link", "show", "dev", &self.hub_nic])?;
+        let link: serde_json::Value = serde_json::from_str(&out)?;
+        link[0]["xdp"]["prog"]["id"]
+            .as_u64()
+            .with_context(|| format!("no XDP program on the hub's NIC {}", self.hub_nic))
+    }
+
     /// An on-path observer on the router's hub link: every UDP frame to
     /// or from the hub port, as `<workdir>/sniff.pcap`.
     pub fn sniff_hub_link(&self) -> anyhow::Result<crate::capture::Capture> {

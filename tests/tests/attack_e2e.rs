@@ -142,6 +142,7 @@ impl Captures {
 fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
     let att = topo.attacker.as_ref().context("no attacker host")?;
     let hub_addr = HUB_ADDR;
+    topo.allow_spoofing()?;
 
     // An on-path observer's view of the hub link while the mesh comes up
     // and talks: endpoints and indices.
@@ -365,9 +366,15 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
         "only {reached_hub_own} of {} attacker frames reached the hub link: capture broken?",
         frames.len()
     );
-    let spoof_arrived = reached_hub_spoofed > 0;
-    let want_other = (n_other + if spoof_arrived { n_spoof_other } else { 0 }) as f64;
-    let want_init = (n_init_spoke + if spoof_arrived { n_spoof_init } else { 0 }) as f64;
+    // Every spoofed frame must reach the hub, or the spoofing checks below
+    // would pass without having been tried.
+    ensure!(
+        reached_hub_spoofed == spoofed.len(),
+        "only {reached_hub_spoofed} of {} spoofed attacker frames reached the hub link",
+        spoofed.len()
+    );
+    let want_other = (n_other + n_spoof_other) as f64;
+    let want_init = (n_init_spoke + n_spoof_init) as f64;
     ensure!(
         xdp_unknown >= want_other && ev_unknown >= want_other,
         "xdp unknown_source +{xdp_unknown} (event +{ev_unknown}) < {want_other} non-initiation frames from strangers"

@@ -324,18 +324,7 @@ fn dashboard_check(exposition: &str) -> anyhow::Result<()> {
 /// Detach the hub's XDP program the way an operator (or an accident)
 /// would: through its bpf_link.
 fn detach_xdp(topo: &Topology) -> anyhow::Result<()> {
-    let link: Value = serde_json::from_str(&topo.hub.exec(&[
-        "ip",
-        "-d",
-        "-j",
-        "link",
-        "show",
-        "dev",
-        &topo.hub_nic,
-    ])?)?;
-    let prog_id = link[0]["xdp"]["prog"]["id"]
-        .as_u64()
-        .context("no XDP program on the hub's NIC")?;
+    let prog_id = topo.hub_xdp_prog_id()?;
     let links: Value = serde_json::from_str(&cmd::run(&["bpftool", "-j", "link", "show"])?)?;
     let link_id = links
         .as_array()

@@ -54,17 +54,12 @@ fn le32(v: &[Value], at: usize) -> anyhow::Result<u32> {
     Ok(u32::from_le_bytes(b))
 }
 
-/// The hub's relay session table: the SESSIONS map of the newest loaded
-/// `relay` program (the hub's; nothing else loads one meanwhile).
-fn sessions() -> anyhow::Result<Table> {
-    let progs: Value = serde_json::from_str(&cmd::run(&["bpftool", "-j", "prog", "show"])?)?;
-    let prog = progs
-        .as_array()
-        .context("bpftool prog show")?
-        .iter()
-        .filter(|p| p["name"] == "relay")
-        .max_by_key(|p| p["id"].as_u64())
-        .context("no relay program loaded")?;
+/// The hub's relay session table: the SESSIONS map of the program
+/// attached to the hub's NIC (other tests may load relay programs too).
+fn sessions(topo: &Topology) -> anyhow::Result<Table> {
+    let id = topo.hub_xdp_prog_id()?.to_string();
+    let prog: Value =
+        serde_json::from_str(&cmd::run(&["bpftool", "-j", "prog", "show", "id", &id])?)?;
     let mut map_id = None;
     for id in prog["map_ids"].as_array().context("map_ids")? {
         let id = id.as_u64().context("map id")?.to_string();
@@ -107,7 +102,7 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
     let (s1, s2, m) = (slot("s1")?, slot("s2")?, slot("s3")?);
     let s2_key = inject::base64_key(&by_name["s2"].1)?;
 
-    let before = sessions()?;
+    let before = sessions(topo)?;
     let pick = |src: u32, dst: u32| -> Vec<u32> {
         before
             .iter()
@@ -182,7 +177,7 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
         s2_to_s1.len()
     );
 
-    let after = sessions()?;
+    let after = sessions(topo)?;
     for (src, list, dst) in [(s1, &s1_to_s2, s2), (s2, &s2_to_s1, s1)] {
         for r in list {
             // An entry may have aged out meanwhile (not here: seconds), but
