@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use relay_common::{InitiationEvent, NO_SLOT};
 use relay_user::core::keys::{Mac1Key, mac2};
-use relay_user::core::router::{Action, Outcome, Router};
+use relay_user::core::router::{Action, Outcome, RECENT_PER_SOURCE, Router};
 use relay_user::core::shield::Limits;
 use testkit::wg::{initiation_event, mac1_initiation, spoke_endpoint as ep, spoke_key as key};
 
@@ -89,20 +89,34 @@ fn first_contacts_with_10k_spokes_are_budgeted() {
     }
     let cpu = cpu.elapsed();
     let st = r.shield_stats().unwrap();
-    let scans_run = (rate * secs) as u64 - st.scan_denied - st.stranger_denied;
+    let checked = r.keys_checked();
+    let events_n = (rate * secs) as u64;
     eprintln!(
         "{n} spokes, shield on, {rate}/s spoofed first contacts for {secs} s: router CPU {:.3} s per \
-         simulated second; outcomes {counts:?}; scans denied {}, so at most {} full scans ({:.0}/s)",
+         simulated second; outcomes {counts:?}; scans denied {}; {checked} mac1 keys checked \
+         ({:.0}/s, {:.1} full scans)",
         cpu.as_secs_f64() / secs as f64,
         st.scan_denied,
-        scans_run,
-        scans_run as f64 / secs as f64,
+        checked as f64 / secs as f64,
+        checked as f64 / n as f64,
     );
+    // What the budget allows: its burst and rate in keys, plus the cheap
+    // checks every initiation gets (the hub's key and the source's recent
+    // destinations, at most RECENT + 1), plus one scan that may overrun
+    // the budget it was admitted under.
     let l = Limits::default();
-    let max_scans = (l.scan_keys.burst + l.scan_keys.per_sec * secs as f64) / n as f64 + 2.0;
+    let cheap_per_event = 1 + RECENT_PER_SOURCE as u64;
+    let max_keys = l.scan_keys.burst
+        + l.scan_keys.per_sec * secs as f64
+        + (cheap_per_event * events_n) as f64
+        + n as f64;
     assert!(
-        (scans_run as f64) <= max_scans,
-        "{scans_run} scans > {max_scans}"
+        (checked as f64) <= max_keys,
+        "{checked} keys checked > budget {max_keys}"
+    );
+    assert!(
+        checked >= events_n,
+        "{checked} keys checked for {events_n} initiations: the count misses checks"
     );
     if release {
         assert!(
@@ -131,12 +145,19 @@ fn first_contacts_with_10k_spokes_are_budgeted() {
         panic!("{a:?}")
     };
     assert_eq!(frame[132..], [0u8; 16]);
-    // A rekey to that (now recent) destination needs no scan at all.
+    // A rekey to that (now recent) destination needs no scan at all: the
+    // hub's key and the recent destinations only.
     let denied = r.shield_stats().unwrap().scan_denied;
+    let before = r.keys_checked();
     let mut ev = event(src, dst, 0xfeef);
     let m = mac2(&cookie, &ev.frame);
     ev.frame[132..].copy_from_slice(&m);
     let (o, _) = r.on_initiation(&ev, now + Duration::from_millis(600));
     assert_eq!(o, Outcome::Relayed { src, dst });
     assert_eq!(r.shield_stats().unwrap().scan_denied, denied);
+    let rekey_keys = r.keys_checked() - before;
+    assert!(
+        rekey_keys <= 1 + RECENT_PER_SOURCE as u64,
+        "a rekey to a recent destination checked {rekey_keys} keys (a scan)"
+    );
 }

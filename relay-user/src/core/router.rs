@@ -34,7 +34,7 @@ pub const MAX_HELD: usize = 1024;
 /// gets through. Longer than any sane hub-spoke-hub round trip.
 pub const CROSS_DELAY: Duration = Duration::from_millis(500);
 /// Destinations remembered per source, tried before the full scan.
-const RECENT_PER_SOURCE: usize = 8;
+pub const RECENT_PER_SOURCE: usize = 8;
 
 /// What happened to one initiation (its metric label is [`Outcome::result`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,6 +155,8 @@ pub struct Router {
     flood: Option<Flood>,
     /// Which spoke pairs may talk (default: all).
     policy: crate::core::policy::SlotPolicy,
+    /// mac1 computations so far (one per key tried): what a scan costs.
+    keys_checked: std::cell::Cell<u64>,
 }
 
 impl Router {
@@ -284,15 +286,31 @@ impl Router {
             .or_else(|| self.match_full(src, frame))
     }
 
+    /// mac1 keys tried since the router was made: one BLAKE2s each, the
+    /// cost the scan budget bounds.
+    pub fn keys_checked(&self) -> u64 {
+        self.keys_checked.get()
+    }
+
+    /// Does `frame` carry `key`'s mac1 (counted in [`Self::keys_checked`]).
+    fn check(&self, key: &Mac1Key, frame: &[u8; INITIATION_LEN]) -> bool {
+        self.keys_checked.set(self.keys_checked.get() + 1);
+        key.matches(frame)
+    }
+
     /// The hub's key and the recent destinations of `src` (a few MACs).
     fn match_cheap(&self, src: Option<u32>, frame: &[u8; INITIATION_LEN]) -> Option<Target> {
-        if self.hub.is_some_and(|k| k.matches(frame)) {
+        if self.hub.is_some_and(|k| self.check(&k, frame)) {
             return Some(Target::Hub);
         }
         let recent = src.and_then(|s| self.recent.get(&s));
         if let Some(r) = recent {
             for &slot in r {
-                if self.spokes.get(&slot).is_some_and(|e| e.key.matches(frame)) {
+                if self
+                    .spokes
+                    .get(&slot)
+                    .is_some_and(|e| self.check(&e.key, frame))
+                {
                     return Some(Target::Spoke(slot));
                 }
             }
@@ -306,7 +324,7 @@ impl Router {
         self.spokes
             .iter()
             .filter(|(slot, _)| !recent.is_some_and(|r| r.contains(slot)))
-            .find(|(_, e)| e.key.matches(frame))
+            .find(|(_, e)| self.check(&e.key, frame))
             .map(|(&slot, _)| Target::Spoke(slot))
     }
 
@@ -949,11 +967,17 @@ mod tests {
         assert!(cookies as f64 <= max_cookies, "{cookies}");
         assert_eq!(relayed + cookies + limited, 20_000);
         // Strangers under load cost no scan and no cookie.
+        let checked = r.keys_checked();
         let (o, a) = r.on_initiation(
             &event(ep(99, 9), initiation(&key(2), 1)),
             now + Duration::from_millis(200),
         );
         assert_eq!((o, a), (Outcome::RateLimited, None));
+        assert_eq!(
+            r.keys_checked(),
+            checked,
+            "a stranger under load cost mac1 checks"
+        );
         // Another spoke still gets a cookie, and with it through.
         r.set_endpoint(3, Some(ep(3, 1003)));
         let t = now + Duration::from_millis(200);
