@@ -62,6 +62,16 @@ enum Cmd {
         #[arg(long)]
         only: Option<usize>,
     },
+    /// Handshake initiation routing alone (in process, no root needed):
+    /// warm rekeys and first contacts for each number of spokes.
+    Hs {
+        /// Numbers of registered spokes.
+        #[arg(long, value_delimiter = ',', default_value = "10,1000,10000")]
+        spokes: Vec<usize>,
+        /// Milliseconds per case.
+        #[arg(long, default_value_t = 1000)]
+        ms: u64,
+    },
     /// The userspace index relay baseline (started by `run`).
     Urelay {
         #[arg(long)]
@@ -74,6 +84,10 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Urelay { port, table } => urelay::run(port, &table),
+        Cmd::Hs { spokes, ms } => {
+            handshake_rows(&spokes, Duration::from_millis(ms));
+            Ok(())
+        }
         Cmd::Prof {
             object,
             repeat,
@@ -163,17 +177,7 @@ fn run(smoke: bool, out: &std::path::Path, no_real: bool, command: &str) -> anyh
         &[10, 1000, 10_000, 100_000]
     };
     let budget = Duration::from_millis(if smoke { 100 } else { 1000 });
-    let handshake: Vec<hs::HsResult> = sizes
-        .iter()
-        .map(|&n| {
-            let r = hs::bench(n, budget);
-            eprintln!(
-                "  {n:>6} spokes: warm {:.0}/s, first contact {:.0}/s, {:.0} B/spoke",
-                r.warm_per_s, r.cold_per_s, r.bytes_per_spoke
-            );
-            r
-        })
-        .collect();
+    let handshake = handshake_rows(sizes, budget);
     let real = if no_real {
         real::RealResults::default()
     } else {
@@ -191,4 +195,19 @@ fn run(smoke: bool, out: &std::path::Path, no_real: bool, command: &str) -> anyh
     report::write(&all, out, command)?;
     eprintln!("bench done in {:?}", t0.elapsed());
     Ok(())
+}
+
+/// The handshake routing bench for each size, printed as it goes.
+fn handshake_rows(sizes: &[usize], budget: Duration) -> Vec<hs::HsResult> {
+    sizes
+        .iter()
+        .map(|&n| {
+            let r = hs::bench(n, budget);
+            eprintln!(
+                "  {n:>6} spokes: warm {:.0}/s ({:.1} keys checked each), first contact {:.0}/s ({:.0} keys checked each), {:.0} B/spoke",
+                r.warm_per_s, r.warm_keys, r.cold_per_s, r.cold_keys, r.bytes_per_spoke
+            );
+            r
+        })
+        .collect()
 }

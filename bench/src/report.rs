@@ -254,20 +254,22 @@ pub fn write(all: &All, out: &Path, command: &str) -> anyhow::Result<()> {
     )?;
     writeln!(
         w,
-        "warm = the destination is among the sender's recent destinations (rekeys); first contact = full mac1 scan over registered spokes. Controller memory = RSS growth while registering the spokes / N.\n"
+        "warm = the destination is among the sender's recent destinations (rekeys); first contact = a (source, destination) pair that never talked before: a mac1 scan over the registered spokes. Every initiation is checked to be relayed; keys = mac1 computations per initiation, counted by the router. Controller memory = RSS growth while registering the spokes / N.\n"
     )?;
     writeln!(
         w,
-        "| registered spokes | warm initiations/s | first-contact initiations/s | controller bytes/spoke |"
+        "| registered spokes | warm initiations/s | keys/warm | first-contact initiations/s | keys/first contact | controller bytes/spoke |"
     )?;
-    writeln!(w, "|---|---|---|---|")?;
+    writeln!(w, "|---|---|---|---|---|---|")?;
     for h in &all.handshake {
         writeln!(
             w,
-            "| {} | {} | {} | {} |",
+            "| {} | {} | {:.1} | {} | {:.0} | {} |",
             h.spokes,
             f(h.warm_per_s),
+            h.warm_keys,
             f(h.cold_per_s),
+            h.cold_keys,
             f(h.bytes_per_spoke)
         )?;
     }
