@@ -23,7 +23,9 @@ use relay_tests::{Hub, Topology, cmd};
 
 const NAMES: [&str; 3] = ["s1", "s2", "s3"];
 /// Traffic between newly denied spokes must stop within this.
-const STOP_BUDGET: Duration = Duration::from_secs(3);
+/// README: a changed policy applies "within about a second" (polled every
+/// 250 ms); the margin is for a loaded 2-core machine.
+const STOP_BUDGET: Duration = Duration::from_millis(1500);
 
 #[test]
 fn policy_e2e() {
@@ -209,19 +211,26 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
         "policy deny summary:\n{out}"
     );
     let s2 = addrs[1].to_string();
+    // Stopped means the hub closed both directions' sessions, and then a
+    // ping gets no answer (one lost ping alone proves nothing).
     cmd::wait_for(
-        "s1 -> s2 traffic to stop",
+        "the hub to close s1 <-> s2's relayed sessions",
         STOP_BUDGET,
         Duration::from_millis(20),
-        || Ok((!ns(0).ping_once(&s2)).then_some(())),
+        || {
+            let closed = hub
+                .metrics()?
+                .value("relayhub_policy_closed_sessions_total", &[]);
+            Ok((closed >= 2.0).then_some(()))
+        },
     )?;
-    eprintln!("[policy] s1 -> s2 stopped within {:?}", t0.elapsed());
-    let closed = hub
-        .metrics()?
-        .value("relayhub_policy_closed_sessions_total", &[]);
+    eprintln!(
+        "[policy] s1 <-> s2 sessions closed within {:?}",
+        t0.elapsed()
+    );
     ensure!(
-        closed >= 2.0,
-        "closed sessions {closed}, want both directions"
+        !ns(0).ping_once(&s2),
+        "s1 -> s2 answered after the hub closed its sessions"
     );
 
     // It stays stopped past WireGuard's re-handshake (about 15 s after
