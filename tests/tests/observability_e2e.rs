@@ -141,6 +141,9 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
         "[obs] keepalive intervals {intervals:?} after {:?}",
         t.elapsed()
     );
+    // The interval is the mean over the last eight keepalives (samples once
+    // a second): jitter of a single keepalive is divided by eight, so half
+    // a second is the product's accuracy, not a timing race.
     for iv in &intervals {
         ensure!(
             (*iv - KEEPALIVE as f64).abs() <= 0.5,
@@ -199,9 +202,23 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
                 "{other} went {st} at +{now:.1}s while s3 was down"
             );
         }
-        match spoke(&all, "s3")?["state"].as_str() {
-            Some("stale") if stale_at.is_none() => stale_at = Some(now),
-            Some("down") => down_at = Some(now),
+        let s3 = spoke(&all, "s3")?;
+        let state = s3["state"].as_str().unwrap_or("?");
+        // The promise itself, exact in every answer: the state follows
+        // from the silence the same answer reports.
+        let silence = s3["last_frame_secs_ago"].as_f64();
+        let want = match silence {
+            Some(q) if q <= UP_WITHIN => "up",
+            Some(q) if q <= DOWN_AFTER => "stale",
+            _ => "down",
+        };
+        ensure!(
+            state == want,
+            "s3 is {state} after {silence:?} s of silence (thresholds {UP_WITHIN} / {DOWN_AFTER} s)"
+        );
+        match state {
+            "stale" if stale_at.is_none() => stale_at = Some(now),
+            "down" => down_at = Some(now),
             _ => {}
         }
         thread::sleep(Duration::from_millis(250));
@@ -211,18 +228,21 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
     let (Some(stale), Some(down)) = (stale_at, down_at) else {
         bail!("s3 never went stale then down (stale {stale_at:?}, down {down_at:?})");
     };
+    // When the polls saw it: the exact rule is checked above; these bounds
+    // only add the poll period and a slow curl on a loaded machine.
     let pk = KEEPALIVE as f64;
+    let late = 2.5;
     ensure!(
-        stale >= UP_WITHIN - pk - 0.5 && stale <= UP_WITHIN + 1.0,
+        stale >= UP_WITHIN - pk - 0.5 && stale <= UP_WITHIN + late,
         "s3 stale at +{stale:.1}s, expected in [{:.1}, {:.1}]",
         UP_WITHIN - pk - 0.5,
-        UP_WITHIN + 1.0
+        UP_WITHIN + late
     );
     ensure!(
-        down >= DOWN_AFTER - pk - 0.5 && down <= DOWN_AFTER + 1.0,
+        down >= DOWN_AFTER - pk - 0.5 && down <= DOWN_AFTER + late,
         "s3 down at +{down:.1}s, expected in [{:.1}, {:.1}]",
         DOWN_AFTER - pk - 0.5,
-        DOWN_AFTER + 1.0
+        DOWN_AFTER + late
     );
     let m = hub.metrics()?;
     ensure!(
