@@ -461,6 +461,9 @@ fn traffic_checks(
             "decrypting hub capture shows no spoke-to-spoke traffic"
         );
     }
+    if relayhub {
+        remove_while_running(topo, hub, p, &addrs)?;
+    }
     ensure!(hub.alive(), "hub died during the test");
     if let Some(msg) = late {
         anyhow::bail!("{msg}");
@@ -620,4 +623,72 @@ fn diagnostics(topo: &Topology, hub: &Hub<'_>, p: &str) {
             n.ns.name
         );
     }
+}
+
+/// README: "a running hub picks up registry changes within a second,
+/// without a restart and without disturbing other spokes' sessions".
+/// (7) `spoke remove s3` while s1 pings s2 every 50 ms: s1 <-> s2 loses
+/// nothing, and within the budget s3 is gone from the API, its per-spoke
+/// series from the metrics and its peer from the hub's WireGuard; s1 can
+/// no longer reach it through the hub.
+fn remove_while_running(
+    topo: &Topology,
+    hub: &mut Hub<'_>,
+    p: &str,
+    addrs: &[Ipv4Addr],
+) -> anyhow::Result<()> {
+    const BUDGET: Duration = Duration::from_millis(1500);
+    let peers_before = topo.hub.exec(&["wg", "show", &hub.wg_iface, "peers"])?;
+    ensure!(
+        peers_before.lines().count() == SPOKES.len(),
+        "hub peers before the removal:\n{peers_before}"
+    );
+    let s2 = addrs[1].to_string();
+    let s3 = addrs[2].to_string();
+    thread::scope(|sc| -> anyhow::Result<()> {
+        let flow = sc.spawn(|| topo.spokes[0].ns.ping(&s2, 80, 0.05));
+        thread::sleep(Duration::from_millis(1000));
+        let t = Instant::now();
+        hub.cli(&["spoke", "remove", "s3"])?;
+        cmd::wait_for(
+            "s3 gone from the running hub (API, metrics, WireGuard peers)",
+            BUDGET,
+            Duration::from_millis(20),
+            || {
+                let listed = hub.api_json("/v1/spokes")?;
+                let in_api = listed
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|s| s["name"] == "s3"));
+                let in_metrics = hub
+                    .metrics()?
+                    .get("relayhub_spoke_roams_total", &[("spoke", "s3")])
+                    .is_some();
+                let peers = topo.hub.exec(&["wg", "show", &hub.wg_iface, "peers"])?;
+                Ok(
+                    (!in_api && !in_metrics && peers.lines().count() == SPOKES.len() - 1)
+                        .then_some(()),
+                )
+            },
+        )?;
+        eprintln!(
+            "{p} (7) s3 removed from the running hub in {:?}",
+            t.elapsed()
+        );
+        let flow = flow.join().expect("ping thread")?;
+        ensure!(
+            flow.lost() == 0 && flow.transmitted == 80,
+            "s1 -> s2 while s3 was removed: {flow:?}"
+        );
+        Ok(())
+    })?;
+    ensure!(
+        !topo.spokes[0].ns.ping_once(&s3),
+        "s1 still reaches s3 through the hub after its removal"
+    );
+    let m = hub.metrics()?;
+    ensure!(
+        m.value("relayhub_spokes_registered", &[]) == (SPOKES.len() - 1) as f64,
+        "relayhub_spokes_registered after the removal"
+    );
+    Ok(())
 }
