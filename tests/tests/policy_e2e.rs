@@ -255,6 +255,25 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
     );
     all_reach_hub()?;
 
+    // Hand edits that break the files while the hub runs: the hub keeps
+    // the policy and the registry it has (README: "an invalid edit is
+    // logged and the previous policy stays in force").
+    let policy_file = hub.state_dir.join("policy.json");
+    let registry_file = hub.state_dir.join("spokes.json");
+    let good_registry = std::fs::read(&registry_file)?;
+    std::fs::write(&policy_file, "{ \"version\": 1, \"allow\": [[\"s1\"")?;
+    std::fs::write(&registry_file, "not json")?;
+    // Several poll periods (250 ms) for the hub to read both.
+    thread::sleep(Duration::from_millis(1500));
+    ensure!(hub.alive(), "the hub died on broken state files");
+    let p = ns(0).ping(&addrs[1].to_string(), 3, 0.2)?;
+    ensure!(
+        p.received == 0,
+        "s1 reached s2 after policy.json broke: the deny was lost ({p:?})"
+    );
+    all_reach_hub()?;
+    std::fs::write(&registry_file, good_registry)?;
+
     // Without a policy everything works again (WireGuard retries).
     let out = hub.cli(&["policy", "reset"])?;
     ensure!(out.starts_with("removed "), "{out}");
