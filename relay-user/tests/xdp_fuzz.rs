@@ -4,7 +4,14 @@
 //! Needs root (BPF, network namespaces). Run with
 //! `cargo test -p relay-user --release --test xdp_fuzz -- --nocapture`.
 //!
-//! Deterministic: a seeded PRNG (printed) generates
+//! The program runs in [`PASSES`], each under one hub configuration
+//! written with `relay_user::datapath::hub_config` (the controller's
+//! builder): as in production (both hub addresses, so only frames to the
+//! hub's address count (`pass_not_for_hub`) and IPv4 <-> IPv6 spokes are
+//! relayed by rebuilding the headers), with the userspace cross-family
+//! path, with one address only, and with none (`port-only`).
+//!
+//! Replayable: a seeded PRNG (seed printed; fresh every run) generates
 //! - fully random bytes of every length 0..=1500 (the kernel refuses
 //!   frames shorter than an Ethernet header: those must be refused);
 //! - valid frames (IPv4 / IPv6, message types 1-4 and others, registered,
@@ -15,28 +22,37 @@
 //!   trailing junk.
 //!
 //! For every frame the model ([`Model::expect`], plain Rust written from the
-//! wire formats and DESIGN.md's data path, not from the program) gives the
-//! action, the exact output bytes of a relayed frame (checksums by full
-//! recomputation), the counter deltas, the ring-buffer event and the
-//! session the frame teaches. Checked:
+//! wire formats, DESIGN.md's data path and README "Dual-stack", not from
+//! the program) gives the action, the exact output bytes of a relayed frame
+//! (checksums by full recomputation; a cross-family frame's new header
+//! built from scratch), the counter deltas, the ring-buffer event, the
+//! userspace fallback sample and the session the frame teaches. Checked:
 //! - the action equals the model's, per frame;
 //! - a relayed (TX / REDIRECT) frame equals the model's bytes, per frame; a
 //!   passed frame is unmodified;
 //! - independently of the model: nothing is ever relayed for a frame whose
 //!   source is not an active registered endpoint, and a relayed frame goes
-//!   to an active registered spoke's endpoint;
+//!   to an active registered spoke's endpoint; where the pass configures a
+//!   hub address, a relayed frame was addressed to it and leaves from the
+//!   hub's address and port of its new family;
+//! - per frame, with a fallback reader: the fallback samples equal the
+//!   model's (none, or the frame as received with its destination and
+//!   reason);
 //! - per batch: every global and per-slot counter, the last-rx /
 //!   last-keepalive timestamps, the initiation events (in order) and the
 //!   whole session table equal the model's.
 //!
 //! Environment:
-//! - `RELAYHUB_FUZZ_SEED` (decimal or 0x hex): the seed (default fixed);
-//! - `RELAYHUB_FUZZ_ITERS`: frames to run (default [`DEFAULT_ITERS`], sized
-//!   for ~30-60 s in release mode on a 2-core machine);
+//! - `RELAYHUB_FUZZ_SEED` (decimal or 0x hex): the seed, to replay a run
+//!   (default: a fresh random seed, printed);
+//! - `RELAYHUB_FUZZ_ITERS`: frames to run over all passes (default
+//!   [`DEFAULT_ITERS`]; a failure replays with the same value);
+//! - `RELAYHUB_FUZZ_PASS=name`: run that pass only (same frames as in the
+//!   whole run);
 //! - `RELAYHUB_FUZZ_STRICT=1`: also fail on the known deviations (see
 //!   [`Deviations`]) instead of only reporting them.
 //!
-//! Longer run: `RELAYHUB_FUZZ_ITERS=20000000 RELAYHUB_FUZZ_SEED=$RANDOM
+//! Longer run: `RELAYHUB_FUZZ_ITERS=20000000
 //! cargo test -p relay-user --release --test xdp_fuzz -- --nocapture`.
 
 use std::{
