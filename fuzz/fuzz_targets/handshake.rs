@@ -4,10 +4,16 @@
 //! re-keying, time steps and retries of held initiations.
 //!
 //! Invariants: no panic; an initiation is only forwarded to the spoke whose
-//! current key its mac1 matches, from a different spoke whose
+//! current key its mac1 matches, from a different registered spoke whose
 //! authenticated endpoint it came from, to that destination's current
 //! endpoint, with the session entry that sends the response back; held
 //! initiations stay bounded.
+//!
+//! Which spoke has which authenticated endpoint is checked against the
+//! target's own [`Endpoints`] model (the endpoints as the target set them),
+//! never against the router's tables: a router that kept a stale endpoint,
+//! trusted the ring buffer's slot or mixed up two spokes' endpoints would
+//! agree with itself.
 #![no_main]
 
 use std::collections::HashMap;
@@ -58,10 +64,51 @@ impl<'a> Input<'a> {
     }
 }
 
+/// The authenticated endpoints as the target reported them to the router
+/// (the hub's WireGuard in production): an endpoint belongs to at most one
+/// registered spoke, the one that authenticated from it last; a spoke that
+/// is removed, or moves, no longer has its old endpoint; an unregistered
+/// slot has none (reports for it are ignored); re-keying keeps it.
+#[derive(Default)]
+struct Endpoints {
+    of: HashMap<u32, Endpoint>,
+}
+
+impl Endpoints {
+    fn set(&mut self, registered: bool, slot: u32, ep: Option<Endpoint>) {
+        if !registered {
+            return;
+        }
+        self.of.remove(&slot);
+        if let Some(ep) = ep {
+            self.of.retain(|_, e| *e != ep);
+            self.of.insert(slot, ep);
+        }
+    }
+
+    fn remove(&mut self, slot: u32) {
+        self.of.remove(&slot);
+    }
+
+    fn get(&self, slot: u32) -> Option<Endpoint> {
+        self.of.get(&slot).copied()
+    }
+
+    /// The registered spoke whose authenticated endpoint `ep` is.
+    fn owner(&self, ep: &Endpoint) -> Option<u32> {
+        self.of.iter().find(|(_, e)| *e == ep).map(|(&s, _)| s)
+    }
+}
+
 struct State {
     router: Router,
     /// Current key byte of each registered slot.
     keys: HashMap<u32, u8>,
+    /// The model of the authenticated endpoints.
+    eps: Endpoints,
+    /// Every initiation given to the router (a held one may be forwarded
+    /// by a later `retry_held`).
+    seen: Vec<InitiationEvent>,
 }
 
 impl State {
@@ -78,6 +125,10 @@ impl State {
                 }),
             ) => {
                 assert_ne!(src, dst, "relayed a spoke's initiation to itself");
+                assert!(
+                    self.keys.contains_key(src),
+                    "relayed from an unregistered slot {src}"
+                );
                 let k = self.keys.get(dst).expect("relayed to an unregistered slot");
                 assert!(
                     Mac1Key::for_public_key(&key(*k)).matches(frame),
@@ -85,8 +136,8 @@ impl State {
                 );
                 assert_eq!(
                     Some(*to),
-                    self.router.endpoint(*dst),
-                    "not the current endpoint"
+                    self.eps.get(*dst),
+                    "not the destination's authenticated endpoint"
                 );
                 let sender =
                     u32::from_le_bytes(frame[SENDER_OFF..SENDER_OFF + 4].try_into().unwrap());
@@ -94,14 +145,30 @@ impl State {
                 assert_eq!(session.0.receiver, sender);
                 assert_eq!(session.1.dst_slot, *src);
                 assert_eq!(session.1.flags, SESSION_FROM_INITIATION);
-                if let Some(ev) = event {
-                    assert_eq!(&ev.frame, frame);
-                    assert_eq!(ev.dst, *from);
-                    assert_eq!(
-                        self.router.slot_of(&ev.src),
-                        Some(*src),
-                        "source not authenticated"
-                    );
+                // Source authentication: the initiation came from the
+                // authenticated endpoint of the spoke it is relayed for.
+                match event {
+                    Some(ev) => {
+                        assert_eq!(&ev.frame, frame);
+                        assert_eq!(ev.dst, *from);
+                        assert_eq!(
+                            self.eps.owner(&ev.src),
+                            Some(*src),
+                            "source {:?} is not slot {src}'s authenticated endpoint ({:?})",
+                            ev.src,
+                            self.eps.get(*src)
+                        );
+                    }
+                    // A held initiation: one given to the router before,
+                    // with this frame, from `src`'s endpoint now.
+                    None => assert!(
+                        self.seen.iter().any(|ev| &ev.frame == frame
+                            && ev.dst == *from
+                            && self.eps.owner(&ev.src) == Some(*src)),
+                        "retried initiation relayed for slot {src}, which never sent it from its \
+                         authenticated endpoint ({:?})",
+                        self.eps.get(*src)
+                    ),
                 }
             }
             (Outcome::Relayed { .. }, a) => panic!("relayed without a forward action: {a:?}"),
@@ -117,6 +184,8 @@ fuzz_target!(|data: &[u8]| {
     let mut st = State {
         router: Router::new(&key(0)),
         keys: HashMap::new(),
+        eps: Endpoints::default(),
+        seen: Vec::new(),
     };
     for s in 1..=SPOKES {
         st.router.set_spoke(s, &key(s as u8));
@@ -134,6 +203,7 @@ fuzz_target!(|data: &[u8]| {
                 // SAFETY: InitiationEvent is repr(C) plain integers and byte
                 // arrays; every bit pattern is valid; read_unaligned copies.
                 let ev = unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<InitiationEvent>()) };
+                st.seen.push(ev);
                 let r = st.router.on_initiation(&ev, now);
                 st.check(&r, Some(&ev));
             }
@@ -174,6 +244,7 @@ fuzz_target!(|data: &[u8]| {
                     ifindex: 2,
                     frame,
                 };
+                st.seen.push(ev);
                 let r = st.router.on_initiation(&ev, now);
                 st.check(&r, Some(&ev));
             }
@@ -182,6 +253,7 @@ fuzz_target!(|data: &[u8]| {
                 let slot = u32::from(b % (SPOKES as u8 + 2));
                 let ep = (b & 0x80 == 0).then(|| endpoint(b >> 3));
                 st.router.set_endpoint(slot, ep);
+                st.eps.set(st.keys.contains_key(&slot), slot, ep);
             }
             5 => {
                 for r in st.router.retry_held(now) {
@@ -198,6 +270,7 @@ fuzz_target!(|data: &[u8]| {
                 if b & 0x80 != 0 {
                     st.router.remove_spoke(slot);
                     st.keys.remove(&slot);
+                    st.eps.remove(slot);
                 } else {
                     // Re-key (or register); key bytes 1..=8 collide on purpose.
                     let k = b % 8 + 1;

@@ -4,7 +4,14 @@
 //! Needs root (BPF, network namespaces). Run with
 //! `cargo test -p relay-user --release --test xdp_fuzz -- --nocapture`.
 //!
-//! Deterministic: a seeded PRNG (printed) generates
+//! The program runs in [`PASSES`], each under one hub configuration
+//! written with `relay_user::datapath::hub_config` (the controller's
+//! builder): as in production (both hub addresses, so only frames to the
+//! hub's address count (`pass_not_for_hub`) and IPv4 <-> IPv6 spokes are
+//! relayed by rebuilding the headers), with the userspace cross-family
+//! path, with one address only, and with none (`port-only`).
+//!
+//! Replayable: a seeded PRNG (seed printed; fresh every run) generates
 //! - fully random bytes of every length 0..=1500 (the kernel refuses
 //!   frames shorter than an Ethernet header: those must be refused);
 //! - valid frames (IPv4 / IPv6, message types 1-4 and others, registered,
@@ -15,28 +22,37 @@
 //!   trailing junk.
 //!
 //! For every frame the model ([`Model::expect`], plain Rust written from the
-//! wire formats and DESIGN.md's data path, not from the program) gives the
-//! action, the exact output bytes of a relayed frame (checksums by full
-//! recomputation), the counter deltas, the ring-buffer event and the
-//! session the frame teaches. Checked:
+//! wire formats, DESIGN.md's data path and README "Dual-stack", not from
+//! the program) gives the action, the exact output bytes of a relayed frame
+//! (checksums by full recomputation; a cross-family frame's new header
+//! built from scratch), the counter deltas, the ring-buffer event, the
+//! userspace fallback sample and the session the frame teaches. Checked:
 //! - the action equals the model's, per frame;
 //! - a relayed (TX / REDIRECT) frame equals the model's bytes, per frame; a
 //!   passed frame is unmodified;
 //! - independently of the model: nothing is ever relayed for a frame whose
 //!   source is not an active registered endpoint, and a relayed frame goes
-//!   to an active registered spoke's endpoint;
+//!   to an active registered spoke's endpoint; where the pass configures a
+//!   hub address, a relayed frame was addressed to it and leaves from the
+//!   hub's address and port of its new family;
+//! - per frame, with a fallback reader: the fallback samples equal the
+//!   model's (none, or the frame as received with its destination and
+//!   reason);
 //! - per batch: every global and per-slot counter, the last-rx /
 //!   last-keepalive timestamps, the initiation events (in order) and the
 //!   whole session table equal the model's.
 //!
 //! Environment:
-//! - `RELAYHUB_FUZZ_SEED` (decimal or 0x hex): the seed (default fixed);
-//! - `RELAYHUB_FUZZ_ITERS`: frames to run (default [`DEFAULT_ITERS`], sized
-//!   for ~30-60 s in release mode on a 2-core machine);
+//! - `RELAYHUB_FUZZ_SEED` (decimal or 0x hex): the seed, to replay a run
+//!   (default: a fresh random seed, printed);
+//! - `RELAYHUB_FUZZ_ITERS`: frames to run over all passes (default
+//!   [`DEFAULT_ITERS`]; a failure replays with the same value);
+//! - `RELAYHUB_FUZZ_PASS=name`: run that pass only (same frames as in the
+//!   whole run);
 //! - `RELAYHUB_FUZZ_STRICT=1`: also fail on the known deviations (see
 //!   [`Deviations`]) instead of only reporting them.
 //!
-//! Longer run: `RELAYHUB_FUZZ_ITERS=20000000 RELAYHUB_FUZZ_SEED=$RANDOM
+//! Longer run: `RELAYHUB_FUZZ_ITERS=20000000
 //! cargo test -p relay-user --release --test xdp_fuzz -- --nocapture`.
 
 use std::{
@@ -45,10 +61,12 @@ use std::{
     time::Instant,
 };
 
+use aya::maps::{MapData, PerfEventArray, perf::PerfEvent, perf::PerfEventArrayBuffer};
 use relay_common::{
-    Endpoint, InitiationEvent, MAX_SLOTS, NO_SLOT, SESSION_FROM_INITIATION, SESSION_FROM_RESPONSE,
-    SLOT_ACTIVE, SessionKey, SpokeSlot, counter,
+    Endpoint, FAMILY_V6, FallbackMeta, InitiationEvent, MAP_FALLBACK, MAX_SLOTS, NO_SLOT,
+    SESSION_FROM_INITIATION, SESSION_FROM_RESPONSE, SLOT_ACTIVE, SessionKey, SpokeSlot, counter,
 };
+use relay_user::datapath::CrossPath;
 use testkit::{
     checksum::{fold, sum16},
     frame::{Addr, Csum, Frame},
@@ -62,7 +80,6 @@ use testkit::{
 
 /// Frames per run by default (measured: see SECURITY.md).
 const DEFAULT_ITERS: u64 = 3_000_000;
-const DEFAULT_SEED: u64 = 0x5eed_f00d_2026;
 /// Frames between full state comparisons (counters, ring, sessions);
 /// `RELAYHUB_FUZZ_BATCH=1` compares after every frame (slow; to pin down a
 /// counter mismatch).
@@ -75,6 +92,87 @@ const MTU1: usize = 1500;
 const MTU2: usize = 1000;
 const HUB4: [u8; 4] = [198, 51, 100, 1];
 const HUB6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+/// One pass of the run: the hub configuration the program runs under
+/// (written with `relay_user::datapath::hub_config`, the controller's own
+/// builder) and the model predicts from.
+#[derive(Clone, Copy, Debug)]
+struct Pass {
+    name: &'static str,
+    /// The hub's configured addresses. A family with an address: only
+    /// frames to that address are the hub's (others are passed as
+    /// `pass_not_for_hub`), and spokes of the other family can be relayed
+    /// into it (this address is the new source). Without: anything to the
+    /// port counts, and no relay into that family.
+    v4: Option<[u8; 4]>,
+    v6: Option<[u8; 16]>,
+    /// `--cross-family-path userspace`: every cross-family frame goes to
+    /// the controller.
+    userspace: bool,
+    /// The fallback perf buffers have a reader (the controller opens
+    /// them); without one a fallback frame is dropped (`fallback_full`).
+    reader: bool,
+    /// Percent of the frames.
+    share: u64,
+}
+
+/// The passes, in order. The hub as it runs in production (both
+/// addresses, the XDP cross-family path, the fallback reader) gets the
+/// largest share; `port-only` is the program without addresses (the
+/// check off, as before the hub had addresses).
+const PASSES: [Pass; 5] = [
+    Pass {
+        name: "production",
+        v4: Some(HUB4),
+        v6: Some(HUB6),
+        userspace: false,
+        reader: true,
+        share: 40,
+    },
+    Pass {
+        name: "production-userspace-cross",
+        v4: Some(HUB4),
+        v6: Some(HUB6),
+        userspace: true,
+        reader: true,
+        share: 15,
+    },
+    Pass {
+        name: "ipv4-address-only",
+        v4: Some(HUB4),
+        v6: None,
+        userspace: false,
+        reader: true,
+        share: 10,
+    },
+    Pass {
+        name: "ipv6-address-only-no-reader",
+        v4: None,
+        v6: Some(HUB6),
+        userspace: false,
+        reader: false,
+        share: 10,
+    },
+    Pass {
+        name: "port-only",
+        v4: None,
+        v6: None,
+        userspace: false,
+        reader: true,
+        share: 25,
+    },
+];
+
+impl Pass {
+    /// The hub's configured address in the family of `v6`.
+    fn hub_addr(&self, v6: bool) -> Option<&[u8]> {
+        if v6 {
+            self.v6.as_ref().map(|a| &a[..])
+        } else {
+            self.v4.as_ref().map(|a| &a[..])
+        }
+    }
+}
 
 /// How the hub's routing table reaches a spoke.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -260,6 +358,9 @@ struct Expect {
     reason: &'static str,
     /// A relay of a frame not addressed to a hub address.
     foreign_dst: bool,
+    /// The userspace fallback sample: (destination, reason counter, the
+    /// frame as received).
+    sample: Option<(Endpoint, u32, Vec<u8>)>,
 }
 
 impl Expect {
@@ -284,6 +385,7 @@ struct Model {
     /// Sessions by source slot (for hits), rebuilt with the table.
     by_src: StdHashMap<u32, Vec<u32>>,
     ifindex: u32,
+    pass: Pass,
     c: Counters,
     /// Responses whose sender index was another pair's entry (not learned).
     learn_conflicts: u64,
@@ -314,9 +416,15 @@ struct Counters {
     response: u32,
     cookie: u32,
     keepalives: u32,
-    /// Relayed packets by family pair (same family here), if counted.
-    v4_to_v4: Option<u32>,
-    v6_to_v6: Option<u32>,
+    /// Relayed packets by family pair.
+    v4_to_v4: u32,
+    v6_to_v6: u32,
+    v4_to_v6: u32,
+    v6_to_v4: u32,
+    not_for_hub: u32,
+    no_checksum: u32,
+    userspace_fallback: u32,
+    fallback_full: u32,
 }
 
 impl Counters {
@@ -346,8 +454,14 @@ impl Counters {
             response: ctr_req("relayed_response"),
             cookie: ctr_req("relayed_cookie"),
             keepalives: ctr_req("relayed_keepalives"),
-            v4_to_v4: ctr("relayed_v4_to_v4"),
-            v6_to_v6: ctr("relayed_v6_to_v6"),
+            v4_to_v4: ctr_req("relayed_v4_to_v4"),
+            v6_to_v6: ctr_req("relayed_v6_to_v6"),
+            v4_to_v6: ctr_req("relayed_v4_to_v6"),
+            v6_to_v4: ctr_req("relayed_v6_to_v4"),
+            not_for_hub: ctr_req("pass_not_for_hub"),
+            no_checksum: ctr_req("no_checksum"),
+            userspace_fallback: ctr_req("userspace_fallback"),
+            fallback_full: ctr_req("drop_fallback_full"),
         }
     }
 }
@@ -389,7 +503,7 @@ fn ones(data: &[u8]) -> u64 {
 }
 
 impl Model {
-    fn new(ifindex: u32, rng: &mut Rng) -> Self {
+    fn new(ifindex: u32, pass: Pass, rng: &mut Rng) -> Self {
         let mut endpoint_slots = StdHashMap::new();
         let mut slots = StdHashMap::new();
         for s in SPOKES {
@@ -438,6 +552,7 @@ impl Model {
             baseline,
             by_src: StdHashMap::new(),
             ifindex,
+            pass,
             c: Counters::new(),
             learn_conflicts: 0,
         };
@@ -545,6 +660,15 @@ impl Model {
             }
             (40, pl)
         };
+        // Addressed to the hub: with an address configured in this family,
+        // only that address is the hub's; the hub merely routes the rest
+        // (relaying it would send frames from a foreign source).
+        let dst_off = if v6 { 38 } else { 30 };
+        if let Some(hub) = self.pass.hub_addr(v6)
+            && f[dst_off..dst_off + hub.len()] != *hub
+        {
+            return Expect::pass("not for the hub").count(c.not_for_hub);
+        }
         let udp_off = 14 + ip_hlen;
         let wg_off = udp_off + 8;
         let malformed = |why| Expect::pass(why).count(c.seen).count(c.malformed);
@@ -640,10 +764,21 @@ impl Model {
             }
         };
         let (dst_ep, route) = dst;
-        if dst_ep.family != src_ep.family {
-            e.reason = "cross family";
-            return e.count(c.cross);
-        }
+        // Across families the new source is the hub's address in the
+        // destination's family: without one, the frame is passed.
+        let cross = dst_ep.family != src_ep.family;
+        let out_v6 = dst_ep.family == FAMILY_V6;
+        let hub_addr: Vec<u8> = if !cross {
+            dst_addr.to_vec()
+        } else {
+            match self.pass.hub_addr(out_v6) {
+                Some(a) => a.to_vec(),
+                None => {
+                    e.reason = "cross family";
+                    return e.count(c.cross);
+                }
+            }
+        };
         if kind == 2 {
             // The responder's sender index, seen from the initiator.
             // Insert-if-absent: another pair's entry is never taken over;
@@ -664,26 +799,118 @@ impl Model {
                 }
             }
         }
-
-        // The relayed frame, from scratch.
-        let mut out = f.to_vec();
-        let alen = if v6 { 16 } else { 4 };
-        let (s_off, d_off) = if v6 { (22, 38) } else { (26, 30) };
-        let hub_addr = dst_addr.to_vec();
-        out[s_off..s_off + alen].copy_from_slice(&hub_addr);
-        out[d_off..d_off + alen].copy_from_slice(&dst_ep.addr[..alen]);
-        out[udp_off..udp_off + 2].copy_from_slice(&PORT.to_be_bytes());
-        out[udp_off + 2..udp_off + 4].copy_from_slice(&dst_ep.port.to_be_bytes());
-        out[if v6 { 21 } else { 22 }] = 64;
-        if !v6 {
-            out[24] = 0;
-            out[25] = 0;
-            let h = !fold(sum16(&out[14..34], 0));
-            out[24..26].copy_from_slice(&h.to_be_bytes());
-        }
-        // UDP checksum: zero stays zero on IPv4; otherwise whatever error
-        // the input checksum had is kept (a correct one stays correct).
         let csum_in = be16(f, udp_off + 6);
+        let spoke_deltas = |e: &mut Expect| {
+            e.slots.push((
+                slot,
+                SlotDelta {
+                    rx_packets: 1,
+                    rx_bytes: len as u64,
+                    rx_keepalives: keepalive as u64,
+                    ..Default::default()
+                },
+            ));
+            e.slots.push((
+                dst_slot,
+                SlotDelta {
+                    tx_packets: 1,
+                    tx_bytes: len as u64,
+                    ..Default::default()
+                },
+            ));
+        };
+
+        // The userspace fallback (README "Dual-stack"): every cross-family
+        // frame with `--cross-family-path userspace`, and an IPv4 frame
+        // without UDP checksum for an IPv6 spoke (IPv6 needs one). The
+        // frame goes whole to the controller and is dropped here; with no
+        // reader it is only dropped.
+        let fallback = if !cross {
+            None
+        } else if self.pass.userspace {
+            Some(c.userspace_fallback)
+        } else if !v6 && csum_in == 0 {
+            Some(c.no_checksum)
+        } else {
+            None
+        };
+        if let Some(why) = fallback {
+            e.action = Some(XDP_DROP);
+            if why != c.userspace_fallback {
+                e.counters.push((why, 1));
+            }
+            if !self.pass.reader {
+                e.reason = if why == c.no_checksum {
+                    "to userspace: no checksum, no reader (dropped)"
+                } else {
+                    "to userspace: configured, no reader (dropped)"
+                };
+                return e.count(c.fallback_full);
+            }
+            e.reason = if why == c.no_checksum {
+                "to userspace: no checksum"
+            } else {
+                "to userspace: configured"
+            };
+            e.counters.push((c.userspace_fallback, 1));
+            spoke_deltas(&mut e);
+            if keepalive {
+                e.keepalive_seen = Some(slot);
+            }
+            e.sample = Some((dst_ep, why, f.to_vec()));
+            return e;
+        }
+
+        // The relayed frame, from scratch: Ethernet (addresses below), the
+        // IP header (the input's, rewritten; or a new one in the other
+        // family), then the input's UDP header (ports and checksum below),
+        // payload and any trailing bytes.
+        let out_alen = if out_v6 { 16 } else { 4 };
+        let ip_out: Vec<u8> = if !cross {
+            let alen = if v6 { 16 } else { 4 };
+            let (s_off, d_off) = if v6 { (8, 24) } else { (12, 16) };
+            let mut ip = f[14..14 + ip_hlen].to_vec();
+            ip[s_off..s_off + alen].copy_from_slice(&hub_addr);
+            ip[d_off..d_off + alen].copy_from_slice(&dst_ep.addr[..alen]);
+            ip[if v6 { 7 } else { 8 }] = 64;
+            if !v6 {
+                ip[10] = 0;
+                ip[11] = 0;
+                let h = !fold(sum16(&ip, 0));
+                ip[10..12].copy_from_slice(&h.to_be_bytes());
+            }
+            ip
+        } else if out_v6 {
+            // Version 6, class and flow label 0, the same payload length,
+            // UDP, hop limit 64.
+            let mut ip = vec![0x60, 0, 0, 0];
+            ip.extend((ip_payload_len as u16).to_be_bytes());
+            ip.extend([17, 64]);
+            ip.extend(&hub_addr);
+            ip.extend(&dst_ep.addr);
+            ip
+        } else {
+            // IHL 5, TOS 0, id 0 with DF (an atomic datagram), TTL 64, UDP.
+            let mut ip = vec![0x45, 0];
+            ip.extend(((ip_payload_len + 20) as u16).to_be_bytes());
+            ip.extend([0, 0, 0x40, 0, 64, 17, 0, 0]);
+            ip.extend(&hub_addr);
+            ip.extend(&dst_ep.addr[..4]);
+            let h = !fold(sum16(&ip, 0));
+            ip[10..12].copy_from_slice(&h.to_be_bytes());
+            ip
+        };
+        let mut out = vec![0; 12];
+        out.extend(if out_v6 { 0x86ddu16 } else { 0x0800 }.to_be_bytes());
+        out.extend(&ip_out);
+        let out_udp = out.len();
+        out.extend(&f[udp_off..]);
+        out[out_udp..out_udp + 2].copy_from_slice(&PORT.to_be_bytes());
+        out[out_udp + 2..out_udp + 4].copy_from_slice(&dst_ep.port.to_be_bytes());
+        // UDP checksum: zero stays zero on IPv4 (an IPv4 zero never reaches
+        // IPv6: fallback above); otherwise whatever error the input
+        // checksum had is kept (a correct one stays correct). The pseudo
+        // headers of both families sum alike (same length and protocol).
         if csum_in != 0 || v6 {
             let pseudo = |a: &[u8], b: &[u8]| {
                 let mut p = a.to_vec();
@@ -694,22 +921,26 @@ impl Model {
             };
             let residual_in =
                 (ones(&pseudo(src_addr, dst_addr)) + ones(&f[udp_off..udp_off + udp_len])) % 0xffff;
-            out[udp_off + 6] = 0;
-            out[udp_off + 7] = 0;
-            let s_out = (ones(&pseudo(&hub_addr, &dst_ep.addr[..alen]))
-                + ones(&out[udp_off..udp_off + udp_len]))
+            out[out_udp + 6] = 0;
+            out[out_udp + 7] = 0;
+            let s_out = (ones(&pseudo(&hub_addr, &dst_ep.addr[..out_alen]))
+                + ones(&out[out_udp..out_udp + udp_len]))
                 % 0xffff;
             let c = match (residual_in + 0xffff - s_out) % 0xffff {
                 0 => 0xffff,
                 c => c as u16,
             };
-            out[udp_off + 6..udp_off + 8].copy_from_slice(&c.to_be_bytes());
+            out[out_udp + 6..out_udp + 8].copy_from_slice(&c.to_be_bytes());
         }
-        let ip_len = ip_hlen + ip_payload_len;
+        let ip_len = ip_out.len() + ip_payload_len;
         // The egress MTU is checked before the neighbour (fib_lookup).
         let mtu = if route == Route::Nic2 { MTU2 } else { MTU1 };
         if route != Route::None && ip_len > mtu {
-            e.reason = "too big for the egress NIC";
+            e.reason = if cross && out_v6 {
+                "too big for the egress NIC (grown to IPv6)"
+            } else {
+                "too big for the egress NIC"
+            };
             e.action = Some(XDP_DROP);
             return e.count(c.too_big);
         }
@@ -736,10 +967,12 @@ impl Model {
                 out[6..12].copy_from_slice(&f[0..6]);
             }
         }
-        e.reason = match (kind, keepalive) {
-            (2, _) => "relayed response",
-            (3, _) => "relayed cookie reply",
-            (_, true) => "relayed keepalive",
+        e.reason = match (cross, out_v6, kind, keepalive) {
+            (true, true, ..) => "relayed IPv4 -> IPv6",
+            (true, false, ..) => "relayed IPv6 -> IPv4",
+            (_, _, 2, _) => "relayed response",
+            (_, _, 3, _) => "relayed cookie reply",
+            (_, _, _, true) => "relayed keepalive",
             _ => "relayed transport",
         };
         e.action = Some(action);
@@ -760,26 +993,16 @@ impl Model {
             e.counters.push((c.keepalives, 1));
             e.keepalive_seen = Some(slot);
         }
-        if let Some(i) = if v6 { c.v6_to_v6 } else { c.v4_to_v4 } {
-            e.counters.push((i, 1));
-        }
-        e.slots.push((
-            slot,
-            SlotDelta {
-                rx_packets: 1,
-                rx_bytes: len as u64,
-                rx_keepalives: keepalive as u64,
-                ..Default::default()
+        e.counters.push((
+            match (v6, out_v6) {
+                (false, false) => c.v4_to_v4,
+                (false, true) => c.v4_to_v6,
+                (true, false) => c.v6_to_v4,
+                (true, true) => c.v6_to_v6,
             },
+            1,
         ));
-        e.slots.push((
-            dst_slot,
-            SlotDelta {
-                tx_packets: 1,
-                tx_bytes: len as u64,
-                ..Default::default()
-            },
-        ));
+        spoke_deltas(&mut e);
         e.foreign_dst = dst_addr != (if v6 { &HUB6[..] } else { &HUB4[..] });
         e
     }
@@ -1214,8 +1437,9 @@ fn ipv6_ext(r: &mut Rng, f: &mut Vec<u8>) {
 // ---------------------------------------------------------------------------
 // The program and its maps.
 
-/// The harness filled from the model's tables.
-struct Hub(Harness);
+/// The harness filled from the model's tables, and the fallback perf
+/// buffers when the pass has a reader.
+struct Hub(Harness, Vec<PerfEventArrayBuffer<MapData>>);
 
 #[derive(Clone, Debug)]
 struct Snapshot {
@@ -1227,7 +1451,19 @@ struct Snapshot {
 impl Hub {
     fn load(ifindex: u32, model: &Model) -> Self {
         let mut hub = Harness::load(ifindex);
-        hub.set_port(PORT).unwrap();
+        let pass = model.pass;
+        // The controller's own builder: the bytes the hub installs.
+        let cfg = relay_user::datapath::hub_config(
+            PORT,
+            pass.v4.map(Ipv4Addr::from),
+            pass.v6.map(Ipv6Addr::from),
+            if pass.userspace {
+                CrossPath::Userspace
+            } else {
+                CrossPath::Xdp
+            },
+        );
+        hub.config.set(0, cfg, 0).unwrap();
         for (ep, slot) in &model.endpoint_slots {
             hub.endpoint_slots.insert(ep, slot, 0).unwrap();
         }
@@ -1237,7 +1473,46 @@ impl Hub {
         for (&(src_slot, receiver), &(dst, flags)) in &model.baseline {
             hub.set_session(src_slot, receiver, dst, flags, 0).unwrap();
         }
-        Self(hub)
+        let mut fallback = Vec::new();
+        if pass.reader {
+            let map = hub.ebpf.take_map(MAP_FALLBACK).expect("FALLBACK map");
+            let mut perf = PerfEventArray::try_from(map).unwrap();
+            for cpu in aya::util::online_cpus().unwrap() {
+                fallback.push(perf.open(cpu, Some(8)).unwrap());
+            }
+        }
+        Self(hub, fallback)
+    }
+
+    /// The fallback samples waiting (read with aya directly, not with the
+    /// controller's reader): (destination, reason, frame).
+    fn drain_fallback(&mut self) -> Vec<(Endpoint, u32, Vec<u8>)> {
+        let mut out = Vec::new();
+        for buf in &mut self.1 {
+            if !buf.readable() {
+                continue;
+            }
+            buf.for_each(|ev| match ev {
+                PerfEvent::Sample { head, tail } => {
+                    let mut s = head.to_vec();
+                    s.extend_from_slice(tail);
+                    let meta_len = size_of::<FallbackMeta>();
+                    assert!(s.len() >= meta_len, "short fallback sample");
+                    let dst = Endpoint {
+                        addr: s[0..16].try_into().unwrap(),
+                        port: u16::from_ne_bytes([s[16], s[17]]),
+                        family: s[18],
+                        _pad: s[19],
+                    };
+                    let reason = u32::from_ne_bytes(s[20..24].try_into().unwrap());
+                    let n = u32::from_ne_bytes(s[24..28].try_into().unwrap()) as usize;
+                    assert!(meta_len + n <= s.len(), "fallback sample: frame_len {n}");
+                    out.push((dst, reason, s[meta_len..meta_len + n].to_vec()));
+                }
+                PerfEvent::Lost { count } => panic!("{count} fallback samples lost"),
+            });
+        }
+        out
     }
 
     /// Run the program once on `frame`: (action, output) or the kernel's
@@ -1298,9 +1573,10 @@ fn topology(ns: &Entered) -> u32 {
 /// Known deviations from what a relay should ideally do, counted and
 /// reported (and failures with `RELAYHUB_FUZZ_STRICT=1`):
 /// - `foreign_dst`: a frame to the hub port but not to a hub address is
-///   relayed, and the relayed frame carries that address as its source
-///   (only here: this fuzz hub has no configured hub address, so the
-///   program's check is off).
+///   relayed, and the relayed frame carries that address as its source.
+///   Only in a family without a configured hub address (the program's
+///   check is off there: the `port-only` pass); where the pass configures
+///   one, such a relay fails the run.
 #[derive(Default)]
 struct Deviations {
     foreign_dst: u64,
@@ -1335,24 +1611,94 @@ fn naive_destination(f: &[u8]) -> Option<Endpoint> {
     }
 }
 
+/// The hub's endpoint in the family of `ep` if the pass configures an
+/// address there.
+fn hub_endpoint(pass: &Pass, ep: &Endpoint) -> Option<Endpoint> {
+    if ep.family == FAMILY_V6 {
+        pass.v6.map(|a| Endpoint::v6(a, PORT))
+    } else {
+        pass.v4.map(|a| Endpoint::v4(a, PORT))
+    }
+}
+
+/// The seed of pass number `k` (each pass replays on its own).
+fn pass_seed(seed: u64, k: usize) -> u64 {
+    seed ^ (k as u64 + 1)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .rotate_left(23)
+}
+
+/// Run settings shared by the passes.
+struct Run {
+    /// The run's seed (printed; a pass derives its own with [`pass_seed`]).
+    seed: u64,
+    batch: usize,
+    strict: bool,
+    ifindex: u32,
+}
+
 #[test]
 fn random_and_mutated_frames() {
     assert!(
         nix::unistd::geteuid().is_root(),
         "xdp_fuzz needs root (BPF, network namespaces): run `cargo xtask test`"
     );
-    let seed = env_u64("RELAYHUB_FUZZ_SEED").unwrap_or(DEFAULT_SEED);
+    // A fresh seed every run unless one is given: every run fuzzes new
+    // frames, and the printed seed replays a failure.
+    let seed = env_u64("RELAYHUB_FUZZ_SEED").unwrap_or_else(rand::random);
     let iters = env_u64("RELAYHUB_FUZZ_ITERS").unwrap_or(DEFAULT_ITERS);
     let batch = env_u64("RELAYHUB_FUZZ_BATCH").map_or(BATCH, |b| b.max(1) as usize);
     let strict = std::env::var("RELAYHUB_FUZZ_STRICT").is_ok_and(|v| v == "1");
+    let only = std::env::var("RELAYHUB_FUZZ_PASS").ok();
+    if let Some(p) = &only {
+        assert!(
+            PASSES.iter().any(|x| x.name == p),
+            "RELAYHUB_FUZZ_PASS={p}: passes are {:?}",
+            PASSES.map(|x| x.name)
+        );
+    }
     eprintln!(
-        "xdp_fuzz: seed {seed:#x} ({seed}), {iters} frames (RELAYHUB_FUZZ_SEED / RELAYHUB_FUZZ_ITERS)"
+        "xdp_fuzz: seed {seed:#x}, {iters} frames over {} passes; replay: \
+         RELAYHUB_FUZZ_SEED={seed:#x} RELAYHUB_FUZZ_ITERS={iters} [RELAYHUB_FUZZ_PASS=name] \
+         cargo test -p relay-user --release --test xdp_fuzz -- --nocapture",
+        PASSES.len()
     );
     let ns = Entered::with_prefix("rhf");
-    let ifindex = topology(&ns);
-    let mut gen_ = Gen { rng: Rng(seed) };
-    let mut model = Model::new(ifindex, &mut gen_.rng);
-    let mut hub = Hub::load(ifindex, &model);
+    let run = Run {
+        seed,
+        batch,
+        strict,
+        ifindex: topology(&ns),
+    };
+    let started = Instant::now();
+    for (k, pass) in PASSES.iter().enumerate() {
+        if only.as_deref().is_some_and(|p| p != pass.name) {
+            continue;
+        }
+        run_pass(&run, pass, pass_seed(seed, k), iters * pass.share / 100);
+    }
+    eprintln!(
+        "xdp_fuzz: all passes in {:.1} s (seed {seed:#x})",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// One pass: `iters` frames through the program configured as `pass`.
+fn run_pass(run: &Run, pass: &Pass, pass_seed: u64, iters: u64) {
+    let (seed, batch) = (run.seed, run.batch);
+    let name = pass.name;
+    eprintln!(
+        "xdp_fuzz: pass {name}: {iters} frames (hub v4 {:?}, v6 {:?}, cross-family path {}, fallback reader {})",
+        pass.v4.map(Ipv4Addr::from),
+        pass.v6.map(Ipv6Addr::from),
+        if pass.userspace { "userspace" } else { "xdp" },
+        pass.reader
+    );
+    let mut gen_ = Gen {
+        rng: Rng(pass_seed),
+    };
+    let mut model = Model::new(run.ifindex, *pass, &mut gen_.rng);
+    let mut hub = Hub::load(run.ifindex, &model);
     let active: HashSet<Endpoint> = SPOKES.iter().filter(|s| s.active).map(|s| s.ep).collect();
 
     let mut reasons: BTreeMap<&'static str, u64> = BTreeMap::new();
@@ -1407,7 +1753,7 @@ fn random_and_mutated_frames() {
             test_run_time += t0.elapsed();
             let ctx = || {
                 format!(
-                    "seed {seed:#x}, frame {i}: {} [{}]",
+                    "seed {seed:#x}, pass {name}, frame {i}: {} [{}]",
                     exp.reason,
                     hex(&frame)
                 )
@@ -1431,7 +1777,10 @@ fn random_and_mutated_frames() {
                 }
                 XDP_TX | XDP_REDIRECT => {
                     // Independent of the model: only a registered active
-                    // endpoint's frames are relayed, only to another one.
+                    // endpoint's frames are relayed, only to another one;
+                    // where the hub has an address, only frames to it, and
+                    // the relayed frame comes from the hub's address and
+                    // port in its own family.
                     let src = naive_source(&frame).expect("relayed frame has a source");
                     assert!(active.contains(&src), "{}: relayed from {src:?}", ctx());
                     let to = naive_destination(out).expect("relayed frame has a destination");
@@ -1440,6 +1789,19 @@ fn random_and_mutated_frames() {
                         "{}: relayed to {to:?}",
                         ctx()
                     );
+                    let hub_in = naive_destination(&frame).expect("input destination");
+                    if let Some(h) = hub_endpoint(pass, &hub_in) {
+                        assert_eq!(
+                            hub_in,
+                            h,
+                            "{}: relayed a frame not addressed to the hub",
+                            ctx()
+                        );
+                    }
+                    let from = naive_source(out).expect("relayed frame has a source");
+                    if let Some(h) = hub_endpoint(pass, &from) {
+                        assert_eq!(from, h, "{}: relayed from a foreign source", ctx());
+                    }
                     let expected = exp.output.as_ref().expect("model output");
                     if out != expected.as_slice() {
                         panic!(
@@ -1457,6 +1819,29 @@ fn random_and_mutated_frames() {
                     }
                 }
                 _ => {}
+            }
+            // The userspace fallback: exactly the model's sample, if any,
+            // and only ever a registered active endpoint's frame.
+            if pass.reader {
+                let got = hub.drain_fallback();
+                for (_, _, f) in &got {
+                    let src = naive_source(f).expect("fallback frame has a source");
+                    assert!(active.contains(&src), "{}: fallback from {src:?}", ctx());
+                }
+                let want: Vec<_> = exp.sample.iter().cloned().collect();
+                if got != want {
+                    let show = |v: &[(Endpoint, u32, Vec<u8>)]| {
+                        v.iter()
+                            .map(|(d, r, f)| format!("to {d:?} reason {r} [{}]", hex(f)))
+                            .collect::<Vec<_>>()
+                    };
+                    panic!(
+                        "{}: fallback samples: got {:?}, model {:?}",
+                        ctx(),
+                        show(&got),
+                        show(&want)
+                    );
+                }
             }
             actions[action as usize] += 1;
             *reasons.entry(exp.reason).or_default() += 1;
@@ -1484,7 +1869,7 @@ fn random_and_mutated_frames() {
         // Batch checks: counters, slot counters and timestamps, events,
         // the session table.
         let after = hub.snapshot();
-        let at = format!("seed {seed:#x}, batch ending at frame {i} {last}");
+        let at = format!("seed {seed:#x}, pass {name}, batch ending at frame {i} {last}");
         for (c, want) in counters.iter().enumerate() {
             assert_eq!(
                 after.counters[c] - before.counters[c],
@@ -1539,12 +1924,12 @@ fn random_and_mutated_frames() {
     }
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "xdp_fuzz: {i} frames in {secs:.1} s: {:.0} frames/s overall, {:.0} frames/s in test_run",
+        "xdp_fuzz: pass {name}: {i} frames in {secs:.1} s: {:.0} frames/s overall, {:.0} frames/s in test_run",
         i as f64 / secs,
         i as f64 / test_run_time.as_secs_f64()
     );
     eprintln!(
-        "xdp_fuzz: actions: PASS {}, DROP {}, TX {}, REDIRECT {}; refused {}",
+        "xdp_fuzz: pass {name}: actions: PASS {}, DROP {}, TX {}, REDIRECT {}; refused {}",
         actions[2],
         actions[1],
         actions[3],
@@ -1554,57 +1939,95 @@ fn random_and_mutated_frames() {
     for (r, n) in &reasons {
         eprintln!("xdp_fuzz:   {n:>9}  {r}");
     }
-    eprintln!(
-        "xdp_fuzz: deviations (relayed anyway): {} frames not addressed to a hub address (the fuzz hub has no configured address)",
-        dev.foreign_dst
-    );
+    if pass.v4.is_none() || pass.v6.is_none() {
+        eprintln!(
+            "xdp_fuzz: pass {name}: deviations (relayed anyway): {} frames not addressed to a hub address (in a family without a configured hub address)",
+            dev.foreign_dst
+        );
+    }
     for d in &dev.first {
         eprintln!("xdp_fuzz:   e.g. {d}");
     }
     eprintln!(
-        "xdp_fuzz: {} responses tried to take over another session's index (not learned)",
+        "xdp_fuzz: pass {name}: {} responses tried to take over another session's index (not learned)",
         model.learn_conflicts
     );
+    // The generator must reach every outcome of this configuration, or
+    // the run proves little.
     if iters >= 100_000 {
         assert!(
             model.learn_conflicts > 0,
-            "no index takeover attempt generated"
+            "pass {name}: no index takeover attempt generated"
         );
-    }
-    // The generator must reach every outcome, or the run proves little.
-    if iters >= 100_000 {
-        for r in [
-            "refused (< 14 bytes)",
-            "not IP",
-            "not to the hub port",
-            "IPv4 options or first fragment",
-            "IPv6 extension headers",
-            "IPv4 length",
-            "IPv6 length",
-            "UDP length",
-            "WireGuard reserved bytes",
-            "WireGuard type or length",
-            "initiation",
-            "unknown source",
-            "no session (hub's own)",
-            "loop",
-            "no destination",
-            "cross family",
-            "too big for the egress NIC",
-            "no route",
-            "relayed response",
-            "relayed cookie reply",
-            "relayed keepalive",
-            "relayed transport",
-        ] {
+        for r in expected_reasons(pass) {
             assert!(
                 reasons.get(r).copied().unwrap_or(0) > 0,
-                "never generated: {r}"
+                "pass {name}: never generated: {r}"
             );
         }
-        assert!(actions[4] > 0, "never redirected");
+        assert!(actions[4] > 0, "pass {name}: never redirected");
     }
-    if strict {
-        assert_eq!(dev.foreign_dst, 0, "RELAYHUB_FUZZ_STRICT: deviations");
+    if run.strict {
+        assert_eq!(
+            dev.foreign_dst, 0,
+            "pass {name}: RELAYHUB_FUZZ_STRICT: deviations"
+        );
     }
+}
+
+/// Every outcome a pass under `pass`'s configuration must reach.
+fn expected_reasons(pass: &Pass) -> Vec<&'static str> {
+    let mut v = vec![
+        "refused (< 14 bytes)",
+        "not IP",
+        "not to the hub port",
+        "IPv4 options or first fragment",
+        "IPv6 extension headers",
+        "IPv4 length",
+        "IPv6 length",
+        "UDP length",
+        "WireGuard reserved bytes",
+        "WireGuard type or length",
+        "initiation",
+        "unknown source",
+        "no session (hub's own)",
+        "loop",
+        "no destination",
+        "too big for the egress NIC",
+        "no route",
+        "relayed response",
+        "relayed cookie reply",
+        "relayed keepalive",
+        "relayed transport",
+    ];
+    let (v4, v6) = (pass.v4.is_some(), pass.v6.is_some());
+    if v4 || v6 {
+        v.push("not for the hub");
+    }
+    if !(v4 && v6) {
+        v.push("cross family");
+    }
+    if pass.userspace {
+        if v4 || v6 {
+            v.push(if pass.reader {
+                "to userspace: configured"
+            } else {
+                "to userspace: configured, no reader (dropped)"
+            });
+        }
+    } else {
+        if v6 {
+            v.push("relayed IPv4 -> IPv6");
+            v.push("too big for the egress NIC (grown to IPv6)");
+            v.push(if pass.reader {
+                "to userspace: no checksum"
+            } else {
+                "to userspace: no checksum, no reader (dropped)"
+            });
+        }
+        if v4 {
+            v.push("relayed IPv6 -> IPv4");
+        }
+    }
+    v
 }

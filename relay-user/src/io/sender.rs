@@ -211,23 +211,99 @@ pub fn build_v6(buf: &mut Vec<u8>, from: &Endpoint, to: &Endpoint, payload: &[u8
 #[cfg(test)]
 mod tests {
     use super::*;
+    // Verified with the test toolkit's checksum and packet code (written
+    // from RFC 768 / 1071 / 8200, not from this file): never with
+    // `csum_add` / `csum_fold`, which would agree with their own mistakes.
+    use testkit::{
+        checksum::{fold, sum16, udp_ok},
+        frame::{Addr, Csum, ip_packet, udp},
+    };
+
+    fn addr(e: &Endpoint) -> Addr {
+        match e.family {
+            FAMILY_V4 => Addr::V4(v4_addr(e)),
+            _ => Addr::V6(Ipv6Addr::from(e.addr)),
+        }
+    }
+
+    /// Deterministic payload bytes of length `n`.
+    fn payload(n: usize, seed: u32) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(2_654_435_761) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// Build `from` -> `to` with `payload` and check it against testkit:
+    /// the IPv4 header and UDP checksums verify, the UDP checksum is never
+    /// 0, and the whole packet equals testkit's (IPv4 id 0 with DF, TTL
+    /// 64, full UDP checksum).
+    fn check(from: &Endpoint, to: &Endpoint, payload: &[u8]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let ip_len = if to.family == FAMILY_V4 {
+            build_v4(&mut buf, from, to, payload);
+            assert_eq!(fold(sum16(&buf[..20], 0)), 0xffff, "IPv4 header checksum");
+            20
+        } else {
+            build_v6(&mut buf, from, to, payload);
+            40
+        };
+        assert_eq!(buf.len(), ip_len + 8 + payload.len());
+        let (src, dst) = (addr(from), addr(to));
+        let u = &buf[ip_len..];
+        assert_ne!(&u[6..8], &[0, 0], "UDP checksum 0 (none / invalid in IPv6)");
+        assert!(
+            udp_ok(src, dst, u),
+            "UDP checksum, {} bytes of payload",
+            payload.len()
+        );
+        let expected = ip_packet(
+            src,
+            dst,
+            0,
+            64,
+            &udp(src, dst, from.port, to.port, payload, Csum::Full),
+        );
+        assert_eq!(buf, expected, "{} bytes of payload", payload.len());
+        buf
+    }
+
+    /// A payload of `n` bytes whose UDP checksum computes to 0 (so it must
+    /// be sent as 0xffff): the last two bytes complete the sum to 0xffff.
+    fn zero_sum_payload(from: &Endpoint, to: &Endpoint, n: usize) -> Vec<u8> {
+        let mut p = payload(n, 7);
+        p[n - 2] = 0;
+        p[n - 1] = 0;
+        let mut u = udp(addr(from), addr(to), from.port, to.port, &p, Csum::Zero);
+        u[6..8].copy_from_slice(&[0, 0]);
+        let (src, dst) = (addr(from), addr(to));
+        let pseudo = testkit::checksum::pseudo_header(src, dst, u.len());
+        let s = fold(sum16(&u, sum16(&pseudo, 0)));
+        p[n - 2..].copy_from_slice(&(!s).to_be_bytes());
+        p
+    }
+
+    const LENGTHS: [usize; 9] = [1, 2, 31, 32, 64, 92, 147, 148, 1203];
 
     #[test]
-    fn v4_packet_checksums_verify() {
+    fn v4_packets_verify_with_testkit() {
         let from = Endpoint::v4([198, 51, 100, 1], 51820);
         let to = Endpoint::v4([203, 0, 113, 7], 40001);
-        let payload: Vec<u8> = (0..148u8).collect();
-        let mut buf = Vec::new();
-        build_v4(&mut buf, &from, &to, &payload);
-        assert_eq!(buf.len(), 20 + 8 + 148);
-        // A correct header sums to 0xffff (fold gives 0).
-        assert_eq!(csum_fold(csum_add(0, &buf[..20])), 0);
-        let mut pseudo = csum_add(0, &buf[12..20]);
-        pseudo += 17 + (8 + 148);
-        assert_eq!(csum_fold(csum_add(pseudo, &buf[20..])), 0);
-        assert_eq!(&buf[20..22], &51820u16.to_be_bytes());
-        assert_eq!(&buf[22..24], &40001u16.to_be_bytes());
-        assert_eq!(&buf[28..], &payload[..]);
+        for (k, n) in LENGTHS.into_iter().enumerate() {
+            check(&from, &to, &payload(n, k as u32));
+        }
+        let p = zero_sum_payload(&from, &to, 148);
+        let buf = check(&from, &to, &p);
+        assert_eq!(
+            &buf[26..28],
+            &[0xff, 0xff],
+            "a computed 0 is sent as 0xffff"
+        );
     }
 
     #[test]
@@ -256,23 +332,24 @@ mod tests {
     }
 
     #[test]
-    fn v6_packet_checksum_verifies() {
-        let mut a = [0u8; 16];
-        a[0] = 0x20;
-        a[1] = 0x01;
-        a[2] = 0x0d;
-        a[3] = 0xb8;
-        a[15] = 1;
-        let mut b = a;
-        b[15] = 2;
-        let from = Endpoint::v6(a, 51820);
-        let to = Endpoint::v6(b, 5555);
-        let payload = [7u8; 92];
-        let mut buf = Vec::new();
-        build_v6(&mut buf, &from, &to, &payload);
-        assert_eq!(buf.len(), 40 + 8 + 92);
-        let mut pseudo = csum_add(0, &buf[8..40]);
-        pseudo += 17 + (8 + 92);
-        assert_eq!(csum_fold(csum_add(pseudo, &buf[40..])), 0);
+    fn v6_packets_verify_with_testkit() {
+        let from = Endpoint::v6(
+            Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1).octets(),
+            51820,
+        );
+        let to = Endpoint::v6(
+            Ipv6Addr::new(0x2001, 0xdb8, 0x99, 0, 0, 0, 0, 0x10).octets(),
+            5555,
+        );
+        for (k, n) in LENGTHS.into_iter().enumerate() {
+            check(&from, &to, &payload(n, 100 + k as u32));
+        }
+        let p = zero_sum_payload(&from, &to, 92);
+        let buf = check(&from, &to, &p);
+        assert_eq!(
+            &buf[46..48],
+            &[0xff, 0xff],
+            "a computed 0 is sent as 0xffff"
+        );
     }
 }
