@@ -26,6 +26,10 @@ pub const MAP_FALLBACK: &str = "FALLBACK";
 /// `PerCpuArray<NextHop>`: a per-CPU cache of `bpf_fib_lookup` results,
 /// indexed by destination slot modulo [`NEXTHOP_ENTRIES`]. Not pinned.
 pub const MAP_NEXTHOPS: &str = "NEXTHOPS";
+/// Source address (an [`Endpoint`] with port 0) -> [`PassWindow`]: the
+/// per-source budget of initiations passed to the hub's own WireGuard
+/// (soft state, not pinned).
+pub const MAP_INIT_BUDGET: &str = "INIT_BUDGET";
 /// Entries of [`MAP_NEXTHOPS`] per CPU (direct-mapped: slots that share an
 /// entry evict each other, which only costs a lookup).
 pub const NEXTHOP_ENTRIES: u32 = 1024;
@@ -153,6 +157,21 @@ pub struct HubConfig {
     /// The hub's IPv6 address (network order): the source of frames relayed
     /// from an IPv4 spoke to an IPv6 spoke.
     pub hub_v6: [u8; 16],
+    /// Initiations per second one source address may pass to the hub's own
+    /// WireGuard (every one is still copied to the controller); the rest
+    /// are dropped. 0 = no limit.
+    pub init_pass_per_sec: u32,
+}
+
+/// Value of [`MAP_INIT_BUDGET`]: initiations one source address passed to
+/// the stack in the second that began at `start_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PassWindow {
+    /// `bpf_ktime_get_ns()` when the window began.
+    pub start_ns: u64,
+    pub count: u32,
+    pub _pad: u32,
 }
 
 /// [`HubConfig::hub_v4`] is set: IPv6 -> IPv4 relay is possible.
@@ -295,6 +314,10 @@ pub mod counter {
         /// pair's live session from the same initiator: not learned (the
         /// response itself is relayed).
         LEARN_CONFLICT = "learn_conflict";
+        /// Initiations over their source address's budget
+        /// ([`super::HubConfig::init_pass_per_sec`]): copied to the controller,
+        /// not passed to the hub's own WireGuard.
+        INITIATIONS_NOT_PASSED = "initiations_not_passed" drop "initiation_budget";
     }
 
     /// The `RELAYED_*_TO_*` counter of a relay from `from` to `to`
@@ -365,6 +388,7 @@ mod pod {
     unsafe impl aya::Pod for SessionKey {}
     unsafe impl aya::Pod for SessionValue {}
     unsafe impl aya::Pod for HubConfig {}
+    unsafe impl aya::Pod for PassWindow {}
     unsafe impl aya::Pod for SlotCounters {}
 }
 
@@ -373,7 +397,8 @@ const _: () = {
     assert!(core::mem::size_of::<SpokeSlot>() == 24);
     assert!(core::mem::size_of::<SessionKey>() == 8);
     assert!(core::mem::size_of::<SessionValue>() == 16);
-    assert!(core::mem::size_of::<HubConfig>() == 28);
+    assert!(core::mem::size_of::<HubConfig>() == 32);
+    assert!(core::mem::size_of::<PassWindow>() == 16);
     assert!(core::mem::size_of::<SlotCounters>() == 72);
     assert!(core::mem::size_of::<InitiationEvent>() == 20 + 20 + 4 + 4 + 148);
     assert!(core::mem::size_of::<FallbackMeta>() == 28);

@@ -1,15 +1,19 @@
-//! Initiations: a copy goes to the controller through the ring buffer.
+//! Initiations: a copy goes to the controller through the ring buffer, and
+//! the frame itself to the hub's own WireGuard within a per-source budget.
 
 use aya_ebpf::programs::XdpContext;
+use core::mem::MaybeUninit;
 use core::ptr::addr_of_mut;
-use relay_common::{InitiationEvent, counter, wire::INITIATION_LEN};
+use relay_common::{Endpoint, InitiationEvent, PassWindow, counter, wire::INITIATION_LEN};
 
 use crate::{
     counters,
-    maps::INITIATIONS,
+    maps::{INIT_BUDGET, INITIATIONS},
     mem,
     parse::{Ip, be16, check, fill_endpoint},
 };
+
+const SECOND_NS: u64 = 1_000_000_000;
 
 /// Queue a copy of the initiation (length already checked to be
 /// [`INITIATION_LEN`]) with its source, the hub address it was sent to,
@@ -47,4 +51,47 @@ pub fn queue<I: Ip>(ctx: &XdpContext, src_slot: u32) -> Result<(), ()> {
     entry.submit(0);
     counters::inc(counter::INITIATIONS_QUEUED);
     Ok(())
+}
+
+/// Whether this initiation may go on to the hub's own WireGuard: at most
+/// `per_sec` a second from one source address. Only initiations with the
+/// hub's mac1 matter to it (a few per spoke per two minutes); a flood of
+/// others would only keep it busy rejecting them while real spokes wait.
+/// Windows are per address, not per port, so a flood from many ports of
+/// one address shares one. Updates race across CPUs; an overrun by a few
+/// frames is harmless.
+#[inline(always)]
+pub fn may_pass<I: Ip>(ctx: &XdpContext, per_sec: u32, now: u64) -> Result<bool, ()> {
+    let h = check(ctx, 0, I::WG_OFF)?;
+    let mut key = MaybeUninit::<Endpoint>::uninit();
+    // SAFETY: the source address is inside the checked header.
+    let key = unsafe {
+        fill_endpoint::<I>(key.as_mut_ptr(), h.add(I::SRC_OFF), 0);
+        key.assume_init_ref()
+    };
+    match INIT_BUDGET.get_ptr_mut(key) {
+        // SAFETY: a map value of this map's type.
+        Some(w) => unsafe {
+            if now.wrapping_sub((*w).start_ns) >= SECOND_NS {
+                (*w).start_ns = now;
+                (*w).count = 1;
+                Ok(true)
+            } else if (*w).count < per_sec {
+                (*w).count += 1;
+                Ok(true)
+            } else {
+                Ok(false)
+            }
+        },
+        None => {
+            let w = PassWindow {
+                start_ns: now,
+                count: 1,
+                _pad: 0,
+            };
+            // A full map evicts the least recently used window.
+            let _ = INIT_BUDGET.insert(key, w, 0);
+            Ok(true)
+        }
+    }
 }

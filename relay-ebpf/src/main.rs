@@ -120,6 +120,11 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
 
     if msg.kind == MSG_INITIATION {
         initiation::queue::<I>(ctx, src_slot.unwrap_or(NO_SLOT))?;
+        let budget = cfg.init_pass_per_sec;
+        if budget != 0 && !initiation::may_pass::<I>(ctx, budget, now)? {
+            inc(counter::INITIATIONS_NOT_PASSED);
+            return Ok(XDP_DROP);
+        }
         return Ok(XDP_PASS);
     }
 

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use relay_common::{
     Endpoint, FallbackMeta, HubConfig, INITIATIONS_RING_BYTES, MAX_ENDPOINTS, MAX_SESSIONS,
-    MAX_SLOTS, NEXTHOP_ENTRIES, NextHop, SessionKey, SessionValue, SlotCounters, SpokeSlot,
-    counter,
+    MAX_SLOTS, NEXTHOP_ENTRIES, NextHop, PassWindow, SessionKey, SessionValue, SlotCounters,
+    SpokeSlot, counter,
 };
 
 /// Authenticated spoke endpoint -> slot.
@@ -47,3 +47,10 @@ pub static FALLBACK: PerfEventArray<FallbackMeta> = PerfEventArray::new(0);
 /// Per-CPU next-hop cache (see relay-common `NextHop`).
 #[map]
 pub static NEXTHOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(NEXTHOP_ENTRIES, 0);
+
+/// Source address -> initiations it passed to the stack this second (the
+/// budget of `HubConfig::init_pass_per_sec`). LRU: a flood of fresh
+/// addresses evicts old windows, never legitimate state.
+#[map]
+pub static INIT_BUDGET: LruHashMap<Endpoint, PassWindow> =
+    LruHashMap::with_max_entries(MAX_ENDPOINTS, 0);

@@ -256,6 +256,16 @@ impl Hub {
         self.config.set(0, c, 0).unwrap();
     }
 
+    /// The hub's configuration with a per-source initiation budget, as the
+    /// controller writes it (`Datapath::set_initiation_budget`).
+    fn set_initiation_budget(&mut self, per_sec: u32) {
+        let c = relay_common::HubConfig {
+            init_pass_per_sec: per_sec,
+            ..relay_user::datapath::hub_config(PORT, Some(HUB4), Some(HUB6), self.cross)
+        };
+        self.config.set(0, c, 0).unwrap();
+    }
+
     fn set_port(&mut self, port: u16) {
         self.h.set_port(port).unwrap();
     }
@@ -1232,6 +1242,59 @@ fn initiation_ring_full() {
         });
         c
     });
+}
+
+/// The per-source budget of initiations passed to the hub's own WireGuard:
+/// within one second a source address passes `BUDGET` initiations, the
+/// next is dropped (still copied to the controller) and counted; another
+/// address has its own budget; a new second starts a new window; budget 0
+/// (every other case) passes all.
+#[test]
+fn initiation_budget_per_source() {
+    if !is_root() {
+        return;
+    }
+    const BUDGET: u32 = 3;
+    let ns = Entered::new();
+    let (ifindex, _) = topology(&ns, true);
+    let mut hub = Hub::load(ifindex);
+    hub.set_initiation_budget(BUDGET);
+    let stranger = with_payload(&STRANGER, initiation(0x51));
+    // The stranger from another port of the same address shares the window.
+    let mut other_port = Frame::from_spoke(&STRANGER, initiation(0x52));
+    other_port.sport = STRANGER.port + 1;
+    let other_port = other_port.build();
+    let spoke = with_payload(&A, initiation(0x53));
+    let before = hub.snapshot();
+    let (action, _) = hub.run_n(&stranger, BUDGET).unwrap();
+    assert_eq!(action, XDP_PASS, "within the budget");
+    let (action, out) = hub.run(&other_port).unwrap();
+    assert_eq!(
+        action, XDP_DROP,
+        "over the budget (same address, other port)"
+    );
+    assert_eq!(out, other_port, "dropped unchanged");
+    let (action, _) = hub.run(&spoke).unwrap();
+    assert_eq!(action, XDP_PASS, "another address has its own budget");
+    let after = hub.snapshot();
+    let d = |i: u32| after.counters[i as usize] - before.counters[i as usize];
+    assert_eq!(d(INITIATIONS_NOT_PASSED), 1);
+    assert_eq!(
+        d(INITIATIONS_QUEUED),
+        u64::from(BUDGET) + 2,
+        "every one is still routed"
+    );
+    let events = hub.drain_events();
+    assert_eq!(events.len(), BUDGET as usize + 2);
+    // A new second, a new window.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (action, _) = hub.run(&stranger).unwrap();
+    assert_eq!(action, XDP_PASS, "the next second");
+    // No budget: no limit.
+    hub.set_initiation_budget(0);
+    let (action, _) = hub.run_n(&stranger, 10 * BUDGET).unwrap();
+    assert_eq!(action, XDP_PASS);
+    hub.drain_events();
 }
 
 // ---------------------------------------------------------------------------

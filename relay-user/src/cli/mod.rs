@@ -145,6 +145,12 @@ pub struct RunArgs {
         default_value = "xdp"
     )]
     pub cross_family_path: crate::datapath::CrossPath,
+    /// Handshake initiations per second one source address may pass to the
+    /// hub's own WireGuard (all are still routed by the controller); the
+    /// rest are dropped in XDP so a flood cannot keep it from answering
+    /// real spokes. 0 = no limit.
+    #[arg(long, env = "RELAYHUB_INITIATIONS_PER_SOURCE", default_value_t = 64)]
+    pub initiations_per_source: u32,
 }
 
 #[derive(Subcommand, Debug)]
@@ -225,6 +231,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                 pin_dir: args.pin_dir,
                 keep_on_exit: args.keep_on_exit,
                 cross_path: args.cross_family_path,
+                initiations_per_source: args.initiations_per_source,
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

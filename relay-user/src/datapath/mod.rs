@@ -129,6 +129,8 @@ pub struct Datapath {
     config: Array<MapData, HubConfig>,
     port: u16,
     cross: CrossPath,
+    /// `HubConfig::init_pass_per_sec`.
+    init_budget: u32,
     hub_addrs: (Option<Ipv4Addr>, Option<Ipv6Addr>),
     max_slots: u32,
     mode: &'static str,
@@ -262,6 +264,7 @@ impl Datapath {
             config,
             port,
             cross: CrossPath::Xdp,
+            init_budget: 0,
             hub_addrs: (None, None),
             max_slots: cap.slots,
             mode: "detached",
@@ -284,11 +287,20 @@ impl Datapath {
         v4: Option<Ipv4Addr>,
         v6: Option<Ipv6Addr>,
     ) -> Result<(), DatapathError> {
-        self.config
-            .set(0, hub_config(self.port, v4, v6, self.cross), 0)
-            .map_err(map_err(MAP_CONFIG))?;
+        let config = HubConfig {
+            init_pass_per_sec: self.init_budget,
+            ..hub_config(self.port, v4, v6, self.cross)
+        };
+        self.config.set(0, config, 0).map_err(map_err(MAP_CONFIG))?;
         self.hub_addrs = (v4, v6);
         Ok(())
+    }
+
+    /// Initiations/s one source address may pass to the hub's own WireGuard
+    /// (0 = no limit). Takes effect with the next
+    /// [`Datapath::set_hub_addresses`], like the cross-family path.
+    pub fn set_initiation_budget(&mut self, per_sec: u32) {
+        self.init_budget = per_sec;
     }
 
     pub fn cross_path(&self) -> CrossPath {

@@ -65,6 +65,9 @@ pub struct RunConfig {
     pub keep_on_exit: bool,
     /// Which path relays between IPv4 and IPv6 spokes.
     pub cross_path: CrossPath,
+    /// Initiations/s one source address may pass to the hub's WireGuard
+    /// (0 = no limit).
+    pub initiations_per_source: u32,
 }
 
 fn read_events(ring: &mut RingBuf<MapData>, out: &mut Vec<InitiationEvent>) {
@@ -118,6 +121,7 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
     let pins = PinDir::for_iface(&cfg.pin_dir, &cfg.iface);
     let mut datapath = Datapath::load(object, &cfg.capacity, cfg.port, ebpf_log_level(), pins)?;
     datapath.set_cross_path(cfg.cross_path);
+    datapath.set_initiation_budget(cfg.initiations_per_source);
     // Dual-stack: the hub's own address per family, for cross-family relay.
     let (hub_v4, hub_v6) = crate::io::netinfo::hub_addresses(&cfg.iface, &state.endpoint_ips())?;
     datapath.set_hub_addresses(hub_v4, hub_v6)?;
