@@ -14,6 +14,7 @@
 //!   hold, so unchanged spokes see no map writes.
 
 use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use relay_common::Endpoint;
 
@@ -165,6 +166,19 @@ impl Reconciler {
     }
 }
 
+/// The hub's own addresses per family.
+pub type HubAddresses = (Option<Ipv4Addr>, Option<Ipv6Addr>);
+
+/// The hub addresses to install after reading `seen` from the interface,
+/// with `installed` in the program; `None` when nothing changes. A family
+/// whose address vanished keeps the last one: without an address the
+/// program would accept relay traffic to any address of that family (see
+/// relay-ebpf `parse::to_hub`), and there is no new source to use.
+pub fn hub_addresses(installed: HubAddresses, seen: HubAddresses) -> Option<HubAddresses> {
+    let next = (seen.0.or(installed.0), seen.1.or(installed.1));
+    (next != installed).then_some(next)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,5 +314,33 @@ mod tests {
         assert_eq!(r.installed(1), Some(ep(1000)));
         assert!(r.endpoints([(1, Some(ep(1000)))]).is_empty());
         assert_eq!(r.forget_unregistered(), (vec![], vec![]));
+    }
+
+    #[test]
+    fn hub_addresses_renumber_but_never_vanish() {
+        let a4 = Ipv4Addr::new(198, 51, 100, 1);
+        let b4 = Ipv4Addr::new(198, 51, 100, 2);
+        let a6: Ipv6Addr = "2001:db8::1".parse().unwrap();
+        // First sight, renumbering: installed.
+        assert_eq!(
+            hub_addresses((None, None), (Some(a4), None)),
+            Some((Some(a4), None))
+        );
+        assert_eq!(
+            hub_addresses((Some(a4), None), (Some(b4), Some(a6))),
+            Some((Some(b4), Some(a6)))
+        );
+        // Unchanged: nothing to write.
+        assert_eq!(
+            hub_addresses((Some(a4), Some(a6)), (Some(a4), Some(a6))),
+            None
+        );
+        // Vanished with no replacement: the last one stays, per family.
+        assert_eq!(hub_addresses((Some(a4), Some(a6)), (None, Some(a6))), None);
+        assert_eq!(hub_addresses((Some(a4), Some(a6)), (None, None)), None);
+        assert_eq!(
+            hub_addresses((Some(a4), Some(a6)), (Some(b4), None)),
+            Some((Some(b4), Some(a6)))
+        );
     }
 }

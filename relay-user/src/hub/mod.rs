@@ -304,13 +304,9 @@ impl Hub {
             }
         };
         let before = self.datapath.hub_addresses();
-        // A family whose address vanished keeps the last one: without an
-        // address the program would accept relay traffic to any address of
-        // that family (see parse::to_hub), and there is no new source.
-        let (v4, v6) = (now.0.or(before.0), now.1.or(before.1));
-        if (v4, v6) == before {
+        let Some((v4, v6)) = crate::core::reconcile::hub_addresses(before, now) else {
             return;
-        }
+        };
         match self.datapath.set_hub_addresses(v4, v6) {
             Ok(()) => {
                 self.sender.set_hub_addresses(v4, v6);
