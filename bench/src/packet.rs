@@ -231,6 +231,7 @@ impl<'t> Bench<'t> {
         let frames = self.frames(payload);
         let live = self.live;
         let rx0 = sys::rx_packets(&rns, &rif);
+        let relayed0 = run.xdp.as_ref().map(|x| x.relayed());
         let cpu0 = sys::cpu_ns(&run.pids);
         let st0 = run.xdp.as_mut().map(|x| x.run_stats()).unwrap_or_default();
         let (sent, el) = sys::in_netns(&rns, || {
@@ -245,7 +246,13 @@ impl<'t> Bench<'t> {
         let rx1 = sys::rx_packets(&rns, &rif);
         let cpu1 = sys::cpu_ns(&run.pids);
         let st1 = run.xdp.as_mut().map(|x| x.run_stats()).unwrap_or_default();
-        let got = rx1.saturating_sub(rx0);
+        let arrived = rx1.saturating_sub(rx0);
+        // With the product's program, count only the frames it relayed:
+        // whatever else reaches the router's interface is not a relay.
+        let got = match (relayed0, run.xdp.as_ref().map(|x| x.relayed())) {
+            (Some(r0), Some(r1)) => arrived.min(r1.saturating_sub(r0)),
+            _ => arrived,
+        };
         let secs = el.as_secs_f64();
         Ok(Sample {
             offered_pps: sent as f64 / secs,
@@ -295,7 +302,14 @@ impl<'t> Bench<'t> {
         for &p in &SIZES {
             let mut v = Vec::new();
             for _ in 0..cfg.reps {
-                v.push(self.measure(&mut run, p, cfg.fixed_pps, cfg.window)?);
+                let s = self.measure(&mut run, p, cfg.fixed_pps, cfg.window)?;
+                // A mode that relays nothing has no cost to report.
+                anyhow::ensure!(
+                    s.delivered_pps > 0.0,
+                    "{}: no relayed frame delivered at {p} B ({s:?})",
+                    mode.name()
+                );
+                v.push(s);
             }
             eprintln!(
                 "  {:<24} {p:>5} B @ {:.0} pps: hub {:.0} ns/pkt, loss {:.2}%",

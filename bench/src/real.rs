@@ -95,6 +95,8 @@ pub fn run(smoke: bool, self_exe: &str) -> anyhow::Result<RealResults> {
             RealMode::Userspace,
             RealMode::Decrypting,
             RealMode::Direct,
+            RealMode::CrossXdp,
+            RealMode::CrossUserspace,
         ]
     } else {
         &[
@@ -257,8 +259,15 @@ fn one(mode: RealMode, plan: &Plan, self_exe: &str) -> anyhow::Result<RealResult
     let mut res = RealResult::default();
     for _ in 0..plan.reps {
         let (bps, _) = iperf(&topo, dst, &["-t", &plan.tcp_secs.to_string()])?;
+        anyhow::ensure!(bps > 0.0, "{}: TCP delivered nothing", mode.name());
         res.tcp_mbps.push(bps / 1e6);
     }
+    // The path check counts from here: the UDP runs only.
+    let m0 = hub
+        .as_ref()
+        .filter(|h| h.kind == HubKind::Relayhub)
+        .map(|h| h.metrics())
+        .transpose()?;
     eprintln!(
         "  {:<36} TCP {:.0} Mbit/s",
         mode.name(),
@@ -289,6 +298,7 @@ fn one(mode: RealMode, plan: &Plan, self_exe: &str) -> anyhow::Result<RealResult
                 )?;
                 let c1 = sys::cpu_ns(&hub_pids());
                 let n1 = sys::cpu_ns(&hub_napi);
+                anyhow::ensure!(pkts > 0, "{}: UDP {inner} B delivered nothing", mode.name());
                 v.push((c1 - c0) as f64 / pkts.max(1) as f64);
                 napi.push((n1 - n0) as f64 / pkts.max(1) as f64);
                 rate = pkts as f64 / plan.udp_secs as f64;
@@ -302,10 +312,50 @@ fn one(mode: RealMode, plan: &Plan, self_exe: &str) -> anyhow::Result<RealResult
             res.udp.push((inner, v, rate, napi));
         }
     }
+    if let (Some(h), Some(m0)) = (hub.as_ref(), m0.as_ref()) {
+        check_path(mode, m0, &h.metrics()?, &res)?;
+    }
     drop(spokes);
     drop(urelay);
     drop(hub);
     Ok(res)
+}
+
+/// The hub's own counters say the frames took the path the mode names:
+/// the XDP program for the relayhub rows, the userspace fallback for
+/// `--cross-family-path userspace`.
+fn check_path(
+    mode: RealMode,
+    m0: &relay_tests::prom::Metrics,
+    m1: &relay_tests::prom::Metrics,
+    res: &RealResult,
+) -> anyhow::Result<()> {
+    let d = |name: &str, labels: &[(&str, &str)]| m1.value(name, labels) - m0.value(name, labels);
+    // At least one second's worth of each UDP run reached the receiver.
+    let udp: f64 = res.udp.iter().map(|(_, _, rate, _)| rate).sum::<f64>();
+    let xdp = d("relayhub_relayed_packets_total", &[("path", "xdp")]);
+    let userspace = d("relayhub_relayed_packets_total", &[("path", "userspace")]);
+    let fallback = d(
+        "relayhub_userspace_fallback_frames_total",
+        &[("reason", "configured")],
+    );
+    eprintln!(
+        "  {:<36} path: xdp +{xdp}, userspace +{userspace} (fallback configured +{fallback})",
+        mode.name()
+    );
+    match mode {
+        RealMode::CrossUserspace => anyhow::ensure!(
+            fallback >= udp && xdp < 0.01 * fallback,
+            "{}: {fallback} frames through the fallback, {xdp} in XDP, for about {udp:.0} UDP frames a second",
+            mode.name()
+        ),
+        _ => anyhow::ensure!(
+            xdp >= udp && userspace < 0.01 * xdp,
+            "{}: {xdp} frames relayed in XDP, {userspace} in userspace, for about {udp:.0} UDP frames a second",
+            mode.name()
+        ),
+    }
+    Ok(())
 }
 
 /// iperf3 from spoke 1 to spoke 2 (`dst`, tunnel address). Returns
