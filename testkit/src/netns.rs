@@ -19,17 +19,12 @@ use crate::cmd::{self, Output, Proc};
 
 static NS_SEQ: AtomicU32 = AtomicU32::new(0);
 
-/// Run `args` (program first); panic with its stderr unless it succeeds.
-pub fn run(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// [`cmd::run`] for set-up steps that cannot fail in a working test: panic
+/// with the command and its stderr instead.
+fn run(args: &[&str]) {
+    if let Err(e) = cmd::run(args) {
+        panic!("{e:#}");
+    }
 }
 
 /// Move the calling thread into the network namespace of `ns`.
@@ -294,8 +289,12 @@ impl Entered {
         run(&v);
     }
 
+    /// `sysctl -w KEY=VALUE` inside.
     pub fn sysctl(&self, kv: &str) {
-        run(&["ip", "netns", "exec", &self.ns.name, "sysctl", "-qw", kv]);
+        let (key, value) = kv.split_once('=').expect("KEY=VALUE");
+        if let Err(e) = self.ns.sysctl(key, value) {
+            panic!("{e:#}");
+        }
     }
 
     /// A veth pair `a` (MAC `a_mac`) / `b` (MAC `b_mac`) in this namespace.
