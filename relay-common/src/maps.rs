@@ -30,6 +30,17 @@ pub const MAP_NEXTHOPS: &str = "NEXTHOPS";
 /// per-source budget of initiations passed to the hub's own WireGuard
 /// (soft state, not pinned).
 pub const MAP_INIT_BUDGET: &str = "INIT_BUDGET";
+/// `RingBuf` of [`ProofEvent`]s: frames from unknown sources that may
+/// show a spoke's new endpoint (soft state, not pinned).
+pub const MAP_PROOFS: &str = "PROOFS";
+/// Source address (port 0) -> [`PassWindow`]: the per-source budget of
+/// [`ProofEvent`]s (soft state, not pinned).
+pub const MAP_PROOF_BUDGET: &str = "PROOF_BUDGET";
+/// [`ProofEvent`]s one source address may cause per second. A roaming
+/// spoke needs one; the rest only bounds what strangers cost the
+/// controller.
+pub const PROOF_REPORTS_PER_SEC: u32 = 8;
+pub const PROOFS_RING_BYTES: u32 = 64 * 1024;
 /// Entries of [`MAP_NEXTHOPS`] per CPU (direct-mapped: slots that share an
 /// entry evict each other, which only costs a lookup).
 pub const NEXTHOP_ENTRIES: u32 = 1024;
@@ -318,6 +329,11 @@ pub mod counter {
         /// ([`super::HubConfig::init_pass_per_sec`]): copied to the controller,
         /// not passed to the hub's own WireGuard.
         INITIATIONS_NOT_PASSED = "initiations_not_passed" drop "initiation_budget";
+        /// Frames from unknown sources reported to the controller as
+        /// possible evidence of a moved endpoint ([`super::ProofEvent`]).
+        PROOF_REPORTED = "proof_reported";
+        /// Not reported: the proof ring buffer was full.
+        PROOF_RING_FULL = "proof_ring_full";
     }
 
     /// The `RELAYED_*_TO_*` counter of a relay from `from` to `to`
@@ -364,6 +380,22 @@ pub struct InitiationEvent {
     pub frame: [u8; crate::wire::INITIATION_LEN],
 }
 
+/// Ring buffer record: the start of a frame from a source that is not an
+/// authenticated spoke endpoint, for the controller to prove a moved
+/// endpoint (transport frames: the header names the receiver's session;
+/// responses: the whole message, which may answer the hub's probe).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProofEvent {
+    pub src: Endpoint,
+    /// The hub address and port it was sent to.
+    pub dst: Endpoint,
+    /// WireGuard message length (may exceed `frame`).
+    pub len: u32,
+    /// The first `min(len, RESPONSE_LEN)` bytes of the message.
+    pub frame: [u8; crate::wire::RESPONSE_LEN],
+}
+
 /// Perf sample header of the userspace fallback; the frame as received
 /// (Ethernet header first, `frame_len` bytes) follows it in the sample.
 #[repr(C)]
@@ -402,5 +434,6 @@ const _: () = {
     assert!(core::mem::size_of::<SlotCounters>() == 72);
     assert!(core::mem::size_of::<InitiationEvent>() == 20 + 20 + 4 + 4 + 148);
     assert!(core::mem::size_of::<FallbackMeta>() == 28);
+    assert!(core::mem::size_of::<ProofEvent>() == 20 + 20 + 4 + 92);
     assert!(core::mem::size_of::<NextHop>() == 48);
 };

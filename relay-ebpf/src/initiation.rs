@@ -1,7 +1,7 @@
 //! Initiations: a copy goes to the controller through the ring buffer, and
 //! the frame itself to the hub's own WireGuard within a per-source budget.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{maps::LruHashMap, programs::XdpContext};
 use core::mem::MaybeUninit;
 use core::ptr::addr_of_mut;
 use relay_common::{Endpoint, InitiationEvent, PassWindow, counter, wire::INITIATION_LEN};
@@ -57,11 +57,22 @@ pub fn queue<I: Ip>(ctx: &XdpContext, src_slot: u32) -> Result<(), ()> {
 /// `per_sec` a second from one source address. Only initiations with the
 /// hub's mac1 matter to it (a few per spoke per two minutes); a flood of
 /// others would only keep it busy rejecting them while real spokes wait.
-/// Windows are per address, not per port, so a flood from many ports of
-/// one address shares one. Updates race across CPUs; an overrun by a few
-/// frames is harmless.
 #[inline(always)]
 pub fn may_pass<I: Ip>(ctx: &XdpContext, per_sec: u32, now: u64) -> Result<bool, ()> {
+    take::<I>(ctx, &INIT_BUDGET, per_sec, now)
+}
+
+/// Take one from the source address's budget of `per_sec` a second in
+/// `budget`. Windows are per address, not per port, so a flood from many
+/// ports of one address shares one. Updates race across CPUs; an overrun
+/// by a few frames is harmless.
+#[inline(always)]
+pub fn take<I: Ip>(
+    ctx: &XdpContext,
+    budget: &LruHashMap<Endpoint, PassWindow>,
+    per_sec: u32,
+    now: u64,
+) -> Result<bool, ()> {
     let h = check(ctx, 0, I::WG_OFF)?;
     let mut key = MaybeUninit::<Endpoint>::uninit();
     // SAFETY: the source address is inside the checked header.
@@ -69,7 +80,7 @@ pub fn may_pass<I: Ip>(ctx: &XdpContext, per_sec: u32, now: u64) -> Result<bool,
         fill_endpoint::<I>(key.as_mut_ptr(), h.add(I::SRC_OFF), 0);
         key.assume_init_ref()
     };
-    match INIT_BUDGET.get_ptr_mut(key) {
+    match budget.get_ptr_mut(key) {
         // SAFETY: a map value of this map's type.
         Some(w) => unsafe {
             if now.wrapping_sub((*w).start_ns) >= SECOND_NS {
@@ -90,7 +101,7 @@ pub fn may_pass<I: Ip>(ctx: &XdpContext, per_sec: u32, now: u64) -> Result<bool,
                 _pad: 0,
             };
             // A full map evicts the least recently used window.
-            let _ = INIT_BUDGET.insert(key, w, 0);
+            let _ = budget.insert(key, w, 0);
             Ok(true)
         }
     }

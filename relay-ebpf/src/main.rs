@@ -16,6 +16,7 @@ mod lookup;
 mod maps;
 mod mem;
 mod parse;
+mod proof;
 mod rewrite;
 
 use aya_ebpf::{
@@ -130,6 +131,9 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
 
     let Some(slot) = src_slot else {
         inc(counter::PASS_UNKNOWN_SOURCE);
+        if msg.kind == MSG_TRANSPORT || msg.kind == MSG_RESPONSE {
+            proof::report::<I>(ctx, msg.kind, msg.len, now)?;
+        }
         return Ok(XDP_PASS);
     };
     // Types 2, 3 and 4 are at least 32 bytes long.

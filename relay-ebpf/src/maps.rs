@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use relay_common::{
     Endpoint, FallbackMeta, HubConfig, INITIATIONS_RING_BYTES, MAX_ENDPOINTS, MAX_SESSIONS,
-    MAX_SLOTS, NEXTHOP_ENTRIES, NextHop, PassWindow, SessionKey, SessionValue, SlotCounters,
-    SpokeSlot, counter,
+    MAX_SLOTS, NEXTHOP_ENTRIES, NextHop, PROOFS_RING_BYTES, PassWindow, SessionKey, SessionValue,
+    SlotCounters, SpokeSlot, counter,
 };
 
 /// Authenticated spoke endpoint -> slot.
@@ -53,4 +53,13 @@ pub static NEXTHOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(NEXTHO
 /// addresses evicts old windows, never legitimate state.
 #[map]
 pub static INIT_BUDGET: LruHashMap<Endpoint, PassWindow> =
+    LruHashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+/// Frames from unknown sources for the controller's endpoint proofs.
+#[map]
+pub static PROOFS: RingBuf = RingBuf::with_byte_size(PROOFS_RING_BYTES, 0);
+
+/// Source address -> proof reports this second (`PROOF_REPORTS_PER_SEC`).
+#[map]
+pub static PROOF_BUDGET: LruHashMap<Endpoint, PassWindow> =
     LruHashMap::with_max_entries(MAX_ENDPOINTS, 0);

@@ -64,7 +64,8 @@ use std::{
 use aya::maps::{MapData, PerfEventArray, perf::PerfEvent, perf::PerfEventArrayBuffer};
 use relay_common::{
     Endpoint, FAMILY_V6, FallbackMeta, InitiationEvent, MAP_FALLBACK, MAX_SLOTS, NO_SLOT,
-    SESSION_FROM_INITIATION, SESSION_FROM_RESPONSE, SLOT_ACTIVE, SessionKey, SpokeSlot, counter,
+    PROOF_REPORTS_PER_SEC, ProofEvent, SESSION_FROM_INITIATION, SESSION_FROM_RESPONSE, SLOT_ACTIVE,
+    SessionKey, SpokeSlot, counter, wire::RESPONSE_LEN,
 };
 use relay_user::datapath::CrossPath;
 use testkit::{
@@ -361,6 +362,8 @@ struct Expect {
     /// The userspace fallback sample: (destination, reason counter, the
     /// frame as received).
     sample: Option<(Endpoint, u32, Vec<u8>)>,
+    /// The proof report, if the source's budget allows one.
+    proof: Option<ProofEvent>,
 }
 
 impl Expect {
@@ -463,6 +466,45 @@ impl Counters {
             userspace_fallback: ctr_req("userspace_fallback"),
             fallback_full: ctr_req("drop_fallback_full"),
         }
+    }
+}
+
+/// The model of the per-source-address proof budget: at most
+/// `PROOF_REPORTS_PER_SEC` reports in a window of one second from the
+/// first. The program reads the clock once per frame somewhere in
+/// [k0, k1]; a window end inside that interval may go either way, and
+/// then the address is uncertain for the rest of the batch.
+#[derive(Default)]
+struct ProofBudget {
+    /// (start range, count) per address.
+    windows: StdHashMap<(u8, [u8; 16]), ((u64, u64), u32)>,
+    uncertain: HashSet<(u8, [u8; 16])>,
+}
+
+impl ProofBudget {
+    /// Whether `reported` fits the budget; updates the model.
+    fn observe(&mut self, key: (u8, [u8; 16]), k0: u64, k1: u64, reported: bool) -> bool {
+        const SECOND: u64 = 1_000_000_000;
+        if self.uncertain.contains(&key) {
+            return true;
+        }
+        let Some(((lo, hi), count)) = self.windows.get(&key).copied() else {
+            self.windows.insert(key, ((k0, k1), 1));
+            return reported;
+        };
+        if k0.saturating_sub(hi) >= SECOND {
+            self.windows.insert(key, ((k0, k1), 1));
+            return reported;
+        }
+        if k1.saturating_sub(lo) < SECOND {
+            let allowed = count < PROOF_REPORTS_PER_SEC;
+            if allowed {
+                self.windows.insert(key, ((lo, hi), count + 1));
+            }
+            return reported == allowed;
+        }
+        self.uncertain.insert(key);
+        true
     }
 }
 
@@ -723,6 +765,19 @@ impl Model {
         }
         let Some(slot) = src else {
             e.reason = "unknown source";
+            if kind == 2 || kind == 4 {
+                // What the controller needs to prove a moved endpoint: a
+                // response whole, a transport frame's header.
+                let copied = if kind == 2 { RESPONSE_LEN } else { 16 };
+                let mut head = [0u8; RESPONSE_LEN];
+                head[..copied].copy_from_slice(&f[wg_off..wg_off + copied]);
+                e.proof = Some(ProofEvent {
+                    src: src_ep,
+                    dst: endpoint(dst_addr, be16(f, udp_off + 2)),
+                    len: len as u32,
+                    frame: head,
+                });
+            }
             return e.count(c.unknown);
         };
         let receiver = le32(f, wg_off + if kind == 2 { 8 } else { 4 });
@@ -1708,7 +1763,11 @@ fn run_pass(run: &Run, pass: &Pass, pass_seed: u64, iters: u64) {
     let mut i = 0u64;
     let started = Instant::now();
     let mut test_run_time = std::time::Duration::ZERO;
+    let (mut proofs_reported, mut proofs_withheld) = (0u64, 0u64);
     while i < iters {
+        // Budget windows start empty each batch, in the kernel and here.
+        hub.0.clear_proof_budget();
+        let mut budget = ProofBudget::default();
         let before = hub.snapshot();
         let mut counters = vec![0u64; counter::COUNT as usize];
         let mut slots = vec![SlotDelta::default(); NSLOTS as usize];
@@ -1749,7 +1808,9 @@ fn run_pass(run: &Run, pass: &Pass, pass_seed: u64, iters: u64) {
                 last = format!("{} {:?}: {}", exp.reason, exp.counters, hex(&frame));
             }
             let t0 = Instant::now();
+            let k0 = testkit::xdp::ktime_ns();
             let got = hub.run(&frame);
+            let k1 = testkit::xdp::ktime_ns();
             test_run_time += t0.elapsed();
             let ctx = || {
                 format!(
@@ -1819,6 +1880,43 @@ fn run_pass(run: &Run, pass: &Pass, pass_seed: u64, iters: u64) {
                     }
                 }
                 _ => {}
+            }
+            // Proof reports: exactly the model's, within the source
+            // address's budget (drained per frame: the ring never fills).
+            let proofs = hub.0.drain_proofs();
+            match &exp.proof {
+                None => assert!(
+                    proofs.is_empty(),
+                    "seed {seed:#x}, pass {name}, frame {i}: {}: unexpected proof report {:?} [{}]",
+                    exp.reason,
+                    proofs,
+                    hex(&frame)
+                ),
+                Some(want) => {
+                    let key = (want.src.family, want.src.addr);
+                    let reported = !proofs.is_empty();
+                    let ok = budget.observe(key, k0, k1, reported);
+                    assert!(
+                        ok,
+                        "seed {seed:#x}, pass {name}, frame {i}: proof report {reported} breaks the budget of {PROOF_REPORTS_PER_SEC}/s [{}]",
+                        hex(&frame)
+                    );
+                    if reported {
+                        assert_eq!(proofs.len(), 1, "frame {i}: proof reports");
+                        let g = &proofs[0];
+                        assert!(
+                            g.src == want.src
+                                && g.dst == want.dst
+                                && g.len == want.len
+                                && g.frame == want.frame,
+                            "seed {seed:#x}, pass {name}, frame {i}: proof report got {g:?}, want {want:?}"
+                        );
+                        counters[counter::PROOF_REPORTED as usize] += 1;
+                        proofs_reported += 1;
+                    } else {
+                        proofs_withheld += 1;
+                    }
+                }
             }
             // The userspace fallback: exactly the model's sample, if any,
             // and only ever a registered active endpoint's frame.
@@ -1935,6 +2033,9 @@ fn run_pass(run: &Run, pass: &Pass, pass_seed: u64, iters: u64) {
         actions[3],
         actions[4],
         reasons.get("refused (< 14 bytes)").copied().unwrap_or(0)
+    );
+    eprintln!(
+        "xdp_fuzz: pass {name}: proof reports {proofs_reported}, withheld by the budget {proofs_withheld}"
     );
     for (r, n) in &reasons {
         eprintln!("xdp_fuzz:   {n:>9}  {r}");

@@ -1297,6 +1297,82 @@ fn initiation_budget_per_source() {
     hub.drain_events();
 }
 
+/// Frames from sources that are not authenticated endpoints reach the
+/// controller as proof events: a transport frame's header (its receiver
+/// index names a live session's sender), a response whole (it may answer
+/// the controller's probe); at most PROOF_REPORTS_PER_SEC a second per
+/// source address. The frames themselves still pass.
+#[test]
+fn proof_reports_from_unknown_sources() {
+    if !is_root() {
+        return;
+    }
+    let ns = Entered::new();
+    let (ifindex, _) = topology(&ns, true);
+    let mut hub = Hub::load(ifindex);
+    let hub_ep = Endpoint::v4(HUB4.octets(), PORT);
+    let data = transport(R_A_TO_B, 64);
+    let resp = response(0x7777_0001, 0x4242_4242);
+    let before = hub.snapshot();
+    for (payload, copied) in [(data.clone(), 16), (resp.clone(), 92)] {
+        let frame = with_payload(&STRANGER, payload.clone());
+        let (action, out) = hub.run(&frame).unwrap();
+        assert_eq!((action, out), (XDP_PASS, frame), "passed unchanged");
+        let got = hub.drain_proofs();
+        assert_eq!(got.len(), 1, "one proof event");
+        let ev = &got[0];
+        assert_eq!(ev.src, STRANGER.endpoint());
+        assert_eq!(ev.dst, hub_ep);
+        assert_eq!(ev.len as usize, payload.len());
+        assert_eq!(&ev.frame[..copied], &payload[..copied]);
+        assert!(
+            ev.frame[copied..].iter().all(|&b| b == 0),
+            "zero after the copy"
+        );
+    }
+    // An authenticated spoke's frames for the hub's own sessions, and
+    // initiations (routed through their own ring), are not proof events.
+    for frame in [
+        with_payload(&A, transport(0x0bad_0bad, 32)),
+        with_payload(&STRANGER, initiation(0x61)),
+        with_payload(&STRANGER, cookie_reply(0x4242_4242)),
+    ] {
+        hub.run(&frame).unwrap();
+    }
+    assert!(hub.drain_proofs().is_empty());
+    hub.drain_events();
+    let after = hub.snapshot();
+    let d = |i: u32| after.counters[i as usize] - before.counters[i as usize];
+    assert_eq!(d(PROOF_REPORTED), 2);
+    assert_eq!(d(PROOF_RING_FULL), 0);
+
+    // The budget: per address (ports share it), per second.
+    hub.clear_proof_budget();
+    let per_sec = relay_common::PROOF_REPORTS_PER_SEC;
+    let mut other_port = Frame::from_spoke(&STRANGER, data.clone());
+    other_port.sport = STRANGER.port + 1;
+    let other_port = other_port.build();
+    let before = hub.snapshot();
+    hub.run_n(&with_payload(&STRANGER, data.clone()), per_sec - 1)
+        .unwrap();
+    hub.run_n(&other_port, 3).unwrap();
+    assert_eq!(hub.drain_proofs().len(), per_sec as usize);
+    let another = Spoke::v4(0, [203, 0, 113, 98], 40000);
+    hub.run(&with_payload(&another, data.clone())).unwrap();
+    assert_eq!(
+        hub.drain_proofs().len(),
+        1,
+        "another address, another budget"
+    );
+    let after = hub.snapshot();
+    let d = |i: u32| after.counters[i as usize] - before.counters[i as usize];
+    assert_eq!(d(PROOF_REPORTED), u64::from(per_sec) + 1);
+    assert_eq!(d(PASS_UNKNOWN_SOURCE), u64::from(per_sec) + 3);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    hub.run(&other_port).unwrap();
+    assert_eq!(hub.drain_proofs().len(), 1, "the next second");
+}
+
 // ---------------------------------------------------------------------------
 // Cross-family relay (IPv4 spoke <-> IPv6 spoke).
 

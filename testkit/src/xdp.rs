@@ -11,8 +11,9 @@ use aya::{
 };
 use relay_common::{
     Endpoint, HubConfig, InitiationEvent, MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINT_SLOTS,
-    MAP_INITIATIONS, MAP_SESSIONS, MAP_SLOT_COUNTERS, MAP_SLOTS, PROG_RELAY, SLOT_ACTIVE,
-    SessionKey, SessionValue, SlotCounters, SpokeSlot, counter,
+    MAP_INITIATIONS, MAP_PROOF_BUDGET, MAP_PROOFS, MAP_SESSIONS, MAP_SLOT_COUNTERS, MAP_SLOTS,
+    PROG_RELAY, PassWindow, ProofEvent, SLOT_ACTIVE, SessionKey, SessionValue, SlotCounters,
+    SpokeSlot, counter,
 };
 
 pub const XDP_ABORTED: u32 = 0;
@@ -210,6 +211,8 @@ pub struct Harness {
     pub counters: PerCpuArray<MapData, u64>,
     pub slot_counters: PerCpuArray<MapData, SlotCounters>,
     pub initiations: RingBuf<MapData>,
+    pub proofs: RingBuf<MapData>,
+    pub proof_budget: HashMap<MapData, Endpoint, PassWindow>,
     pub ifindex: u32,
     out: Vec<u8>,
 }
@@ -258,12 +261,16 @@ impl Harness {
         let counters = PerCpuArray::try_from(take(MAP_COUNTERS)).unwrap();
         let slot_counters = PerCpuArray::try_from(take(MAP_SLOT_COUNTERS)).unwrap();
         let initiations = RingBuf::try_from(take(MAP_INITIATIONS)).unwrap();
+        let proofs = RingBuf::try_from(take(MAP_PROOFS)).unwrap();
+        let proof_budget = HashMap::try_from(take(MAP_PROOF_BUDGET)).unwrap();
         Self {
             ebpf,
             maps,
             counters,
             slot_counters,
             initiations,
+            proofs,
+            proof_budget,
             ifindex,
             out: vec![0; 4096],
         }
@@ -328,6 +335,27 @@ impl Harness {
             v.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<InitiationEvent>()) });
         }
         v
+    }
+}
+
+impl Harness {
+    /// The proof events waiting in the ring buffer.
+    pub fn drain_proofs(&mut self) -> Vec<ProofEvent> {
+        let mut v = Vec::new();
+        while let Some(item) = self.proofs.next() {
+            assert_eq!(item.len(), size_of::<ProofEvent>());
+            // SAFETY: repr(C) plain data of exactly this size.
+            v.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ProofEvent>()) });
+        }
+        v
+    }
+
+    /// Forget every source's proof budget window.
+    pub fn clear_proof_budget(&mut self) {
+        let keys: Vec<Endpoint> = self.proof_budget.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = self.proof_budget.remove(&k);
+        }
     }
 }
 

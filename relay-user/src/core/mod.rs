@@ -7,6 +7,7 @@ pub mod health;
 pub mod keys;
 pub mod outcome;
 pub mod policy;
+pub mod proof;
 pub mod reconcile;
 pub mod registry;
 pub mod router;

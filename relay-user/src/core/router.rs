@@ -275,6 +275,50 @@ impl Router {
         self.by_endpoint.get(endpoint).copied()
     }
 
+    /// The destination of the newest initiation held from `src`.
+    pub fn held_destination(&self, src: &Endpoint) -> Option<u32> {
+        self.held
+            .iter()
+            .rev()
+            .find(|h| h.event.src == *src)
+            .map(|h| h.dst)
+    }
+
+    /// Spokes an initiation to `dst` from the unauthenticated `src` may
+    /// come from, most likely first, at most `max`: spokes last
+    /// authenticated at the same address (a NAT that moved the port), then
+    /// spokes with no authenticated endpoint (first contact from clients
+    /// that do not handshake with the hub first). Only pairs the policy
+    /// allows. `rotate` picks where the second group starts, so that
+    /// retries reach every such spoke in turn.
+    pub fn initiator_candidates(
+        &self,
+        src: &Endpoint,
+        dst: u32,
+        max: usize,
+        rotate: usize,
+    ) -> Vec<u32> {
+        let mut same_addr = Vec::new();
+        let mut unseen = Vec::new();
+        for (&slot, e) in &self.spokes {
+            if slot == dst || !self.policy.allows(slot, dst) {
+                continue;
+            }
+            match e.endpoint {
+                Some(ep) if ep.family == src.family && ep.addr == src.addr => same_addr.push(slot),
+                Some(_) => {}
+                None => unseen.push(slot),
+            }
+        }
+        same_addr.sort_unstable();
+        unseen.sort_unstable();
+        if !unseen.is_empty() {
+            let at = rotate % unseen.len();
+            unseen.rotate_left(at);
+        }
+        same_addr.into_iter().chain(unseen).take(max).collect()
+    }
+
     pub fn held_len(&self) -> usize {
         self.held.len()
     }

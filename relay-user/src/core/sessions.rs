@@ -5,7 +5,7 @@
 //! session's indices after REJECT_AFTER (180 s) at most, so an entry idle
 //! longer than that plus a margin can never be needed again.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use relay_common::wire::REJECT_AFTER_SECS;
@@ -69,9 +69,50 @@ pub fn denied<'a>(
         .collect()
 }
 
+/// Receiver index -> the slot whose frames carry it (entry (src, idx)
+/// names src as the sender). Indices are random 32-bit numbers chosen by
+/// each receiver, so two pairs rarely share one; if they do, the entry
+/// used last wins.
+pub fn senders_by_receiver<'a>(
+    entries: impl IntoIterator<Item = &'a (SessionKey, SessionValue)>,
+) -> HashMap<u32, u32> {
+    let mut by: HashMap<u32, (u32, u64)> = HashMap::new();
+    for (k, v) in entries {
+        let e = by.entry(k.receiver).or_insert((k.src_slot, v.last_seen_ns));
+        if v.last_seen_ns > e.1 {
+            *e = (k.src_slot, v.last_seen_ns);
+        }
+    }
+    by.into_iter().map(|(r, (s, _))| (r, s)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn senders_by_receiver_names_the_sender() {
+        let e = |src, receiver, dst, seen| {
+            (
+                SessionKey {
+                    src_slot: src,
+                    receiver,
+                },
+                SessionValue {
+                    dst_slot: dst,
+                    last_seen_ns: seen,
+                    ..Default::default()
+                },
+            )
+        };
+        // 1 -> 2 carries 2's index 0xaa, 2 -> 1 carries 1's index 0xbb; a
+        // stale pair 3 -> 4 happens to reuse 0xaa.
+        let entries = [e(1, 0xaa, 2, 50), e(2, 0xbb, 1, 50), e(3, 0xaa, 4, 10)];
+        let m = senders_by_receiver(&entries);
+        assert_eq!(m.get(&0xaa), Some(&1));
+        assert_eq!(m.get(&0xbb), Some(&2));
+        assert_eq!(m.get(&0xcc), None);
+    }
 
     #[test]
     fn install_never_takes_another_pairs_entry() {

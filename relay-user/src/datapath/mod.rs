@@ -28,9 +28,9 @@ use aya::programs::{ProgramError, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use relay_common::{
     CROSS_VIA_USERSPACE, Endpoint, FALLBACK_PAGES_PER_CPU, HUB_V4_SET, HUB_V6_SET, HubConfig,
-    MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINT_SLOTS, MAP_FALLBACK, MAP_INITIATIONS, MAP_SESSIONS,
-    MAP_SLOT_COUNTERS, MAP_SLOTS, PROG_RELAY, SLOT_ACTIVE, SessionKey, SessionValue, SlotCounters,
-    SpokeSlot, counter,
+    MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINT_SLOTS, MAP_FALLBACK, MAP_INITIATIONS, MAP_PROOFS,
+    MAP_SESSIONS, MAP_SLOT_COUNTERS, MAP_SLOTS, PROG_RELAY, SLOT_ACTIVE, SessionKey, SessionValue,
+    SlotCounters, SpokeSlot, counter,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +126,7 @@ pub struct Datapath {
     counters: PerCpuArray<MapData, u64>,
     slot_counters: PerCpuArray<MapData, SlotCounters>,
     initiations: Option<RingBuf<MapData>>,
+    proofs: Option<RingBuf<MapData>>,
     config: Array<MapData, HubConfig>,
     port: u16,
     cross: CrossPath,
@@ -230,6 +231,7 @@ impl Datapath {
             PerCpuArray::try_from(take(MAP_SLOT_COUNTERS)?).map_err(map_err(MAP_SLOT_COUNTERS))?;
         let initiations =
             RingBuf::try_from(take(MAP_INITIATIONS)?).map_err(map_err(MAP_INITIATIONS))?;
+        let proofs = RingBuf::try_from(take(MAP_PROOFS)?).map_err(map_err(MAP_PROOFS))?;
         let mut config: Array<MapData, HubConfig> =
             Array::try_from(take(MAP_CONFIG)?).map_err(map_err(MAP_CONFIG))?;
         // An adopted config keeps the hub addresses until
@@ -261,6 +263,7 @@ impl Datapath {
             counters,
             slot_counters,
             initiations: Some(initiations),
+            proofs: Some(proofs),
             config,
             port,
             cross: CrossPath::Xdp,
@@ -533,6 +536,11 @@ impl Datapath {
     /// The initiation ring buffer, for the async reader (taken once).
     pub fn take_initiations(&mut self) -> Option<RingBuf<MapData>> {
         self.initiations.take()
+    }
+
+    /// The ring buffer of [`relay_common::ProofEvent`]s (once).
+    pub fn take_proofs(&mut self) -> Option<RingBuf<MapData>> {
+        self.proofs.take()
     }
 
     /// Point `slot` at `endpoint` (or deactivate it), keeping the reverse

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub policy_closed_sessions: u64,
     /// The cross-family userspace fallback.
     pub fallback: crate::core::fallback_frame::FallbackStats,
+    /// Endpoint proofs (handshakes in the hub's name to candidate addresses).
+    pub proofs: crate::core::proof::ProofStats,
 }
 
 impl Metrics {
@@ -226,6 +228,19 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
             .zip(s.xdp.iter())
             .filter(|(n, _)| !n.ends_with("_bytes"))
             .map(|(n, v)| (labels(&[("event", n)]), *v)),
+    );
+    let p = &m.proofs;
+    b.counters(
+        "relayhub_endpoint_proofs",
+        "Handshakes the hub sent in its own name to prove a spoke's new endpoint, by result",
+        [
+            ("sent", p.sent),
+            ("proven", p.proven),
+            ("rejected", p.rejected),
+            ("expired", p.expired),
+            ("limited", p.limited),
+        ]
+        .map(|(r, v)| (labels(&[("result", r)]), v)),
     );
     let closed = Counter::<u64>::default();
     closed.inc_by(m.policy_closed_sessions);
@@ -467,6 +482,8 @@ mod tests {
         });
         m.initiation(InitiationResult::Denied);
         m.policy_closed_sessions = 4;
+        m.proofs.sent = 3;
+        m.proofs.proven = 2;
         let mut xdp = [0u64; counter::COUNT as usize];
         xdp[counter::RELAYED_PACKETS as usize] = 42;
         xdp[counter::RELAYED_BYTES as usize] = 4200;
@@ -503,6 +520,9 @@ mod tests {
             "relayhub_handshakes_total{type=\"initiation\",result=\"denied\"} 1",
             "relayhub_dropped_frames_total{stage=\"controller\",reason=\"policy\"} 1",
             "relayhub_policy_closed_sessions_total 4",
+            "relayhub_endpoint_proofs_total{result=\"sent\"} 3",
+            "relayhub_endpoint_proofs_total{result=\"proven\"} 2",
+            "relayhub_endpoint_proofs_total{result=\"limited\"} 0",
             "relayhub_spokes_registered 2.0",
             "relayhub_spokes{state=\"up\"} 1.0",
             "relayhub_spokes{state=\"down\"} 1.0",

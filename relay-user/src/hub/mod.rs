@@ -14,14 +14,16 @@ pub use run::{
 };
 
 use std::collections::HashMap;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use relay_common::wire::INITIATION_LEN;
+use relay_common::wire::{INITIATION_LEN, MSG_RESPONSE, MSG_TRANSPORT, RECEIVER_OFF};
+use relay_common::{Endpoint, InitiationEvent, ProofEvent};
 
 use crate::core::fallback_frame;
 use crate::core::health::{SpokeHealth, Thresholds};
 use crate::core::outcome::InitiationResult;
 use crate::core::policy::SlotPolicy;
+use crate::core::proof::{Proven, Prover};
 use crate::core::reconcile::{Op, Reconciler, SlotChange};
 use crate::core::registry::Registry;
 use crate::core::router::{Action, Outcome, Router};
@@ -31,6 +33,12 @@ use crate::hub::metrics::Metrics;
 use crate::io::hub_wg::HubWg;
 use crate::io::sender::RawSender;
 use crate::store::policy::PolicyWatch;
+
+/// Spokes probed for one initiation from an unknown source.
+pub const PROBES_PER_INITIATION: usize = 4;
+/// The session table is re-read for an unknown receiver index at most this
+/// often (a full map walk).
+pub const RECEIVERS_REREAD: Duration = Duration::from_secs(2);
 
 /// What the hub knows about one registered spoke.
 pub(crate) struct SpokeMeta {
@@ -64,6 +72,17 @@ pub(crate) struct Hub {
     pub(crate) spokes: HashMap<u32, SpokeMeta>,
     pub(crate) thresholds: Thresholds,
     pub(crate) facts: HubFacts,
+    /// Handshakes in the hub's name that prove moved endpoints.
+    pub(crate) prover: Prover,
+    /// Endpoints proven by the prover, per slot, and when: they stand until
+    /// the hub's WireGuard reports another authenticated endpoint.
+    pub(crate) proven: HashMap<u32, (Endpoint, Instant)>,
+    /// Receiver index -> the slot that sends frames carrying it (from the
+    /// session table; see [`Hub::sender_of`]).
+    pub(crate) receivers: HashMap<u32, u32>,
+    pub(crate) receivers_read: Option<Instant>,
+    /// Rotates the first-contact candidates between retries.
+    pub(crate) probe_turn: usize,
     // Fields drop in order: detach XDP first, then remove the interface.
     pub(crate) datapath: Datapath,
     pub(crate) wg: HubWg,
@@ -85,6 +104,8 @@ impl Hub {
                 }
                 SlotChange::Removed(slot) => self.router.remove_spoke(slot),
             }
+            self.prover.forget(c.slot());
+            self.proven.remove(&c.slot());
             tracing::info!(slot = c.slot(), "spoke removed from the relay");
         }
         self.apply_ops(&ops)?;
@@ -189,15 +210,17 @@ impl Hub {
     /// router and the BPF maps.
     pub(crate) fn refresh_endpoints(&mut self) -> anyhow::Result<()> {
         let peers = self.wg.peers()?;
+        let now = Instant::now();
         for p in &peers {
             let Some(slot) = self.slots.slot_of(&p.public_key.0) else {
                 continue;
             };
+            let endpoint = self.merge_proven(slot, p.endpoint, now);
             if let Some(m) = self.spokes.get_mut(&slot) {
                 m.last_handshake = p.last_handshake;
-                m.health.on_endpoint(p.endpoint);
+                m.health.on_endpoint(endpoint);
             }
-            if self.router.set_endpoint(slot, p.endpoint) {
+            if self.router.set_endpoint(slot, endpoint) {
                 tracing::info!(
                     slot,
                     endpoint = ?p.endpoint.and_then(|e| crate::io::hub_wg::to_socket_addr(&e)),
@@ -210,6 +233,145 @@ impl Hub {
             .slots
             .endpoints(router.slots().map(|s| (s, router.endpoint(s))));
         self.apply_ops(&ops)
+    }
+
+    /// The endpoint to use for `slot`, given what the hub's WireGuard
+    /// reports: a proven endpoint stands while WireGuard reports none (a
+    /// client that has not handshaken with the hub yet) or the same one;
+    /// another endpoint from WireGuard is newer (it authenticated a frame
+    /// from there after the proof pointed it at the proven one).
+    fn merge_proven(&mut self, slot: u32, wg: Option<Endpoint>, now: Instant) -> Option<Endpoint> {
+        let Some(&(ep, at)) = self.proven.get(&slot) else {
+            return wg;
+        };
+        if now.saturating_duration_since(at) >= crate::io::hub_wg::ENDPOINT_TRUST
+            || wg.is_some_and(|w| w != ep)
+        {
+            self.proven.remove(&slot);
+            return wg;
+        }
+        Some(ep)
+    }
+
+    /// One initiation copy from the fast path; true if a refresh was asked
+    /// for. An initiation from an unknown source is held by the router;
+    /// the hub then asks the likely senders to prove they are there.
+    pub(crate) fn on_initiation(&mut self, ev: &InitiationEvent, now: Instant) -> bool {
+        let (o, a) = self.router.on_initiation(ev, now);
+        let refresh = self.handle(o, a);
+        if o == Outcome::Held
+            && self.router.slot_of(&ev.src).is_none()
+            && let Some(dst) = self.router.held_destination(&ev.src)
+        {
+            self.probe_turn = self.probe_turn.wrapping_add(PROBES_PER_INITIATION);
+            let candidates = self.router.initiator_candidates(
+                &ev.src,
+                dst,
+                PROBES_PER_INITIATION,
+                self.probe_turn,
+            );
+            for slot in candidates {
+                self.probe(slot, ev.src, ev.dst, now);
+            }
+        }
+        refresh
+    }
+
+    /// A frame from an unknown source, reported by the fast path: a
+    /// transport frame names its sender through the session table (a spoke
+    /// whose NAT mapping moved), a response may answer a probe.
+    pub(crate) fn on_proof_event(&mut self, ev: &ProofEvent, now: Instant) {
+        match ev.frame[0] {
+            MSG_RESPONSE => {
+                if let Some(p) = self.prover.on_response(&ev.src, &ev.frame, now) {
+                    self.on_proven(p, now);
+                }
+            }
+            MSG_TRANSPORT => {
+                let receiver = u32::from_le_bytes(
+                    ev.frame[RECEIVER_OFF..RECEIVER_OFF + 4]
+                        .try_into()
+                        .expect("4 bytes"),
+                );
+                if let Some(slot) = self.sender_of(receiver, now)
+                    && self.router.endpoint(slot) != Some(ev.src)
+                {
+                    self.probe(slot, ev.src, ev.dst, now);
+                }
+            }
+            _ => {}
+        }
+        self.metrics.proofs = self.prover.stats;
+    }
+
+    /// The slot whose frames carry `receiver`. A miss re-reads the session
+    /// table, at most every [`RECEIVERS_REREAD`]: sessions the fast path
+    /// learned itself (from responses) are not otherwise known here.
+    fn sender_of(&mut self, receiver: u32, now: Instant) -> Option<u32> {
+        if let Some(&s) = self.receivers.get(&receiver) {
+            return Some(s);
+        }
+        if self
+            .receivers_read
+            .is_some_and(|t| now.saturating_duration_since(t) < RECEIVERS_REREAD)
+        {
+            return None;
+        }
+        self.read_receivers(now);
+        self.receivers.get(&receiver).copied()
+    }
+
+    fn read_receivers(&mut self, now: Instant) {
+        let entries = self.datapath.sessions();
+        self.receivers = sessions::senders_by_receiver(&entries);
+        self.receivers_read = Some(now);
+    }
+
+    /// Send a probe to `candidate`, if the prover's bounds allow.
+    fn probe(&mut self, slot: u32, candidate: Endpoint, hub: Endpoint, now: Instant) {
+        let Some(key) = self.spokes.get(&slot).map(|m| m.public_key.0) else {
+            return;
+        };
+        let Some(p) = self.prover.probe(slot, &key, candidate, hub, now) else {
+            self.metrics.proofs = self.prover.stats;
+            return;
+        };
+        self.metrics.proofs = self.prover.stats;
+        match self.sender.send(&p.from, &p.to, &p.frame) {
+            Ok(()) => {
+                tracing::debug!(slot, to = ?crate::io::hub_wg::to_socket_addr(&p.to), "endpoint probe sent")
+            }
+            Err(e) => {
+                self.metrics.send_errors += 1;
+                tracing::debug!(error = %e, "sending an endpoint probe");
+            }
+        }
+    }
+
+    /// A spoke answered a probe: move its endpoint (maps, router, the hub's
+    /// own WireGuard) and route what waited for it.
+    fn on_proven(&mut self, p: Proven, now: Instant) {
+        let Proven { slot, endpoint } = p;
+        self.proven.insert(slot, (endpoint, now));
+        let addr = crate::io::hub_wg::to_socket_addr(&endpoint);
+        tracing::info!(slot, endpoint = ?addr, "spoke endpoint proven");
+        if let (Some(m), Some(addr)) = (self.spokes.get(&slot), addr)
+            && let Err(e) = self.wg.set_endpoint(&m.public_key, addr)
+        {
+            tracing::warn!(error = %e, slot, "pointing the hub's WireGuard at a proven endpoint");
+        }
+        if let Some(m) = self.spokes.get_mut(&slot) {
+            m.health.on_endpoint(Some(endpoint));
+        }
+        self.router.set_endpoint(slot, Some(endpoint));
+        let router = &self.router;
+        let ops = self
+            .slots
+            .endpoints(router.slots().map(|s| (s, router.endpoint(s))));
+        if let Err(e) = self.apply_ops(&ops) {
+            tracing::warn!(error = %e, "installing a proven endpoint");
+        }
+        self.retry_held();
     }
 
     /// Carry out one routing decision; true if a refresh was asked for.
@@ -251,6 +413,8 @@ impl Hub {
             }) => {
                 let (key, mut value) = session;
                 value.last_seen_ns = ktime_ns();
+                // Frames from the responder carry the initiator's index.
+                self.receivers.insert(key.receiver, key.src_slot);
                 if let Err(e) = self.datapath.insert_session(key, value) {
                     tracing::warn!(error = %e, "installing relay session");
                 }
@@ -334,6 +498,9 @@ impl Hub {
         for k in &gone {
             self.datapath.remove_session(k);
         }
+        self.read_receivers(Instant::now());
+        self.prover.expire(Instant::now());
+        self.metrics.proofs = self.prover.stats;
         if !gone.is_empty() {
             tracing::debug!(expired = gone.len(), "session sweep");
         }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use relay_common::InitiationEvent;
+use relay_common::{InitiationEvent, ProofEvent};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
@@ -70,12 +70,14 @@ pub struct RunConfig {
     pub initiations_per_source: u32,
 }
 
-fn read_events(ring: &mut RingBuf<MapData>, out: &mut Vec<InitiationEvent>) {
+/// Drain `ring` of fixed-size records of type `T` (the eBPF side writes
+/// exactly one `T` per record).
+fn read_events<T: Copy>(ring: &mut RingBuf<MapData>, out: &mut Vec<T>) {
     while let Some(item) = ring.next() {
-        if item.len() >= std::mem::size_of::<InitiationEvent>() {
-            // SAFETY: the record is at least one InitiationEvent long and
-            // the type is plain old data; read_unaligned copes with alignment.
-            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<InitiationEvent>()) });
+        if item.len() >= std::mem::size_of::<T>() {
+            // SAFETY: the record is at least one T long and T (InitiationEvent,
+            // ProofEvent) is plain old data; read_unaligned copes with alignment.
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<T>()) });
         }
     }
 }
@@ -182,6 +184,11 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
             wg_iface: cfg.wg_iface.clone(),
             started: Instant::now(),
         },
+        prover: crate::core::proof::Prover::new(&hub_key.0, crate::core::proof::Limits::default()),
+        proven: HashMap::new(),
+        receivers: HashMap::new(),
+        receivers_read: None,
+        probe_turn: 0,
         datapath: {
             datapath.attach(&cfg.iface, cfg.xdp_mode)?;
             datapath
@@ -217,10 +224,16 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
         .datapath
         .take_initiations()
         .context("initiation ring buffer already taken")?;
-    // SAFETY (both): the ring buffers own their map fds for as long as the
-    // AsyncFd holds them, and as_raw_fd() always returns that same fd.
+    // SAFETY (both rings and the logger): each owns its map fd for as long
+    // as the AsyncFd holds it, and as_raw_fd() always returns that same fd.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling the initiation ring buffer: {e}"))?;
+    let proofs = hub
+        .datapath
+        .take_proofs()
+        .context("proof ring buffer already taken")?;
+    let mut proofs = unsafe { AsyncFd::register_with_interest(proofs, Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("polling the proof ring buffer: {e}"))?;
     let logger = match aya_log::EbpfLogger::init(hub.datapath.ebpf_mut()) {
         Ok(l) => Some(
             unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }
@@ -259,7 +272,8 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
     ] {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
-    let mut events = Vec::with_capacity(64);
+    let mut events: Vec<InitiationEvent> = Vec::with_capacity(64);
+    let mut proof_events: Vec<ProofEvent> = Vec::with_capacity(16);
     let mut logger = logger;
     loop {
         // A delayed (crossing) initiation falls due at a precise time.
@@ -291,8 +305,7 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
                 let mut refresh = false;
                 let now = Instant::now();
                 for ev in &events {
-                    let (o, a) = h.router.on_initiation(ev, now);
-                    refresh |= h.handle(o, a);
+                    refresh |= h.on_initiation(ev, now);
                 }
                 if refresh {
                     // First contact: the sender's handshake with the hub is
@@ -301,6 +314,17 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
                         tracing::warn!(error = %e, "endpoint refresh");
                     }
                     h.retry_held();
+                }
+            }
+            guard = proofs.readable_mut() => {
+                let mut guard = guard?;
+                guard.clear_ready();
+                proof_events.clear();
+                read_events(guard.get_inner_mut(), &mut proof_events);
+                let mut h = hub.lock().expect("hub lock");
+                let now = Instant::now();
+                for ev in &proof_events {
+                    h.on_proof_event(ev, now);
                 }
             }
             guard = async {
@@ -362,6 +386,7 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
         let _ = t.await;
     }
     drop(ring);
+    drop(proofs);
     drop(logger);
     let mut hub = Arc::try_unwrap(hub)
         .map_err(|_| anyhow::anyhow!("hub still shared at shutdown"))?

@@ -263,6 +263,18 @@ impl HubWg {
         Ok(())
     }
 
+    /// Point the hub's own WireGuard at a spoke's proven endpoint, so that
+    /// its traffic to the spoke follows the relay's.
+    pub fn set_endpoint(&self, key: &Key, endpoint: SocketAddr) -> Result<(), HubWgError> {
+        DeviceUpdate::new()
+            .add_peer(PeerConfigBuilder::new(key).set_endpoint(endpoint))
+            .apply(&self.name, self.backend)
+            .map_err(|source| HubWgError::Io {
+                name: self.name_str.clone(),
+                source,
+            })
+    }
+
     /// Current peers, with endpoints only where a handshake backs them.
     pub fn peers(&self) -> Result<Vec<PeerStatus>, HubWgError> {
         let dev = self.device()?;
