@@ -1,15 +1,18 @@
 //! Tiny XDP programs assembled by hand, so the bench needs no second eBPF
 //! crate: the reflector (mode 5: swap addresses, XDP_TX, no lookup), a
-//! sink that drops IPv4 (the far end of the hub link during packet-rate
-//! runs) and a pass program (veth peers need *some* XDP program for
-//! XDP_TX frames to arrive). Loaded with BPF_PROG_LOAD, attached with a
-//! BPF link (detached when [`XdpLink`] drops).
+//! sink that counts the relayed frames it expects and drops IPv4 (the far
+//! end of the hub link during packet-rate runs) and a pass program (veth
+//! peers need *some* XDP program for XDP_TX frames to arrive). Loaded with
+//! BPF_PROG_LOAD, attached with a BPF link (detached when [`XdpLink`] drops).
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use anyhow::{Context, bail};
 
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_XDP: u32 = 37;
@@ -26,6 +29,9 @@ const R3: u8 = 3;
 const R4: u8 = 4;
 const R5: u8 = 5;
 const R6: u8 = 6;
+const R7: u8 = 7;
+const R8: u8 = 8;
+const R10: u8 = 10;
 
 fn ldx(size: u8, dst: u8, src: u8, off: i16) -> Insn {
     Insn(0x61 | size, (src << 4) | dst, off, 0)
@@ -55,6 +61,89 @@ fn jne_imm(dst: u8, imm: i32, off: i16) -> Insn {
 }
 fn exit() -> Insn {
     Insn(0x95, 0, 0, 0)
+}
+/// if dst == imm goto +off
+fn jeq_imm(dst: u8, imm: i32, off: i16) -> Insn {
+    Insn(0x15, dst, off, imm)
+}
+/// if dst > imm goto +off (unsigned)
+fn jgt_imm(dst: u8, imm: i32, off: i16) -> Insn {
+    Insn(0x25, dst, off, imm)
+}
+/// if dst != src goto +off
+fn jne_reg(dst: u8, src: u8, off: i16) -> Insn {
+    Insn(0x5d, (src << 4) | dst, off, 0)
+}
+/// if (u32)dst != (u32)imm goto +off (no sign extension of the immediate)
+fn jne32_imm(dst: u8, imm: u32, off: i16) -> Insn {
+    Insn(0x56, dst, off, imm as i32)
+}
+fn alu64_imm(op: u8, dst: u8, imm: i32) -> Insn {
+    Insn(0x07 | op, dst, 0, imm)
+}
+fn alu32_imm(op: u8, dst: u8, imm: u32) -> Insn {
+    Insn(0x04 | op, dst, 0, imm as i32)
+}
+fn or_reg(dst: u8, src: u8) -> Insn {
+    Insn(0x4f, (src << 4) | dst, 0, 0)
+}
+const MUL: u8 = 0x20;
+const DIV: u8 = 0x30;
+const LSH: u8 = 0x60;
+const MOD: u8 = 0x90;
+const XOR: u8 = 0xa0;
+const OR: u8 = 0x40;
+/// *(u32 *)(dst + off) = imm
+fn st_w(dst: u8, off: i16, imm: i32) -> Insn {
+    Insn(0x62, dst, off, imm)
+}
+/// dst = the map `fd` (two instruction slots; BPF_PSEUDO_MAP_FD)
+fn ld_map_fd(dst: u8, fd: i32) -> [Insn; 2] {
+    [Insn(0x18, (1 << 4) | dst, 0, fd), Insn(0, 0, 0, 0)]
+}
+fn call(helper: i32) -> Insn {
+    Insn(0x85, 0, 0, helper)
+}
+/// lock *(u64 *)(dst + off) += src
+fn atomic_add64(dst: u8, src: u8, off: i16) -> Insn {
+    Insn(0xdb, (src << 4) | dst, off, 0)
+}
+const MAP_LOOKUP_ELEM: i32 = 1;
+
+/// Instructions with forward jumps to named labels, resolved at the end.
+#[derive(Default)]
+struct Asm {
+    v: Vec<Insn>,
+    jumps: Vec<(usize, &'static str)>,
+    labels: Vec<(&'static str, usize)>,
+}
+
+impl Asm {
+    fn op(&mut self, i: Insn) -> &mut Self {
+        self.v.push(i);
+        self
+    }
+    /// A jump (offset filled in by [`finish`](Self::finish)) to `label`.
+    fn jump(&mut self, i: Insn, label: &'static str) -> &mut Self {
+        self.jumps.push((self.v.len(), label));
+        self.v.push(i);
+        self
+    }
+    fn label(&mut self, name: &'static str) -> &mut Self {
+        self.labels.push((name, self.v.len()));
+        self
+    }
+    fn finish(&mut self) -> Vec<u8> {
+        for &(at, name) in &self.jumps {
+            let (_, to) = self
+                .labels
+                .iter()
+                .find(|(n, _)| *n == name)
+                .expect("jump to a defined label");
+            self.v[at].2 = (to - at - 1) as i16;
+        }
+        encode(&self.v)
+    }
 }
 
 /// Swap `size`-wide fields at `a` and `b` of the packet at r2.
@@ -102,21 +191,130 @@ pub fn reflector(port: u16) -> Vec<u8> {
     encode(&v)
 }
 
-/// XDP_DROP every IPv4 frame, pass the rest (ARP keeps working).
-pub fn drop_ipv4() -> Vec<u8> {
-    encode(&[
-        ldx(W, R2, R1, 0),
-        ldx(W, R3, R1, 4),
-        mov_reg(R4, R2),
-        add_imm(R4, 14),
-        jgt_reg(R4, R3, 4),
-        ldx(H, R5, R2, 12),
-        jne_imm(R5, 0x0008, 2),
-        mov_imm(R0, 1),
-        exit(),
-        mov_imm(R0, 2),
-        exit(),
-    ])
+/// What a relayed frame must look like to count as delivered.
+pub struct Expect {
+    /// The hub's address and port: the source of every relayed frame.
+    pub hub_ip: std::net::Ipv4Addr,
+    pub hub_port: u16,
+    /// Synthetic spokes 1..=n ([`crate::synth::spokes`]).
+    pub spokes: u32,
+    /// Frames go back to their sender (the reflector), not to its peer.
+    pub reflected: bool,
+}
+
+/// The far end of the hub link during packet-rate runs: count in `counter`
+/// the IPv4 frames that are what the relay must deliver and XDP_DROP every
+/// IPv4 frame (pass the rest; ARP keeps working). A frame counts if it is a
+/// type 4 WireGuard frame from the hub's address and port to a synthetic
+/// spoke's endpoint carrying the receiver index of that spoke's peer (or,
+/// `reflected`, its own): what [`crate::synth`] sends, rewritten as the
+/// relay must. Any other frame that reaches the interface is not a relay.
+pub fn count_relayed(counter: &Counter, e: &Expect) -> Vec<u8> {
+    let mut a = Asm::default();
+    a.op(ldx(W, R2, R1, 0))
+        .op(ldx(W, R3, R1, 4))
+        .op(mov_reg(R4, R2))
+        .op(add_imm(R4, 14))
+        .jump(jgt_reg(R4, R3, 0), "pass")
+        .op(ldx(H, R5, R2, 12))
+        .jump(jne_imm(R5, 0x0008, 0), "pass") // ethertype 0x0800, little-endian
+        .op(mov_reg(R4, R2))
+        .op(add_imm(R4, 50)) // through the receiver index
+        .jump(jgt_reg(R4, R3, 0), "drop")
+        .op(ldx(B, R5, R2, 14))
+        .jump(jne_imm(R5, 0x45, 0), "drop")
+        .op(ldx(B, R5, R2, 23))
+        .jump(jne_imm(R5, 17, 0), "drop")
+        .op(ldx(W, R5, R2, 26))
+        .jump(
+            jne32_imm(R5, u32::from_le_bytes(e.hub_ip.octets()), 0),
+            "drop",
+        )
+        .op(ldx(H, R5, R2, 34))
+        .jump(jne_imm(R5, e.hub_port.swap_bytes() as i32, 0), "drop")
+        .op(ldx(W, R5, R2, 42))
+        .jump(jne_imm(R5, 4, 0), "drop") // type 4, reserved bytes zero
+        // d = destination port - 40000: the destination spoke's slot.
+        .op(ldx(B, R6, R2, 36))
+        .op(alu64_imm(LSH, R6, 8))
+        .op(ldx(B, R7, R2, 37))
+        .op(or_reg(R6, R7))
+        .op(add_imm(R6, -40000))
+        .jump(jeq_imm(R6, 0, 0), "drop")
+        .jump(jgt_imm(R6, e.spokes as i32, 0), "drop")
+        // Its address: 10.200.(d / 200).(d % 200 + 1).
+        .op(mov_reg(R7, R6))
+        .op(alu64_imm(DIV, R7, 200))
+        .op(alu64_imm(LSH, R7, 16))
+        .op(mov_reg(R8, R6))
+        .op(alu64_imm(MOD, R8, 200))
+        .op(add_imm(R8, 1))
+        .op(alu64_imm(LSH, R8, 24))
+        .op(or_reg(R7, R8))
+        .op(alu64_imm(OR, R7, 10 | (200 << 8)))
+        .op(ldx(W, R8, R2, 30))
+        .jump(jne_reg(R8, R7, 0), "drop");
+    if !e.reflected {
+        // The sender is the destination's peer: ((d - 1) ^ 1) + 1.
+        a.op(add_imm(R6, -1))
+            .op(alu64_imm(XOR, R6, 1))
+            .op(add_imm(R6, 1));
+    }
+    // The sender's receiver index (synth::receiver), in 32 bits.
+    a.op(alu32_imm(MUL, R6, 0x9e37_79b9))
+        .op(alu32_imm(XOR, R6, 0x5000_0000))
+        .op(ldx(W, R7, R2, 46))
+        .jump(jne_reg(R7, R6, 0), "drop");
+    let [l0, l1] = ld_map_fd(R1, counter.fd.as_raw_fd());
+    a.op(l0)
+        .op(l1)
+        .op(st_w(R10, -4, 0))
+        .op(mov_reg(R2, R10))
+        .op(add_imm(R2, -4))
+        .op(call(MAP_LOOKUP_ELEM))
+        .jump(jeq_imm(R0, 0, 0), "drop")
+        .op(mov_imm(R1, 1))
+        .op(atomic_add64(R0, R1, 0))
+        .label("drop")
+        .op(mov_imm(R0, 1))
+        .op(exit())
+        .label("pass")
+        .op(mov_imm(R0, 2))
+        .op(exit());
+    a.finish()
+}
+
+/// A one-entry BPF array holding a u64, counted into by an XDP program.
+pub struct Counter {
+    fd: OwnedFd,
+}
+
+impl Counter {
+    pub fn new(name: &str) -> anyhow::Result<Counter> {
+        let mut a = [0u8; 128];
+        a[0..4].copy_from_slice(&BPF_MAP_TYPE_ARRAY.to_ne_bytes());
+        a[4..8].copy_from_slice(&4u32.to_ne_bytes());
+        a[8..12].copy_from_slice(&8u32.to_ne_bytes());
+        a[12..16].copy_from_slice(&1u32.to_ne_bytes());
+        let n = name.len().min(15);
+        a[28..28 + n].copy_from_slice(&name.as_bytes()[..n]);
+        let fd = bpf(BPF_MAP_CREATE, &mut a).with_context(|| format!("create map {name}"))?;
+        // SAFETY: a new fd owned by nobody else.
+        Ok(Counter {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    pub fn get(&self) -> anyhow::Result<u64> {
+        let key = 0u32;
+        let mut value = 0u64;
+        let mut a = [0u8; 128];
+        a[0..4].copy_from_slice(&(self.fd.as_raw_fd() as u32).to_ne_bytes());
+        a[8..16].copy_from_slice(&(&key as *const u32 as u64).to_ne_bytes());
+        a[16..24].copy_from_slice(&(&mut value as *mut u64 as u64).to_ne_bytes());
+        bpf(BPF_MAP_LOOKUP_ELEM, &mut a).context("read the sink's counter")?;
+        Ok(value)
+    }
 }
 
 /// XDP_PASS.
@@ -249,4 +447,76 @@ pub fn test_run(
     let retval = u32::from_ne_bytes(a[4..8].try_into().expect("4 bytes"));
     let duration = u32::from_ne_bytes(a[36..40].try_into().expect("4 bytes"));
     Ok((duration as f64, retval))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::os::fd::AsFd;
+
+    use testkit::frame::udp4_frame;
+    use testkit::wg::transport_with_counter;
+
+    use super::*;
+    use crate::synth::{self, HUB_IP, HUB_PORT};
+
+    const MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+
+    /// The sink's action on `frame` and whether it counted it.
+    fn sink(reflected: bool, frame: &[u8]) -> (u32, u64) {
+        testkit::cmd::require_root();
+        let c = Counter::new("sink_test").expect("map");
+        let e = Expect {
+            hub_ip: HUB_IP,
+            hub_port: HUB_PORT,
+            spokes: 64,
+            reflected,
+        };
+        let p = load("sink_test", &count_relayed(&c, &e)).expect("load");
+        let (_, action) = test_run(p.as_fd(), frame, 1, 1).expect("test run");
+        (action, c.get().expect("counter"))
+    }
+
+    /// A transport frame with `receiver` from `src` to `dst`.
+    fn frame(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), receiver: u32) -> Vec<u8> {
+        let m = transport_with_counter(receiver, 1, 64);
+        udp4_frame(MAC, MAC, src.0, src.1, dst.0, dst.1, &m, false)
+    }
+
+    #[test]
+    fn sink_counts_only_the_expected_relay() {
+        let sp = synth::spokes(64);
+        let (a, b) = (sp[2], sp[3]); // a pair: slots 3 and 4
+        let hub = (HUB_IP, HUB_PORT);
+        let relayed = frame(hub, (b.ip, b.port), synth::receiver(a.slot));
+        let reflected = frame(hub, (a.ip, a.port), synth::receiver(a.slot));
+        const DROP: u32 = 1;
+        assert_eq!(sink(false, &relayed), (DROP, 1), "a relayed frame");
+        assert_eq!(sink(true, &reflected), (DROP, 1), "a reflected frame");
+        // What the generator sent, unchanged, is no relay; nor is a frame
+        // sent back to its sender, or one from another source.
+        for (what, f) in [
+            ("input", frame((a.ip, a.port), hub, synth::receiver(a.slot))),
+            ("back to sender", reflected.clone()),
+            (
+                "wrong source port",
+                frame((HUB_IP, 1), (b.ip, b.port), synth::receiver(a.slot)),
+            ),
+            (
+                "wrong receiver",
+                frame(hub, (b.ip, b.port), synth::receiver(b.slot)),
+            ),
+        ] {
+            assert_eq!(sink(false, &f), (DROP, 0), "{what}");
+        }
+        assert_eq!(
+            sink(true, &relayed),
+            (DROP, 0),
+            "relayed, for the reflector"
+        );
+        // Not IPv4: passed (ARP), not counted.
+        let mut arp = relayed.clone();
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(sink(false, &arp), (2, 0), "ARP");
+    }
 }

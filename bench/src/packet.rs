@@ -41,6 +41,10 @@ impl Mode {
 /// One measurement at one offered load.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Sample {
+    /// Frames the sink matched as relayed, and every frame that reached
+    /// the router's interface meanwhile (the difference is not a relay).
+    pub relayed: u64,
+    pub arrived: u64,
     pub offered_pps: f64,
     pub delivered_pps: f64,
     pub loss: f64,
@@ -218,10 +222,12 @@ impl<'t> Bench<'t> {
         Ok(r)
     }
 
-    /// Offer `pps` of `payload`-byte frames for `dur`.
+    /// Offer `pps` of `payload`-byte frames for `dur`; delivered = what
+    /// the sink's `relayed` counter matched meanwhile.
     fn measure(
         &self,
         run: &mut Running,
+        relayed: &bpfraw::Counter,
         payload: usize,
         pps: f64,
         dur: Duration,
@@ -231,7 +237,7 @@ impl<'t> Bench<'t> {
         let frames = self.frames(payload);
         let live = self.live;
         let rx0 = sys::rx_packets(&rns, &rif);
-        let relayed0 = run.xdp.as_ref().map(|x| x.relayed());
+        let relayed0 = relayed.get()?;
         let cpu0 = sys::cpu_ns(&run.pids);
         let st0 = run.xdp.as_mut().map(|x| x.run_stats()).unwrap_or_default();
         let (sent, el) = sys::in_netns(&rns, || {
@@ -246,15 +252,11 @@ impl<'t> Bench<'t> {
         let rx1 = sys::rx_packets(&rns, &rif);
         let cpu1 = sys::cpu_ns(&run.pids);
         let st1 = run.xdp.as_mut().map(|x| x.run_stats()).unwrap_or_default();
-        let arrived = rx1.saturating_sub(rx0);
-        // With the product's program, count only the frames it relayed:
-        // whatever else reaches the router's interface is not a relay.
-        let got = match (relayed0, run.xdp.as_ref().map(|x| x.relayed())) {
-            (Some(r0), Some(r1)) => arrived.min(r1.saturating_sub(r0)),
-            _ => arrived,
-        };
+        let got = relayed.get()? - relayed0;
         let secs = el.as_secs_f64();
         Ok(Sample {
+            relayed: got,
+            arrived: rx1.saturating_sub(rx0),
             offered_pps: sent as f64 / secs,
             delivered_pps: got as f64 / secs,
             loss: if sent > 0 {
@@ -275,13 +277,23 @@ impl<'t> Bench<'t> {
         })
     }
 
-    fn sink(&self, drop: bool) -> anyhow::Result<bpfraw::XdpLink> {
+    /// The far end of the hub link: with `count`, the counting sink for
+    /// `mode`'s frames (see [`bpfraw::count_relayed`]), else XDP_PASS (the
+    /// latency probe reads the frames).
+    fn sink(&self, count: Option<(Mode, &bpfraw::Counter)>) -> anyhow::Result<bpfraw::XdpLink> {
         let rif = self.topo.router_hub_if.clone();
         let l = sys::in_netns(&self.topo.router.name, || {
-            let insns = if drop {
-                bpfraw::drop_ipv4()
-            } else {
-                bpfraw::pass()
+            let insns = match count {
+                Some((mode, counter)) => bpfraw::count_relayed(
+                    counter,
+                    &bpfraw::Expect {
+                        hub_ip: synth::HUB_IP,
+                        hub_port: synth::HUB_PORT,
+                        spokes: self.spokes.len() as u32,
+                        reflected: mode == Mode::Reflector,
+                    },
+                ),
+                None => bpfraw::pass(),
             };
             let p = bpfraw::load("sink", &insns)?;
             bpfraw::attach(p, &rif, bpfraw::XDP_FLAGS_DRV_MODE)
@@ -295,14 +307,21 @@ impl<'t> Bench<'t> {
     /// Every packet-rate measurement of one mode.
     pub fn run_mode(&self, mode: Mode, cfg: &Config, self_exe: &str) -> anyhow::Result<ModeResult> {
         let mut res = ModeResult::default();
-        let sink = self.sink(true)?;
+        let relayed = bpfraw::Counter::new("relayed")?;
+        let sink = self.sink(Some((mode, &relayed)))?;
         let mut run = self.start(mode, self_exe)?;
         // Warm-up (ARP-free path, NAPI threads scheduled, caches).
-        self.measure(&mut run, 64, cfg.fixed_pps, Duration::from_millis(300))?;
+        self.measure(
+            &mut run,
+            &relayed,
+            64,
+            cfg.fixed_pps,
+            Duration::from_millis(300),
+        )?;
         for &p in &SIZES {
             let mut v = Vec::new();
             for _ in 0..cfg.reps {
-                let s = self.measure(&mut run, p, cfg.fixed_pps, cfg.window)?;
+                let s = self.measure(&mut run, &relayed, p, cfg.fixed_pps, cfg.window)?;
                 // A mode that relays nothing has no cost to report.
                 anyhow::ensure!(
                     s.delivered_pps > 0.0,
@@ -312,11 +331,13 @@ impl<'t> Bench<'t> {
                 v.push(s);
             }
             eprintln!(
-                "  {:<24} {p:>5} B @ {:.0} pps: hub {:.0} ns/pkt, loss {:.2}%",
+                "  {:<24} {p:>5} B @ {:.0} pps: hub {:.0} ns/pkt, loss {:.2}% ({} relayed, {} arrived at the router)",
                 mode.name(),
                 cfg.fixed_pps,
                 med(v.iter().map(|s| s.hub_ns_per_pkt)),
-                100.0 * med(v.iter().map(|s| s.loss))
+                100.0 * med(v.iter().map(|s| s.loss)),
+                v.iter().map(|s| s.relayed).sum::<u64>(),
+                v.iter().map(|s| s.arrived).sum::<u64>()
             );
             res.fixed.push((p, v));
         }
@@ -325,7 +346,7 @@ impl<'t> Bench<'t> {
             let mut best = 0.0f64;
             let mut limited = false;
             for &rate in &cfg.rates {
-                let s = self.measure(&mut run, 64, rate, cfg.step)?;
+                let s = self.measure(&mut run, &relayed, 64, rate, cfg.step)?;
                 if std::env::var_os("RELAY_BENCH_VERBOSE").is_some() {
                     eprintln!("    step {rate:.0}: {s:?}");
                 }
@@ -341,7 +362,7 @@ impl<'t> Bench<'t> {
                     break;
                 }
             }
-            let over = self.measure(&mut run, 64, 2.0 * best, cfg.step)?;
+            let over = self.measure(&mut run, &relayed, 64, 2.0 * best, cfg.step)?;
             eprintln!(
                 "  {:<24} max lossless {:.0} pps; at 2x offered ({:.0} achieved) delivers {:.0} pps",
                 mode.name(),
@@ -378,7 +399,7 @@ impl<'t> Bench<'t> {
             res.memlock = m;
         }
         drop(sink);
-        let _pass = self.sink(false)?;
+        let _pass = self.sink(None)?;
         res.rtt_us = self.latency(mode, cfg.latency_samples)?;
         eprintln!(
             "  {:<24} RTT p50 {:.1} µs p99 {:.1} µs",

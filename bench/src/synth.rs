@@ -159,20 +159,6 @@ impl XdpHub {
     }
 
     /// (run_time_ns, run_cnt) from the kernel's BPF run-time statistics.
-    /// Frames the program relayed so far: its `RELAYED_PACKETS` counter,
-    /// summed over CPUs (frames it matched to a session and sent on).
-    pub fn relayed(&self) -> u64 {
-        let Some(m) = self.ebpf.map(relay_common::MAP_COUNTERS) else {
-            return 0;
-        };
-        let Ok(a) = aya::maps::PerCpuArray::<_, u64>::try_from(m) else {
-            return 0;
-        };
-        a.get(&relay_common::counter::RELAYED_PACKETS, 0)
-            .map(|v| v.iter().sum())
-            .unwrap_or(0)
-    }
-
     pub fn run_stats(&mut self) -> (u64, u64) {
         match self.prog().and_then(|p| Ok(p.info()?)) {
             Ok(i) => (i.run_time().as_nanos() as u64, i.run_count()),

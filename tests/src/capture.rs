@@ -90,6 +90,66 @@ pub fn parse_tcpdump(text: &str) -> Vec<Packet> {
 
 #[cfg(test)]
 mod tests {
+    use crate::inject::{self, Datagram, Datagram6};
+
+    /// `tcpdump -n -tt -x` output for one packet.
+    fn dump(line: &str, packet: &[u8]) -> String {
+        let mut s = format!("{line}\n");
+        for (i, chunk) in packet.chunks(16).enumerate() {
+            let words: Vec<String> = chunk
+                .chunks(2)
+                .map(|w| w.iter().map(|b| format!("{b:02x}")).collect())
+                .collect();
+            s += &format!("\t0x{:04x}:  {}\n", i * 16, words.join(" "));
+        }
+        s
+    }
+
+    #[test]
+    fn parses_wireguard_frames_of_both_families() {
+        let t4 = inject::transport(0x1234_5678, 96, 1);
+        let t6 = inject::transport(0x9abc_def0, 32, 2);
+        let p4 = Datagram {
+            src: "203.0.113.6".parse().unwrap(),
+            sport: 40001,
+            dst: "198.51.100.1".parse().unwrap(),
+            dport: 51820,
+            payload: t4.clone(),
+        }
+        .packet();
+        let p6 = Datagram6 {
+            src: "2001:db8:a2::3".parse().unwrap(),
+            sport: 47123,
+            dst: "2001:db8:100::2".parse().unwrap(),
+            dport: 51820,
+            payload: t6.clone(),
+        }
+        .packet();
+        let text = dump(
+            "1764465123.000001 IP 203.0.113.6.40001 > 198.51.100.1.51820: UDP, length 96",
+            &p4,
+        ) + &dump(
+            "1764465123.000002 IP6 2001:db8:a2::3.47123 > 2001:db8:100::2.51820: UDP, length 32",
+            &p6,
+        );
+        let wg = super::parse_wg_frames(&text);
+        assert_eq!(wg.len(), 2);
+        assert_eq!(
+            (wg[0].src.as_str(), wg[0].kind, wg[0].receiver),
+            ("203.0.113.6.40001", 4, Some(0x1234_5678))
+        );
+        assert_eq!(
+            (wg[1].src.as_str(), wg[1].kind, wg[1].receiver, wg[1].len),
+            ("2001:db8:a2::3.47123", 4, Some(0x9abc_def0), 32)
+        );
+        let udp = super::parse_udp_frames(&text);
+        assert_eq!(udp.len(), 2);
+        assert_eq!(udp[0].payload, t4);
+        assert_eq!(udp[1].payload, t6);
+        assert_eq!(udp[1].dst, "2001:db8:100::2.51820");
+        assert_eq!(inject::marked(&udp).len(), 2);
+    }
+
     #[test]
     fn parses_icmp_and_tcp_lines() {
         let p = super::parse_tcpdump(
@@ -103,7 +163,8 @@ mod tests {
     }
 }
 
-/// One WireGuard frame seen on the underlay (`tcpdump -x`, IPv4, no IP options).
+/// One WireGuard frame seen on the underlay (`tcpdump -x`; IPv4 without
+/// options or IPv6 without extension headers).
 #[derive(Debug, Clone)]
 pub struct WgFrame {
     /// Seconds since the epoch (from `tcpdump -tt`).
@@ -140,7 +201,7 @@ pub fn read_wg_frames(file: &Path) -> anyhow::Result<Vec<WgFrame>> {
     Ok(parse_wg_frames(&text))
 }
 
-/// Parse `tcpdump -n -tt -x` output of IPv4/UDP WireGuard frames.
+/// Parse `tcpdump -n -tt -x` output of IPv4/UDP and IPv6/UDP WireGuard frames.
 pub fn parse_wg_frames(text: &str) -> Vec<WgFrame> {
     let mut frames = Vec::new();
     let mut cur: Option<(f64, String, String, usize, Vec<u8>)> = None;
@@ -148,7 +209,13 @@ pub fn parse_wg_frames(text: &str) -> Vec<WgFrame> {
         let Some((time, src, dst, len, bytes)) = c else {
             return;
         };
-        let p = &bytes.get(28..).unwrap_or(&[]);
+        // IPv4 without options, or IPv6 without extension headers.
+        let udp_payload = if bytes.first().map(|b| b >> 4) == Some(6) {
+            48
+        } else {
+            28
+        };
+        let p = &bytes.get(udp_payload..).unwrap_or(&[]);
         let le = |o: usize| {
             p.get(o..o + 4)
                 .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -187,7 +254,7 @@ pub fn parse_wg_frames(text: &str) -> Vec<WgFrame> {
         }
         finish(cur.take(), &mut frames);
         let toks: Vec<&str> = line.split_whitespace().collect();
-        if toks.len() < 5 || toks[1] != "IP" || toks[3] != ">" {
+        if toks.len() < 5 || !matches!(toks[1], "IP" | "IP6") || toks[3] != ">" {
             continue;
         }
         let Ok(time) = toks[0].parse::<f64>() else {
@@ -210,19 +277,20 @@ pub fn parse_wg_frames(text: &str) -> Vec<WgFrame> {
     frames
 }
 
-/// One captured IPv4/UDP datagram with its payload (as far as captured).
+/// One captured IPv4/UDP or IPv6/UDP datagram with its payload (as far as
+/// captured).
 #[derive(Debug, Clone)]
 pub struct UdpFrame {
     /// Seconds since the epoch (from `tcpdump -tt`).
     pub time: f64,
-    /// `a.b.c.d.port` as tcpdump prints it.
+    /// `a.b.c.d.port` or `2001:db8::1.port` as tcpdump prints it.
     pub src: String,
     pub dst: String,
     /// UDP payload bytes (truncated to the snap length).
     pub payload: Vec<u8>,
 }
 
-/// Read every IPv4/UDP datagram of a capture with its payload.
+/// Read every IPv4/UDP and IPv6/UDP datagram of a capture with its payload.
 pub fn read_udp_frames(file: &Path) -> anyhow::Result<Vec<UdpFrame>> {
     let f = file.to_str().context("utf-8 path")?;
     let text = cmd::run_timeout(&["tcpdump", "-nr", f, "-tt", "-x"], Duration::from_secs(30))?
@@ -230,7 +298,8 @@ pub fn read_udp_frames(file: &Path) -> anyhow::Result<Vec<UdpFrame>> {
     Ok(parse_udp_frames(&text))
 }
 
-/// Parse `tcpdump -n -tt -x` output: IPv4/UDP datagrams and their payloads.
+/// Parse `tcpdump -n -tt -x` output: IPv4/UDP and IPv6/UDP datagrams and
+/// their payloads.
 pub fn parse_udp_frames(text: &str) -> Vec<UdpFrame> {
     let mut out = Vec::new();
     let mut cur: Option<(f64, String, String, Vec<u8>)> = None;
@@ -238,16 +307,17 @@ pub fn parse_udp_frames(text: &str) -> Vec<UdpFrame> {
         let Some((time, src, dst, bytes)) = c else {
             return;
         };
-        // IPv4, UDP.
-        if bytes.len() < 28 || bytes[0] >> 4 != 4 || bytes[9] != 17 {
-            return;
-        }
-        let ihl = usize::from(bytes[0] & 0x0f) * 4;
+        // IPv4 or IPv6 (no extension headers), UDP.
+        let header = match bytes.first().map(|b| b >> 4) {
+            Some(4) if bytes.len() >= 28 && bytes[9] == 17 => usize::from(bytes[0] & 0x0f) * 4,
+            Some(6) if bytes.len() >= 48 && bytes[6] == 17 => 40,
+            _ => return,
+        };
         out.push(UdpFrame {
             time,
             src,
             dst,
-            payload: bytes.get(ihl + 8..).unwrap_or(&[]).to_vec(),
+            payload: bytes.get(header + 8..).unwrap_or(&[]).to_vec(),
         });
     };
     for line in text.lines() {
@@ -267,7 +337,7 @@ pub fn parse_udp_frames(text: &str) -> Vec<UdpFrame> {
         }
         finish(cur.take(), &mut out);
         let toks: Vec<&str> = line.split_whitespace().collect();
-        if toks.len() < 5 || toks[1] != "IP" || toks[3] != ">" {
+        if toks.len() < 5 || !matches!(toks[1], "IP" | "IP6") || toks[3] != ">" {
             continue;
         }
         let Ok(time) = toks[0].parse::<f64>() else {

@@ -1,8 +1,8 @@
-//! Raw IPv4/UDP frames sent from inside a namespace with any source
-//! address and port (the attacker of the security tests), and the
+//! Raw IPv4/UDP and IPv6/UDP frames sent from inside a namespace with any
+//! source address and port (the attacker of the security tests), and the
 //! WireGuard messages they carry.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::Context;
 
@@ -20,21 +20,79 @@ pub struct Datagram {
     pub payload: Vec<u8>,
 }
 
+/// One IPv6/UDP datagram to send.
+#[derive(Clone, Debug)]
+pub struct Datagram6 {
+    pub src: Ipv6Addr,
+    pub sport: u16,
+    pub dst: Ipv6Addr,
+    pub dport: u16,
+    pub payload: Vec<u8>,
+}
+
+/// A datagram [`send`] can put on the wire as a whole IP packet.
+pub trait RawPacket {
+    /// The IP packet: header + UDP with a full checksum.
+    fn packet(&self) -> Vec<u8>;
+    fn dst(&self) -> IpAddr;
+}
+
+fn udp_packet(src: Addr, dst: Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let udp = frame::udp(src, dst, sport, dport, payload, Csum::Full);
+    frame::ip_packet(src, dst, 0x5248, 64, &udp)
+}
+
 impl Datagram {
-    /// The IPv4 packet: header (checksum filled in) + UDP with a full checksum.
+    /// The IP packet: header + UDP with a full checksum.
     pub fn packet(&self) -> Vec<u8> {
-        let (src, dst) = (Addr::V4(self.src), Addr::V4(self.dst));
-        let udp = frame::udp(src, dst, self.sport, self.dport, &self.payload, Csum::Full);
-        frame::ip_packet(src, dst, 0x5248, 64, &udp)
+        udp_packet(
+            Addr::V4(self.src),
+            Addr::V4(self.dst),
+            self.sport,
+            self.dport,
+            &self.payload,
+        )
     }
 }
 
-/// Send `datagrams` through a raw socket opened inside `ns` (a helper
-/// thread enters the namespace; the caller's thread does not move).
-/// Returns how many the kernel accepted.
-pub fn send(ns: &Netns, datagrams: &[Datagram]) -> anyhow::Result<usize> {
+impl RawPacket for Datagram {
+    fn packet(&self) -> Vec<u8> {
+        Datagram::packet(self)
+    }
+    fn dst(&self) -> IpAddr {
+        self.dst.into()
+    }
+}
+
+impl Datagram6 {
+    /// The IP packet: header + UDP with a full checksum.
+    pub fn packet(&self) -> Vec<u8> {
+        udp_packet(
+            Addr::V6(self.src),
+            Addr::V6(self.dst),
+            self.sport,
+            self.dport,
+            &self.payload,
+        )
+    }
+}
+
+impl RawPacket for Datagram6 {
+    fn packet(&self) -> Vec<u8> {
+        Datagram6::packet(self)
+    }
+    fn dst(&self) -> IpAddr {
+        self.dst.into()
+    }
+}
+
+/// Send `datagrams` through raw sockets (IPPROTO_RAW: the header is ours,
+/// source included) opened inside `ns` (a helper thread enters the
+/// namespace; the caller's thread does not move). Returns how many the
+/// kernel accepted.
+pub fn send<D: RawPacket>(ns: &Netns, datagrams: &[D]) -> anyhow::Result<usize> {
     let path = format!("/run/netns/{}", ns.name);
-    let packets: Vec<(Ipv4Addr, Vec<u8>)> = datagrams.iter().map(|d| (d.dst, d.packet())).collect();
+    let packets: Vec<(IpAddr, Vec<u8>)> = datagrams.iter().map(|d| (d.dst(), d.packet())).collect();
     std::thread::spawn(move || -> anyhow::Result<usize> {
         use std::os::fd::AsRawFd;
         let f = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
@@ -46,33 +104,61 @@ pub fn send(ns: &Netns, datagrams: &[Datagram]) -> anyhow::Result<usize> {
                 "setns {path}: {}",
                 std::io::Error::last_os_error()
             );
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
-            anyhow::ensure!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            let raw = |family| {
+                let fd = libc::socket(family, libc::SOCK_RAW, libc::IPPROTO_RAW);
+                anyhow::ensure!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+                Ok(fd)
+            };
+            let (fd4, fd6) = (raw(libc::AF_INET)?, raw(libc::AF_INET6)?);
             let mut sent = 0;
             for (dst, p) in &packets {
-                let sa = libc::sockaddr_in {
-                    sin_family: libc::AF_INET as libc::sa_family_t,
-                    sin_port: 0,
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from_ne_bytes(dst.octets()),
-                    },
-                    sin_zero: [0; 8],
+                let n = match dst {
+                    IpAddr::V4(d) => {
+                        let sa = libc::sockaddr_in {
+                            sin_family: libc::AF_INET as libc::sa_family_t,
+                            sin_port: 0,
+                            sin_addr: libc::in_addr {
+                                s_addr: u32::from_ne_bytes(d.octets()),
+                            },
+                            sin_zero: [0; 8],
+                        };
+                        libc::sendto(
+                            fd4,
+                            p.as_ptr().cast(),
+                            p.len(),
+                            0,
+                            (&sa as *const libc::sockaddr_in).cast(),
+                            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                        )
+                    }
+                    IpAddr::V6(d) => {
+                        let sa = libc::sockaddr_in6 {
+                            sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                            sin6_port: 0,
+                            sin6_flowinfo: 0,
+                            sin6_addr: libc::in6_addr {
+                                s6_addr: d.octets(),
+                            },
+                            sin6_scope_id: 0,
+                        };
+                        libc::sendto(
+                            fd6,
+                            p.as_ptr().cast(),
+                            p.len(),
+                            0,
+                            (&sa as *const libc::sockaddr_in6).cast(),
+                            size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                        )
+                    }
                 };
-                let n = libc::sendto(
-                    fd,
-                    p.as_ptr().cast(),
-                    p.len(),
-                    0,
-                    (&sa as *const libc::sockaddr_in).cast(),
-                    size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                );
                 if n == p.len() as isize {
                     sent += 1;
                 }
                 // Keep well inside every queue.
                 std::thread::sleep(std::time::Duration::from_micros(200));
             }
-            libc::close(fd);
+            libc::close(fd4);
+            libc::close(fd6);
             Ok(sent)
         }
     })
@@ -183,6 +269,26 @@ mod tests {
             [1u8; 32]
         );
         assert!(base64_key("AQE=").is_err());
+    }
+
+    #[test]
+    fn udp6_checksum_verifies() {
+        let d = Datagram6 {
+            src: "2001:db8:a2::2".parse().unwrap(),
+            sport: 47123,
+            dst: "2001:db8:100::2".parse().unwrap(),
+            dport: 51820,
+            payload: transport(9, 33, 0),
+        };
+        let p = d.packet();
+        assert_eq!(p[0] >> 4, 6);
+        assert_eq!(p[6], 17);
+        assert_eq!(&p[8..24], &d.src.octets());
+        assert!(testkit::checksum::udp_ok(
+            Addr::V6(d.src),
+            Addr::V6(d.dst),
+            &p[40..]
+        ));
     }
 
     #[test]

@@ -96,6 +96,8 @@ pub struct Attacker {
     pub ns: Netns,
     pub iface: String,
     pub addr: Ipv4Addr,
+    /// [`ATTACKER_ADDR6`] in dual-stack topologies.
+    pub addr6: Option<Ipv6Addr>,
     pub router_if: String,
     pub router_addr: Ipv4Addr,
 }
@@ -103,6 +105,9 @@ pub struct Attacker {
 /// The attacker's address and the router's on the attacker link.
 pub const ATTACKER_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 66);
 pub const ROUTER_ATTACKER_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+/// The same in IPv6 (dual-stack topologies only).
+pub const ATTACKER_ADDR6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x66, 0, 0, 0, 0, 0x66);
+pub const ROUTER_ATTACKER_ADDR6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x66, 0, 0, 0, 0, 0xfe);
 
 /// One spoke namespace (its WireGuard comes later, see [`crate::wg`]).
 pub struct SpokeHost {
@@ -147,8 +152,10 @@ impl TopologyBuilder {
         self
     }
 
-    /// Add an attacker host `<prefix>-a` ([`ATTACKER_ADDR`]) attached to
-    /// the router like a NAT's WAN: it reaches the hub, sees nothing else.
+    /// Add an attacker host `<prefix>-a` ([`ATTACKER_ADDR`]; with
+    /// [`ipv6_only_spokes`](Self::ipv6_only_spokes) also [`ATTACKER_ADDR6`])
+    /// attached to the router like a NAT's WAN: it reaches the hub, sees
+    /// nothing else.
     pub fn attacker(mut self) -> Self {
         self.attacker = true;
         self
@@ -215,6 +222,8 @@ impl Topology {
     /// Let the router forward frames with spoofed sources from the attacker
     /// (no reverse-path filter), as much of the Internet does: the spoofing
     /// checks of the security tests depend on those frames reaching the hub.
+    /// (IPv6 has no reverse-path filter sysctl; the router forwards spoofed
+    /// IPv6 sources anyway.)
     pub fn allow_spoofing(&self) -> anyhow::Result<()> {
         let att = self.attacker.as_ref().context("no attacker host")?;
         for k in ["all", "default", &att.router_if] {
@@ -426,12 +435,13 @@ impl Topology {
             });
         }
 
-        if b.ipv6_only > 0 {
-            topo.add_ipv6_spokes(b.spokes, b.ipv6_only)?;
-        }
-
+        // The attacker first: a dual-stack hub link gives it IPv6 as well.
         if b.attacker {
             topo.add_attacker()?;
+        }
+
+        if b.ipv6_only > 0 {
+            topo.add_ipv6_spokes(b.spokes, b.ipv6_only)?;
         }
 
         if let Some(bin) = &b.xdp_pass {
@@ -455,6 +465,13 @@ impl Topology {
                 s.ns.ping_once(&hub) || s.ns.ping_once(&hub),
                 "spoke {} cannot reach the hub underlay {hub} through its NAT/firewall",
                 s.name
+            );
+        }
+        if let Some(att) = topo.attacker.as_ref().filter(|a| a.addr6.is_some()) {
+            let hub = HUB_ADDR6.to_string();
+            anyhow::ensure!(
+                att.ns.ping_once(&hub) || att.ns.ping_once(&hub),
+                "the attacker cannot reach the hub underlay {hub}"
             );
         }
         eprintln!(
@@ -515,6 +532,7 @@ impl Topology {
             ns,
             iface,
             addr: ATTACKER_ADDR,
+            addr6: None,
             router_if,
             router_addr: ROUTER_ATTACKER_ADDR,
         });
@@ -641,6 +659,33 @@ impl Topology {
                 lan_addr: Ipv4Addr::UNSPECIFIED,
                 lan_addr6: Some(spoke_addr),
             });
+        }
+        if let Some(att) = self.attacker.as_mut() {
+            for (ns, a, dev) in [
+                (&self.router, ROUTER_ATTACKER_ADDR6, &att.router_if),
+                (&att.ns, ATTACKER_ADDR6, &att.iface),
+            ] {
+                ns.exec(&[
+                    "ip",
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{a}/64"),
+                    "dev",
+                    dev,
+                    "nodad",
+                ])?;
+            }
+            att.ns.exec(&[
+                "ip",
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &ROUTER_ATTACKER_ADDR6.to_string(),
+            ])?;
+            att.addr6 = Some(ATTACKER_ADDR6);
         }
         // Neighbour discovery needs link-local addresses, which go through
         // duplicate address detection (about a second) on every new link.

@@ -6,15 +6,25 @@
 //! driver refusing `bpf_xdp_adjust_head` leads to) by the controller's
 //! userspace fallback instead, and counted there. On the XDP path the hub
 //! is then renumbered while running (new IPv6 address, picked up without a
-//! restart) and the IPv6 spoke roams (new port).
+//! restart), the IPv6 spoke roams (new port, then a new address: the hub's
+//! endpoint for it moves and a roam is counted), and an attacker on the
+//! IPv6 side sends frames with the IPv6 spoke's live receiver indices from
+//! its old endpoint, its address with another port and its own address:
+//! the endpoint stays, no roam is counted, traffic keeps flowing.
 //!
 //! Run as root: `cargo test -p relay-tests --release --test ipv6_e2e -- --nocapture`.
 
+use std::collections::BTreeSet;
+use std::net::Ipv6Addr;
+use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::ensure;
+use anyhow::{Context, ensure};
+use relay_tests::capture;
 use relay_tests::hub::HUB_TUNNEL_ADDR;
+use relay_tests::inject::{self, Datagram6};
 use relay_tests::prom::Metrics;
+use relay_tests::topology::HUB_PORT;
 use relay_tests::wg::WgQuick;
 use relay_tests::{Hub, Topology, cmd, relayhub_scenario_with};
 
@@ -36,12 +46,15 @@ fn ipv4_ipv6_cross_family_userspace_fallback() {
 /// `path`: the `--cross-family-path` and the `path` label of the relayed
 /// counters that must grow.
 fn run(path: &'static str) {
+    let topo = Topology::builder()
+        .spokes(1)
+        .ipv6_only_spokes(1)
+        .xdp_pass(env!("CARGO_BIN_EXE_xdp-pass"));
+    // Roaming and spoofing run on the XDP path only.
+    let topo = if path == "xdp" { topo.attacker() } else { topo };
     relayhub_scenario_with(
         &format!("ipv6_e2e ({path} path)"),
-        Topology::builder()
-            .spokes(1)
-            .ipv6_only_spokes(1)
-            .xdp_pass(env!("CARGO_BIN_EXE_xdp-pass")),
+        topo,
         &["--cross-family-path", path],
         |topo, hub| {
             let p = format!("[{} dual-stack, {path} path]", topo.prefix);
@@ -145,7 +158,9 @@ fn renumber(
         d46 >= f64::from(PINGS),
         "v4->v6 relayed +{d46} for {PINGS} echo requests after renumbering"
     );
-    roam(topo, hub, p, &a1, s2)
+    roam(topo, hub, p, &a1, s2)?;
+    let (old, new, rx) = roam_address(topo, hub, p, &a1)?;
+    spoof(topo, hub, p, &a2, old, new, &rx)
 }
 
 /// The IPv6 spoke roams (its WireGuard port changes, as after a restart or
@@ -176,6 +191,227 @@ fn roam(topo: &Topology, hub: &Hub<'_>, p: &str, a1: &str, s2: &WgQuick) -> anyh
     let r = n2.ping(a1, PINGS, 0.1)?;
     ensure!(r.lost() == 0, "s2 -> s1 after roaming: {r:?}");
     Ok(())
+}
+
+/// The IPv6 spoke's address changes (a new address in its /64 becomes its
+/// source, the old one is removed), its port stays: relay resumes, the
+/// hub's endpoint for it moves to the new address and a roam is counted.
+/// Returns its old and new endpoint and the receiver indices it sent from
+/// the new one (a capture of the hub link, as an on-path observer sees it).
+fn roam_address(
+    topo: &Topology,
+    hub: &Hub<'_>,
+    p: &str,
+    a1: &str,
+) -> anyhow::Result<(Endpoint6, Endpoint6, BTreeSet<u32>)> {
+    let host = &topo.spokes[1];
+    let n2 = &host.ns;
+    let old_addr = host.lan_addr6.context("s2 is an IPv6 spoke")?;
+    let new_addr = Ipv6Addr::from(u128::from(old_addr) + 1);
+    let before = spoke_endpoint(hub, "s2")?;
+    let old = parse_endpoint6(&before)?;
+    ensure!(
+        old.0 == old_addr,
+        "s2's endpoint {before} is not its address"
+    );
+    let roams0 = roams(&hub.metrics()?, "s2");
+    let sniff = topo.sniff_hub_link()?;
+    n2.exec(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        &format!("{new_addr}/64"),
+        "dev",
+        &host.lan_if,
+        "nodad",
+    ])?;
+    n2.exec(&[
+        "ip",
+        "-6",
+        "addr",
+        "del",
+        &format!("{old_addr}/64"),
+        "dev",
+        &host.lan_if,
+    ])?;
+    let t = Instant::now();
+    let _ = n2.ping_once(&HUB_TUNNEL_ADDR.to_string());
+    cmd::wait_for(
+        "s2 -> s1 after s2's address changed",
+        Duration::from_secs(15),
+        Duration::from_millis(50),
+        || Ok(n2.ping_once(a1).then_some(())),
+    )?;
+    let resumed = t.elapsed();
+    let after = spoke_endpoint(hub, "s2")?;
+    let r = n2.ping(a1, PINGS, 0.1)?;
+    let d_roams = roams(&hub.metrics()?, "s2") - roams0;
+    let frames = capture::read_wg_frames(&sniff.finish())?;
+    eprintln!(
+        "{p} s2's address {old_addr} -> {new_addr}: hub endpoint {before} -> {after}, \
+         relay resumed after {resumed:?}, roams +{d_roams}"
+    );
+    let new = (new_addr, old.1);
+    ensure!(
+        parse_endpoint6(&after)? == new,
+        "the hub's endpoint of s2 is {after} (was {before}), expected [{new_addr}]:{}",
+        old.1
+    );
+    ensure!(r.lost() == 0, "s2 -> s1 after its address changed: {r:?}");
+    ensure!(
+        d_roams >= 1.0,
+        "relayhub_spoke_roams_total{{spoke=\"s2\"}} +{d_roams} for an address change"
+    );
+    let src = format!("{new_addr}.{}", old.1);
+    let rx: BTreeSet<u32> = frames
+        .iter()
+        .filter(|f| f.src == src && f.kind == 4)
+        .filter_map(|f| f.receiver)
+        .collect();
+    ensure!(
+        !rx.is_empty(),
+        "sniffed no transport frame from s2's new endpoint {src}"
+    );
+    Ok((old, new, rx))
+}
+
+/// An attacker on the IPv6 side claims to be s2 with its live receiver
+/// indices (and initiations with valid mac1s) from s2's old endpoint, from
+/// its current address with another port and from the attacker's own
+/// address. Every such frame must reach the hub, and none may move s2's
+/// endpoint, count a roam or be relayed; s1 -> s2 keeps working.
+fn spoof(
+    topo: &Topology,
+    hub: &Hub<'_>,
+    p: &str,
+    a2: &str,
+    old: Endpoint6,
+    current: Endpoint6,
+    rx: &BTreeSet<u32>,
+) -> anyhow::Result<()> {
+    let att = topo.attacker.as_ref().context("no attacker host")?;
+    let att6 = att.addr6.context("the attacker has no IPv6 address")?;
+    let hub6: Ipv6Addr = HUB_ADDR6_NEW.parse()?;
+    let keys: Vec<[u8; 32]> = hub
+        .cli(&["spoke", "list"])?
+        .lines()
+        .skip(1)
+        .filter_map(|l| inject::base64_key(l.split_whitespace().nth(2)?).ok())
+        .collect();
+    ensure!(
+        keys.len() == 2,
+        "spoke keys from `spoke list`: {}",
+        keys.len()
+    );
+    let mut attack = Vec::new();
+    let mut seed = 0;
+    let sources = [old, (current.0, current.1 ^ 0x0100), (att6, current.1)];
+    for &(src, sport) in &sources {
+        let mut push = |payload| {
+            attack.push(Datagram6 {
+                src,
+                sport,
+                dst: hub6,
+                dport: HUB_PORT,
+                payload,
+            })
+        };
+        for &r in rx {
+            seed += 1;
+            push(inject::transport(r, 96, seed));
+            push(inject::transport(r, 32, seed));
+            push(inject::cookie(r, seed));
+        }
+        for k in &keys {
+            seed += 1;
+            push(inject::initiation(k, seed, seed));
+        }
+    }
+    let initiations = sources.len() * keys.len();
+    let unknown = |m: &Metrics| {
+        m.value(
+            "relayhub_dropped_frames_total",
+            &[("stage", "xdp"), ("reason", "unknown_source")],
+        )
+    };
+    let before = spoke_endpoint(hub, "s2")?;
+    let m0 = hub.metrics()?;
+    let sniff = topo.sniff_hub_link()?;
+    let n1 = &topo.spokes[0].ns;
+    let (sent, injected, pings) = thread::scope(|s| -> anyhow::Result<_> {
+        let ping = s.spawn(|| n1.ping(a2, 40, 0.05));
+        thread::sleep(Duration::from_millis(300));
+        let sent = inject::send(&att.ns, &attack)?;
+        let injected = Instant::now();
+        Ok((sent, injected, ping.join().expect("ping thread")?))
+    })?;
+    // Past the controller's hold (1.2 s) and several endpoint refreshes.
+    thread::sleep(Duration::from_millis(1500).saturating_sub(injected.elapsed()));
+    let m1 = hub.metrics()?;
+    let still = spoke_endpoint(hub, "s2")?;
+    let hub_dst = format!("{hub6}.{HUB_PORT}");
+    let srcs: Vec<String> = sources
+        .iter()
+        .map(|(a, port)| format!("{a}.{port}"))
+        .collect();
+    let udp = capture::read_udp_frames(&sniff.finish())?;
+    let reached = inject::marked(&udp)
+        .iter()
+        .filter(|f| f.dst == hub_dst && srcs.contains(&f.src))
+        .count();
+    let d_roams = roams(&m1, "s2") - roams(&m0, "s2");
+    let d_unknown = unknown(&m1) - unknown(&m0);
+    eprintln!(
+        "{p} attacker sent {sent} IPv6 frames claiming to be s2 ({} receiver indices, from {srcs:?}); \
+         {reached} reached the hub link; endpoint {before} -> {still}, roams +{d_roams}, \
+         xdp unknown_source +{d_unknown}; s1 -> s2 meanwhile: {}/{}",
+        rx.len(),
+        pings.received,
+        pings.transmitted
+    );
+    ensure!(sent == attack.len(), "injected {sent} of {}", attack.len());
+    // Or the checks below would pass without having been tried.
+    ensure!(
+        reached == attack.len(),
+        "only {reached} of {} spoofed IPv6 frames reached the hub link",
+        attack.len()
+    );
+    ensure!(
+        still == before,
+        "frames claiming to be s2 moved its endpoint: {before} -> {still}"
+    );
+    ensure!(
+        d_roams == 0.0,
+        "a roam was counted for the attacker's frames"
+    );
+    ensure!(
+        pings.lost() == 0,
+        "s1 -> s2 lost pings during the attack: {pings:?}"
+    );
+    // Nothing of it was relayed: every non-initiation frame came from a
+    // source that is no spoke's endpoint.
+    let want = (attack.len() - initiations) as f64;
+    ensure!(
+        d_unknown >= want,
+        "xdp unknown_source +{d_unknown} < {want} non-initiation frames"
+    );
+    Ok(())
+}
+
+/// An IPv6 endpoint: address and port.
+type Endpoint6 = (Ipv6Addr, u16);
+
+/// `[addr]:port` as /v1/spokes shows it.
+fn parse_endpoint6(s: &str) -> anyhow::Result<Endpoint6> {
+    let sa: std::net::SocketAddrV6 = s
+        .parse()
+        .with_context(|| format!("not an IPv6 endpoint: {s}"))?;
+    Ok((*sa.ip(), sa.port()))
+}
+
+fn roams(m: &Metrics, spoke: &str) -> f64 {
+    m.value("relayhub_spoke_roams_total", &[("spoke", spoke)])
 }
 
 /// The hub's authenticated endpoint of spoke `name` (/v1/spokes).

@@ -309,3 +309,186 @@ fn status(args: &StatusArgs) -> anyhow::Result<()> {
         std::thread::sleep(std::time::Duration::from_secs_f64(args.interval));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, FromArgMatches};
+
+    use super::*;
+
+    /// Parse `args` as `relayhub ARGS`, blind to the environment: these
+    /// tests see the defaults whatever RELAYHUB_* the caller has set.
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        fn no_env(c: clap::Command) -> clap::Command {
+            c.mut_args(|a| a.env(None)).mut_subcommands(no_env)
+        }
+        let argv = std::iter::once("relayhub").chain(args.iter().copied());
+        let m = no_env(Cli::command()).try_get_matches_from(argv)?;
+        Cli::from_arg_matches(&m)
+    }
+
+    fn run_args(cli: Cli) -> RunArgs {
+        match cli.command {
+            Command::Run(a) => a,
+            c => panic!("not `run`: {c:?}"),
+        }
+    }
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// The defaults README and the printed spoke files rely on.
+    #[test]
+    fn defaults() {
+        let cli = parse(&["run"]).unwrap();
+        assert_eq!(cli.state_dir, PathBuf::from("/var/lib/relayhub"));
+        assert_eq!(cli.port, 51820);
+        assert_eq!(cli.network.to_string(), "10.88.0.0/24");
+        assert_eq!(cli.endpoint, None);
+        let r = run_args(cli);
+        assert_eq!(r.iface, None);
+        assert_eq!(r.wg_iface, "relayhub0");
+        assert_eq!(r.metrics_addr.to_string(), "127.0.0.1:9851");
+        assert_eq!(r.xdp_mode, AttachMode::Auto);
+        assert_eq!(r.max_spokes, relay_common::MAX_SLOTS);
+        assert_eq!(r.max_sessions, relay_common::MAX_SESSIONS);
+        assert_eq!(r.keepalive, 25);
+        assert!(!r.bpf_stats && !r.keep_on_exit);
+        assert_eq!(r.pin_dir, PathBuf::from("/sys/fs/bpf/relayhub"));
+        assert_eq!(r.cross_family_path, crate::datapath::CrossPath::Xdp);
+        assert_eq!(r.initiations_per_source, 64);
+        match parse(&["status"]).unwrap().command {
+            Command::Status(s) => {
+                assert_eq!(s.metrics_addr.to_string(), "127.0.0.1:9851");
+                assert_eq!(s.interval, 2.0);
+                assert!(!s.json && !s.watch);
+            }
+            c => panic!("{c:?}"),
+        }
+    }
+
+    /// Global options work after the subcommand too (`relayhub spoke add
+    /// x --endpoint ...` is how people type it).
+    #[test]
+    fn global_options_after_the_subcommand() {
+        let cli = parse(&[
+            "spoke",
+            "add",
+            "x",
+            "--endpoint",
+            "hub.example:51999",
+            "--port",
+            "5000",
+        ])
+        .unwrap();
+        assert_eq!(cli.endpoint.as_deref(), Some("hub.example:51999"));
+        assert_eq!(cli.port, 5000);
+        let r = run_args(parse(&["run", "--keep-on-exit", "--xdp-mode", "generic"]).unwrap());
+        assert!(r.keep_on_exit);
+        assert_eq!(r.xdp_mode, AttachMode::Generic);
+    }
+
+    /// Every default is also an environment variable (module doc, README):
+    /// the names are part of the interface.
+    #[test]
+    fn environment_variables() {
+        let cmd = Cli::command();
+        let env = |c: &clap::Command, id: &str| {
+            c.get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_env())
+                .map(|e| e.to_string_lossy().into_owned())
+        };
+        for (id, var) in [
+            ("state_dir", "RELAYHUB_STATE_DIR"),
+            ("port", "RELAYHUB_PORT"),
+            ("network", "RELAYHUB_NETWORK"),
+            ("endpoint", "RELAYHUB_ENDPOINT"),
+        ] {
+            assert_eq!(env(&cmd, id).as_deref(), Some(var), "--{id}");
+        }
+        let run = cmd.find_subcommand("run").unwrap();
+        for (id, var) in [
+            ("iface", "RELAYHUB_IFACE"),
+            ("wg_iface", "RELAYHUB_WG_IFACE"),
+            ("metrics_addr", "RELAYHUB_METRICS_ADDR"),
+            ("xdp_mode", "RELAYHUB_XDP_MODE"),
+            ("max_spokes", "RELAYHUB_MAX_SPOKES"),
+            ("keepalive", "RELAYHUB_KEEPALIVE"),
+            ("bpf_stats", "RELAYHUB_BPF_STATS"),
+            ("max_sessions", "RELAYHUB_MAX_SESSIONS"),
+            ("pin_dir", "RELAYHUB_PIN_DIR"),
+            ("keep_on_exit", "RELAYHUB_KEEP_ON_EXIT"),
+            ("cross_family_path", "RELAYHUB_CROSS_FAMILY_PATH"),
+            ("initiations_per_source", "RELAYHUB_INITIATIONS_PER_SOURCE"),
+        ] {
+            assert_eq!(env(run, id).as_deref(), Some(var), "run --{id}");
+        }
+        // `spoke add` prints the keepalive the hub's health checks assume.
+        let add = cmd
+            .find_subcommand("spoke")
+            .and_then(|s| s.find_subcommand("add"))
+            .unwrap();
+        assert_eq!(env(add, "keepalive").as_deref(), Some("RELAYHUB_KEEPALIVE"));
+    }
+
+    /// Bad input is a usage error that names the option and the value,
+    /// never a panic.
+    #[test]
+    fn bad_input_is_a_clear_error() {
+        for (args, flag, says) in [
+            (&["--port", "70000", "run"][..], "--port", "70000"),
+            (
+                &["--network", "10.88.0.0/31", "run"],
+                "--network",
+                "/30 or shorter",
+            ),
+            (
+                &["--network", "10.88.0.1/24", "run"],
+                "--network",
+                "10.88.0.0/24",
+            ),
+            (
+                &["--network", "fd00::/64", "run"],
+                "--network",
+                "A.B.C.D/PREFIX",
+            ),
+            (&["run", "--xdp-mode", "fast"], "--xdp-mode", "native"),
+            (
+                &["run", "--metrics-addr", "localhost"],
+                "--metrics-addr",
+                "localhost",
+            ),
+            (&["run", "--max-spokes", "many"], "--max-spokes", "many"),
+            (
+                &["run", "--cross-family-path", "kernel"],
+                "--cross-family-path",
+                "userspace",
+            ),
+            (&["status", "--interval", "0"], "--interval", ">= 0.1"),
+            (&["status", "--interval", "NaN"], "--interval", ">= 0.1"),
+        ] {
+            let Err(e) = parse(args) else {
+                panic!("{args:?} accepted")
+            };
+            use clap::error::ErrorKind::{InvalidValue, ValueValidation};
+            assert!(
+                matches!(e.kind(), InvalidValue | ValueValidation),
+                "{args:?}: {:?} {e}",
+                e.kind()
+            );
+            let msg = e.to_string();
+            assert!(msg.contains(flag) && msg.contains(says), "{args:?}: {msg}");
+        }
+        for args in [
+            &["frobnicate"][..],
+            &["spoke"],
+            &["spoke", "add"],
+            &["policy", "allow", "a"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?} accepted");
+        }
+    }
+}

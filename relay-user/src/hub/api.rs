@@ -189,3 +189,113 @@ impl http::Api for HubApi {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn spoke() -> SpokeStatus {
+        SpokeStatus {
+            name: "v6node".into(),
+            id: 2,
+            address: "10.88.0.3".into(),
+            public_key: "pk".into(),
+            endpoint: Some("[2001:db8:a2::3]:47123".into()),
+            state: "up".into(),
+            last_handshake_unix: Some(1_764_460_000),
+            last_frame_secs_ago: Some(0.5),
+            last_keepalive_secs_ago: None,
+            keepalive_interval_secs: Some(25.0),
+            missed_keepalives: 0,
+            keepalives_to_hub: 3,
+            keepalives_relayed: 1,
+            relayed_in_packets: 10,
+            relayed_in_bytes: 1500,
+            relayed_out_packets: 9,
+            relayed_out_bytes: 999,
+            sessions: 2,
+            roams: 1,
+        }
+    }
+
+    /// `/v1/spokes` entries as `relayhub status --json`, dashboards and the
+    /// end-to-end tests read them: these names and types, absent values as
+    /// null (not missing). A renamed field still round-trips through serde,
+    /// so only the literal document catches it.
+    #[test]
+    fn spoke_status_json_shape() {
+        assert_eq!(
+            serde_json::to_value(spoke()).unwrap(),
+            json!({
+                "name": "v6node",
+                "id": 2,
+                "address": "10.88.0.3",
+                "public_key": "pk",
+                "endpoint": "[2001:db8:a2::3]:47123",
+                "state": "up",
+                "last_handshake_unix": 1_764_460_000u64,
+                "last_frame_secs_ago": 0.5,
+                "last_keepalive_secs_ago": null,
+                "keepalive_interval_secs": 25.0,
+                "missed_keepalives": 0,
+                "keepalives_to_hub": 3,
+                "keepalives_relayed": 1,
+                "relayed_in_packets": 10,
+                "relayed_in_bytes": 1500,
+                "relayed_out_packets": 9,
+                "relayed_out_bytes": 999,
+                "sessions": 2,
+                "roams": 1
+            })
+        );
+    }
+
+    fn hub() -> serde_json::Value {
+        json!({
+            "version": "0.1.0",
+            "public_key": "k",
+            "address": "10.88.0.1",
+            "port": 51820,
+            "iface": "eth0",
+            "xdp_mode": "native",
+            "wg_iface": "relayhub0",
+            "uptime_secs": 5,
+            "keepalive_secs": 25,
+            "up_within_secs": 30,
+            "down_after_secs": 80,
+            "underlay_v4": "198.51.100.1",
+            "underlay_v6": null,
+            "cross_family_path": "xdp"
+        })
+    }
+
+    /// `/v1/hub`: the same document both ways.
+    #[test]
+    fn hub_status_json_shape() {
+        let h: HubStatus = serde_json::from_value(hub()).unwrap();
+        assert_eq!(h.underlay_v4.as_deref(), Some("198.51.100.1"));
+        assert_eq!(h.cross_family_path, "xdp");
+        assert_eq!(serde_json::to_value(&h).unwrap(), hub());
+    }
+
+    /// A status client reads a hub from before dual-stack: the fields it
+    /// lacks take their defaults instead of failing the whole document.
+    #[test]
+    fn hub_status_from_an_older_hub() {
+        let mut old = hub();
+        for k in ["underlay_v4", "underlay_v6", "cross_family_path"] {
+            old.as_object_mut().unwrap().remove(k);
+        }
+        let h: HubStatus = serde_json::from_value(old).unwrap();
+        assert_eq!((h.underlay_v4, h.underlay_v6), (None, None));
+        assert_eq!(h.cross_family_path, "");
+        assert_eq!(h.port, 51820);
+        // A field every hub has sent stays required.
+        let mut broken = hub();
+        broken.as_object_mut().unwrap().remove("port");
+        let e = serde_json::from_value::<HubStatus>(broken).unwrap_err();
+        assert!(e.to_string().contains("missing field `port`"), "{e}");
+    }
+}

@@ -83,6 +83,11 @@ fn ip(args: &[&str]) -> Result<(), HubWgError> {
     Ok(())
 }
 
+/// Checked before anything on the system changes.
+fn interface_name(name: &str) -> Result<InterfaceName, HubWgError> {
+    name.parse().map_err(|_| HubWgError::Name(name.into()))
+}
+
 fn link_exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
 }
@@ -100,7 +105,7 @@ impl HubWg {
         address: Ipv4Addr,
         prefix: u8,
     ) -> Result<Self, HubWgError> {
-        let iname: InterfaceName = name.parse().map_err(|_| HubWgError::Name(name.into()))?;
+        let iname = interface_name(name)?;
         if link_exists(name) {
             return Self::adopt(iname, name, private_key, port, address, prefix);
         }
@@ -233,26 +238,19 @@ impl HubWg {
                 (p.config.public_key.clone(), ips)
             })
             .collect();
+        let (set, remove) = peer_changes(&current, spokes);
         let mut update = DeviceUpdate::new();
-        let mut changed = false;
-        for (key, addr) in spokes {
-            let want = vec![(IpAddr::V4(*addr), 32u8)];
-            if current.get(key) != Some(&want) {
-                update = update.add_peer(
-                    PeerConfigBuilder::new(key)
-                        .replace_allowed_ips()
-                        .add_allowed_ip(IpAddr::V4(*addr), 32),
-                );
-                changed = true;
-            }
+        for (key, addr) in &set {
+            update = update.add_peer(
+                PeerConfigBuilder::new(key)
+                    .replace_allowed_ips()
+                    .add_allowed_ip(IpAddr::V4(*addr), 32),
+            );
         }
-        for key in current.keys() {
-            if !spokes.iter().any(|(k, _)| k == key) {
-                update = update.remove_peer_by_key(key);
-                changed = true;
-            }
+        for key in &remove {
+            update = update.remove_peer_by_key(key);
         }
-        if changed {
+        if !set.is_empty() || !remove.is_empty() {
             update
                 .apply(&self.name, self.backend)
                 .map_err(|source| HubWgError::Io {
@@ -282,19 +280,12 @@ impl HubWg {
         Ok(dev
             .peers
             .into_iter()
-            .map(|p| {
-                let fresh = p
-                    .stats
-                    .last_handshake_time
-                    .and_then(|t| now.duration_since(t).ok())
-                    .is_some_and(|age| age < ENDPOINT_TRUST);
-                PeerStatus {
-                    endpoint: p.config.endpoint.filter(|_| fresh).map(to_endpoint),
-                    public_key: p.config.public_key,
-                    last_handshake: p.stats.last_handshake_time,
-                    rx_bytes: p.stats.rx_bytes,
-                    tx_bytes: p.stats.tx_bytes,
-                }
+            .map(|p| PeerStatus {
+                endpoint: trusted_endpoint(p.config.endpoint, p.stats.last_handshake_time, now),
+                public_key: p.config.public_key,
+                last_handshake: p.stats.last_handshake_time,
+                rx_bytes: p.stats.rx_bytes,
+                tx_bytes: p.stats.tx_bytes,
             })
             .collect())
     }
@@ -326,6 +317,41 @@ impl Drop for HubWg {
     }
 }
 
+/// What makes the hub's peer set exactly `spokes` (public key, tunnel
+/// address): the peers to (re)configure with that one /32 and the peers to
+/// remove. A peer already exactly so is not touched, so live sessions
+/// stay up.
+fn peer_changes(
+    current: &HashMap<Key, Vec<(IpAddr, u8)>>,
+    spokes: &[(Key, Ipv4Addr)],
+) -> (Vec<(Key, Ipv4Addr)>, Vec<Key>) {
+    let set = spokes
+        .iter()
+        .filter(|(key, addr)| current.get(key) != Some(&vec![(IpAddr::V4(*addr), 32u8)]))
+        .cloned()
+        .collect();
+    let remove = current
+        .keys()
+        .filter(|key| !spokes.iter().any(|(k, _)| k == *key))
+        .cloned()
+        .collect();
+    (set, remove)
+}
+
+/// A peer's endpoint, if a handshake within [`ENDPOINT_TRUST`] of `now`
+/// backs it: only then has WireGuard authenticated it recently enough for
+/// the relay to send there.
+fn trusted_endpoint(
+    endpoint: Option<SocketAddr>,
+    last_handshake: Option<SystemTime>,
+    now: SystemTime,
+) -> Option<Endpoint> {
+    let fresh = last_handshake
+        .and_then(|t| now.duration_since(t).ok())
+        .is_some_and(|age| age < ENDPOINT_TRUST);
+    endpoint.filter(|_| fresh).map(to_endpoint)
+}
+
 pub fn to_endpoint(sa: SocketAddr) -> Endpoint {
     match sa {
         SocketAddr::V4(a) => Endpoint::v4(a.ip().octets(), a.port()),
@@ -346,5 +372,122 @@ pub fn to_socket_addr(e: &Endpoint) -> Option<SocketAddr> {
             Some(SocketAddr::from((std::net::Ipv6Addr::from(e.addr), e.port)))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(b: u8) -> Key {
+        Key([b; 32])
+    }
+
+    fn v4(a: [u8; 4]) -> Ipv4Addr {
+        Ipv4Addr::from(a)
+    }
+
+    #[test]
+    fn peer_changes_touch_only_what_differs() {
+        let current: HashMap<Key, Vec<(IpAddr, u8)>> = [
+            (key(1), vec![(IpAddr::V4(v4([10, 88, 0, 2])), 32)]), // as wanted
+            (key(2), vec![(IpAddr::V4(v4([10, 88, 0, 9])), 32)]), // readdressed
+            (key(3), vec![(IpAddr::V4(v4([10, 88, 0, 4])), 32)]), // unregistered
+            // An extra allowed IP (added by hand) would route that
+            // network into the spoke: replaced by the one /32.
+            (
+                key(4),
+                vec![
+                    (IpAddr::V4(v4([10, 88, 0, 5])), 32),
+                    (IpAddr::V4(v4([192, 168, 0, 0])), 16),
+                ],
+            ),
+        ]
+        .into();
+        let spokes = [
+            (key(1), v4([10, 88, 0, 2])),
+            (key(2), v4([10, 88, 0, 3])),
+            (key(4), v4([10, 88, 0, 5])),
+            (key(5), v4([10, 88, 0, 6])), // new
+        ];
+        let (mut set, remove) = peer_changes(&current, &spokes);
+        set.sort_by_key(|(k, _)| k.0);
+        assert_eq!(
+            set,
+            vec![
+                (key(2), v4([10, 88, 0, 3])),
+                (key(4), v4([10, 88, 0, 5])),
+                (key(5), v4([10, 88, 0, 6])),
+            ]
+        );
+        assert_eq!(remove, vec![key(3)]);
+        // In sync: nothing to apply.
+        let now: HashMap<Key, Vec<(IpAddr, u8)>> = spokes
+            .iter()
+            .map(|(k, a)| (k.clone(), vec![(IpAddr::V4(*a), 32)]))
+            .collect();
+        assert_eq!(peer_changes(&now, &spokes), (vec![], vec![]));
+        // An empty registry removes every peer.
+        assert_eq!(peer_changes(&now, &[]).1.len(), 4);
+    }
+
+    #[test]
+    fn endpoints_are_trusted_while_a_handshake_backs_them() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_460_000);
+        let ep: SocketAddr = "203.0.113.6:40001".parse().unwrap();
+        let want = Some(Endpoint::v4([203, 0, 113, 6], 40001));
+        let ago = |s| Some(now - Duration::from_secs(s));
+        assert_eq!(trusted_endpoint(Some(ep), ago(5), now), want);
+        assert_eq!(
+            trusted_endpoint(Some(ep), ago(ENDPOINT_TRUST.as_secs() - 1), now),
+            want
+        );
+        // WireGuard has discarded that session's keys by now.
+        assert_eq!(
+            trusted_endpoint(Some(ep), ago(ENDPOINT_TRUST.as_secs()), now),
+            None
+        );
+        // Configured or learned, but never authenticated by a handshake.
+        assert_eq!(trusted_endpoint(Some(ep), None, now), None);
+        assert_eq!(trusted_endpoint(None, ago(5), now), None);
+    }
+
+    #[test]
+    fn endpoints_convert_both_ways() {
+        let v4: SocketAddr = "203.0.113.6:40001".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8:a2::3]:47123".parse().unwrap();
+        // A dual-stack socket reports IPv4 peers as IPv4-mapped IPv6: the
+        // relay keys them as IPv4, like frames on the wire.
+        let mapped: SocketAddr = "[::ffff:203.0.113.6]:40001".parse().unwrap();
+        assert_eq!(to_endpoint(v4), Endpoint::v4([203, 0, 113, 6], 40001));
+        assert_eq!(to_endpoint(mapped), to_endpoint(v4));
+        for sa in [v4, v6] {
+            assert_eq!(to_socket_addr(&to_endpoint(sa)), Some(sa));
+        }
+        // The API's text form (`/v1/spokes` "endpoint").
+        assert_eq!(
+            to_socket_addr(&to_endpoint(v6)).unwrap().to_string(),
+            "[2001:db8:a2::3]:47123"
+        );
+        let unset = Endpoint {
+            family: 0,
+            ..to_endpoint(v4)
+        };
+        assert_eq!(to_socket_addr(&unset), None);
+    }
+
+    #[test]
+    fn interface_names_are_checked() {
+        assert!(interface_name("relayhub0").is_ok());
+        assert!(interface_name("fifteen-chars-x").is_ok());
+        for name in ["", "a/b", "has space", "sixteen-chars-xx"] {
+            match interface_name(name) {
+                Err(HubWgError::Name(n)) => assert_eq!(n, name),
+                Err(e) => panic!("{name:?}: {e}"),
+                Ok(_) => panic!("{name:?} accepted"),
+            }
+        }
+        let e = HubWgError::Name("a/b".into()).to_string();
+        assert!(e.contains("1-15 characters"), "{e}");
     }
 }
