@@ -474,10 +474,12 @@ impl Counters {
 /// first. The program reads the clock once per frame somewhere in
 /// [k0, k1]; a window end inside that interval may go either way, and
 /// then the address is uncertain for the rest of the batch.
+type StartRange = (u64, u64);
+
 #[derive(Default)]
 struct ProofBudget {
-    /// (start range, count) per address.
-    windows: StdHashMap<(u8, [u8; 16]), ((u64, u64), u32)>,
+    /// Per address: the range the window's start lies in, and its count.
+    windows: StdHashMap<(u8, [u8; 16]), (StartRange, u32)>,
     uncertain: HashSet<(u8, [u8; 16])>,
 }
 
