@@ -405,7 +405,7 @@ impl<'t> Hub<'t> {
         if !wg_iface_removed {
             let _ = self.ns.exec(&["ip", "link", "del", &self.wg_iface]);
         }
-        wg::kill_wireguard_go(&self.wg_iface);
+        wg::kill_userspace_wg(&self.wg_iface);
         let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.wg_iface));
         StopReport {
             clean_exit,

@@ -144,12 +144,23 @@ impl Topology {
     /// Bring up spoke `i` (0-based) with the wg-quick file `text`, as
     /// interface `<prefix><spoke name>` (unique machine-wide).
     pub fn spoke_up(&self, i: usize, text: &str) -> anyhow::Result<wg::WgQuick> {
+        self.spoke_up_with(i, text, wg::Client::WireguardGo)
+    }
+
+    /// [`Topology::spoke_up`] on `client`.
+    pub fn spoke_up_with(
+        &self,
+        i: usize,
+        text: &str,
+        client: wg::Client,
+    ) -> anyhow::Result<wg::WgQuick> {
         let s = &self.spokes[i];
-        wg::WgQuick::up(
+        wg::WgQuick::up_with(
             &s.ns,
             &format!("{}{}", self.prefix, s.name),
             text,
             &self.workdir,
+            client,
         )
     }
 }

@@ -11,9 +11,48 @@ use anyhow::{Context, bail};
 use crate::cmd;
 use crate::netns::Netns;
 
-/// A wg-quick interface running on wireguard-go inside a namespace.
-/// Dropping it runs `wg-quick down`, kills its wireguard-go and removes its
-/// control socket.
+/// A userspace WireGuard implementation, run the way README "Clients"
+/// tells its users to run it under wg-quick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Client {
+    WireguardGo,
+    /// boringtun-cli through contrib/boringtun-relayhub (one unconnected
+    /// UDP socket), with `WG_SUDO=true` (keep root: wg-quick runs it as root already).
+    Boringtun,
+}
+
+impl Client {
+    pub fn name(self) -> &'static str {
+        match self {
+            Client::WireguardGo => "wireguard-go",
+            Client::Boringtun => "boringtun",
+        }
+    }
+
+    /// The environment `wg-quick up` runs with.
+    fn env(self) -> Vec<String> {
+        match self {
+            Client::WireguardGo => vec!["WG_QUICK_USERSPACE_IMPLEMENTATION=wireguard-go".into()],
+            Client::Boringtun => vec![
+                format!(
+                    "WG_QUICK_USERSPACE_IMPLEMENTATION={}",
+                    boringtun_wrapper().display()
+                ),
+                // boringtun-cli 0.7 takes a boolean here ("1" is refused).
+                "WG_SUDO=true".into(),
+            ],
+        }
+    }
+}
+
+/// contrib/boringtun-relayhub in this checkout.
+pub fn boringtun_wrapper() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../contrib/boringtun-relayhub")
+}
+
+/// A wg-quick interface running on a userspace WireGuard inside a
+/// namespace. Dropping it runs `wg-quick down`, kills its process and
+/// removes its control socket.
 pub struct WgQuick {
     pub ns: String,
     pub ifname: String,
@@ -31,6 +70,17 @@ impl WgQuick {
         text: &str,
         dir: &std::path::Path,
     ) -> anyhow::Result<WgQuick> {
+        Self::up_with(ns, ifname, text, dir, Client::WireguardGo)
+    }
+
+    /// [`WgQuick::up`] on `client`.
+    pub fn up_with(
+        ns: &Netns,
+        ifname: &str,
+        text: &str,
+        dir: &std::path::Path,
+        client: Client,
+    ) -> anyhow::Result<WgQuick> {
         anyhow::ensure!(
             ifname.len() <= 15,
             "interface name {ifname} is longer than 15 characters"
@@ -45,18 +95,13 @@ impl WgQuick {
             text: text.into(),
         };
         let conf_s = wg.conf.to_str().context("utf-8 path")?;
-        ns.output(
-            &[
-                "env",
-                "WG_QUICK_USERSPACE_IMPLEMENTATION=wireguard-go",
-                "wg-quick",
-                "up",
-                conf_s,
-            ],
-            Duration::from_secs(20),
-        )?
-        .checked()
-        .with_context(|| format!("wg-quick up {ifname} in {}", ns.name))?;
+        let env = client.env();
+        let mut argv = vec!["env"];
+        argv.extend(env.iter().map(String::as_str));
+        argv.extend(["wg-quick", "up", conf_s]);
+        ns.output(&argv, Duration::from_secs(20))?
+            .checked()
+            .with_context(|| format!("wg-quick up {ifname} ({}) in {}", client.name(), ns.name))?;
         Ok(wg)
     }
 
@@ -111,7 +156,7 @@ impl WgQuick {
                 o.stderr.trim()
             );
         }
-        kill_wireguard_go(&self.ifname);
+        kill_userspace_wg(&self.ifname);
         let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.ifname));
         let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.name", self.ifname));
     }
@@ -123,8 +168,9 @@ impl Drop for WgQuick {
     }
 }
 
-/// SIGKILL any `wireguard-go IFNAME` process (our interface names are unique).
-pub fn kill_wireguard_go(ifname: &str) {
+/// SIGKILL any `wireguard-go IFNAME` or `boringtun-cli ... IFNAME` process
+/// (our interface names are unique).
+pub fn kill_userspace_wg(ifname: &str) {
     let Ok(rd) = std::fs::read_dir("/proc") else {
         return;
     };
@@ -136,7 +182,9 @@ pub fn kill_wireguard_go(ifname: &str) {
             continue;
         };
         let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
-        let is_wg = args.first().is_some_and(|a| a.ends_with(b"wireguard-go"));
+        let is_wg = args
+            .first()
+            .is_some_and(|a| a.ends_with(b"wireguard-go") || a.ends_with(b"boringtun-cli"));
         if is_wg && args.contains(&ifname.as_bytes()) {
             cmd::signal(pid, libc::SIGKILL);
         }

@@ -315,6 +315,25 @@ fn find_missing(need: Need, verbose: bool) -> Vec<Missing> {
         }
     }
     if need >= Need::Test {
+        if boringtun_installed() {
+            say(format!("skip boringtun-cli: {BORINGTUN_VERSION} installed"));
+        } else {
+            // A client of the client-matrix test (clients_e2e); Debian has
+            // no package for it.
+            let mut c = Command::new("cargo");
+            c.args([
+                "install",
+                "boringtun-cli",
+                "--version",
+                BORINGTUN_VERSION,
+                "--locked",
+            ]);
+            missing.push(Missing {
+                what: format!("boringtun-cli {BORINGTUN_VERSION} (for the client matrix test)"),
+                fix: vec![(c, false)],
+                hint: None,
+            });
+        }
         if cargo_fuzz_installed() {
             say("skip cargo-fuzz: installed".into());
         } else {
@@ -326,6 +345,14 @@ fn find_missing(need: Need, verbose: bool) -> Vec<Missing> {
         }
     }
     missing
+}
+
+/// The boringtun the client matrix tests (README "Clients").
+pub const BORINGTUN_VERSION: &str = "0.7.1";
+
+/// Whether boringtun-cli BORINGTUN_VERSION is on PATH.
+pub fn boringtun_installed() -> bool {
+    probe("boringtun-cli", &["--version"]).is_some_and(|v| v.contains(BORINGTUN_VERSION))
 }
 
 /// Whether `cargo fuzz` works (it runs the fuzz targets with nightly).
