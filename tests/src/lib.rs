@@ -9,9 +9,12 @@
 //! - [`hub::Hub`]: the real relayhub binary, or wireguard-go as a decrypting
 //!   hub ([`hub::HubKind`]).
 //! - [`wg::WgQuick`]: a stock wg-quick/wireguard-go spoke.
+//! - [`guest::Guest`]: a kernel WireGuard spoke in a QEMU guest on a
+//!   spoke's LAN.
 //! - [`capture::Capture`]: tcpdump; [`prom::Metrics`]: /metrics parser.
 
 pub mod capture;
+pub mod guest;
 pub mod hub;
 pub mod inject;
 pub mod mesh;

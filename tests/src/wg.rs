@@ -209,6 +209,24 @@ pub fn conf_address(text: &str) -> anyhow::Result<Ipv4Addr> {
     bail!("no IPv4 Address in wg-quick file:\n{text}")
 }
 
+/// What README "Clients" tells boringtun users to add to [Interface] so
+/// that other spokes can reach it before it sends anything itself.
+pub const BORINGTUN_POST_UP: &str = "PostUp = ping -c 1 -W 1 10.88.0.1 > /dev/null &";
+
+/// `text` with `line` added to its [Interface] section.
+pub fn with_interface_line(text: &str, line: &str) -> String {
+    let mut out = String::new();
+    for l in text.lines() {
+        out.push_str(l);
+        out.push('\n');
+        if l.trim().eq_ignore_ascii_case("[Interface]") {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// The `PrivateKey` of a wg-quick file (ignoring comments).
 pub fn conf_private_key(text: &str) -> Option<String> {
     text.lines().find_map(|l| {

@@ -14,7 +14,8 @@
 //! within 2 s of the last spoke's interface coming up; then every pair
 //! pings without loss; s4's endpoint was proven by the hub.
 //!
-//! Kernel WireGuard runs in QEMU guests, in its own xtask step.
+//! Kernel WireGuard runs in QEMU guests, in its own xtask step
+//! (`kernel_clients_e2e`, `cargo xtask test-guests`).
 //!
 //! Run as root: `cargo test -p relay-tests --release --test clients_e2e -- --nocapture`.
 
@@ -22,7 +23,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use relay_tests::wg::Client;
+use relay_tests::wg::{BORINGTUN_POST_UP, Client, with_interface_line};
 use relay_tests::{Hub, Topology, relayhub_scenario};
 
 /// The promise: every pair talks within this after the last spoke is up.
@@ -30,9 +31,6 @@ const FIRST_CONTACT: Duration = Duration::from_secs(2);
 /// How long a pair is tried before the test gives up on it (longer than
 /// the promise, so a miss is measured, not cut off).
 const GIVE_UP: Duration = Duration::from_secs(20);
-/// What README "Clients" tells boringtun users to add to [Interface] so
-/// that other spokes can reach it before it sends anything itself.
-const POST_UP: &str = "PostUp = ping -c 1 -W 1 10.88.0.1 > /dev/null &";
 
 #[test]
 fn clients_e2e() {
@@ -44,20 +42,6 @@ fn clients_e2e() {
             .xdp_pass(env!("CARGO_BIN_EXE_xdp-pass")),
         checks,
     );
-}
-
-/// `text` with `line` added to its [Interface] section.
-fn with_interface_line(text: &str, line: &str) -> String {
-    let mut out = String::new();
-    for l in text.lines() {
-        out.push_str(l);
-        out.push('\n');
-        if l.trim().eq_ignore_ascii_case("[Interface]") {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
 }
 
 fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
@@ -80,7 +64,7 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
     for (&(name, ..), (added, post_up)) in spokes.iter().zip(&texts) {
         let c = hub.current_config(name, added)?;
         confs.push(if *post_up {
-            with_interface_line(&c, POST_UP)
+            with_interface_line(&c, BORINGTUN_POST_UP)
         } else {
             c
         });
