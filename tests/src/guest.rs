@@ -290,34 +290,22 @@ impl Guest {
     /// `wg-quick up` the file `text` as interface `wgk`. Returns when the
     /// host saw it up (wg-quick returned in the guest; a few ms late at most).
     pub fn wg_quick_up(&self, text: &str) -> anyhow::Result<Instant> {
+        self.start_wg_quick_up(text)?.wait()
+    }
+
+    /// Start [`Guest::wg_quick_up`]; commands started before
+    /// [`WgUp::wait`] run right after it in the guest.
+    pub fn start_wg_quick_up(&self, text: &str) -> anyhow::Result<WgUp<'_>> {
         use std::os::unix::fs::PermissionsExt;
-        const MARK: &str = "wg-quick-up-done";
         let conf = self.dir.join("wgk.conf");
         std::fs::write(&conf, text)?;
         std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o600))?;
-        let p = self.start_cmd(&format!("wg-quick up {} && echo {MARK}", conf.display()))?;
-        let what = format!("wg-quick up in guest {}", self.name);
-        // The mark, not the exit code: the agent's bookkeeping after the
-        // command takes a few forks under emulation.
-        let up = cmd::wait_for(
-            &what,
-            Duration::from_secs(60),
-            Duration::from_millis(2),
-            || {
-                if p.output_so_far().lines().any(|l| l == MARK) {
-                    return Ok(Some(Instant::now()));
-                }
-                if p.done() {
-                    bail!("no {MARK}");
-                }
-                self.check_alive()?;
-                Ok(None)
-            },
-        );
-        let out = p.wait(Duration::from_secs(10))?;
-        let up = up.with_context(|| format!("{what}: {}", out.out.trim()))?;
-        out.checked(&what)?;
-        Ok(up)
+        let p = self.start_cmd(&format!(
+            "wg-quick up {} && echo {}",
+            conf.display(),
+            WgUp::MARK
+        ))?;
+        Ok(WgUp(p))
     }
 
     /// Power the guest off and wait for QEMU to exit (bounded), then kill
@@ -375,6 +363,41 @@ impl Pending<'_> {
             rc,
             out: self.output_so_far(),
         })
+    }
+}
+
+/// A `wg-quick up` started in a guest ([`Guest::start_wg_quick_up`]).
+pub struct WgUp<'g>(Pending<'g>);
+
+impl WgUp<'_> {
+    /// Printed after wg-quick returns: the host takes the time from it,
+    /// not from the exit code, which the agent writes a few forks later.
+    const MARK: &'static str = "wg-quick-up-done";
+
+    /// Wait until the interface is up; returns when the host saw it.
+    pub fn wait(self) -> anyhow::Result<Instant> {
+        let p = self.0;
+        let g = p.guest;
+        let what = format!("wg-quick up in guest {}", g.name);
+        let up = cmd::wait_for(
+            &what,
+            Duration::from_secs(60),
+            Duration::from_millis(2),
+            || {
+                if p.output_so_far().lines().any(|l| l == Self::MARK) {
+                    return Ok(Some(Instant::now()));
+                }
+                if p.done() {
+                    bail!("no {}", Self::MARK);
+                }
+                g.check_alive()?;
+                Ok(None)
+            },
+        );
+        let out = p.wait(Duration::from_secs(10))?;
+        let up = up.with_context(|| format!("{what}: {}", out.out.trim()))?;
+        out.checked(&what)?;
+        Ok(up)
     }
 }
 

@@ -30,8 +30,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Make this machine ready (Debian 12, as root): apt packages, nightly
-    /// rust-src and clippy, bpf-linker, bpffs. Skips what is present; elsewhere prints
-    /// the commands to run.
+    /// rust-src and clippy, bpf-linker, bpffs, and for `test-guests` QEMU,
+    /// a Debian kernel and virtme-ng. Skips what is present; elsewhere
+    /// prints the commands to run.
     Setup {
         /// Only report what is missing; install nothing.
         #[arg(long)]
@@ -51,13 +52,18 @@ enum Cmd {
     /// rustfmt --check and clippy -D warnings over the workspace.
     Lint,
     /// Everything, as root: prerequisites, lint, release build, unit and
-    /// in-kernel tests, then the end-to-end tests (one at a time).
+    /// in-kernel tests, the end-to-end tests (one at a time), bench smoke,
+    /// fuzzing, then the kernel WireGuard guests (as `test-guests`).
     Test {
         /// Passed to the test binaries (after cargo's `--`): a filter,
         /// --nocapture, --ignored, ...
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The client matrix with the Linux kernel's WireGuard, as root: two
+    /// spokes in QEMU guests (virtme-ng, software emulation) with a
+    /// wireguard-go and a boringtun spoke (`kernel_clients_e2e`, ~1 min).
+    TestGuests,
     /// Fuzz the userspace parsers (cargo-fuzz targets in fuzz/, nightly)
     /// for N seconds each; fails on any crash. Longer runs by hand:
     /// `cargo +nightly fuzz run TARGET -- -max_total_time=SECONDS`.
@@ -87,6 +93,7 @@ fn main() -> ExitCode {
         Cmd::Run { args } => run(args),
         Cmd::Lint => lint(),
         Cmd::Test { args } => test(&args),
+        Cmd::TestGuests => test_guests_alone(),
         Cmd::Fuzz { seconds, targets } => fuzz(seconds, &targets),
         Cmd::Bench { smoke } => bench(smoke),
     };
@@ -341,7 +348,37 @@ fn test(args: &[String]) -> Result<()> {
     steps.step("fuzz userspace parsers (cargo-fuzz)", || {
         fuzz(TEST_FUZZ_SECONDS, &[])
     });
+    // Last: the longest single test, and the only one that needs QEMU.
+    steps.step("kernel WireGuard guests (kernel_clients_e2e)", || {
+        test_guests(&bin)
+    });
     steps.summary("test")
+}
+
+fn test_guests_alone() -> Result<()> {
+    if !setup::is_root() {
+        bail!("`cargo xtask test-guests` must run as root (network namespaces, taps, XDP)");
+    }
+    setup::ensure(Need::Guests)?;
+    build(true)?;
+    test_guests(&relayhub_bin()?)
+}
+
+/// `kernel_clients_e2e`: ignored by the plain e2e step (it boots two QEMU
+/// guests), run here with the guest kit setup installed.
+fn test_guests(relayhub: &Path) -> Result<()> {
+    setup::ensure(Need::Guests)?;
+    let mut c = cargo();
+    c.args(["test", "-p", "relay-tests", "--release"])
+        .args(["--test", "kernel_clients_e2e", "--"])
+        .args(["--ignored", "--nocapture", "--test-threads=1"])
+        .env("RELAYHUB_BIN", relayhub)
+        .env("RELAYHUB_VNG", setup::vng())
+        .env("RELAYHUB_GUEST_KERNEL", setup::GUEST_KERNEL);
+    if std::env::var_os("RUST_BACKTRACE").is_none() {
+        c.env("RUST_BACKTRACE", "1");
+    }
+    cmd::run(&mut c)
 }
 
 /// The cargo-fuzz targets in fuzz/fuzz_targets.

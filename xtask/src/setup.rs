@@ -32,6 +32,14 @@ const APT_PACKAGES: &[(&str, Option<&str>, Need)] = &[
     ("bpftool", Some("bpftool"), Need::Test),
     ("curl", Some("curl"), Need::Test),
     ("iputils-ping", Some("ping"), Need::Test),
+    // Kernel WireGuard spokes in QEMU guests (`cargo xtask test-guests`):
+    // virtme-ng boots the guest kernel over the host's root filesystem,
+    // from an initramfs that needs a static busybox; kmod's depmod and
+    // modprobe index and load the guest kernel's modules.
+    ("qemu-system-x86", Some("qemu-system-x86_64"), Need::Guests),
+    ("kmod", Some("depmod"), Need::Guests),
+    ("busybox-static", Some("busybox"), Need::Guests),
+    ("python3-venv", Some("python3"), Need::Guests),
 ];
 
 /// rust-src: aya-build compiles core for the BPF target (-Z build-std=core).
@@ -50,8 +58,11 @@ pub enum Need {
     Build,
     /// Running the hub: wireguard-go, iproute2, bpffs.
     Run,
-    /// Testing it: everything `setup` installs.
+    /// Testing it: test tools, boringtun, cargo-fuzz, promtool.
     Test,
+    /// The kernel WireGuard guests of `cargo xtask test-guests`: QEMU, a
+    /// Debian kernel and virtme-ng (everything `setup` installs).
+    Guests,
 }
 
 /// One missing thing and the commands that provide it.
@@ -70,7 +81,7 @@ fn host() -> (bool, bool) {
 /// `cargo xtask setup`: install whatever is missing (root on Debian only),
 /// otherwise print the commands to run. With `check_only`, install nothing.
 pub fn setup(check_only: bool) -> Result<()> {
-    let missing = find_missing(Need::Test, true);
+    let missing = find_missing(Need::Guests, true);
     if missing.is_empty() {
         eprintln!("setup: nothing to do");
         return Ok(());
@@ -82,7 +93,7 @@ pub fn setup(check_only: bool) -> Result<()> {
     }
     install(missing)?;
     // Recheck: an install that "succeeded" but left things missing is a failure.
-    let still = find_missing(Need::Test, false);
+    let still = find_missing(Need::Guests, false);
     if !still.is_empty() {
         print_instructions(&still, root, debian);
         bail!("still missing after setup: {}", names(&still));
@@ -344,7 +355,105 @@ fn find_missing(need: Need, verbose: bool) -> Vec<Missing> {
             });
         }
     }
+    if need >= Need::Guests {
+        if guest_kernel_installed() {
+            say(format!("skip guest kernel: {GUEST_KERNEL} installed"));
+        } else {
+            let mut c = Command::new("sh");
+            c.args([
+                "-ec",
+                GUEST_KERNEL_INSTALL,
+                "sh",
+                GUEST_KERNEL,
+                GUEST_KERNEL_DIR,
+            ]);
+            missing.push(Missing {
+                what: format!("guest kernel {GUEST_KERNEL} (Debian's linux-image, unpacked)"),
+                fix: vec![(c, true)],
+                hint: None,
+            });
+        }
+        if vng_installed() {
+            say(format!("skip virtme-ng: {VIRTME_NG_VERSION} installed"));
+        } else {
+            // Its own venv: Debian's python refuses pip installs into the
+            // system (PEP 668), and a fixed path does not depend on PATH.
+            // Debian's python, not whichever PATH finds (pyenv), so the
+            // venv's interpreter stays where python3-venv put it.
+            let python = if cmd::on_path("/usr/bin/python3") {
+                "/usr/bin/python3"
+            } else {
+                "python3"
+            };
+            let dir = virtme_ng_venv();
+            let mut venv = Command::new(python);
+            venv.args(["-m", "venv", "--clear", &dir]);
+            let mut pip = Command::new(format!("{dir}/bin/pip"));
+            pip.args([
+                "install",
+                "--disable-pip-version-check",
+                "-q",
+                &format!("virtme-ng=={VIRTME_NG_VERSION}"),
+            ]);
+            missing.push(Missing {
+                what: format!("virtme-ng {VIRTME_NG_VERSION} (PyPI, in {dir})"),
+                fix: vec![(venv, true), (pip, true)],
+                hint: None,
+            });
+        }
+    }
     missing
+}
+
+/// The kernel the guests of `cargo xtask test-guests` boot: Debian 12's,
+/// whose wireguard.ko is the kernel WireGuard most spokes run (README
+/// "Clients" names it as tested).
+pub const GUEST_KERNEL: &str = "6.1.0-57-amd64";
+/// Where its modules go (with the image as `vmlinuz`, where virtme-ng
+/// looks for a kernel given by version).
+const GUEST_KERNEL_DIR: &str = "/usr/lib/modules";
+
+/// Fetch linux-image-$1 without installing it (no initramfs or bootloader
+/// hooks touch the host), copy its modules to $2/$1, index them and put the
+/// image there last: `vmlinuz` marks a complete install.
+const GUEST_KERNEL_INSTALL: &str = "v=$1; dst=$2/$1; d=$(mktemp -d); cd \"$d\"; \
+    get() { apt-get download -q -o APT::Sandbox::User=root linux-image-$v; }; \
+    get || { apt-get update && get; }; \
+    dpkg-deb -x linux-image-${v}_*.deb x; \
+    m=x/lib/modules/$v; [ -d \"$m\" ] || m=x/usr/lib/modules/$v; \
+    mkdir -p \"$dst\"; cp -a \"$m/.\" \"$dst/\"; \
+    depmod -a $v; install -m 0644 x/boot/vmlinuz-$v \"$dst/vmlinuz\"; \
+    cd /; rm -rf \"$d\"";
+
+/// Whether the guest kernel is unpacked completely (see GUEST_KERNEL_INSTALL).
+fn guest_kernel_installed() -> bool {
+    let dir = std::path::Path::new(GUEST_KERNEL_DIR).join(GUEST_KERNEL);
+    [
+        "vmlinuz",
+        "modules.dep",
+        "kernel/drivers/net/wireguard/wireguard.ko",
+    ]
+    .iter()
+    .all(|f| dir.join(f).is_file())
+}
+
+/// virtme-ng, pinned: it boots a kernel over the host's root filesystem,
+/// so the guests run the host's wg-quick, ping and shell.
+pub const VIRTME_NG_VERSION: &str = "1.42";
+
+/// The venv virtme-ng is installed in (one per version: a version bump
+/// installs afresh).
+fn virtme_ng_venv() -> String {
+    format!("/opt/virtme-ng-{VIRTME_NG_VERSION}")
+}
+
+/// The `vng` of the pinned virtme-ng.
+pub fn vng() -> String {
+    format!("{}/bin/vng", virtme_ng_venv())
+}
+
+fn vng_installed() -> bool {
+    probe(&vng(), &["--version"]).is_some_and(|v| v.contains(VIRTME_NG_VERSION))
 }
 
 /// The boringtun the client matrix tests (README "Clients").
