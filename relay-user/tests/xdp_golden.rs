@@ -393,6 +393,10 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn check_case(hub: &mut Hub, case: &Case) {
+    // Each case starts with fresh per-source proof windows and an empty
+    // proof ring (the budget has its own case).
+    hub.clear_proof_budget();
+    hub.drain_proofs();
     let before = hub.snapshot();
     let (action, out) = hub
         .run(&case.input)
@@ -835,21 +839,23 @@ fn table() -> Vec<Case> {
         .rx_seen(D.slot),
     );
 
-    // Unknown sources.
+    // Unknown sources: transport frames (and responses) are also reported
+    // to the controller as possible moved endpoints (see
+    // proof_reports_from_unknown_sources); cookie replies are not.
     v.push(pass_case(
         "transport from a stranger",
         with_payload(&STRANGER, transport(R_A_TO_B, 20)),
-        &[(SEEN, 1), (PASS_UNKNOWN_SOURCE, 1)],
+        &[(SEEN, 1), (PASS_UNKNOWN_SOURCE, 1), (PROOF_REPORTED, 1)],
     ));
     v.push(pass_case(
         "transport from A's address, other port",
         with_payload(&Spoke { port: 40001, ..A }, transport(R_A_TO_B, 20)),
-        &[(SEEN, 1), (PASS_UNKNOWN_SOURCE, 1)],
+        &[(SEEN, 1), (PASS_UNKNOWN_SOURCE, 1), (PROOF_REPORTED, 1)],
     ));
     v.push(pass_case(
         "transport from an inactive slot",
         with_payload(&INACTIVE, transport(R_A_TO_B, 20)),
-        &[(SEEN, 1), (PASS_UNKNOWN_SOURCE, 1)],
+        &[(SEEN, 1), (PASS_UNKNOWN_SOURCE, 1), (PROOF_REPORTED, 1)],
     ));
     v.push(pass_case(
         "cookie reply from a stranger",

@@ -105,6 +105,16 @@ struct Window {
 }
 
 impl Window {
+    /// Whether one more fits, without taking it.
+    fn has_room(w: &Option<Window>, per_sec: u32, now: Instant) -> bool {
+        match w {
+            Some(win) if now.saturating_duration_since(win.start) < Duration::from_secs(1) => {
+                win.count < per_sec
+            }
+            _ => true,
+        }
+    }
+
     fn take(w: &mut Option<Window>, per_sec: u32, now: Instant) -> bool {
         match w {
             Some(win) if now.saturating_duration_since(win.start) < Duration::from_secs(1) => {
@@ -154,6 +164,18 @@ impl Prover {
 
     pub fn pending_len(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Whether a probe to `addr` would be sent now as far as the address
+    /// and total bounds go: callers check this before any work to pick
+    /// candidates.
+    pub fn has_room(&self, addr: &[u8; 16], now: Instant) -> bool {
+        self.pending.len() < self.limits.max_pending
+            && Window::has_room(&self.total, self.limits.total_per_sec, now)
+            && self
+                .per_address
+                .get(addr)
+                .is_none_or(|w| Window::has_room(w, self.limits.per_address_per_sec, now))
     }
 
     /// Ask `candidate` whether it is the spoke in `slot` (public key
@@ -437,6 +459,8 @@ mod tests {
             }
         }
         assert_eq!(sent, limits.per_address_per_sec);
+        assert!(!p.has_room(&ep(10, 0).addr, later));
+        assert!(p.has_room(&ep(11, 0).addr, later));
         // In total: total_per_sec a second across addresses.
         let mut total = sent;
         for i in 0..=255u8 {
@@ -448,6 +472,7 @@ mod tests {
             }
         }
         assert_eq!(total, limits.total_per_sec);
+        assert!(!p.has_room(&ep(12, 0).addr, later), "total spent");
         assert!(p.stats.limited > 0);
         // A new second, a new budget.
         let next = later + Duration::from_secs(1);

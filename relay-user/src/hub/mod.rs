@@ -261,6 +261,7 @@ impl Hub {
         let refresh = self.handle(o, a);
         if o == Outcome::Held
             && self.router.slot_of(&ev.src).is_none()
+            && self.prover.has_room(&ev.src.addr, now)
             && let Some(dst) = self.router.held_destination(&ev.src)
         {
             self.probe_turn = self.probe_turn.wrapping_add(PROBES_PER_INITIATION);
