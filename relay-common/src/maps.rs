@@ -30,6 +30,16 @@ pub const MAP_NEXTHOPS: &str = "NEXTHOPS";
 /// per-source budget of initiations passed to the hub's own WireGuard
 /// (soft state, not pinned).
 pub const MAP_INIT_BUDGET: &str = "INIT_BUDGET";
+/// Source address (port 0) -> [`PassWindow`]: the per-source budget of
+/// initiations copied to the controller (soft state, not pinned).
+pub const MAP_COPY_BUDGET: &str = "COPY_BUDGET";
+/// Initiations from one source address copied to the controller per
+/// second. Far above what spokes send, even many behind one NAT address (a
+/// rekey per peer per two minutes: 512/s is 60k peer sessions), and below
+/// the flood shield's global rate, so a flood from a few addresses can
+/// neither fill the ring nor put the whole hub under load: other spokes'
+/// handshakes are routed at once, without waiting for a cookie round trip.
+pub const INITIATION_COPIES_PER_SEC: u32 = 512;
 /// `RingBuf` of [`ProofEvent`]s: frames from unknown sources that may
 /// show a spoke's new endpoint (soft state, not pinned).
 pub const MAP_PROOFS: &str = "PROOFS";
@@ -334,6 +344,10 @@ pub mod counter {
         PROOF_REPORTED = "proof_reported";
         /// Not reported: the proof ring buffer was full.
         PROOF_RING_FULL = "proof_ring_full";
+        /// Initiations over their source address's copy budget
+        /// ([`super::INITIATION_COPIES_PER_SEC`]): not copied to the
+        /// controller (the frame itself goes on as any initiation).
+        INITIATIONS_NOT_COPIED = "initiations_not_copied";
     }
 
     /// The `RELAYED_*_TO_*` counter of a relay from `from` to `to`

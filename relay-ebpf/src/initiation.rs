@@ -1,5 +1,6 @@
-//! Initiations: a copy goes to the controller through the ring buffer, and
-//! the frame itself to the hub's own WireGuard within a per-source budget.
+//! Initiations: a copy goes to the controller through the ring buffer and
+//! the frame itself to the hub's own WireGuard, each within a per-source
+//! budget.
 
 use aya_ebpf::{maps::LruHashMap, programs::XdpContext};
 use core::mem::MaybeUninit;

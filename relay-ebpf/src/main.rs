@@ -27,7 +27,7 @@ use aya_ebpf::{
 };
 use core::mem::MaybeUninit;
 use relay_common::{
-    CROSS_VIA_USERSPACE, Endpoint, FAMILY_V4, NO_SLOT, counter,
+    CROSS_VIA_USERSPACE, Endpoint, FAMILY_V4, INITIATION_COPIES_PER_SEC, NO_SLOT, counter,
     wire::{
         KEEPALIVE_LEN, MSG_COOKIE_REPLY, MSG_INITIATION, MSG_RESPONSE, MSG_TRANSPORT, RECEIVER_OFF,
         RESPONSE_RECEIVER_OFF, SENDER_OFF,
@@ -37,7 +37,7 @@ use relay_common::{
 use crate::{
     counters::inc,
     forward::Next,
-    maps::CONFIG,
+    maps::{CONFIG, COPY_BUDGET},
     parse::{ETH_P_IP, ETH_P_IPV6, Ip, L3, V4, V6, be16, fill_endpoint, read},
 };
 
@@ -120,7 +120,11 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
     }
 
     if msg.kind == MSG_INITIATION {
-        initiation::queue::<I>(ctx, src_slot.unwrap_or(NO_SLOT))?;
+        if initiation::take::<I>(ctx, &COPY_BUDGET, INITIATION_COPIES_PER_SEC, now)? {
+            initiation::queue::<I>(ctx, src_slot.unwrap_or(NO_SLOT))?;
+        } else {
+            inc(counter::INITIATIONS_NOT_COPIED);
+        }
         let budget = cfg.init_pass_per_sec;
         if budget != 0 && !initiation::may_pass::<I>(ctx, budget, now)? {
             inc(counter::INITIATIONS_NOT_PASSED);

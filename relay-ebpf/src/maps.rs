@@ -63,3 +63,9 @@ pub static PROOFS: RingBuf = RingBuf::with_byte_size(PROOFS_RING_BYTES, 0);
 #[map]
 pub static PROOF_BUDGET: LruHashMap<Endpoint, PassWindow> =
     LruHashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+/// Source address -> initiations copied to the controller this second
+/// (`INITIATION_COPIES_PER_SEC`).
+#[map]
+pub static COPY_BUDGET: LruHashMap<Endpoint, PassWindow> =
+    LruHashMap::with_max_entries(MAX_ENDPOINTS, 0);

@@ -63,9 +63,9 @@ use std::{
 
 use aya::maps::{MapData, PerfEventArray, perf::PerfEvent, perf::PerfEventArrayBuffer};
 use relay_common::{
-    Endpoint, FAMILY_V6, FallbackMeta, InitiationEvent, MAP_FALLBACK, MAX_SLOTS, NO_SLOT,
-    PROOF_REPORTS_PER_SEC, ProofEvent, SESSION_FROM_INITIATION, SESSION_FROM_RESPONSE, SLOT_ACTIVE,
-    SessionKey, SpokeSlot, counter, wire::RESPONSE_LEN,
+    Endpoint, FAMILY_V6, FallbackMeta, INITIATION_COPIES_PER_SEC, InitiationEvent, MAP_FALLBACK,
+    MAX_SLOTS, NO_SLOT, PROOF_REPORTS_PER_SEC, ProofEvent, SESSION_FROM_INITIATION,
+    SESSION_FROM_RESPONSE, SLOT_ACTIVE, SessionKey, SpokeSlot, counter, wire::RESPONSE_LEN,
 };
 use relay_user::datapath::CrossPath;
 use testkit::{
@@ -404,7 +404,6 @@ struct Counters {
     no_session: u32,
     hub_response: Option<u32>,
     hub_cookie: Option<u32>,
-    queued: u32,
     drop_loop: u32,
     no_dest: u32,
     cross: u32,
@@ -440,7 +439,6 @@ impl Counters {
             no_session: ctr_req("pass_no_session"),
             hub_response: ctr("hub_response"),
             hub_cookie: ctr("hub_cookie"),
-            queued: ctr_req("initiations_queued"),
             drop_loop: ctr_req("drop_loop"),
             no_dest: ctr_req("drop_no_destination"),
             cross: ctr_req("pass_cross_family"),
@@ -469,21 +467,28 @@ impl Counters {
     }
 }
 
-/// The model of the per-source-address proof budget: at most
-/// `PROOF_REPORTS_PER_SEC` reports in a window of one second from the
-/// first. The program reads the clock once per frame somewhere in
+/// The model of a per-source-address budget (proof reports, initiation
+/// copies): at most `per_sec` in a window of one second from the first. The program reads the clock once per frame somewhere in
 /// [k0, k1]; a window end inside that interval may go either way, and
 /// then the address is uncertain for the rest of the batch.
 type StartRange = (u64, u64);
 
-#[derive(Default)]
-struct ProofBudget {
+struct Budget {
+    per_sec: u32,
     /// Per address: the range the window's start lies in, and its count.
     windows: StdHashMap<(u8, [u8; 16]), (StartRange, u32)>,
     uncertain: HashSet<(u8, [u8; 16])>,
 }
 
-impl ProofBudget {
+impl Budget {
+    fn new(per_sec: u32) -> Self {
+        Self {
+            per_sec,
+            windows: StdHashMap::new(),
+            uncertain: HashSet::new(),
+        }
+    }
+
     /// Whether `reported` fits the budget; updates the model.
     fn observe(&mut self, key: (u8, [u8; 16]), k0: u64, k1: u64, reported: bool) -> bool {
         const SECOND: u64 = 1_000_000_000;
@@ -499,7 +504,7 @@ impl ProofBudget {
             return reported;
         }
         if k1.saturating_sub(lo) < SECOND {
-            let allowed = count < PROOF_REPORTS_PER_SEC;
+            let allowed = count < self.per_sec;
             if allowed {
                 self.windows.insert(key, ((lo, hi), count + 1));
             }
@@ -754,8 +759,9 @@ impl Model {
         e.rx_seen = src;
 
         if kind == 1 {
+            // Copied (and counted queued) within the source address's copy
+            // budget: checked per frame against the budget model.
             e.reason = "initiation";
-            e.counters.push((c.queued, 1));
             e.event = Some(InitiationEvent {
                 src: src_ep,
                 dst: endpoint(dst_addr, be16(f, udp_off + 2)),
@@ -1769,13 +1775,14 @@ fn run_pass(run: &Run, pass: &Pass, pass_seed: u64, iters: u64) {
     while i < iters {
         // Budget windows start empty each batch, in the kernel and here.
         hub.0.clear_proof_budget();
-        let mut budget = ProofBudget::default();
+        hub.0.clear_copy_budget();
+        let mut budget = Budget::new(PROOF_REPORTS_PER_SEC);
+        let mut copies = Budget::new(INITIATION_COPIES_PER_SEC);
         let before = hub.snapshot();
         let mut counters = vec![0u64; counter::COUNT as usize];
         let mut slots = vec![SlotDelta::default(); NSLOTS as usize];
         let mut rx_seen = HashSet::new();
         let mut ka_seen = HashSet::new();
-        let mut events = Vec::new();
         let n = batch.min((iters - i) as usize);
         let mut last = String::new();
         for _ in 0..n {
@@ -1883,6 +1890,40 @@ fn run_pass(run: &Run, pass: &Pass, pass_seed: u64, iters: u64) {
                 }
                 _ => {}
             }
+            // Initiation copies: exactly the model's event, within the
+            // source address's copy budget (drained per frame).
+            let got_events = hub.drain_events();
+            match &exp.event {
+                None => assert!(
+                    got_events.is_empty(),
+                    "seed {seed:#x}, pass {name}, frame {i}: {}: unexpected initiation event",
+                    exp.reason
+                ),
+                Some(want) => {
+                    let copied = !got_events.is_empty();
+                    let ok = copies.observe((want.src.family, want.src.addr), k0, k1, copied);
+                    assert!(
+                        ok,
+                        "seed {seed:#x}, pass {name}, frame {i}: copy {copied} breaks the budget of {INITIATION_COPIES_PER_SEC}/s"
+                    );
+                    if copied {
+                        assert_eq!(got_events.len(), 1, "frame {i}: initiation events");
+                        let g = &got_events[0];
+                        let same = g.src == want.src
+                            && g.dst == want.dst
+                            && g.src_slot == want.src_slot
+                            && g.ifindex == want.ifindex
+                            && g.frame == want.frame;
+                        assert!(
+                            same,
+                            "seed {seed:#x}, pass {name}, frame {i}: event got {g:?}, want {want:?}"
+                        );
+                        counters[counter::INITIATIONS_QUEUED as usize] += 1;
+                    } else {
+                        counters[counter::INITIATIONS_NOT_COPIED as usize] += 1;
+                    }
+                }
+            }
             // Proof reports: exactly the model's, within the source
             // address's budget (drained per frame: the ring never fills).
             let proofs = hub.0.drain_proofs();
@@ -1962,7 +2003,6 @@ fn run_pass(run: &Run, pass: &Pass, pass_seed: u64, iters: u64) {
             }
             rx_seen.extend(exp.rx_seen);
             ka_seen.extend(exp.keepalive_seen);
-            events.extend(exp.event);
             i += 1;
         }
 
@@ -1993,16 +2033,6 @@ fn run_pass(run: &Run, pass: &Pass, pass_seed: u64, iters: u64) {
                 ka_seen.contains(&s),
                 "{at}: slot {s} last_keepalive_ns"
             );
-        }
-        let got = hub.drain_events();
-        assert_eq!(got.len(), events.len(), "{at}: initiation events");
-        for (k, (g, w)) in got.iter().zip(&events).enumerate() {
-            let same = g.src == w.src
-                && g.dst == w.dst
-                && g.src_slot == w.src_slot
-                && g.ifindex == w.ifindex
-                && g.frame == w.frame;
-            assert!(same, "{at}: event {k}: got {g:?}, want {w:?}");
         }
         let table = hub.session_table();
         if table != model.sessions {

@@ -393,6 +393,11 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn check_case(hub: &mut Hub, case: &Case) {
+    // Each case starts with fresh per-source proof windows and an empty
+    // proof ring (the budget has its own case).
+    hub.clear_proof_budget();
+    hub.clear_copy_budget();
+    hub.drain_proofs();
     let before = hub.snapshot();
     let (action, out) = hub
         .run(&case.input)
@@ -835,21 +840,23 @@ fn table() -> Vec<Case> {
         .rx_seen(D.slot),
     );
 
-    // Unknown sources.
+    // Unknown sources: transport frames (and responses) are also reported
+    // to the controller as possible moved endpoints (see
+    // proof_reports_from_unknown_sources); cookie replies are not.
     v.push(pass_case(
         "transport from a stranger",
         with_payload(&STRANGER, transport(R_A_TO_B, 20)),
-        &[(SEEN, 1), (PASS_UNKNOWN_SOURCE, 1)],
+        &[(SEEN, 1), (PASS_UNKNOWN_SOURCE, 1), (PROOF_REPORTED, 1)],
     ));
     v.push(pass_case(
         "transport from A's address, other port",
         with_payload(&Spoke { port: 40001, ..A }, transport(R_A_TO_B, 20)),
-        &[(SEEN, 1), (PASS_UNKNOWN_SOURCE, 1)],
+        &[(SEEN, 1), (PASS_UNKNOWN_SOURCE, 1), (PROOF_REPORTED, 1)],
     ));
     v.push(pass_case(
         "transport from an inactive slot",
         with_payload(&INACTIVE, transport(R_A_TO_B, 20)),
-        &[(SEEN, 1), (PASS_UNKNOWN_SOURCE, 1)],
+        &[(SEEN, 1), (PASS_UNKNOWN_SOURCE, 1), (PROOF_REPORTED, 1)],
     ));
     v.push(pass_case(
         "cookie reply from a stranger",
@@ -1206,17 +1213,28 @@ fn initiation_ring_full() {
     let ns = Entered::new();
     let (ifindex, _) = topology(&ns, true);
     let mut hub = Hub::load(ifindex);
-    // 256 KiB of ~200-byte records: 2000 initiations overflow it.
+    // 256 KiB of ~200-byte records: 2000 initiations overflow it. From
+    // 2000 addresses: one address may only have INITIATION_COPIES_PER_SEC
+    // copied (see initiation_copy_budget_per_address).
     const N: u32 = 2000;
-    let f = with_payload(&A, initiation(9));
+    let payload = initiation(9);
+    let frames: Vec<Vec<u8>> = (0..N)
+        .map(|i| {
+            let from = Spoke::v4(0, [198, 18, (i / 256) as u8, (i % 256) as u8], 40000);
+            with_payload(&from, payload.clone())
+        })
+        .collect();
     let before = hub.snapshot();
-    let (action, out) = hub.run_n(&f, N).expect("test_run");
+    for f in &frames {
+        let (action, out) = hub.run(f).expect("test_run");
+        assert_eq!(action, XDP_PASS);
+        assert_eq!(&out, f);
+    }
     let after = hub.snapshot();
-    assert_eq!(action, XDP_PASS);
-    assert_eq!(out, f);
     let d = |i: u32| after.counters[i as usize] - before.counters[i as usize];
     let (queued, full) = (d(INITIATIONS_QUEUED), d(INITIATIONS_RING_FULL));
     assert_eq!(d(SEEN), N as u64);
+    assert_eq!(d(INITIATIONS_NOT_COPIED), 0);
     assert_eq!(queued + full, N as u64);
     assert!(queued > 0 && full > 0, "queued {queued}, full {full}");
     let events = hub.drain_events();
@@ -1224,8 +1242,9 @@ fn initiation_ring_full() {
     assert!(
         events
             .iter()
-            .all(|e| e.src_slot == A.slot && e.frame[..] == f[42..])
+            .all(|e| e.src_slot == NO_SLOT && e.frame[..] == payload[..])
     );
+    let f = with_payload(&A, initiation(9));
     // Room again after draining.
     check_case(&mut hub, &{
         let mut c = pass_case(
@@ -1295,6 +1314,54 @@ fn initiation_budget_per_source() {
     let (action, _) = hub.run_n(&stranger, 10 * BUDGET).unwrap();
     assert_eq!(action, XDP_PASS);
     hub.drain_events();
+}
+
+/// Initiation copies to the controller: at most INITIATION_COPIES_PER_SEC
+/// a second per source address (ports share it); the frames themselves
+/// still go on (to the hub's own WireGuard within its own budget).
+#[test]
+fn initiation_copy_budget_per_address() {
+    if !is_root() {
+        return;
+    }
+    let ns = Entered::new();
+    let (ifindex, _) = topology(&ns, true);
+    let mut hub = Hub::load(ifindex);
+    let per_sec = relay_common::INITIATION_COPIES_PER_SEC;
+    let from_a = with_payload(&A, initiation(0x71));
+    let mut other_port = Frame::from_spoke(
+        &Spoke {
+            port: A.port + 1,
+            ..A
+        },
+        initiation(0x72),
+    );
+    other_port.sport = A.port + 1;
+    let other_port = other_port.build();
+    let before = hub.snapshot();
+    let (action, _) = hub.run_n(&from_a, per_sec - 2).unwrap();
+    assert_eq!(action, XDP_PASS);
+    let (action, out) = hub.run_n(&other_port, 5).unwrap();
+    assert_eq!(
+        (action, out),
+        (XDP_PASS, other_port.clone()),
+        "over the copy budget, still passed"
+    );
+    let copied = hub.drain_events();
+    assert_eq!(copied.len(), per_sec as usize);
+    hub.run(&with_payload(&B, initiation(0x73))).unwrap();
+    assert_eq!(
+        hub.drain_events().len(),
+        1,
+        "another address, another budget"
+    );
+    let after = hub.snapshot();
+    let d = |i: u32| after.counters[i as usize] - before.counters[i as usize];
+    assert_eq!(d(INITIATIONS_QUEUED), u64::from(per_sec) + 1);
+    assert_eq!(d(INITIATIONS_NOT_COPIED), 3);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    hub.run(&other_port).unwrap();
+    assert_eq!(hub.drain_events().len(), 1, "the next second");
 }
 
 /// Frames from sources that are not authenticated endpoints reach the

@@ -10,10 +10,10 @@ use aya::{
     programs::{ProgramError, Xdp},
 };
 use relay_common::{
-    Endpoint, HubConfig, InitiationEvent, MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINT_SLOTS,
-    MAP_INITIATIONS, MAP_PROOF_BUDGET, MAP_PROOFS, MAP_SESSIONS, MAP_SLOT_COUNTERS, MAP_SLOTS,
-    PROG_RELAY, PassWindow, ProofEvent, SLOT_ACTIVE, SessionKey, SessionValue, SlotCounters,
-    SpokeSlot, counter,
+    Endpoint, HubConfig, InitiationEvent, MAP_CONFIG, MAP_COPY_BUDGET, MAP_COUNTERS,
+    MAP_ENDPOINT_SLOTS, MAP_INITIATIONS, MAP_PROOF_BUDGET, MAP_PROOFS, MAP_SESSIONS,
+    MAP_SLOT_COUNTERS, MAP_SLOTS, PROG_RELAY, PassWindow, ProofEvent, SLOT_ACTIVE, SessionKey,
+    SessionValue, SlotCounters, SpokeSlot, counter,
 };
 
 pub const XDP_ABORTED: u32 = 0;
@@ -213,6 +213,7 @@ pub struct Harness {
     pub initiations: RingBuf<MapData>,
     pub proofs: RingBuf<MapData>,
     pub proof_budget: HashMap<MapData, Endpoint, PassWindow>,
+    pub copy_budget: HashMap<MapData, Endpoint, PassWindow>,
     pub ifindex: u32,
     out: Vec<u8>,
 }
@@ -263,6 +264,7 @@ impl Harness {
         let initiations = RingBuf::try_from(take(MAP_INITIATIONS)).unwrap();
         let proofs = RingBuf::try_from(take(MAP_PROOFS)).unwrap();
         let proof_budget = HashMap::try_from(take(MAP_PROOF_BUDGET)).unwrap();
+        let copy_budget = HashMap::try_from(take(MAP_COPY_BUDGET)).unwrap();
         Self {
             ebpf,
             maps,
@@ -271,6 +273,7 @@ impl Harness {
             initiations,
             proofs,
             proof_budget,
+            copy_budget,
             ifindex,
             out: vec![0; 4096],
         }
@@ -355,6 +358,14 @@ impl Harness {
         let keys: Vec<Endpoint> = self.proof_budget.keys().filter_map(Result::ok).collect();
         for k in keys {
             let _ = self.proof_budget.remove(&k);
+        }
+    }
+
+    /// Forget every source's initiation copy budget window.
+    pub fn clear_copy_budget(&mut self) {
+        let keys: Vec<Endpoint> = self.copy_budget.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = self.copy_budget.remove(&k);
         }
     }
 }

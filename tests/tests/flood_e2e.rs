@@ -4,10 +4,14 @@
 //! endpoint (the worst case: a known source), the rest from its own
 //! address with many ports (strangers). Meanwhile:
 //!
+//! - the XDP program copies at most INITIATION_COPIES_PER_SEC a second per
+//!   source address to the controller, so the flood (two addresses) never
+//!   fills the ring and never puts the whole hub under load;
 //! - existing sessions keep relaying (XDP; the controller is not involved);
 //! - a fresh spoke (s4) comes up during the flood and completes handshakes
-//!   with the hub, with s3 and with the flood's target s2 (through a cookie
-//!   round trip when the hub demands one);
+//!   with the hub, s1 and s3 within FIRST_CONTACT, and with the flood's
+//!   target s2 at most one cookie round trip later (the shield may demand
+//!   one for initiations to s2; WireGuard answers it on its next retry);
 //! - s2's WireGuard sees only a bounded number of initiations (the shield
 //!   forwards a spoofed source only until its rate trips, then demands
 //!   cookies the attacker never receives);
@@ -30,6 +34,16 @@ use relay_tests::wg::conf_public_key;
 use relay_tests::{Hub, HubKind, Topology, cmd};
 use relay_user::core::keys::Mac1Key;
 
+/// First contact of the fresh spoke with spokes the flood does not target:
+/// before WireGuard's first retry (REKEY_TIMEOUT, 5 s), i.e. no initiation
+/// of it was lost to the flood. (Measured 0.3-2.3 s on 2 busy cores; 2 s
+/// without a flood, see clients_e2e.)
+const FIRST_CONTACT: Duration = Duration::from_secs(5);
+/// With the flood's target: one cookie round trip (REKEY_TIMEOUT 5 s plus
+/// WireGuard's jitter of up to 1/3 s) plus FIRST_CONTACT.
+const VIA_COOKIE: Duration = Duration::from_millis(7500);
+/// Pings per established pair during the flood.
+const PINGS: u32 = 20;
 /// How long the attacker floods.
 const FLOOD_FOR: Duration = Duration::from_secs(10);
 /// Sender threads in the attacker namespace (the machine has 2 cores,
@@ -192,41 +206,74 @@ fn run(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
     let mut checks = Vec::new();
     // Existing sessions, including the target's and the spoofed spoke's.
     for (a, b) in [(0, 1), (2, 1), (1, 0)] {
-        let ping = topo.spokes[a].ns.ping(&addrs[b].to_string(), 5, 0.2)?;
+        // Established sessions are relayed by XDP by receiver index, which
+        // the flood (initiations) never touches; but the flood saturates
+        // both cores (~870k frames/s through veths), and a frame, any
+        // frame, is then sometimes dropped before XDP (seen: 1 ping in 150
+        // across runs). A session the flood broke would lose them all.
+        let ping = topo.spokes[a].ns.ping(&addrs[b].to_string(), PINGS, 0.1)?;
         ensure!(
-            ping.lost() <= 1,
-            "{} -> {} lost {} of 5 pings during the flood",
+            ping.lost() <= PINGS / 10,
+            "{} -> {} lost {} of {PINGS} pings during the flood",
             names[a],
             names[b],
             ping.lost()
         );
-        checks.push(format!("{}->{} ok", names[a], names[b]));
-    }
-    // A fresh spoke: handshakes with the hub, s3 and the target s2.
-    let t4 = Instant::now();
-    up.push(topo.spoke_up(3, &texts[3])?);
-    let mut fresh = Vec::new();
-    for b in [2usize, 1, 0] {
-        let dst = addrs[b].to_string();
-        cmd::wait_for(
-            &format!("fresh spoke s4 to ping {} during the flood", names[b]),
-            Duration::from_secs(25),
-            Duration::from_millis(50),
-            || Ok(topo.spokes[3].ns.ping_once(&dst).then_some(())),
-        )?;
-        fresh.push(format!(
-            "s4->{} after {:.1}s",
+        checks.push(format!(
+            "{}->{} {}/{PINGS}",
+            names[a],
             names[b],
-            t4.elapsed().as_secs_f64()
+            PINGS - ping.lost()
         ));
     }
-    // The hub's own WireGuard takes the flood's leftovers itself (it is
-    // under load and answers with cookies), so one ping may be lost: allow
-    // retries, bounded like the spoke-to-spoke ones.
+    // A fresh spoke: handshakes with the hub, s3, the target s2 and s1 (the
+    // flood spoofs s1's endpoint), all tried at once.
+    let t4 = Instant::now();
+    up.push(topo.spoke_up(3, &texts[3])?);
+    let fresh: Vec<(usize, Option<Duration>)> = thread::scope(|sc| {
+        let hs: Vec<_> = [2usize, 1, 0]
+            .into_iter()
+            .map(|b| {
+                let dst = addrs[b].to_string();
+                let ns = &topo.spokes[3].ns;
+                sc.spawn(move || {
+                    while t4.elapsed() < Duration::from_secs(25) {
+                        if ns.ping_once(&dst) {
+                            return (b, Some(t4.elapsed()));
+                        }
+                    }
+                    (b, None)
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("ping thread"))
+            .collect()
+    });
+    let fresh_report: Vec<String> = fresh
+        .iter()
+        .map(|(b, t)| match t {
+            Some(t) => format!("s4->{} after {:.1}s", names[*b], t.as_secs_f64()),
+            None => format!("s4->{} never", names[*b]),
+        })
+        .collect();
+    for &(b, t) in &fresh {
+        let bound = if b == 1 { VIA_COOKIE } else { FIRST_CONTACT };
+        ensure!(
+            t.is_some_and(|t| t <= bound),
+            "fresh spoke s4 during the flood: {} (bound {bound:?}): {fresh_report:?}",
+            names[b]
+        );
+    }
+    let mut fresh = fresh_report;
+    // The hub's own WireGuard (wireguard-go here) still gets the flood's
+    // leftovers within the per-source budget and, starved of CPU by the
+    // flood, may call itself under load and answer s4 with a cookie: one
+    // retry of s4's.
     let hub_addr = relay_tests::hub::HUB_TUNNEL_ADDR.to_string();
     cmd::wait_for(
         "fresh spoke s4 to ping the hub's tunnel address during the flood",
-        Duration::from_secs(25),
+        VIA_COOKIE.saturating_sub(t4.elapsed()),
         Duration::from_millis(50),
         || Ok(topo.spokes[3].ns.ping_once(&hub_addr).then_some(())),
     )?;
@@ -265,6 +312,7 @@ fn run(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
     let seen = ev("seen");
     let queued = ev("initiations_queued");
     let ring_full = ev("initiations_ring_full");
+    let not_copied = ev("initiations_not_copied");
     // Passed on to the hub's own WireGuard: a few per source address and
     // second; the rest are dropped in XDP (still routed above).
     let not_passed = ev("initiations_not_passed");
@@ -294,7 +342,7 @@ fn run(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
     eprintln!(
         "{p} flood: {total} initiations in {flood_secs:.1}s = {:.0}/s from {FLOOD_THREADS} threads; \
          hub XDP saw {seen} frames ({:.0}/s), queued {queued} initiations to the controller ({:.0}/s), \
-         ring full {ring_full}, not passed to the hub's WireGuard {not_passed}; controller handled {handled} ({:.0}/s): relayed {relayed}, \
+         not copied {not_copied}, ring full {ring_full}, not passed to the hub's WireGuard {not_passed}; controller handled {handled} ({:.0}/s): relayed {relayed}, \
          cookie replies {cookies}, rate-limited {limited} ({}); mac2 valid {} invalid {}; \
          s2 received {at_target} initiations ({:.1}/s)",
         total as f64 / flood_secs,
@@ -319,8 +367,16 @@ fn run(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
         "only {not_passed} of {seen} flood initiations kept from the hub's own WireGuard"
     );
     ensure!(
-        handled >= 0.5 * total as f64,
-        "the controller saw only {handled} of {total} flood initiations"
+        not_copied >= 0.9 * seen && ring_full == 0.0,
+        "the flood reached the controller: {not_copied} of {seen} kept from it, ring full {ring_full}"
+    );
+    // Two flood addresses, a copy budget each (plus a second's slack at
+    // each end of the windows), and the spokes' own few.
+    let copy_bound =
+        2.0 * f64::from(relay_common::INITIATION_COPIES_PER_SEC) * (flood_secs + 2.0) + 100.0;
+    ensure!(
+        queued <= copy_bound && handled <= copy_bound,
+        "the controller got {queued} copies, handled {handled} (bound {copy_bound:.0})"
     );
     ensure!(
         cookies >= 1.0 && mid_cookies >= 1.0,
@@ -333,10 +389,6 @@ fn run(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
     ensure!(
         at_target <= MAX_AT_TARGET,
         "s2 received {at_target} initiations during the flood (bound {MAX_AT_TARGET})"
-    );
-    ensure!(
-        d("relayhub_mac2_checks_total", &[("result", "valid")]) >= 1.0,
-        "no legitimate initiation came back with a valid mac2 (cookie round trip)"
     );
     Ok(())
 }

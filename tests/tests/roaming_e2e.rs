@@ -247,5 +247,118 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
         "xdp unknown_source +{d_unknown} < {} non-initiation frames",
         attack.len() - 4 * keys.len()
     );
+    reflection(topo, hub, &rx.iter().copied().collect::<Vec<_>>(), &after)
+}
+
+/// The hub as a reflector, and an attacker racing the real spoke: from
+/// many ports of one address (standing in for a victim whose address an
+/// attacker spoofs), frames name s1's live session, so the hub probes that
+/// address; the attacker then answers the probes it saw with forged
+/// responses. The probes stay within their per-address bound, the forged
+/// answers are rejected, and s1's endpoint stays where it is.
+fn reflection(
+    topo: &Topology,
+    hub: &mut Hub<'_>,
+    rx: &[u32],
+    endpoint: &str,
+) -> anyhow::Result<()> {
+    /// relay_user::core::proof::Limits::default().per_address_per_sec.
+    const PROBES_PER_ADDRESS_PER_SEC: usize = 4;
+    let att = topo.attacker.as_ref().context("attacker")?;
+    let cap = capture::Capture::start_filtered(
+        &att.ns,
+        &att.iface,
+        &topo.workdir,
+        "probes",
+        &["udp", "and", "udp[8]", "=", "1"],
+    )?;
+    thread::sleep(Duration::from_millis(300));
+    let m0 = hub.metrics()?;
+    let t0 = std::time::Instant::now();
+    let mut sent = 0;
+    for round in 0..3u16 {
+        let burst: Vec<Datagram> = (0..200u16)
+            .map(|i| Datagram {
+                src: att.addr,
+                sport: 20000 + round * 200 + i,
+                dst: HUB_ADDR,
+                dport: HUB_PORT,
+                payload: inject::transport(rx[usize::from(i) % rx.len()], 64, u32::from(i)),
+            })
+            .collect();
+        sent += inject::send(&att.ns, &burst)?;
+        thread::sleep(Duration::from_millis(500));
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let to_att = |f: &capture::WgFrame| f.kind == 1 && f.dst.starts_with(&att.addr.to_string());
+    let probes: Vec<_> = capture::read_wg_frames(&cap.finish())?
+        .into_iter()
+        .filter(to_att)
+        .collect();
+    // Race: once the address's windows have passed (the flood above spent
+    // them), the attacker sends one frame naming s1's session from a UDP
+    // socket, and answers the probe that comes back with a forged response
+    // at once, from the probed address.
+    thread::sleep(Duration::from_millis(1100));
+    let ns_path = format!("/run/netns/{}", att.ns.name);
+    let trigger = inject::transport(rx[0], 64, 99);
+    let hub_sa = std::net::SocketAddr::from((HUB_ADDR, HUB_PORT));
+    let raced = thread::spawn(move || -> anyhow::Result<(usize, usize)> {
+        let ns = std::fs::File::open(&ns_path)?;
+        testkit::netns::enter(&ns)?;
+        let sock = std::net::UdpSocket::bind(("0.0.0.0", 21000))?;
+        sock.set_read_timeout(Some(Duration::from_millis(1500)))?;
+        sock.send_to(&trigger, hub_sa)?;
+        let (mut probes, mut forged) = (0, 0);
+        let mut buf = [0u8; 256];
+        while let Ok((n, _)) = sock.recv_from(&mut buf) {
+            if n == 148 && buf[0] == 1 {
+                probes += 1;
+                let sender = u32::from_le_bytes(buf[4..8].try_into()?);
+                sock.send_to(&inject::response(0x0bad_f00d, sender, 7), hub_sa)?;
+                forged += 1;
+            }
+        }
+        Ok((probes, forged))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("race thread panicked"))??;
+    thread::sleep(Duration::from_millis(300));
+    let m1 = hub.metrics()?;
+    let d = |r: &str| {
+        m1.value("relayhub_endpoint_proofs_total", &[("result", r)])
+            - m0.value("relayhub_endpoint_proofs_total", &[("result", r)])
+    };
+    let still = s1_endpoint(hub)?;
+    eprintln!(
+        "[roam] reflection: {sent} frames naming s1's sessions from 600 ports of {} in {secs:.1} s: \
+         {} probes reached it (race: {} forged answers): proofs sent +{}, limited +{}, rejected +{}, proven +{}; \
+         s1 endpoint {still}",
+        att.addr,
+        probes.len(),
+        raced.1,
+        d("sent"),
+        d("limited"),
+        d("rejected"),
+        d("proven")
+    );
+    let bound = PROBES_PER_ADDRESS_PER_SEC * (secs.ceil() as usize + 1);
+    ensure!(!probes.is_empty(), "no probe reached the address at all");
+    ensure!(
+        probes.len() <= bound,
+        "{} probes to one address in {secs:.1} s > {bound}",
+        probes.len()
+    );
+    ensure!(d("limited") > 0.0, "the per-address bound never applied");
+    ensure!(
+        raced.1 >= 1 && d("rejected") >= 1.0,
+        "no forged answer reached a pending probe ({} probes seen in the race)",
+        raced.0
+    );
+    ensure!(d("proven") == 0.0, "a forged answer proved an endpoint");
+    ensure!(
+        still == endpoint,
+        "probe answers moved s1's endpoint: {endpoint} -> {still}"
+    );
     Ok(())
 }

@@ -11,6 +11,12 @@
 //! the hub's real WireGuard: a responder may not send on a new keypair
 //! before it receives data on it.
 //!
+//! A candidate that is handshaking with the hub's own WireGuard is not
+//! probed: that handshake authenticates it anyway, and a probe (an
+//! initiation from the same key) can cost it that handshake: in attack_e2e
+//! a wireguard-go spoke probed while its first initiation to the hub was
+//! in flight completed it only on its retry 5 s later.
+//!
 //! Probes are bounded per (spoke, candidate), per candidate address and in
 //! total: the hub answers at most a few frames a second per address with a
 //! frame about the size of an initiation, so it is never a useful
@@ -43,6 +49,9 @@ pub struct Limits {
     pub total_per_sec: u32,
     /// An unanswered probe is forgotten after this.
     pub answer_within: Duration,
+    /// A source that sent the hub's WireGuard an initiation this recently
+    /// is not probed (longer than REKEY_TIMEOUT plus a round trip).
+    pub hub_handshake_grace: Duration,
     /// Probes waiting for an answer at once.
     pub max_pending: usize,
 }
@@ -54,6 +63,7 @@ impl Default for Limits {
             per_address_per_sec: 4,
             total_per_sec: 200,
             answer_within: Duration::from_secs(2),
+            hub_handshake_grace: Duration::from_secs(6),
             max_pending: 1024,
         }
     }
@@ -72,6 +82,8 @@ pub struct ProofStats {
     pub expired: u64,
     /// Probes not sent: a bound was reached.
     pub limited: u64,
+    /// Probes not sent: the candidate is handshaking with the hub itself.
+    pub deferred: u64,
 }
 
 /// One probe for the IO shell to send: `frame` from `from` (the hub
@@ -105,6 +117,16 @@ struct Window {
 }
 
 impl Window {
+    /// Whether one more fits, without taking it.
+    fn has_room(w: &Option<Window>, per_sec: u32, now: Instant) -> bool {
+        match w {
+            Some(win) if now.saturating_duration_since(win.start) < Duration::from_secs(1) => {
+                win.count < per_sec
+            }
+            _ => true,
+        }
+    }
+
     fn take(w: &mut Option<Window>, per_sec: u32, now: Instant) -> bool {
         match w {
             Some(win) if now.saturating_duration_since(win.start) < Duration::from_secs(1) => {
@@ -134,6 +156,9 @@ pub struct Prover {
     last_pair: HashMap<(u32, Endpoint), Instant>,
     per_address: HashMap<[u8; 16], Option<Window>>,
     total: Option<Window>,
+    /// When an initiation for the hub's own WireGuard last came from each
+    /// endpoint.
+    hub_handshakes: HashMap<Endpoint, Instant>,
     next_index: u32,
     pub stats: ProofStats,
 }
@@ -147,13 +172,43 @@ impl Prover {
             last_pair: HashMap::new(),
             per_address: HashMap::new(),
             total: None,
+            hub_handshakes: HashMap::new(),
             next_index: rand::random(),
             stats: ProofStats::default(),
         }
     }
 
+    /// An initiation for the hub's own WireGuard came from `src`.
+    pub fn on_hub_initiation(&mut self, src: Endpoint, now: Instant) {
+        if self.hub_handshakes.len() >= self.limits.max_pending {
+            let grace = self.limits.hub_handshake_grace;
+            self.hub_handshakes
+                .retain(|_, t| now.saturating_duration_since(*t) < grace);
+        }
+        self.hub_handshakes.insert(src, now);
+    }
+
+    /// Whether `candidate` is handshaking with the hub's own WireGuard.
+    pub fn handshaking(&self, candidate: &Endpoint, now: Instant) -> bool {
+        self.hub_handshakes
+            .get(candidate)
+            .is_some_and(|t| now.saturating_duration_since(*t) < self.limits.hub_handshake_grace)
+    }
+
     pub fn pending_len(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Whether a probe to `addr` would be sent now as far as the address
+    /// and total bounds go: callers check this before any work to pick
+    /// candidates.
+    pub fn has_room(&self, addr: &[u8; 16], now: Instant) -> bool {
+        self.pending.len() < self.limits.max_pending
+            && Window::has_room(&self.total, self.limits.total_per_sec, now)
+            && self
+                .per_address
+                .get(addr)
+                .is_none_or(|w| Window::has_room(w, self.limits.per_address_per_sec, now))
     }
 
     /// Ask `candidate` whether it is the spoke in `slot` (public key
@@ -168,6 +223,10 @@ impl Prover {
         now: Instant,
     ) -> Option<Probe> {
         self.expire(now);
+        if self.handshaking(&candidate, now) {
+            self.stats.deferred += 1;
+            return None;
+        }
         if self
             .last_pair
             .get(&(slot, candidate))
@@ -437,6 +496,8 @@ mod tests {
             }
         }
         assert_eq!(sent, limits.per_address_per_sec);
+        assert!(!p.has_room(&ep(10, 0).addr, later));
+        assert!(p.has_room(&ep(11, 0).addr, later));
         // In total: total_per_sec a second across addresses.
         let mut total = sent;
         for i in 0..=255u8 {
@@ -448,10 +509,29 @@ mod tests {
             }
         }
         assert_eq!(total, limits.total_per_sec);
+        assert!(!p.has_room(&ep(12, 0).addr, later), "total spent");
         assert!(p.stats.limited > 0);
         // A new second, a new budget.
         let next = later + Duration::from_secs(1);
         assert!(p.probe(3, &s.public, ep(10, 6000), hub, next).is_some());
+    }
+
+    #[test]
+    fn a_spoke_handshaking_with_the_hub_is_left_alone() {
+        let now = Instant::now();
+        let limits = Limits::default();
+        let mut p = Prover::new(&HUB, limits);
+        let s = spoke(1, &HUB);
+        let hub = ep(1, 51820);
+        p.on_hub_initiation(ep(10, 4000), now);
+        assert!(p.handshaking(&ep(10, 4000), now));
+        assert_eq!(p.probe(3, &s.public, ep(10, 4000), hub, now), None);
+        assert_eq!(p.stats.deferred, 1);
+        // Another port (the NAT moved since) is another endpoint.
+        assert!(!p.handshaking(&ep(10, 4001), now));
+        // After the grace, the endpoint may be probed again.
+        let later = now + limits.hub_handshake_grace;
+        assert!(p.probe(3, &s.public, ep(10, 4000), hub, later).is_some());
     }
 
     #[test]

@@ -239,6 +239,7 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
             ("rejected", p.rejected),
             ("expired", p.expired),
             ("limited", p.limited),
+            ("deferred", p.deferred),
         ]
         .map(|(r, v)| (labels(&[("result", r)]), v)),
     );

@@ -83,6 +83,7 @@ pub(crate) struct Hub {
     pub(crate) receivers_read: Option<Instant>,
     /// Rotates the first-contact candidates between retries.
     pub(crate) probe_turn: usize,
+
     // Fields drop in order: detach XDP first, then remove the interface.
     pub(crate) datapath: Datapath,
     pub(crate) wg: HubWg,
@@ -259,8 +260,13 @@ impl Hub {
     pub(crate) fn on_initiation(&mut self, ev: &InitiationEvent, now: Instant) -> bool {
         let (o, a) = self.router.on_initiation(ev, now);
         let refresh = self.handle(o, a);
+        if o == Outcome::ToHub {
+            self.prover.on_hub_initiation(ev.src, now);
+        }
         if o == Outcome::Held
             && self.router.slot_of(&ev.src).is_none()
+            && !self.prover.handshaking(&ev.src, now)
+            && self.prover.has_room(&ev.src.addr, now)
             && let Some(dst) = self.router.held_destination(&ev.src)
         {
             self.probe_turn = self.probe_turn.wrapping_add(PROBES_PER_INITIATION);
@@ -293,7 +299,8 @@ impl Hub {
                         .try_into()
                         .expect("4 bytes"),
                 );
-                if let Some(slot) = self.sender_of(receiver, now)
+                if !self.prover.handshaking(&ev.src, now)
+                    && let Some(slot) = self.sender_of(receiver, now)
                     && self.router.endpoint(slot) != Some(ev.src)
                 {
                     self.probe(slot, ev.src, ev.dst, now);
