@@ -17,6 +17,13 @@
 //! a wireguard-go spoke probed while its first initiation to the hub was
 //! in flight completed it only on its retry 5 s later.
 //!
+//! The reverse order happens too: a spoke's initiations to its peers and
+//! to the hub leave together, and the one to a peer may arrive first. So
+//! the sender of a held initiation is probed only after a short settle
+//! time ([`Limits::settle`]), by which its initiation to the hub, if any,
+//! has arrived (and marks it as handshaking) or its handshake with the hub
+//! has completed (and authenticated the endpoint, releasing what it held).
+//!
 //! Probes are bounded per (spoke, candidate), per candidate address and in
 //! total: the hub answers at most a few frames a second per address with a
 //! frame about the size of an initiation, so it is never a useful
@@ -26,7 +33,7 @@
 //! the hub needs exactly the first two messages of WireGuard's handshake
 //! and must never send the third.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use boringtun::noise::{Tunn, TunnResult};
@@ -52,8 +59,12 @@ pub struct Limits {
     /// A source that sent the hub's WireGuard an initiation this recently
     /// is not probed (longer than REKEY_TIMEOUT plus a round trip).
     pub hub_handshake_grace: Duration,
-    /// Probes waiting for an answer at once.
+    /// Probes waiting for an answer at once (and sources waiting to
+    /// settle).
     pub max_pending: usize,
+    /// The sender of a held initiation is probed this long after it, not
+    /// at once (see the module docs).
+    pub settle: Duration,
 }
 
 impl Default for Limits {
@@ -65,6 +76,7 @@ impl Default for Limits {
             answer_within: Duration::from_secs(2),
             hub_handshake_grace: Duration::from_secs(6),
             max_pending: 1024,
+            settle: Duration::from_millis(150),
         }
     }
 }
@@ -159,6 +171,10 @@ pub struct Prover {
     /// When an initiation for the hub's own WireGuard last came from each
     /// endpoint.
     hub_handshakes: HashMap<Endpoint, Instant>,
+    /// Sources of held initiations waiting to settle, with the hub address
+    /// their initiation came to, in due order (one settle time for all).
+    settling: VecDeque<(Instant, Endpoint, Endpoint)>,
+    settling_set: HashSet<Endpoint>,
     next_index: u32,
     pub stats: ProofStats,
 }
@@ -173,6 +189,8 @@ impl Prover {
             per_address: HashMap::new(),
             total: None,
             hub_handshakes: HashMap::new(),
+            settling: VecDeque::new(),
+            settling_set: HashSet::new(),
             next_index: rand::random(),
             stats: ProofStats::default(),
         }
@@ -193,6 +211,34 @@ impl Prover {
         self.hub_handshakes
             .get(candidate)
             .is_some_and(|t| now.saturating_duration_since(*t) < self.limits.hub_handshake_grace)
+    }
+
+    /// A held initiation came from `src` (to the hub address `hub`):
+    /// probe for its sender once it settles. False if `src` already waits
+    /// or too many do.
+    pub fn settle(&mut self, src: Endpoint, hub: Endpoint, now: Instant) -> bool {
+        if self.settling.len() >= self.limits.max_pending || !self.settling_set.insert(src) {
+            return false;
+        }
+        self.settling.push_back((now + self.limits.settle, src, hub));
+        true
+    }
+
+    /// When the next settling source falls due.
+    pub fn next_settled(&self) -> Option<Instant> {
+        self.settling.front().map(|&(t, _, _)| t)
+    }
+
+    /// The next source that has settled by `now` (and the hub address its
+    /// initiation came to).
+    pub fn take_settled(&mut self, now: Instant) -> Option<(Endpoint, Endpoint)> {
+        let &(due, src, hub) = self.settling.front()?;
+        if due > now {
+            return None;
+        }
+        self.settling.pop_front();
+        self.settling_set.remove(&src);
+        Some((src, hub))
     }
 
     pub fn pending_len(&self) -> usize {
@@ -532,6 +578,34 @@ mod tests {
         // After the grace, the endpoint may be probed again.
         let later = now + limits.hub_handshake_grace;
         assert!(p.probe(3, &s.public, ep(10, 4000), hub, later).is_some());
+    }
+
+    #[test]
+    fn held_sources_settle_in_order_once_each() {
+        let now = Instant::now();
+        let limits = Limits {
+            max_pending: 2,
+            ..Limits::default()
+        };
+        let mut p = Prover::new(&HUB, limits);
+        let hub = ep(1, 51820);
+        assert_eq!(p.next_settled(), None);
+        assert!(p.settle(ep(10, 4000), hub, now));
+        // A second initiation from the same source does not queue it twice.
+        assert!(!p.settle(ep(10, 4000), hub, now));
+        let later = now + Duration::from_millis(10);
+        assert!(p.settle(ep(11, 4000), hub, later));
+        // Bounded.
+        assert!(!p.settle(ep(12, 4000), hub, later));
+        assert_eq!(p.next_settled(), Some(now + limits.settle));
+        // Not before its time.
+        assert_eq!(p.take_settled(now + limits.settle / 2), None);
+        let due = later + limits.settle;
+        assert_eq!(p.take_settled(due), Some((ep(10, 4000), hub)));
+        assert_eq!(p.take_settled(due), Some((ep(11, 4000), hub)));
+        assert_eq!(p.take_settled(due), None);
+        // Taken sources may settle again.
+        assert!(p.settle(ep(10, 4000), hub, due));
     }
 
     #[test]

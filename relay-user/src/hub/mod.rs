@@ -224,11 +224,16 @@ impl Hub {
             if self.router.set_endpoint(slot, endpoint) {
                 tracing::info!(
                     slot,
-                    endpoint = ?p.endpoint.and_then(|e| crate::io::hub_wg::to_socket_addr(&e)),
+                    endpoint = ?endpoint.and_then(|e| crate::io::hub_wg::to_socket_addr(&e)),
                     "spoke endpoint"
                 );
             }
         }
+        self.install_endpoints()
+    }
+
+    /// Mirror the router's endpoints into the BPF maps.
+    fn install_endpoints(&mut self) -> anyhow::Result<()> {
         let router = &self.router;
         let ops = self
             .slots
@@ -263,24 +268,39 @@ impl Hub {
         if o == Outcome::ToHub {
             self.prover.on_hub_initiation(ev.src, now);
         }
-        if o == Outcome::Held
-            && self.router.slot_of(&ev.src).is_none()
-            && !self.prover.handshaking(&ev.src, now)
-            && self.prover.has_room(&ev.src.addr, now)
-            && let Some(dst) = self.router.held_destination(&ev.src)
-        {
-            self.probe_turn = self.probe_turn.wrapping_add(PROBES_PER_INITIATION);
-            let candidates = self.router.initiator_candidates(
-                &ev.src,
-                dst,
-                PROBES_PER_INITIATION,
-                self.probe_turn,
-            );
-            for slot in candidates {
-                self.probe(slot, ev.src, ev.dst, now);
-            }
+        if o == Outcome::Held && self.router.slot_of(&ev.src).is_none() {
+            self.prover.settle(ev.src, ev.dst, now);
         }
         refresh
+    }
+
+    /// When the next held initiation's sender is due to be probed.
+    pub(crate) fn next_probe_due(&self) -> Option<Instant> {
+        self.prover.next_settled()
+    }
+
+    /// Probe for the senders of held initiations that have settled (see
+    /// `core::proof`): those still unknown, still holding an initiation
+    /// and not handshaking with the hub's own WireGuard.
+    pub(crate) fn probe_settled(&mut self, now: Instant) {
+        while let Some((src, hub)) = self.prover.take_settled(now) {
+            if self.router.slot_of(&src).is_some()
+                || self.prover.handshaking(&src, now)
+                || !self.prover.has_room(&src.addr, now)
+            {
+                continue;
+            }
+            let Some(dst) = self.router.held_destination(&src) else {
+                continue;
+            };
+            self.probe_turn = self.probe_turn.wrapping_add(PROBES_PER_INITIATION);
+            let candidates =
+                self.router
+                    .initiator_candidates(&src, dst, PROBES_PER_INITIATION, self.probe_turn);
+            for slot in candidates {
+                self.probe(slot, src, hub, now);
+            }
+        }
     }
 
     /// A frame from an unknown source, reported by the fast path: a
@@ -371,11 +391,7 @@ impl Hub {
             m.health.on_endpoint(Some(endpoint));
         }
         self.router.set_endpoint(slot, Some(endpoint));
-        let router = &self.router;
-        let ops = self
-            .slots
-            .endpoints(router.slots().map(|s| (s, router.endpoint(s))));
-        if let Err(e) = self.apply_ops(&ops) {
+        if let Err(e) = self.install_endpoints() {
             tracing::warn!(error = %e, "installing a proven endpoint");
         }
         self.retry_held();

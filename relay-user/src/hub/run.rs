@@ -277,11 +277,15 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
     let mut logger = logger;
     loop {
         // A delayed (crossing) initiation falls due at a precise time.
-        let due = hub
-            .lock()
-            .expect("hub lock")
-            .router
-            .next_due(Instant::now());
+        // So does probing for the sender of a held one.
+        let due = {
+            let h = hub.lock().expect("hub lock");
+            let held = h.router.next_due(Instant::now());
+            match (held, h.next_probe_due()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        };
         let due = due.map(tokio::time::Instant::from_std);
         tokio::select! {
             _ = sigint.recv() => break,
@@ -292,7 +296,9 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
                     None => std::future::pending().await,
                 }
             } => {
-                hub.lock().expect("hub lock").retry_held();
+                let mut h = hub.lock().expect("hub lock");
+                h.retry_held();
+                h.probe_settled(Instant::now());
             }
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
