@@ -5,7 +5,10 @@
 //! layers below it:
 //!
 //! - [`cli`]: the command line (arguments, `spoke`, `policy`, `status`).
-//! - [`hub`]: the running hub: setup, event loop, API, metrics.
+//! - [`hub`]: the running hub: setup, event loop, API, metrics,
+//!   enrollment and the spokes' peer lists.
+//! - [`provision`]: what a spoke is given (registration, wg-quick file),
+//!   shared by `relayhub spoke` and enrollment.
 //! - [`datapath`]: the XDP program and its maps (load, pin, attach).
 //! - [`store`]: persistent state (state directory, registry and policy files).
 //! - [`io`]: adapters to the system (raw sockets, the hub's WireGuard,
@@ -19,6 +22,7 @@ pub mod core;
 pub mod datapath;
 pub mod hub;
 pub mod io;
+pub mod provision;
 pub mod store;
 
 /// The compiled XDP object (built by build.rs with aya-build).

@@ -1,8 +1,6 @@
 //! Command line: every default is a flag and an environment variable.
 
 pub mod policy;
-pub mod render;
-pub mod spoke;
 pub mod status;
 
 use std::net::SocketAddr;
@@ -15,6 +13,7 @@ use crate::core::registry::TunnelNet;
 use crate::datapath::{AttachMode, Capacity};
 use crate::hub::{self, RunConfig};
 use crate::io::netinfo;
+use crate::provision::spoke;
 use crate::store::dir::StateDir;
 
 #[derive(Parser, Debug)]
@@ -167,7 +166,7 @@ pub enum SpokeCommand {
         /// Which hub endpoint the file names: ipv6 for IPv6-only spokes
         /// (remembered for later `spoke config`).
         #[arg(long, value_enum)]
-        family: Option<crate::cli::spoke::Family>,
+        family: Option<crate::provision::spoke::Family>,
     },
     /// Print a spoke's current wg-quick file (no private key).
     Config {
@@ -176,7 +175,7 @@ pub enum SpokeCommand {
         keepalive: u16,
         /// Override the hub endpoint family the spoke was added with.
         #[arg(long, value_enum)]
-        family: Option<crate::cli::spoke::Family>,
+        family: Option<crate::provision::spoke::Family>,
     },
     /// List registered spokes.
     List,

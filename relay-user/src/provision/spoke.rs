@@ -4,10 +4,10 @@
 use anyhow::{Context, bail};
 use wireguard_control::Key;
 
-use crate::cli::render::{HubInfo, render_spoke};
 pub use crate::core::registry::Family;
 use crate::core::registry::{Registry, Spoke, TunnelNet, parse_key};
 use crate::io::netinfo;
+use crate::provision::render::{HubInfo, render_spoke};
 use crate::store::dir::StateDir;
 use crate::store::registry::RegistryStore;
 
