@@ -150,6 +150,10 @@ pub struct RunArgs {
     /// real spokes. 0 = no limit.
     #[arg(long, env = "RELAYHUB_INITIATIONS_PER_SOURCE", default_value_t = 64)]
     pub initiations_per_source: u32,
+    /// TCP port on the hub's tunnel address where spokes pull their peer
+    /// list over the tunnel (`relayhub-sync`); 0 turns it off.
+    #[arg(long, env = "RELAYHUB_PEERS_PORT", default_value_t = crate::hub::peers::DEFAULT_PEERS_PORT)]
+    pub peers_port: u16,
 }
 
 #[derive(Subcommand, Debug)]
@@ -231,6 +235,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                 keep_on_exit: args.keep_on_exit,
                 cross_path: args.cross_family_path,
                 initiations_per_source: args.initiations_per_source,
+                peers_port: args.peers_port,
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -422,6 +427,7 @@ mod tests {
             ("keep_on_exit", "RELAYHUB_KEEP_ON_EXIT"),
             ("cross_family_path", "RELAYHUB_CROSS_FAMILY_PATH"),
             ("initiations_per_source", "RELAYHUB_INITIATIONS_PER_SOURCE"),
+            ("peers_port", "RELAYHUB_PEERS_PORT"),
         ] {
             assert_eq!(env(run, id).as_deref(), Some(var), "run --{id}");
         }

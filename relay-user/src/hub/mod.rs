@@ -6,6 +6,7 @@
 mod api;
 mod fallback_reader;
 pub mod metrics;
+pub mod peers;
 mod run;
 
 pub use api::{HubStatus, SpokeStatus};
@@ -52,6 +53,10 @@ pub(crate) struct SpokeMeta {
 /// Facts about this hub for `/v1/hub`.
 pub(crate) struct HubFacts {
     pub(crate) public_key: String,
+    pub(crate) hub_public_key: wireguard_control::Key,
+    pub(crate) net: crate::core::registry::TunnelNet,
+    /// PersistentKeepalive the spokes use (and their peer lists carry).
+    pub(crate) keepalive: u16,
     pub(crate) address: String,
     pub(crate) port: u16,
     pub(crate) iface: String,
@@ -67,6 +72,8 @@ pub(crate) struct Hub {
     /// Registered slots and the endpoints installed in the maps.
     pub(crate) slots: Reconciler,
     pub(crate) registry_stamp: Option<u64>,
+    /// The registry as last applied.
+    pub(crate) registry: Registry,
     /// policy.json, polled with the registry.
     pub(crate) policy: PolicyWatch,
     pub(crate) spokes: HashMap<u32, SpokeMeta>,
@@ -139,6 +146,7 @@ impl Hub {
             .map(|s| (s.public_key.clone(), s.address))
             .collect();
         self.wg.sync_peers(&peers)?;
+        self.registry = reg.clone();
         tracing::info!(spokes = reg.spokes().len(), "registry applied");
         Ok(())
     }

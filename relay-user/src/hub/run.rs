@@ -68,6 +68,8 @@ pub struct RunConfig {
     /// Initiations/s one source address may pass to the hub's WireGuard
     /// (0 = no limit).
     pub initiations_per_source: u32,
+    /// TCP port of the peer list on the hub's tunnel address (0 = off).
+    pub peers_port: u16,
 }
 
 /// Drain `ring` of fixed-size records of type `T` (the eBPF side writes
@@ -173,11 +175,15 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
         metrics: Metrics::default(),
         slots: Reconciler::new(),
         registry_stamp: stamp,
+        registry: crate::core::registry::Registry::new(),
         policy,
         spokes: HashMap::new(),
         thresholds: Thresholds::new(cfg.keepalive),
         facts: HubFacts {
             public_key: hub_public.to_base64(),
+            hub_public_key: hub_public.clone(),
+            net: cfg.net,
+            keepalive: cfg.keepalive,
             address: cfg.net.hub.to_string(),
             port: cfg.port,
             iface: cfg.iface.clone(),
@@ -245,8 +251,16 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
         }
     };
 
+    let peers_listener = match cfg.peers_port {
+        0 => None,
+        port => Some(super::peers::bind(&cfg.wg_iface, cfg.net.hub, port)?),
+    };
     let hub = Arc::new(Mutex::new(hub));
     let http_task = tokio::spawn(http::serve(listener, Arc::new(HubApi(hub.clone()))));
+    let peers_task = peers_listener.map(|l| {
+        tracing::info!(addr = ?l.local_addr().ok(), "serving the spokes' peer lists over the tunnel");
+        tokio::spawn(http::serve_app(l, super::peers::router(hub.clone())))
+    });
     let mut fallback_tasks = Vec::with_capacity(fallback_bufs.len());
     for buf in fallback_bufs {
         // SAFETY: as for the ring buffers: the buffer owns its perf event
@@ -387,6 +401,10 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
     }
     http_task.abort();
     let _ = http_task.await;
+    if let Some(t) = peers_task {
+        t.abort();
+        let _ = t.await;
+    }
     for t in fallback_tasks {
         t.abort();
         let _ = t.await;

@@ -109,21 +109,41 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Serve `api` on `listener` until the task is aborted.
 pub async fn serve(listener: TcpListener, api: Shared) {
-    let app = router(api);
+    serve_app(listener, router(api)).await
+}
+
+/// Connections served at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// Serve the routes `app` on `listener` with the limits above, until the
+/// task is aborted. Handlers may extract `ConnectInfo<SocketAddr>`.
+pub async fn serve_app(listener: TcpListener, app: Router) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.keep_alive(false)
         .max_buf_size(MAX_REQUEST_HEAD)
         .timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
         match listener.accept().await {
-            Ok((stream, _)) => {
-                let service = TowerToHyperService::new(app.clone());
+            Ok((stream, peer)) => {
+                let service = TowerToHyperService::new(
+                    app.clone()
+                        .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+                );
                 let conn = http.serve_connection(TokioIo::new(stream), service);
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "http connection");
+                    // A connection may not outlive its whole budget: the
+                    // head timeout bounds only the request head.
+                    match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+                        Ok(Err(e)) => tracing::debug!(error = %e, "http connection"),
+                        Err(_) => tracing::debug!(%peer, "http connection timed out"),
+                        Ok(Ok(())) => {}
                     }
+                    drop(permit);
                 });
             }
             Err(e) => {
@@ -133,6 +153,9 @@ pub async fn serve(listener: TcpListener, api: Shared) {
         }
     }
 }
+
+/// The longest one connection is served (request, body and answer).
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Answer one request without a socket (tests, fuzzing).
 pub async fn respond(api: Shared, req: axum::http::Request<Body>) -> (StatusCode, String, String) {

@@ -89,6 +89,7 @@ impl SpokeCtx<'_> {
                 public_key,
                 endpoint,
                 address: self.net.hub,
+                prefix: self.net.prefix,
             },
             note,
         ))
