@@ -221,6 +221,23 @@ impl<'t> Hub<'t> {
         Ok(())
     }
 
+    /// Stop the hub (SIGTERM; it removes its interface and detaches XDP)
+    /// and start it again on the same state directory, with `run_args`.
+    pub fn restart(&mut self, run_args: &[&str]) -> anyhow::Result<Duration> {
+        anyhow::ensure!(self.kind == HubKind::Relayhub, "relayhub only");
+        let t0 = Instant::now();
+        if let Some(mut p) = self.proc.take() {
+            let (st, in_time) = p.stop(Duration::from_secs(10));
+            anyhow::ensure!(
+                in_time && st.is_some_and(|s| s.success()),
+                "relayhub did not stop cleanly for a restart: {st:?}\n{}",
+                p.stderr_tail(20)
+            );
+        }
+        self.start_relayhub(run_args)?;
+        Ok(t0.elapsed())
+    }
+
     fn relayhub(&self, args: &[&str]) -> anyhow::Result<String> {
         let bin = self
             .bin

@@ -60,7 +60,9 @@ pub(crate) struct Enroller {
     pub(crate) limiter: Mutex<JoinLimiter>,
     /// One enrollment at a time.
     pub(crate) serial: tokio::sync::Mutex<()>,
-    pub(crate) hub: Arc<Mutex<Hub>>,
+    /// Weak: a connection still open at shutdown must not keep the hub
+    /// (its interface, its XDP program) alive.
+    pub(crate) hub: std::sync::Weak<Mutex<Hub>>,
 }
 
 type Shared = Arc<Enroller>;
@@ -144,19 +146,18 @@ async fn join(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
+    // An IPv4 client on the dual-stack socket arrives as ::ffff:a.b.c.d.
+    let source = peer.ip().to_canonical();
     let admitted = e
         .limiter
         .lock()
         .expect("limiter lock")
-        .admit(peer.ip(), Instant::now());
+        .admit(source, Instant::now());
     if let Err(retry) = admitted {
         let secs = retry.as_secs().max(1);
         let mut r = Refusal(
             StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "too many join attempts from {}; retry in {secs} s",
-                peer.ip()
-            ),
+            format!("too many join attempts from {source}; retry in {secs} s"),
         )
         .into_response();
         if let Ok(v) = secs.to_string().parse() {
@@ -182,7 +183,14 @@ async fn join(
     match result {
         Ok(Ok((conf, registry, name))) => {
             tracing::info!(%peer, name, "spoke joined with a token");
-            let mut h = e.hub.lock().expect("hub lock");
+            let Some(hub) = e.hub.upgrade() else {
+                return Refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the hub is stopping".into(),
+                )
+                .into_response();
+            };
+            let mut h = hub.lock().expect("hub lock");
             // Applied now, not at the next registry poll: the node comes up
             // right after this answer and its first handshake must find
             // the hub's WireGuard knowing it.

@@ -9,7 +9,7 @@
 //! policy gives it, nothing else.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, State};
@@ -25,7 +25,8 @@ use crate::provision::render::render_peer_list;
 /// Default TCP port of the peer list on the hub's tunnel address.
 pub const DEFAULT_PEERS_PORT: u16 = 51822;
 
-type Shared = Arc<Mutex<Hub>>;
+/// Weak: a connection still open at shutdown must not keep the hub alive.
+type Shared = std::sync::Weak<Mutex<Hub>>;
 
 impl Hub {
     /// The peer list of the spoke whose tunnel address is `addr`, if one
@@ -67,6 +68,9 @@ async fn peers(State(hub): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketA
     let ip = match peer.ip() {
         IpAddr::V4(ip) => Some(ip),
         IpAddr::V6(ip) => ip.to_ipv4_mapped(),
+    };
+    let Some(hub) = hub.upgrade() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the hub is stopping\n").into_response();
     };
     let list = ip.and_then(|ip| hub.lock().expect("hub lock").peer_list_for(ip));
     match list {

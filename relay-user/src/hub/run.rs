@@ -276,7 +276,7 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
                 pin,
                 limiter: super::enroll::limiter(),
                 serial: tokio::sync::Mutex::new(()),
-                hub: hub.clone(),
+                hub: Arc::downgrade(&hub),
             });
             Some(tokio::spawn(http::serve_app(
                 listener,
@@ -287,7 +287,7 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
     };
     let peers_task = peers_listener.map(|l| {
         tracing::info!(addr = ?l.local_addr().ok(), "serving the spokes' peer lists over the tunnel");
-        tokio::spawn(http::serve_app(l, super::peers::router(hub.clone()), None))
+        tokio::spawn(http::serve_app(l, super::peers::router(Arc::downgrade(&hub)), None))
     });
     let mut fallback_tasks = Vec::with_capacity(fallback_bufs.len());
     for buf in fallback_bufs {
