@@ -1,5 +1,6 @@
 //! Command line: every default is a flag and an environment variable.
 
+pub mod config_file;
 pub mod policy;
 pub mod render;
 pub mod spoke;
@@ -47,6 +48,11 @@ pub struct Cli {
     /// (default: the address of the default-route interface).
     #[arg(long, env = "RELAYHUB_ENDPOINT", global = true)]
     pub endpoint: Option<String>,
+    /// Settings file (TOML; keys are these long flag names, e.g. `port =
+    /// 51820`); flags and RELAYHUB_* variables override it. Default:
+    /// /etc/relayhub/relayhub.toml if it exists.
+    #[arg(long, env = "RELAYHUB_CONFIG", value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
