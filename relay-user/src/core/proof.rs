@@ -220,7 +220,8 @@ impl Prover {
         if self.settling.len() >= self.limits.max_pending || !self.settling_set.insert(src) {
             return false;
         }
-        self.settling.push_back((now + self.limits.settle, src, hub));
+        self.settling
+            .push_back((now + self.limits.settle, src, hub));
         true
     }
 
