@@ -2,6 +2,7 @@
 //! test it. Plain std + clap so it builds fast on a bare machine.
 
 mod cmd;
+mod install;
 mod setup;
 
 use std::ffi::OsString;
@@ -49,6 +50,17 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Build relayhub --release and install it as a service: PREFIX/bin/relayhub,
+    /// /etc/systemd/system/relayhub.service (ExecStart pointing at it) and
+    /// /etc/relayhub/relayhub.toml (the example; an existing one is kept).
+    Install {
+        /// Stage under DIR instead of / (for packaging; needs no root).
+        #[arg(long, value_name = "DIR")]
+        destdir: Option<PathBuf>,
+        /// Installation prefix of the binary.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+    },
     /// rustfmt --check and clippy -D warnings over the workspace.
     Lint,
     /// Everything, as root: prerequisites, lint, release build, unit and
@@ -91,6 +103,7 @@ fn main() -> ExitCode {
         Cmd::Setup { check } => setup::setup(check),
         Cmd::Build { release } => setup::ensure(Need::Build).and_then(|()| build(release)),
         Cmd::Run { args } => run(args),
+        Cmd::Install { destdir, prefix } => install(destdir.as_deref(), &prefix),
         Cmd::Lint => lint(),
         Cmd::Test { args } => test(&args),
         Cmd::TestGuests => test_guests_alone(),
@@ -215,6 +228,13 @@ fn run(args: Vec<OsString>) -> Result<()> {
     eprintln!("+ {}", cmd::display(&c));
     let err = c.exec(); // only returns on failure
     Err(err).with_context(|| format!("could not exec `{}`", cmd::display(&c)))
+}
+
+fn install(destdir: Option<&Path>, prefix: &Path) -> Result<()> {
+    install::check_args(destdir, prefix)?;
+    setup::ensure(Need::Build)?;
+    build(true)?;
+    install::install(&relayhub_bin()?, &root().join("contrib"), destdir, prefix)
 }
 
 /// Named steps with their outcome, for the summary at the end of `lint` and `test`.
