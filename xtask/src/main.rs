@@ -340,6 +340,9 @@ fn test(args: &[String]) -> Result<()> {
     eprintln!("RELAYHUB_BIN={}", bin.display());
     let test_env = |c: &mut Command| {
         c.env("RELAYHUB_BIN", &bin);
+        // Hubs under test get their settings from the tests alone, never
+        // from this machine's /etc/relayhub/relayhub.toml.
+        c.env("RELAYHUB_CONFIG", "/dev/null");
         if std::env::var_os("RUST_BACKTRACE").is_none() {
             c.env("RUST_BACKTRACE", "1");
         }
