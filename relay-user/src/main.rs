@@ -1,8 +1,8 @@
-use clap::Parser as _;
-use relay_user::cli::{self, Cli};
+use relay_user::cli;
 
 fn main() {
-    let cli = Cli::parse();
+    // Flags, then RELAYHUB_* variables, then the settings file.
+    let cli = cli::config_file::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

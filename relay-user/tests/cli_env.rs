@@ -34,6 +34,8 @@ fn relayhub(args: &[&str], env: &[(&str, &str)]) -> Output {
             c.env_remove(k);
         }
     }
+    // Not this machine's settings file either.
+    c.env("RELAYHUB_CONFIG", "/dev/null");
     c.args(args).envs(env.iter().copied()).output().unwrap()
 }
 

@@ -2,6 +2,7 @@
 //! test it. Plain std + clap so it builds fast on a bare machine.
 
 mod cmd;
+mod install;
 mod setup;
 
 use std::ffi::OsString;
@@ -49,6 +50,17 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Build relayhub --release and install it as a service: PREFIX/bin/relayhub,
+    /// /etc/systemd/system/relayhub.service (ExecStart pointing at it) and
+    /// /etc/relayhub/relayhub.toml (the example; an existing one is kept).
+    Install {
+        /// Stage under DIR instead of / (for packaging; needs no root).
+        #[arg(long, value_name = "DIR")]
+        destdir: Option<PathBuf>,
+        /// Installation prefix of the binary.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+    },
     /// rustfmt --check and clippy -D warnings over the workspace.
     Lint,
     /// Everything, as root: prerequisites, lint, release build, unit and
@@ -91,6 +103,7 @@ fn main() -> ExitCode {
         Cmd::Setup { check } => setup::setup(check),
         Cmd::Build { release } => setup::ensure(Need::Build).and_then(|()| build(release)),
         Cmd::Run { args } => run(args),
+        Cmd::Install { destdir, prefix } => install(destdir.as_deref(), &prefix),
         Cmd::Lint => lint(),
         Cmd::Test { args } => test(&args),
         Cmd::TestGuests => test_guests_alone(),
@@ -217,6 +230,13 @@ fn run(args: Vec<OsString>) -> Result<()> {
     Err(err).with_context(|| format!("could not exec `{}`", cmd::display(&c)))
 }
 
+fn install(destdir: Option<&Path>, prefix: &Path) -> Result<()> {
+    install::check_args(destdir, prefix)?;
+    setup::ensure(Need::Build)?;
+    build(true)?;
+    install::install(&relayhub_bin()?, &root().join("contrib"), destdir, prefix)
+}
+
 /// Named steps with their outcome, for the summary at the end of `lint` and `test`.
 #[derive(Default)]
 struct Steps(Vec<(String, Duration, bool)>);
@@ -320,6 +340,9 @@ fn test(args: &[String]) -> Result<()> {
     eprintln!("RELAYHUB_BIN={}", bin.display());
     let test_env = |c: &mut Command| {
         c.env("RELAYHUB_BIN", &bin);
+        // Hubs under test get their settings from the tests alone, never
+        // from this machine's /etc/relayhub/relayhub.toml.
+        c.env("RELAYHUB_CONFIG", "/dev/null");
         if std::env::var_os("RUST_BACKTRACE").is_none() {
             c.env("RUST_BACKTRACE", "1");
         }

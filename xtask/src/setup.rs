@@ -32,6 +32,8 @@ const APT_PACKAGES: &[(&str, Option<&str>, Need)] = &[
     ("bpftool", Some("bpftool"), Need::Test),
     ("curl", Some("curl"), Need::Test),
     ("iputils-ping", Some("ping"), Need::Test),
+    // `systemd-analyze verify` on the units in contrib/ (contrib_units).
+    ("systemd", Some("systemd-analyze"), Need::Test),
     // Kernel WireGuard spokes in QEMU guests (`cargo xtask test-guests`):
     // virtme-ng boots the guest kernel over the host's root filesystem,
     // from an initramfs that needs a static busybox; kmod's depmod and

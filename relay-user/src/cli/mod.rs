@@ -1,5 +1,6 @@
 //! Command line: every default is a flag and an environment variable.
 
+pub mod config_file;
 pub mod policy;
 pub mod status;
 pub mod token;
@@ -51,6 +52,11 @@ pub struct Cli {
     /// address, where nodes join with a token; 0 turns it off.
     #[arg(long, env = "RELAYHUB_ENROLL_PORT", default_value_t = crate::hub::enroll::DEFAULT_ENROLL_PORT, global = true)]
     pub enroll_port: u16,
+    /// Settings file (TOML; keys are these long flag names, e.g. `port =
+    /// 51820`); flags and RELAYHUB_* variables override it. Default:
+    /// /etc/relayhub/relayhub.toml if it exists.
+    #[arg(long, env = "RELAYHUB_CONFIG", value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -99,13 +99,19 @@ impl PinDir {
     }
 }
 
+/// The init network namespace's inode number (the kernel's
+/// PROC_NET_INIT_INO, fixed since Linux 3.8).
+const INIT_NET_INO: u64 = 0xEFFF_FFF9;
+
 /// `iface`, qualified by the network namespace unless it is the init
 /// one: interface names are only unique per namespace.
 fn iface_key(iface: &str) -> String {
     let ino = |p: &str| std::fs::metadata(p).map(|m| m.ino()).ok();
-    // When init's namespace is unknown (no access to pid 1), qualify: the
-    // inode of a namespace is stable for its lifetime, so restarts agree.
-    match (ino("/proc/self/ns/net"), ino("/proc/1/ns/net")) {
+    // Without access to pid 1 (relayhub.service has no CAP_SYS_PTRACE) the
+    // init namespace is known by its fixed inode, so the service and a hub
+    // run by hand agree on the pins and the lock.
+    let init = ino("/proc/1/ns/net").or(Some(INIT_NET_INO));
+    match (ino("/proc/self/ns/net"), init) {
         (Some(me), init) if init != Some(me) => format!("{iface}@netns{me}"),
         _ => iface.to_string(),
     }
@@ -263,5 +269,21 @@ pub(super) fn incompatible(info: &MapInfo, spec: &MapSpec) -> Option<String> {
         ))
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// In the init namespace the key is the bare name whether or not pid 1
+    /// is readable (it is not for a sandboxed service, nor for root on some
+    /// machines: this one's pid 1 refuses even root).
+    #[test]
+    fn init_namespace_key_is_the_bare_name() {
+        let me = std::fs::metadata("/proc/self/ns/net").map(|m| m.ino());
+        if me.ok() == Some(INIT_NET_INO) {
+            assert_eq!(iface_key("eth0"), "eth0");
+        }
     }
 }
