@@ -1,6 +1,9 @@
 //! Zero-touch onboarding: a fresh node with only curl, wg-quick and
 //! wireguard-go joins with the line `relayhub token create` printed; the
-//! spokes already there pick it up through `relayhub-sync`.
+//! spokes already there pick it up through `relayhub-sync`. A second node
+//! runs the container entrypoint (contrib/spoke/relayhub-node, outside
+//! Docker) with the line of a token for a policy group in RELAYHUB_JOIN,
+//! and gets exactly the peers its group allows.
 //!
 //! Also, against the real enrollment endpoint (TLS, pinned): every way a
 //! join can be refused (malformed, unknown, expired, used up, revoked
@@ -31,7 +34,7 @@ fn join_e2e() {
     relayhub_scenario(
         "join_e2e",
         Topology::builder()
-            .spokes(3)
+            .spokes(4)
             .xdp_pass(env!("CARGO_BIN_EXE_xdp-pass")),
         checks,
     );
@@ -452,6 +455,106 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
     ensure!(
         after.len() == before.len() + 1 && after.contains(&"n3".to_string()),
         "registry after the join: {after:?}"
+    );
+    container_node(
+        topo,
+        hub,
+        &keys[0],
+        &wg::conf_public_key(&text)?,
+        &addrs[0].to_string(),
+        &n3,
+    )
+}
+
+/// The container entrypoint on node 4, joining group `web`, which may not
+/// reach s2.
+fn container_node(
+    topo: &Topology,
+    hub: &Hub<'_>,
+    s1_key: &str,
+    n3_key: &str,
+    s1_addr: &str,
+    n3_addr: &str,
+) -> anyhow::Result<()> {
+    hub.cli(&["policy", "group", "web", "n3"])?;
+    hub.cli(&["policy", "deny", "@web", "s2"])?;
+    let (line, _, tok) = token(hub, &["--group", "web"])?;
+    let node = &topo.spokes[3];
+    let dir = topo.workdir.join("node4");
+    std::fs::create_dir_all(&dir)?;
+    let iface = format!("{}j4", topo.prefix);
+    let conf = dir.join(format!("{iface}.conf"));
+    // Declared first, dropped last: after the entrypoint is gone, the
+    // interface goes down.
+    let _node_wg = WgQuick {
+        ns: node.ns.name.clone(),
+        ifname: iface.clone(),
+        conf: conf.clone(),
+        text: String::new(),
+    };
+    let t0 = Instant::now();
+    let mut entry = node.ns.spawn(
+        "relayhub-node",
+        &[
+            "env",
+            &format!("RELAYHUB_JOIN={line}"),
+            "RELAYHUB_NAME=n4",
+            &format!("RELAYHUB_IFACE={iface}"),
+            &format!("RELAYHUB_WG_DIR={}", dir.to_str().context("utf-8")?),
+            "RELAYHUB_SYNC_INTERVAL=2",
+            "WG_QUICK_USERSPACE_IMPLEMENTATION=wireguard-go",
+            "sh",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../contrib/spoke/relayhub-node"
+            ),
+        ],
+        &topo.workdir,
+        false,
+    )?;
+    for dst in [s1_addr, n3_addr] {
+        let r = cmd::wait_for(
+            &format!("the container node to reach {dst}"),
+            Duration::from_secs(15),
+            Duration::from_millis(20),
+            || {
+                if let Some(st) = entry.try_exit() {
+                    bail!("relayhub-node exited ({st}):\n{}", entry.stderr_tail(20));
+                }
+                Ok(node.ns.ping_once(dst).then_some(()))
+            },
+        );
+        r.with_context(|| entry.stderr_tail(20))?;
+    }
+    eprintln!(
+        "[join] container node: joined and reached s1 and n3 in {:?}",
+        t0.elapsed()
+    );
+    let peers = node.ns.exec(&["wg", "show", &iface, "peers"])?;
+    let mut got: Vec<&str> = peers.split_whitespace().collect();
+    got.sort_unstable();
+    let hub_key = hub.api_json("/v1/hub")?["public_key"]
+        .as_str()
+        .context("/v1/hub public_key")?
+        .to_string();
+    let mut want = vec![hub_key.as_str(), s1_key, n3_key];
+    want.sort_unstable();
+    ensure!(
+        got == want,
+        "group web may not reach s2: the container node's peers are {got:?}, expected hub, s1, n3 {want:?}"
+    );
+    let show = hub.cli(&["policy", "show"])?;
+    ensure!(
+        show.lines().any(|l| l.contains("web") && l.contains("n4")),
+        "n4 not in group web:\n{show}"
+    );
+    ensure!(token_uses(hub, &tok)? == "1/1", "group token not used");
+    // The entrypoint syncs on its own every 2 s and keeps running.
+    thread::sleep(Duration::from_millis(2500));
+    ensure!(
+        entry.try_exit().is_none(),
+        "relayhub-node stopped: {}",
+        entry.stderr_tail(20)
     );
     Ok(())
 }

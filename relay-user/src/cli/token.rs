@@ -44,7 +44,13 @@ fn enroll_authority(ctx: &SpokeCtx, enroll_port: u16) -> anyhow::Result<(String,
     let (endpoint, note) = match ctx.endpoint {
         Some(given) => {
             let ep = netinfo::normalize_endpoint(given, ctx.port)?;
-            ctx.state.save_endpoint(&ep)?;
+            // Remembered for the files joined nodes get; an IPv6 address
+            // only as the IPv6 endpoint (IPv4 nodes keep theirs).
+            if netinfo::endpoint_ip(&ep).is_some_and(|ip| ip.is_ipv6()) {
+                ctx.state.save_endpoint6(&ep)?;
+            } else {
+                ctx.state.save_endpoint(&ep)?;
+            }
             (ep, None)
         }
         None => match ctx.state.saved_endpoint()? {

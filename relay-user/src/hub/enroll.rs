@@ -6,7 +6,8 @@
 //! - `POST /v1/join` (form: `token`, `public_key`, `name`, optional
 //!   `family`): registers the node's public key under `name` and answers
 //!   its wg-quick file with a placeholder where the node puts its private
-//!   key, which never leaves the node.
+//!   key, which never leaves the node. A node that asks over IPv6 gets
+//!   the hub's IPv6 endpoint unless it sends `family=ipv4`.
 //!
 //! The certificate is self-signed; join commands carry the SHA-256 of its
 //! public key and curl checks it (`--pinnedpubkey`), so no CA is needed.
@@ -173,10 +174,16 @@ async fn join(
                 .into_response();
         }
     };
-    let request = match JoinRequest::from_form(&form) {
+    let mut request = match JoinRequest::from_form(&form) {
         Ok(r) => r,
         Err(why) => return Refusal(StatusCode::BAD_REQUEST, why).into_response(),
     };
+    if request.family.is_none() && source.is_ipv6() {
+        // A node that came over IPv6 may have nothing else: its file names
+        // the hub's IPv6 endpoint unless it asked otherwise.
+        request.family = Some(Family::Ipv6);
+        request.family_from_source = true;
+    }
     let _one_at_a_time = e.serial.lock().await;
     let worker = e.clone();
     let result = tokio::task::spawn_blocking(move || worker.enroll(&request)).await;
@@ -222,6 +229,8 @@ struct JoinRequest {
     public_key: wireguard_control::Key,
     name: String,
     family: Option<Family>,
+    /// `family` was not asked for but follows from the request's source.
+    family_from_source: bool,
 }
 
 impl JoinRequest {
@@ -258,6 +267,7 @@ impl JoinRequest {
             public_key,
             name,
             family,
+            family_from_source: false,
         })
     }
 }
@@ -278,11 +288,18 @@ fn internal(what: &str, e: impl std::fmt::Display) -> Refusal {
 }
 
 impl Enroller {
-    fn ctx(&self) -> SpokeCtx<'_> {
+    /// `from_source`: the family follows from the request's source, so an
+    /// IPv4 `--endpoint` does not apply (the hub's IPv6 endpoint is the
+    /// one saved, or guessed from its addresses).
+    fn ctx(&self, from_source: bool) -> SpokeCtx<'_> {
         SpokeCtx {
             state: &self.state,
             net: &self.net,
-            endpoint: self.endpoint.as_deref(),
+            endpoint: if from_source {
+                None
+            } else {
+                self.endpoint.as_deref()
+            },
             port: self.port,
             keepalive: self.keepalive,
         }
@@ -336,7 +353,7 @@ impl Enroller {
             }
         };
         let key = req.public_key.to_base64();
-        let mut conf = match provision::add_in(&self.ctx(), &req.name, Some(&key), req.family) {
+        let mut conf = match provision::add_in(&self.ctx(req.family_from_source), &req.name, Some(&key), req.family) {
             Ok(c) => c,
             Err(e) => {
                 refund();
@@ -353,12 +370,12 @@ impl Enroller {
             });
             if let Err(e) = added {
                 // Without its group the node would get the wrong peers.
-                let _ = provision::remove(&self.ctx(), &req.name);
+                let _ = provision::remove(&self.ctx(false), &req.name);
                 refund();
                 return Err(internal("add the spoke to its token's group", e));
             }
             // Rendered again: the peers follow the group just joined.
-            conf = provision::config_in(&self.ctx(), &req.name, req.family)
+            conf = provision::config_in(&self.ctx(req.family_from_source), &req.name, req.family)
                 .map_err(|e| internal("render the spoke's file", format!("{e:#}")))?;
         }
         let registry = self
