@@ -628,8 +628,8 @@ fn bad_lists(topo: &Topology, mesh: &Mesh, ifnames: &[String]) -> anyhow::Result
         let url = format!("http://{s2_addr}:8099/{name}");
         let o = sync(s1, &ifnames[0], &["--url", &url])?;
         eprintln!(
-            "[sync] bad list {name}: exit {} {}",
-            o.status,
+            "[sync] bad list {name}: exit {:?}: {}",
+            o.status.code(),
             o.stderr.trim()
         );
         ensure!(
