@@ -58,7 +58,7 @@ fn variables_set_what_the_flags_set() {
         String::from_utf8_lossy(&out.stderr)
     );
     for line in [
-        "Address = 10.77.0.2/32",
+        "Address = 10.77.0.2/24",
         "AllowedIPs = 10.77.0.1/32",
         "Endpoint = hub.example.net:51999",
         "PersistentKeepalive = 7",

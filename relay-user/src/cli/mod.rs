@@ -2,6 +2,7 @@
 
 pub mod policy;
 pub mod status;
+pub mod token;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,6 +47,10 @@ pub struct Cli {
     /// (default: the address of the default-route interface).
     #[arg(long, env = "RELAYHUB_ENDPOINT", global = true)]
     pub endpoint: Option<String>,
+    /// TCP port of the enrollment endpoint (TLS) on the hub's public
+    /// address, where nodes join with a token; 0 turns it off.
+    #[arg(long, env = "RELAYHUB_ENROLL_PORT", default_value_t = crate::hub::enroll::DEFAULT_ENROLL_PORT, global = true)]
+    pub enroll_port: u16,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -62,6 +67,10 @@ pub enum Command {
     /// applies changes within a second.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Join tokens: a node with a token enrolls itself over TLS (one line
+    /// to paste, printed by `token create`).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Show every spoke's state, endpoint, keepalives and relayed traffic
     /// (from a running hub's API).
     ///
@@ -187,6 +196,28 @@ pub enum SpokeCommand {
     Remove { name: String },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Make a join token and print the line to paste on a node.
+    Create {
+        /// How many nodes may join with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// How long it admits nodes: 30m, 24h, 7d, ... or `never`.
+        #[arg(long, default_value = "24h", value_parser = token::parse_expiry)]
+        expires: token::Expiry,
+        /// Policy group the nodes that join with it are added to.
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// List tokens (ids, uses, expiry, state; never the secrets).
+    List,
+    /// Revoke a token by id (or the whole token).
+    Revoke { id: String },
+    /// Remove tokens that admit nobody any more (used up, expired, revoked).
+    Prune,
+}
+
 /// Terms: a spoke name, `@group`, or `*` (every spoke). Rules are
 /// symmetric; deny beats allow.
 #[derive(Subcommand, Debug)]
@@ -236,6 +267,8 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                 cross_path: args.cross_family_path,
                 initiations_per_source: args.initiations_per_source,
                 peers_port: args.peers_port,
+                enroll_port: cli.enroll_port,
+                endpoint: cli.endpoint,
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -243,6 +276,28 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             rt.block_on(hub::run(cfg, crate::EBPF_OBJECT))
         }
         Command::Status(args) => status(&args),
+        Command::Token(cmd) => {
+            let state = StateDir::open(&cli.state_dir)?;
+            let ctx = spoke::SpokeCtx {
+                state: &state,
+                net: &cli.network,
+                endpoint: cli.endpoint.as_deref(),
+                port: cli.port,
+                keepalive: 0,
+            };
+            let out = match cmd {
+                TokenCommand::Create {
+                    uses,
+                    expires,
+                    group,
+                } => token::create(&ctx, cli.enroll_port, uses, expires, group.as_deref())?,
+                TokenCommand::List => token::list(&state)?,
+                TokenCommand::Revoke { id } => token::revoke(&state, &id)?,
+                TokenCommand::Prune => token::prune(&state)?,
+            };
+            print!("{out}");
+            Ok(())
+        }
         Command::Policy(cmd) => {
             let state = StateDir::open(&cli.state_dir)?;
             let out = match cmd {

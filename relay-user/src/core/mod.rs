@@ -4,6 +4,7 @@
 pub mod cookie;
 pub mod fallback_frame;
 pub mod health;
+pub mod join;
 pub mod keys;
 pub mod outcome;
 pub mod policy;

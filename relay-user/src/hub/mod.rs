@@ -4,6 +4,7 @@
 //! between them; `api` serves its state over HTTP.
 
 mod api;
+pub mod enroll;
 mod fallback_reader;
 pub mod metrics;
 pub mod peers;

@@ -70,6 +70,10 @@ pub struct RunConfig {
     pub initiations_per_source: u32,
     /// TCP port of the peer list on the hub's tunnel address (0 = off).
     pub peers_port: u16,
+    /// TCP port of the enrollment endpoint (0 = off).
+    pub enroll_port: u16,
+    /// `--endpoint`: what joined nodes' files name.
+    pub endpoint: Option<String>,
 }
 
 /// Drain `ring` of fixed-size records of type `T` (the eBPF side writes
@@ -257,9 +261,33 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
     };
     let hub = Arc::new(Mutex::new(hub));
     let http_task = tokio::spawn(http::serve(listener, Arc::new(HubApi(hub.clone()))));
+    let enroll_task = match cfg.enroll_port {
+        0 => None,
+        port => {
+            let (acceptor, pin) = super::enroll::tls_acceptor(&state)?;
+            let listener = super::enroll::bind(port).await?;
+            tracing::info!(addr = ?listener.local_addr().ok(), pin, "enrollment endpoint (TLS) listening");
+            let enroller = Arc::new(super::enroll::Enroller {
+                state: state.clone(),
+                net: cfg.net,
+                port: cfg.port,
+                keepalive: cfg.keepalive,
+                endpoint: cfg.endpoint.clone(),
+                pin,
+                limiter: super::enroll::limiter(),
+                serial: tokio::sync::Mutex::new(()),
+                hub: hub.clone(),
+            });
+            Some(tokio::spawn(http::serve_app(
+                listener,
+                super::enroll::router(enroller),
+                Some(acceptor),
+            )))
+        }
+    };
     let peers_task = peers_listener.map(|l| {
         tracing::info!(addr = ?l.local_addr().ok(), "serving the spokes' peer lists over the tunnel");
-        tokio::spawn(http::serve_app(l, super::peers::router(hub.clone())))
+        tokio::spawn(http::serve_app(l, super::peers::router(hub.clone()), None))
     });
     let mut fallback_tasks = Vec::with_capacity(fallback_bufs.len());
     for buf in fallback_bufs {
@@ -401,7 +429,7 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
     }
     http_task.abort();
     let _ = http_task.await;
-    if let Some(t) = peers_task {
+    for t in [peers_task, enroll_task].into_iter().flatten() {
         t.abort();
         let _ = t.await;
     }

@@ -109,15 +109,16 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Serve `api` on `listener` until the task is aborted.
 pub async fn serve(listener: TcpListener, api: Shared) {
-    serve_app(listener, router(api)).await
+    serve_app(listener, router(api), None).await
 }
 
 /// Connections served at once; more wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 256;
 
-/// Serve the routes `app` on `listener` with the limits above, until the
-/// task is aborted. Handlers may extract `ConnectInfo<SocketAddr>`.
-pub async fn serve_app(listener: TcpListener, app: Router) {
+/// Serve the routes `app` on `listener` (over TLS with `tls`) with the
+/// limits above, until the task is aborted. Handlers may extract
+/// `ConnectInfo<SocketAddr>`.
+pub async fn serve_app(listener: TcpListener, app: Router, tls: Option<tokio_rustls::TlsAcceptor>) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.keep_alive(false)
         .max_buf_size(MAX_REQUEST_HEAD)
@@ -128,29 +129,43 @@ pub async fn serve_app(listener: TcpListener, app: Router) {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let service = TowerToHyperService::new(
-                    app.clone()
-                        .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
-                );
-                let conn = http.serve_connection(TokioIo::new(stream), service);
-                tokio::spawn(async move {
-                    // A connection may not outlive its whole budget: the
-                    // head timeout bounds only the request head.
-                    match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
-                        Ok(Err(e)) => tracing::debug!(error = %e, "http connection"),
-                        Err(_) => tracing::debug!(%peer, "http connection timed out"),
-                        Ok(Ok(())) => {}
-                    }
-                    drop(permit);
-                });
-            }
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!(error = %e, "http accept");
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
-        }
+        };
+        let service = TowerToHyperService::new(
+            app.clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+        );
+        let http = http.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            // A connection may not outlive its whole budget: the head
+            // timeout bounds only the request head.
+            let served = tokio::time::timeout(CONNECTION_TIMEOUT, async move {
+                match tls {
+                    Some(acceptor) => match acceptor.accept(stream).await {
+                        Ok(s) => http.serve_connection(TokioIo::new(s), service).await,
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake");
+                            Ok(())
+                        }
+                    },
+                    None => http.serve_connection(TokioIo::new(stream), service).await,
+                }
+            })
+            .await;
+            match served {
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "http connection"),
+                Err(_) => tracing::debug!(%peer, "http connection timed out"),
+                Ok(Ok(())) => {}
+            }
+            drop(permit);
+        });
     }
 }
 

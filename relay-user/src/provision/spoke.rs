@@ -273,7 +273,7 @@ fn load(ctx: &SpokeCtx) -> anyhow::Result<Registry> {
     Ok(registry)
 }
 
-fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+pub fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
     let mut widths = header.map(str::len);
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -350,7 +350,7 @@ mod tests {
         let reg = f.state.registry().load().unwrap();
         let spoke = reg.get("alpha").unwrap();
         assert_eq!(spoke.public_key, private.get_public());
-        assert_eq!(value(&out, "Address"), ["10.88.0.2/32"]);
+        assert_eq!(value(&out, "Address"), ["10.88.0.2/24"]);
         assert_eq!(value(&out, "Endpoint"), ["hub.example.net:51820"]);
         assert_eq!(
             value(&out, "PublicKey"),

@@ -1,7 +1,8 @@
 //! The hub's state directory, the embedded store of a single hub: `hub.key`
 //! (the hub's WireGuard private key), the spoke registry (`spokes.json`,
 //! see [`FileStore`]), the policy (`policy.json`, see [`PolicyStore`]) and
-//! the endpoints last given with `--endpoint`.
+//! the endpoints last given with `--endpoint`, join tokens (`tokens.json`,
+//! hashes only) and the enrollment endpoint's TLS identity (`enroll.pem`).
 //! Spoke private keys are never stored here.
 
 use std::fs::{self, DirBuilder, OpenOptions};
@@ -20,6 +21,8 @@ use crate::store::registry::FileStore;
 pub const HUB_KEY_FILE: &str = "hub.key";
 /// The registry file inside the state directory.
 pub const REGISTRY_FILE: &str = "spokes.json";
+/// The enrollment endpoint's TLS key and self-signed certificate (PEM).
+pub const ENROLL_IDENTITY_FILE: &str = "enroll.pem";
 /// The hub endpoint last given with `--endpoint` (text, one line).
 pub const ENDPOINT_FILE: &str = "endpoint";
 /// The hub's IPv6 endpoint last given with `--endpoint` (text, one line),
@@ -40,6 +43,21 @@ pub enum StateError {
          (then every spoke needs its config re-issued with `relayhub spoke config NAME`)"
     )]
     CorruptKey { path: PathBuf },
+    #[error(
+        "{path}: {detail}; delete the file to make the hub generate a new TLS identity \
+         (then print new join commands: the pin changes)"
+    )]
+    CorruptIdentity { path: PathBuf, detail: String },
+}
+
+/// The enrollment endpoint's TLS identity and the pin join commands carry.
+#[derive(Debug)]
+pub struct EnrollIdentity {
+    pub cert: rustls::pki_types::CertificateDer<'static>,
+    pub key: rustls::pki_types::PrivateKeyDer<'static>,
+    /// `sha256//BASE64`: SHA-256 of the certificate's public key
+    /// (SubjectPublicKeyInfo), the form curl's --pinnedpubkey takes.
+    pub pin: String,
 }
 
 impl StateError {
@@ -161,6 +179,63 @@ impl StateDir {
         PolicyStore::in_dir(&self.path)
     }
 
+    /// The join tokens kept in this directory.
+    pub fn tokens(&self) -> crate::store::token::TokenFile {
+        crate::store::token::TokenFile::new(self.path.join(crate::store::token::TOKENS_FILE))
+    }
+
+    /// The enrollment endpoint's TLS identity, generated on first use (a
+    /// self-signed certificate: join commands pin its public key, so no CA
+    /// is involved).
+    pub fn enroll_identity(&self) -> Result<EnrollIdentity, StateError> {
+        let path = self.path.join(ENROLL_IDENTITY_FILE);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let ck = rcgen::generate_simple_self_signed(vec!["relayhub".to_owned()]).map_err(
+                    |e| StateError::CorruptIdentity {
+                        path: path.clone(),
+                        detail: format!("generating a TLS identity: {e}"),
+                    },
+                )?;
+                let pem = format!("{}{}", ck.key_pair.serialize_pem(), ck.cert.pem());
+                self.create_private(&path, &pem)?;
+                tracing::info!(path = %path.display(), "generated the enrollment endpoint's TLS identity");
+                fs::read_to_string(&path).map_err(|e| StateError::io(&path, e))?
+            }
+            Err(e) => return Err(StateError::io(&path, e)),
+        };
+        parse_identity(&text).map_err(|detail| StateError::CorruptIdentity { path, detail })
+    }
+
+    /// Create `path` with `text`, mode 0600, atomically: written under a
+    /// private name, then hard-linked into place, so a concurrent creator
+    /// loses the race cleanly (the first file stays) and nobody ever sees
+    /// a half-written file.
+    fn create_private(&self, path: &Path, text: &str) -> Result<(), StateError> {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+        let tmp = self
+            .path
+            .join(format!(".{name}.{}.tmp", std::process::id()));
+        let result = (|| {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            fs::hard_link(&tmp, path)
+        })();
+        let _ = fs::remove_file(&tmp);
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(StateError::io(path, e)),
+        }
+    }
+
     /// The spoke registry kept in this directory.
     pub fn registry(&self) -> FileStore {
         FileStore::new(self.path.join(REGISTRY_FILE))
@@ -199,6 +274,25 @@ impl StateDir {
             Err(e) => Err(StateError::io(path, e)),
         }
     }
+}
+
+/// Key and certificate from one PEM text, and the pin.
+fn parse_identity(text: &str) -> Result<EnrollIdentity, String> {
+    use base64::Engine as _;
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use sha2::Digest as _;
+    let key = PrivateKeyDer::from_pem_slice(text.as_bytes())
+        .map_err(|e| format!("no private key: {e}"))?;
+    let cert = CertificateDer::from_pem_slice(text.as_bytes())
+        .map_err(|e| format!("no certificate: {e}"))?;
+    let pair = rcgen::KeyPair::from_pem(text).map_err(|e| format!("private key: {e}"))?;
+    let spki = sha2::Sha256::digest(pair.public_key_der());
+    let pin = format!(
+        "sha256//{}",
+        base64::engine::general_purpose::STANDARD.encode(spki)
+    );
+    Ok(EnrollIdentity { cert, key, pin })
 }
 
 /// Reads a key file: `None` if missing.

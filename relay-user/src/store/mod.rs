@@ -5,3 +5,4 @@ pub mod dir;
 pub mod file;
 pub mod policy;
 pub mod registry;
+pub mod token;
