@@ -15,7 +15,8 @@
 //! - the list is served over the tunnel only (not to the router's or the
 //!   hub's own namespace), and with a policy a spoke gets only the peers it
 //!   may reach;
-//! - `--conf FILE` rewrites the wg-quick file's [Peer]s, keeping [Interface].
+//! - `--conf FILE` rewrites the wg-quick file's [Peer]s, keeping [Interface];
+//!   a spoke with an old `Address = x/32` file gets the tunnel route.
 //!
 //! Run as root: `cargo test -p relay-tests --release --test sync_e2e -- --nocapture`.
 
@@ -323,7 +324,18 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
     let key4 = conf_public_key(&text4)?;
     let addr4 = conf_address(&text4)?.to_string();
     hub.wait_for_peers(std::slice::from_ref(&key4))?;
-    let w4: WgQuick = topo.spoke_up(3, &text4)?;
+    // s4 runs a file as older hubs printed it (Address /32): wg-quick
+    // routes only its peers' addresses, and its first sync adds the route
+    // for the tunnel network.
+    let old_style = text4.replace(
+        &format!("Address = {addr4}/24"),
+        &format!("Address = {addr4}/32"),
+    );
+    ensure!(
+        old_style != text4,
+        "no `Address = {addr4}/24` in s4's file:\n{text4}"
+    );
+    let w4: WgQuick = topo.spoke_up(3, &old_style)?;
     let up4 = t_add.elapsed();
     loops.push(SyncLoop::start(&topo.workdir, ns(3), "s4", &w4.ifname)?);
     let port4 = listen_port(ns(3), &w4.ifname)?;
@@ -492,6 +504,13 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
             "the hub saw {name} roam across the syncs: roams {before} -> {after:?}"
         );
     }
+
+    let route = ns(3).exec(&["ip", "-4", "route", "show", "exact", "10.88.0.0/24"])?;
+    ensure!(
+        route.contains(&format!("dev {} ", w4.ifname)),
+        "s4 (Address /32) has no route for the tunnel network after its syncs: {route:?}"
+    );
+    eprintln!("[sync] s4 (Address /32): {}", route.trim());
 
     bad_lists(topo, &mesh, &ifnames)?;
     conf_file(topo, &mesh, &ifnames)?;
