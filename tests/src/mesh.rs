@@ -21,7 +21,18 @@ impl Mesh {
     /// Register one spoke per topology spoke (named s1, s2, ...), bring
     /// them all up and wait until every ordered pair pings (bounded).
     pub fn up(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<Mesh> {
-        let names: Vec<String> = (1..=topo.spokes.len()).map(|i| format!("s{i}")).collect();
+        Self::up_first(topo, hub, topo.spokes.len())
+    }
+
+    /// [`Mesh::up`] for the first `n` topology spokes only: the others'
+    /// namespaces stay idle for spokes a test adds later.
+    pub fn up_first(topo: &Topology, hub: &mut Hub<'_>, n: usize) -> anyhow::Result<Mesh> {
+        anyhow::ensure!(
+            n <= topo.spokes.len(),
+            "{n} spokes, topology has {}",
+            topo.spokes.len()
+        );
+        let names: Vec<String> = (1..=n).map(|i| format!("s{i}")).collect();
         let mut added = Vec::new();
         for name in &names {
             added.push(
@@ -47,7 +58,7 @@ impl Mesh {
             .map(|t| crate::wg::conf_address(t))
             .collect::<anyhow::Result<_>>()?;
         let t0 = Instant::now();
-        for (a, s) in topo.spokes.iter().enumerate() {
+        for (a, s) in topo.spokes.iter().take(n).enumerate() {
             for (b, dst) in addrs.iter().enumerate() {
                 if a == b {
                     continue;

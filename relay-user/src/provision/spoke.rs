@@ -258,8 +258,9 @@ pub fn remove(ctx: &SpokeCtx, name: &str) -> anyhow::Result<String> {
     );
     if !registry.is_empty() {
         out.push_str(&format!(
-            "the running hub stops relaying for it within a second; refresh the other {} spoke(s) with \
-             `relayhub spoke config NAME` (and `wg syncconf`) to drop it from their peers\n",
+            "the running hub stops relaying for it within a second and drops it from the peer lists \
+             it serves; the other {} spoke(s) forget it on their next `relayhub-sync` (contrib/spoke, \
+             every 30 s with its timer)\n",
             registry.len()
         ));
     }
