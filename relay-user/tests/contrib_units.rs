@@ -69,8 +69,19 @@ fn point_at(text: &str, bin: &Path) -> String {
             let prog_at = value.find(|c| !"-@:+!".contains(c))?;
             let (prefix, rest) = value.split_at(prog_at);
             let (prog, args) = rest.split_once(' ').unwrap_or((rest, ""));
-            (Path::new(prog).file_name()? == "relayhub")
-                .then(|| format!("{key}={prefix}{} {args}", bin.display()))
+            // Our programs, where this checkout has them: the built
+            // binary, the spoke scripts in contrib/spoke.
+            let name = Path::new(prog).file_name()?.to_str()?;
+            let ours = match name {
+                "relayhub" => bin.to_path_buf(),
+                "relayhub-sync" | "relayhub-join" | "relayhub-node" => {
+                    Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("../contrib/spoke")
+                        .join(name)
+                }
+                _ => return None,
+            };
+            Some(format!("{key}={prefix}{} {args}", ours.display()))
         });
         out.push_str(rewritten.as_deref().unwrap_or(line));
         out.push('\n');

@@ -205,6 +205,9 @@ async fn join(
             if let Err(err) = h.apply_registry(&registry) {
                 tracing::error!(error = %err, "applying the registry after a join");
             }
+            // A token's group changed the policy: the node's first peer
+            // list must follow it too.
+            h.poll_policy();
             text(StatusCode::OK, conf)
         }
         Ok(Err(Refusal(status, why))) => {
@@ -353,7 +356,12 @@ impl Enroller {
             }
         };
         let key = req.public_key.to_base64();
-        let mut conf = match provision::add_in(&self.ctx(req.family_from_source), &req.name, Some(&key), req.family) {
+        let mut conf = match provision::add_in(
+            &self.ctx(req.family_from_source),
+            &req.name,
+            Some(&key),
+            req.family,
+        ) {
             Ok(c) => c,
             Err(e) => {
                 refund();
