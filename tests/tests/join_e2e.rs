@@ -15,7 +15,7 @@
 //!
 //! Run as root: `cargo test -p relay-tests --release --test join_e2e -- --nocapture`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -357,33 +357,12 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
 
     // The real join: the printed line, as pasted on a node.
     let node = &topo.spokes[2];
-    let dir = workdir.join("node3");
-    std::fs::create_dir_all(&dir)?;
-    let iface = format!("{}j3", topo.prefix);
-    let dir_s = dir.to_str().context("utf-8")?;
+    let j3 = Joiner::new(topo, 2)?;
     let t0 = Instant::now();
-    let joined = node.ns.output(
-        &[
-            "env",
-            &format!("RELAYHUB_WG_DIR={dir_s}"),
-            &format!("RELAYHUB_IFACE={iface}"),
-            "RELAYHUB_NAME=n3",
-            "WG_QUICK_USERSPACE_IMPLEMENTATION=wireguard-go",
-            "sh",
-            "-c",
-            &line,
-        ],
-        Duration::from_secs(30),
-    )?;
-    let conf = dir.join(format!("{iface}.conf"));
+    let joined = j3.run_line(&node.ns, "n3", &line)?;
+    let conf = j3.conf.clone();
     let text = std::fs::read_to_string(&conf).unwrap_or_default();
-    // Whatever happened, the interface is ours to take down.
-    let _node_wg = WgQuick {
-        ns: node.ns.name.clone(),
-        ifname: iface.clone(),
-        conf: conf.clone(),
-        text: text.clone(),
-    };
+    let iface = j3.iface.clone();
     ensure!(
         joined.success(),
         "the join line failed: {}\n{}",
@@ -473,35 +452,29 @@ fn container_node(
     hub.cli(&["policy", "deny", "@web", "s2"])?;
     let (line, _, tok) = token(hub, &["--group", "web"])?;
     let node = &topo.spokes[3];
-    let dir = topo.workdir.join("node4");
-    std::fs::create_dir_all(&dir)?;
-    let iface = format!("{}j4", topo.prefix);
-    let conf = dir.join(format!("{iface}.conf"));
-    // Declared first, dropped last: after the entrypoint is gone, the
-    // interface goes down.
-    let _node_wg = WgQuick {
-        ns: node.ns.name.clone(),
-        ifname: iface.clone(),
-        conf: conf.clone(),
-        text: String::new(),
-    };
+    // Before the entrypoint, so its interface goes down after it is gone.
+    let j4 = Joiner::new(topo, 3)?;
+    let iface = j4.iface.clone();
     let t0 = Instant::now();
     let mut entry = node.ns.spawn(
         "relayhub-node",
         &[
-            "env",
-            &format!("RELAYHUB_JOIN={line}"),
-            "RELAYHUB_NAME=n4",
-            &format!("RELAYHUB_IFACE={iface}"),
-            &format!("RELAYHUB_WG_DIR={}", dir.to_str().context("utf-8")?),
-            "RELAYHUB_SYNC_INTERVAL=2",
-            "WG_QUICK_USERSPACE_IMPLEMENTATION=wireguard-go",
-            "sh",
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../contrib/spoke/relayhub-node"
-            ),
-        ],
+            vec![
+                "env".to_string(),
+                format!("RELAYHUB_JOIN={line}"),
+                "RELAYHUB_SYNC_INTERVAL=2".into(),
+            ],
+            j4.env("n4"),
+            vec![
+                "sh".into(),
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../contrib/spoke/relayhub-node"
+                )
+                .into(),
+            ],
+        ]
+        .concat(),
         &topo.workdir,
         false,
     )?;
@@ -580,29 +553,9 @@ fn ipv6_node(topo: &Topology, hub: &Hub<'_>) -> anyhow::Result<()> {
         "{line}"
     );
     let node = &topo.spokes[4];
-    let dir = topo.workdir.join("node5");
-    std::fs::create_dir_all(&dir)?;
-    let iface = format!("{}j5", topo.prefix);
-    let conf = dir.join(format!("{iface}.conf"));
-    let _node_wg = WgQuick {
-        ns: node.ns.name.clone(),
-        ifname: iface.clone(),
-        conf: conf.clone(),
-        text: String::new(),
-    };
-    let joined = node.ns.output(
-        &[
-            "env",
-            &format!("RELAYHUB_WG_DIR={}", dir.to_str().context("utf-8")?),
-            &format!("RELAYHUB_IFACE={iface}"),
-            "RELAYHUB_NAME=n5",
-            "WG_QUICK_USERSPACE_IMPLEMENTATION=wireguard-go",
-            "sh",
-            "-c",
-            &line,
-        ],
-        Duration::from_secs(30),
-    )?;
+    let j5 = Joiner::new(topo, 4)?;
+    let joined = j5.run_line(&node.ns, "n5", &line)?;
+    let conf = j5.conf.clone();
     ensure!(
         joined.success(),
         "IPv6 join: {}\n{}",
@@ -624,6 +577,58 @@ fn ipv6_node(topo: &Topology, hub: &Hub<'_>) -> anyhow::Result<()> {
     )?;
     eprintln!("[join] IPv6-only node joined over IPv6; its peers' endpoint is {want}");
     Ok(())
+}
+
+/// A node about to join: its directory, interface and file, and a guard
+/// that takes the interface down whatever happens (made before anything
+/// runs on it, so it is dropped last).
+struct Joiner {
+    dir: String,
+    iface: String,
+    conf: PathBuf,
+    _guard: WgQuick,
+}
+
+impl Joiner {
+    /// For topology host `i` (node N = i + 1).
+    fn new(topo: &Topology, i: usize) -> anyhow::Result<Joiner> {
+        let dir = topo.workdir.join(format!("node{}", i + 1));
+        std::fs::create_dir_all(&dir)?;
+        let iface = format!("{}j{}", topo.prefix, i + 1);
+        let conf = dir.join(format!("{iface}.conf"));
+        Ok(Joiner {
+            dir: dir.to_str().context("utf-8")?.to_string(),
+            _guard: WgQuick {
+                ns: topo.spokes[i].ns.name.clone(),
+                ifname: iface.clone(),
+                conf: conf.clone(),
+                text: String::new(),
+            },
+            iface,
+            conf,
+        })
+    }
+
+    /// The environment the join scripts read, for spoke `name`.
+    fn env(&self, name: &str) -> Vec<String> {
+        vec![
+            format!("RELAYHUB_WG_DIR={}", self.dir),
+            format!("RELAYHUB_IFACE={}", self.iface),
+            format!("RELAYHUB_NAME={name}"),
+            "WG_QUICK_USERSPACE_IMPLEMENTATION=wireguard-go".into(),
+        ]
+    }
+
+    /// Paste the join line on the node, as `name`.
+    fn run_line(&self, ns: &Netns, name: &str, line: &str) -> anyhow::Result<cmd::Output> {
+        let argv = [
+            vec!["env".to_string()],
+            self.env(name),
+            vec!["sh".into(), "-c".into(), line.into()],
+        ]
+        .concat();
+        ns.output(&argv, Duration::from_secs(30))
+    }
 }
 
 /// Run contrib/spoke/relayhub-sync IFACE in `ns`, as the spoke's timer would.

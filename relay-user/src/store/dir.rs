@@ -211,8 +211,8 @@ impl StateDir {
     /// Create `path` with `text`, mode 0600, atomically: written under a
     /// private name, then hard-linked into place, so a concurrent creator
     /// loses the race cleanly (the first file stays) and nobody ever sees
-    /// a half-written file.
-    fn create_private(&self, path: &Path, text: &str) -> Result<(), StateError> {
+    /// a half-written file. False if the file existed already.
+    fn create_private(&self, path: &Path, text: &str) -> Result<bool, StateError> {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
         let tmp = self
             .path
@@ -230,8 +230,8 @@ impl StateDir {
         })();
         let _ = fs::remove_file(&tmp);
         match result {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
             Err(e) => Err(StateError::io(path, e)),
         }
     }
@@ -242,37 +242,15 @@ impl StateDir {
     }
 
     fn generate_hub_key(&self, path: &Path) -> Result<Key, StateError> {
-        // Write a complete file under a private name, then hard-link it into
-        // place: a concurrent generator loses the race cleanly and nobody
-        // ever sees a half-written key.
-        let tmp = self
-            .path
-            .join(format!(".{HUB_KEY_FILE}.{}.tmp", std::process::id()));
         let key = Key::generate_private();
-        let result = (|| {
-            let mut f = OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            writeln!(f, "{}", key.to_base64())?;
-            f.sync_all()?;
-            fs::hard_link(&tmp, path)
-        })();
-        let _ = fs::remove_file(&tmp);
-        match result {
-            Ok(()) => {
-                tracing::info!(path = %path.display(), "generated the hub's WireGuard key");
-                Ok(key)
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                read_key(path)?.ok_or_else(|| StateError::CorruptKey {
-                    path: path.to_owned(),
-                })
-            }
-            Err(e) => Err(StateError::io(path, e)),
+        if self.create_private(path, &format!("{}\n", key.to_base64()))? {
+            tracing::info!(path = %path.display(), "generated the hub's WireGuard key");
+            return Ok(key);
         }
+        // A concurrent generator won: its key is the hub's.
+        read_key(path)?.ok_or_else(|| StateError::CorruptKey {
+            path: path.to_owned(),
+        })
     }
 }
 
