@@ -405,13 +405,14 @@ fn test_guests(relayhub: &Path) -> Result<()> {
 }
 
 /// The cargo-fuzz targets in fuzz/fuzz_targets.
-const FUZZ_TARGETS: [&str; 6] = [
+const FUZZ_TARGETS: [&str; 7] = [
     "handshake",
     "registry_json",
     "endpoint",
     "http_request",
     "route_tables",
     "fallback_sample",
+    "join_tokens",
 ];
 /// Seconds per fuzz target in `cargo xtask test`.
 const TEST_FUZZ_SECONDS: u64 = 20;
