@@ -122,20 +122,35 @@ impl std::fmt::Debug for EtcdStore {
     }
 }
 
-/// A one-line reason from the client's error (tonic's Display of a status
-/// spans its metadata).
+/// A one-line reason from the client's error: the status code, its
+/// message and the causes under it (tonic's Display of a status spans its
+/// metadata; "tcp connect error" alone does not say why).
 fn reason(e: &etcd_client::Error) -> String {
-    match e {
+    let mut parts: Vec<String> = Vec::new();
+    let mut source: Option<&dyn std::error::Error> = match e {
         etcd_client::Error::GRpcStatus(s) => {
-            let m = s.message().trim();
-            if m.is_empty() {
-                format!("{:?}", s.code())
-            } else {
-                format!("{:?}: {m}", s.code())
-            }
+            parts.push(format!("{:?}", s.code()));
+            parts.push(s.message().trim().to_owned());
+            std::error::Error::source(s)
         }
-        other => other.to_string().replace('\n', " "),
+        other => {
+            parts.push(other.to_string());
+            std::error::Error::source(other)
+        }
+    };
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
     }
+    let mut out: Vec<String> = Vec::new();
+    for p in parts {
+        let p = p.replace('\n', " ");
+        // Layers often repeat the message below them.
+        if !p.is_empty() && !out.iter().any(|o| o.contains(&p)) {
+            out.push(p);
+        }
+    }
+    out.join(": ")
 }
 
 impl EtcdStore {
