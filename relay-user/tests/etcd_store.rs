@@ -99,7 +99,10 @@ fn cli_on_etcd() {
     let url = e.url();
     let s = ["--store", url.as_str()];
     let with = |args: &[&'static str]| [&s[..], args].concat();
-    let conf = ok(&st, &with(&["spoke", "add", "web1", "--endpoint", "192.0.2.1"]));
+    let conf = ok(
+        &st,
+        &with(&["spoke", "add", "web1", "--endpoint", "192.0.2.1"]),
+    );
     assert!(conf.contains("Address = 10.88.0.2/24"), "{conf}");
     ok(&st, &with(&["spoke", "add", "web2"]));
     ok(&st, &with(&["spoke", "add", "db1"]));
@@ -111,7 +114,10 @@ fn cli_on_etcd() {
     let out = ok(&st, &with(&["spoke", "remove", "web2"]));
     assert!(out.starts_with("removed spoke web2"), "{out}");
     let out = ok(&st, &with(&["policy", "allow", "web1", "db1"]));
-    assert!(out.contains(&format!("policy: {url}/relayhub/policy")), "{out}");
+    assert!(
+        out.contains(&format!("policy: {url}/relayhub/policy")),
+        "{out}"
+    );
     assert!(out.contains("  web1: db1\n  db1: web1\n"), "{out}");
     assert!(ok(&st, &with(&["policy", "show"])).contains("allow:\n  web1 <-> db1"));
     let line = ok(&st, &with(&["token", "create", "--uses", "3"]));
@@ -120,7 +126,10 @@ fn cli_on_etcd() {
     assert!(tokens.contains("active  0/3"), "{tokens}");
     assert!(!st.join("tokens.json").exists());
     let show = ok(&st, &with(&["store", "show"]));
-    assert!(show.starts_with(&format!("store: {url}/relayhub/\n")), "{show}");
+    assert!(
+        show.starts_with(&format!("store: {url}/relayhub/\n")),
+        "{show}"
+    );
     assert!(show.contains("registry: 2 spoke(s)"), "{show}");
     assert!(show.contains("/relayhub/hub-public-key"), "{show}");
     assert!(ok(&st, &with(&["policy", "reset"])).starts_with("removed "));
@@ -159,7 +168,15 @@ fn concurrent_cli_adds_lose_nothing() {
                     let name = format!("{side}{i}");
                     ok(
                         &st,
-                        &["--store", &url, "spoke", "add", &name, "--endpoint", "192.0.2.1"],
+                        &[
+                            "--store",
+                            &url,
+                            "spoke",
+                            "add",
+                            &name,
+                            "--endpoint",
+                            "192.0.2.1",
+                        ],
                     );
                 }
             })
@@ -255,7 +272,10 @@ fn migrate_copies_and_refuses_to_overwrite() {
     let (spokes, tokens) = (before("spoke"), before("token"));
     let policy = ok(&st, &["policy", "show"]);
     let out = ok(&st, &["store", "migrate", "--to", &url]);
-    assert!(out.starts_with(&format!("copied into {url}/relayhub/:\n")), "{out}");
+    assert!(
+        out.starts_with(&format!("copied into {url}/relayhub/:\n")),
+        "{out}"
+    );
     assert!(out.contains("registry  2 spoke(s) from "), "{out}");
     assert!(out.contains("tokens    1 join token(s) from "), "{out}");
     assert!(out.contains("copy hub.key and enroll.pem"), "{out}");
@@ -307,7 +327,10 @@ fn unreachable_etcd_is_a_one_line_error() {
     ] {
         let t0 = std::time::Instant::now();
         let err = fails(&st, &[&["--store", url.as_str()][..], args].concat());
-        assert!(t0.elapsed() < std::time::Duration::from_secs(5), "{args:?} hung");
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(5),
+            "{args:?} hung"
+        );
         let err = err.trim();
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(
@@ -318,4 +341,36 @@ fn unreachable_etcd_is_a_one_line_error() {
     }
     let err = fails(&st, &["--store", "etcd://h:0", "spoke", "list"]);
     assert!(err.contains("--store") && err.contains("port"), "{err}");
+}
+
+/// A hub lists itself under hubs/ while it runs, and is gone when it
+/// stops.
+#[test]
+fn hubs_register_while_they_run() {
+    let tmp = Tmp::new("hubs");
+    let e = etcd("hubs", &tmp);
+    let st = tmp.state("st");
+    let url = e.url();
+    let Store::Etcd(store) =
+        Store::open(&url.parse().unwrap(), &StateDir::open(&st).unwrap()).unwrap()
+    else {
+        panic!("not etcd")
+    };
+    assert!(ok(&st, &["--store", &url, "store", "hubs"]).starts_with("no hub runs on "));
+    let info = r#"{"endpoint": "192.0.2.1:51820", "metrics_addr": "127.0.0.1:9851", "version": "0.1.0", "started_unix": 0}"#;
+    let member = store.register("hub-a", info.to_owned());
+    let listed = || ok(&st, &["--store", &url, "store", "hubs"]);
+    let t0 = std::time::Instant::now();
+    while !listed().contains("hub-a") {
+        assert!(t0.elapsed().as_secs() < 5, "never listed: {}", listed());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let table = listed();
+    assert!(
+        table.contains("hub-a  192.0.2.1:51820  127.0.0.1:9851  0.1.0    1970-01-01T00:00:00Z"),
+        "{table}"
+    );
+    drop(member);
+    assert!(listed().starts_with("no hub runs on "));
+    assert!(ok(&st, &["store", "hubs"]).contains("one hub's store"));
 }

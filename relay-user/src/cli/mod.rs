@@ -240,6 +240,9 @@ pub enum TokenCommand {
 pub enum StoreCommand {
     /// Print the store in use (--store) and what it holds.
     Show,
+    /// List the hubs running on the store (etcd: each registers itself
+    /// while it runs).
+    Hubs,
     /// Copy the registry, policy and tokens of the state directory
     /// (--state-dir) into etcd, all or nothing; refuses keys that exist.
     Migrate {
@@ -315,6 +318,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             let state = StateDir::open(&cli.state_dir)?;
             let out = match cmd {
                 StoreCommand::Show => store::show(&Store::open(&cli.store, &state)?)?,
+                StoreCommand::Hubs => store::hubs(&Store::open(&cli.store, &state)?)?,
                 StoreCommand::Migrate { to, force } => store::migrate(&state, &to, force)?,
             };
             print!("{out}");
@@ -579,7 +583,11 @@ mod tests {
                 "userspace",
             ),
             (&["status", "--interval", "0"], "--interval", ">= 0.1"),
-            (&["--store", "etcd:/x", "spoke", "list"], "--store", "etcd://HOST:PORT"),
+            (
+                &["--store", "etcd:/x", "spoke", "list"],
+                "--store",
+                "etcd://HOST:PORT",
+            ),
             (
                 &["spoke", "list", "--store", "etcd://h:70000"],
                 "--store",

@@ -49,12 +49,56 @@ pub fn show(store: &Store) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// `relayhub store hubs`: the hubs registered on a shared store.
+pub fn hubs(store: &Store) -> anyhow::Result<String> {
+    let Store::Etcd(e) = store else {
+        return Ok(
+            "the state directory is one hub's store; hubs list themselves on etcd (--store etcd://...)\n"
+                .to_owned(),
+        );
+    };
+    let hubs = e.hubs()?;
+    if hubs.is_empty() {
+        return Ok(format!("no hub runs on {}\n", e.name()));
+    }
+    let rows: Vec<[String; 5]> = hubs
+        .iter()
+        .map(|(name, info)| {
+            let v: serde_json::Value = serde_json::from_str(info).unwrap_or_default();
+            let field = |k: &str| match &v[k] {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => "-".to_owned(),
+                other => other.to_string(),
+            };
+            let started = v["started_unix"].as_u64().map_or("-".to_owned(), |t| {
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(t),
+                )
+                .to_string()
+            });
+            [
+                name.clone(),
+                field("endpoint"),
+                field("metrics_addr"),
+                field("version"),
+                started,
+            ]
+        })
+        .collect();
+    Ok(crate::provision::spoke::table(
+        ["NAME", "ENDPOINT", "API", "VERSION", "STARTED"],
+        &rows,
+    ))
+}
+
 /// `relayhub store migrate --to etcd://...`: copy the state directory's
 /// registry, policy and tokens (the same JSON as the files) into etcd in
 /// one transaction, refusing keys that exist unless `force`.
 pub fn migrate(state: &StateDir, to: &StoreSpec, force: bool) -> anyhow::Result<String> {
     let StoreSpec::Etcd { endpoints, prefix } = to else {
-        anyhow::bail!("--to {to}: migrate copies the state directory into etcd; give etcd://HOST:PORT");
+        anyhow::bail!(
+            "--to {to}: migrate copies the state directory into etcd; give etcd://HOST:PORT"
+        );
     };
     let files = DirStore {
         registry: state.registry(),

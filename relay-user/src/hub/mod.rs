@@ -24,6 +24,7 @@ use relay_common::{Endpoint, InitiationEvent, ProofEvent};
 use crate::core::fallback_frame;
 use crate::core::health::{SpokeHealth, Thresholds};
 use crate::core::outcome::InitiationResult;
+use crate::core::policy::PolicyError;
 use crate::core::policy::SlotPolicy;
 use crate::core::proof::{Proven, Prover};
 use crate::core::reconcile::{Op, Reconciler, SlotChange};
@@ -34,7 +35,6 @@ use crate::datapath::{Datapath, ktime_ns};
 use crate::hub::metrics::Metrics;
 use crate::io::hub_wg::HubWg;
 use crate::io::sender::RawSender;
-use crate::core::policy::PolicyError;
 use crate::store::backend::Polled;
 use crate::store::etcd::EtcdError;
 use crate::store::policy::PolicyWatch;
@@ -224,7 +224,11 @@ impl Hub {
             Ok(true) => {
                 tracing::info!(
                     source = self.policy.location(),
-                    policy = if self.policy.current().is_some() { "set" } else { "allow all" },
+                    policy = if self.policy.current().is_some() {
+                        "set"
+                    } else {
+                        "allow all"
+                    },
                     "policy applied"
                 );
                 self.apply_policy();

@@ -84,7 +84,11 @@ pub struct RunConfig {
 /// Polls the store every [`REGISTRY_POLL`] off the event loop (an etcd
 /// call may take up to its timeout) and hands each result to the loop,
 /// which applies what changed and tracks whether the store answers.
-async fn poll_store(store: Store, mut seen: Stamps, tx: tokio::sync::mpsc::Sender<Result<Polled, EtcdError>>) {
+async fn poll_store(
+    store: Store,
+    mut seen: Stamps,
+    tx: tokio::sync::mpsc::Sender<Result<Polled, EtcdError>>,
+) {
     let mut tick = tokio::time::interval(REGISTRY_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -346,6 +350,29 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut endpoint_tick = tokio::time::interval(ENDPOINT_REFRESH);
+    // On a shared store, this hub is listed under hubs/ while it runs.
+    let membership = match &store {
+        Store::Etcd(e) => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_default();
+            let name = format!("{host}-{}", cfg.wg_iface);
+            let started = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let info = serde_json::json!({
+                "public_key": hub_public.to_base64(),
+                "iface": cfg.iface,
+                "endpoint": cfg.endpoint,
+                "metrics_addr": cfg.metrics_addr.to_string(),
+                "version": env!("CARGO_PKG_VERSION"),
+                "started_unix": started,
+            });
+            Some(e.register(&name, info.to_string()))
+        }
+        Store::Dir(_) => None,
+    };
     let (poll_tx, mut poll_rx) = tokio::sync::mpsc::channel(1);
     let poll_task = tokio::spawn(poll_store(store.clone(), stamps, poll_tx));
     let mut sweep_tick = tokio::time::interval(SESSION_SWEEP);
@@ -471,6 +498,7 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
         t.abort();
         let _ = t.await;
     }
+    drop(membership);
     drop(ring);
     drop(proofs);
     drop(logger);

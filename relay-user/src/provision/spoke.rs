@@ -89,8 +89,10 @@ impl SpokeCtx<'_> {
         let public_key = self.state.hub_public_key()?;
         // On a shared store every hub must be the same WireGuard peer:
         // a file naming another key would fail over to a hub it cannot reach.
-        self.store
-            .check_shared(crate::store::backend::Shared::HubPublicKey, &public_key.to_base64())?;
+        self.store.check_shared(
+            crate::store::backend::Shared::HubPublicKey,
+            &public_key.to_base64(),
+        )?;
         Ok((
             HubInfo {
                 public_key,

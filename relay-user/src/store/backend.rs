@@ -275,7 +275,10 @@ impl Store {
                 let (policy_stamp, policy) = match d.policy.read_text() {
                     Ok(t) => {
                         let s = text_stamp(t.as_deref());
-                        (s, (seen.is_none_or(|seen| seen.policy != s)).then_some(Ok(t)))
+                        (
+                            s,
+                            (seen.is_none_or(|seen| seen.policy != s)).then_some(Ok(t)),
+                        )
                     }
                     Err(e) => (0, Some(Err(e))),
                 };
@@ -291,7 +294,8 @@ impl Store {
             Store::Etcd(e) => {
                 let docs = e.read_many(&[etcd::REGISTRY_KEY, etcd::POLICY_KEY])?;
                 let stamp = |d: &Option<(String, i64)>| {
-                    d.as_ref().map_or(0, |(_, r)| u64::try_from(*r).unwrap_or(0))
+                    d.as_ref()
+                        .map_or(0, |(_, r)| u64::try_from(*r).unwrap_or(0))
                 };
                 let stamps = Stamps {
                     registry: stamp(&docs[0]),
@@ -299,15 +303,15 @@ impl Store {
                 };
                 let mut docs = docs.into_iter();
                 let (reg, pol) = (docs.next().flatten(), docs.next().flatten());
-                let registry = seen
-                    .is_none_or(|s| s.registry != stamps.registry)
-                    .then(|| match reg {
-                        Some((text, _)) => Registry::from_json(
-                            &text,
-                            std::path::Path::new(&e.registry.location()),
-                        ),
-                        None => Ok(Registry::new()),
-                    });
+                let registry =
+                    seen.is_none_or(|s| s.registry != stamps.registry)
+                        .then(|| match reg {
+                            Some((text, _)) => Registry::from_json(
+                                &text,
+                                std::path::Path::new(&e.registry.location()),
+                            ),
+                            None => Ok(Registry::new()),
+                        });
                 let policy = seen
                     .is_none_or(|s| s.policy != stamps.policy)
                     .then(|| Ok(pol.map(|(t, _)| t)));

@@ -44,6 +44,11 @@ pub const POLICY_KEY: &str = "policy";
 pub const TOKENS_KEY: &str = "tokens";
 pub const HUB_PUBLIC_KEY: &str = "hub-public-key";
 pub const ENROLL_PIN_KEY: &str = "enroll-pin";
+/// One key per running hub below this (its lease keeps it).
+pub const HUBS_PREFIX: &str = "hubs/";
+/// A hub's key goes this many seconds after its last keepalive (a killed
+/// hub leaves the list within it).
+pub const MEMBER_TTL_SECS: i64 = 10;
 
 /// A failure to talk to etcd (or a value there that is not text). One
 /// line that names the store.
@@ -264,17 +269,105 @@ impl EtcdStore {
     /// hub on the store must share (the hub's public key, the pin).
     pub fn claim(&self, name: &str, value: &str) -> Result<Option<String>, EtcdError> {
         let mut other = None;
-        self.conn.update(name, |e| e, |cur| {
-            Ok::<_, EtcdError>(match cur {
-                None => Write::Put(value.to_owned()),
-                Some(v) if v.trim() == value => Write::Keep,
-                Some(v) => {
-                    other = Some(v.trim().to_owned());
-                    Write::Keep
-                }
-            })
-        })?;
+        self.conn.update(
+            name,
+            |e| e,
+            |cur| {
+                Ok::<_, EtcdError>(match cur {
+                    None => Write::Put(value.to_owned()),
+                    Some(v) if v.trim() == value => Write::Keep,
+                    Some(v) => {
+                        other = Some(v.trim().to_owned());
+                        Write::Keep
+                    }
+                })
+            },
+        )?;
         Ok(other)
+    }
+}
+
+/// A hub's registration under `hubs/`: kept alive on the store's runtime
+/// (and re-made after an outage) while this lives; removed on drop.
+pub struct Membership {
+    conn: Arc<Conn>,
+    name: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.task.abort();
+        // Gone from the list at once on a clean stop (else after the TTL).
+        let mut c = self.conn.client.clone();
+        let key = self.conn.key(&format!("{HUBS_PREFIX}{}", self.name));
+        let _ = self
+            .conn
+            .call("removing the hub's registration", async move {
+                c.delete(key, None).await
+            });
+    }
+}
+
+impl EtcdStore {
+    /// Register this hub as `hubs/NAME` with `info` (JSON) under a lease.
+    pub fn register(&self, name: &str, info: String) -> Membership {
+        let key = self.key(&format!("{HUBS_PREFIX}{name}"));
+        let client = self.conn.client.clone();
+        let store = self.conn.name.clone();
+        let task = self.conn.handle.spawn(async move {
+            let mut logged = false;
+            loop {
+                let mut c = client.clone();
+                let r = async {
+                    let lease = c.lease_grant(MEMBER_TTL_SECS, None).await?.id();
+                    let opts = etcd_client::PutOptions::new().with_lease(lease);
+                    c.put(key.as_str(), info.as_str(), Some(opts)).await?;
+                    let (mut keeper, mut answers) = c.lease_keep_alive(lease).await?;
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(MEMBER_TTL_SECS as u64 / 3)).await;
+                        keeper.keep_alive().await?;
+                        match tokio::time::timeout(CALL_TIMEOUT, answers.message()).await {
+                            // A TTL of 0: the lease expired meanwhile (an outage).
+                            Ok(Ok(Some(a))) if a.ttl() > 0 => {}
+                            _ => return Ok::<(), etcd_client::Error>(()),
+                        }
+                    }
+                }
+                .await;
+                if let Err(e) = r
+                    && !logged
+                {
+                    tracing::debug!(store, error = %reason(&e), "hub registration; retrying");
+                    logged = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        Membership {
+            conn: self.conn.clone(),
+            name: name.to_owned(),
+            task,
+        }
+    }
+
+    /// The registered hubs: (name, info) by name.
+    pub fn hubs(&self) -> Result<Vec<(String, String)>, EtcdError> {
+        let mut c = self.conn.client.clone();
+        let prefix = self.key(HUBS_PREFIX);
+        let p = prefix.clone();
+        let resp = self.conn.call("listing the hubs", async move {
+            c.get(p, Some(etcd_client::GetOptions::new().with_prefix()))
+                .await
+        })?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let name = kv.key_str().ok()?.strip_prefix(&prefix)?.to_owned();
+                Some((name, kv.value_str().ok()?.to_owned()))
+            })
+            .collect())
     }
 }
 
@@ -335,7 +428,10 @@ impl Conn {
     fn read(&self, name: &str) -> Result<Versioned, EtcdError> {
         let mut c = self.client.clone();
         let key = self.key(name);
-        let resp = self.call(&format!("reading {key}"), async move { c.get(key, None).await })?;
+        let resp = self.call(
+            &format!("reading {key}"),
+            async move { c.get(key, None).await },
+        )?;
         self.versioned(name, resp.kvs().first())
     }
 
@@ -451,10 +547,9 @@ impl PolicyStore for EtcdPolicy {
         // A whole new policy replaces whatever is there: no compare needed.
         let mut c = self.0.client.clone();
         let (key, value) = (self.0.key(POLICY_KEY), text.to_owned());
-        self.0
-            .call("writing the policy", async move {
-                c.put(key, value, None).await
-            })?;
+        self.0.call("writing the policy", async move {
+            c.put(key, value, None).await
+        })?;
         Ok(policy)
     }
 
@@ -479,9 +574,10 @@ impl PolicyStore for EtcdPolicy {
     fn remove(&self) -> Result<bool, PolicyError> {
         let mut c = self.0.client.clone();
         let key = self.0.key(POLICY_KEY);
-        let resp = self
-            .0
-            .call("removing the policy", async move { c.delete(key, None).await })?;
+        let resp = self.0.call(
+            "removing the policy",
+            async move { c.delete(key, None).await },
+        )?;
         Ok(resp.deleted() > 0)
     }
 }
@@ -509,16 +605,20 @@ impl TokenStore for EtcdTokens {
         mut f: impl FnMut(&mut Tokens) -> Result<T, E>,
     ) -> Result<T, E> {
         let mut out = None;
-        self.0.update(TOKENS_KEY, |e| E::from(e.into()), |text| {
-            let before = self.parse(text)?;
-            let mut next = before.clone();
-            out = Some(f(&mut next)?);
-            Ok::<_, E>(if next != before {
-                Write::Put(next.to_json())
-            } else {
-                Write::Keep
-            })
-        })?;
+        self.0.update(
+            TOKENS_KEY,
+            |e| E::from(e.into()),
+            |text| {
+                let before = self.parse(text)?;
+                let mut next = before.clone();
+                out = Some(f(&mut next)?);
+                Ok::<_, E>(if next != before {
+                    Write::Put(next.to_json())
+                } else {
+                    Write::Keep
+                })
+            },
+        )?;
         out.ok_or_else(|| TokenStoreError::Store("token update did not run".into()).into())
     }
 }
