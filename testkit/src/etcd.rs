@@ -124,8 +124,24 @@ impl Etcd {
         Ok(())
     }
 
+    /// Freeze it (SIGSTOP): connections stay open and nothing answers, as
+    /// in a network partition.
+    pub fn pause(&self) {
+        if let Some(p) = &self.proc {
+            crate::cmd::signal(p.pid(), libc::SIGSTOP);
+        }
+    }
+
+    /// Undo [`Etcd::pause`].
+    pub fn resume(&self) {
+        if let Some(p) = &self.proc {
+            crate::cmd::signal(p.pid(), libc::SIGCONT);
+        }
+    }
+
     /// Stop it (SIGTERM, then SIGKILL); the data stays for [`Etcd::start_again`].
     pub fn stop(&mut self) {
+        self.resume();
         if let Some(mut p) = self.proc.take() {
             p.stop(Duration::from_secs(5));
         }

@@ -385,7 +385,7 @@ impl<'t> Hub<'t> {
             )?
             .checked()?;
         let (body, code) = out.trim_end().rsplit_once('\n').unwrap_or(("", out.trim()));
-        Ok((code.parse().unwrap_or(0), format!("{body}\n")))
+        Ok((code.parse().unwrap_or(0), format!("{}\n", body.trim_end())))
     }
 
     /// GET `path` of the hub's HTTP API (e.g. `/v1/spokes`) as JSON.

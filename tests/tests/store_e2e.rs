@@ -21,8 +21,10 @@ use testkit::etcd::Etcd;
 /// README: the hubs see another hub's CLI change "within about a second"
 /// (polled every 250 ms); the margin is for a loaded 2-core machine.
 const PICKUP_BUDGET: Duration = Duration::from_millis(1500);
-/// An outage shows in the health within a poll and a call timeout (2 s).
-const DETECT_BUDGET: Duration = Duration::from_secs(4);
+/// A stopped etcd refuses connections: seen at the next poll.
+const DETECT_BUDGET: Duration = Duration::from_secs(2);
+/// A frozen one answers nothing: seen after a poll and a call timeout (2 s).
+const FROZEN_BUDGET: Duration = Duration::from_secs(4);
 
 #[test]
 fn store_e2e() {
@@ -113,7 +115,8 @@ fn store_up(hub: &Hub<'_>) -> anyhow::Result<f64> {
 }
 
 fn checks(topo: &Topology, hub: &mut Hub<'_>, etcd: &mut Etcd, url: &str) -> anyhow::Result<()> {
-    ensure!(hub.health()? == (200, "ok\n".into()), "healthz at start");
+    let h = hub.health()?;
+    ensure!(h == (200, "ok\n".into()), "healthz at start: {h:?}");
     ensure!(store_up(hub)? == 1.0, "relayhub_store_up at start");
     let info = hub.api_json("/v1/hub")?;
     ensure!(
@@ -135,6 +138,10 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>, etcd: &mut Etcd, url: &str) -> any
     // A second hub's admin: another state directory, the key copied.
     let other_dir = topo.workdir.join("state-b");
     std::fs::create_dir_all(&other_dir)?;
+    std::fs::set_permissions(
+        &other_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
     for f in ["hub.key", "enroll.pem"] {
         std::fs::copy(hub.state_dir.join(f), other_dir.join(f)).with_context(|| f.to_string())?;
     }
@@ -174,42 +181,60 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>, etcd: &mut Etcd, url: &str) -> any
     eprintln!("[store] policy change by the other hub's CLI applied after {took:?}");
     ensure!(took <= PICKUP_BUDGET, "policy applied after {took:?}");
 
-    // etcd goes away: the hub relays on, degraded.
-    etcd.stop();
-    let t0 = Instant::now();
-    cmd::wait_for(
-        "/healthz to say degraded",
-        Duration::from_secs(10),
-        Duration::from_millis(20),
-        || {
-            let (code, body) = hub.health()?;
-            ensure!(
-                code == 200,
-                "healthz {code} while the store is down: {body}"
-            );
-            Ok(body
-                .starts_with("degraded: store unreachable")
-                .then_some(()))
-        },
-    )?;
-    let took = t0.elapsed();
-    eprintln!("[store] etcd stopped: /healthz degraded after {took:?}");
-    ensure!(took <= DETECT_BUDGET, "outage seen after {took:?}");
-    ensure!(
-        store_up(hub)? == 0.0,
-        "relayhub_store_up while etcd is down"
-    );
-    ensure!(
-        hub.api_json("/v1/hub")?["store_up"] == false,
-        "/v1/hub store_up"
-    );
+    // etcd stops answering (frozen: a partition) and then is gone: each
+    // time the hub relays on, degraded, and says so.
     let (a, b) = (mesh.addrs[0].to_string(), mesh.addrs[1].to_string());
-    let p = topo.spokes[0].ns.ping(&b, 10, 0.2)?;
-    ensure!(p.lost() == 0, "s1 -> s2 while etcd is down: {p:?}");
-    let p = topo.spokes[1].ns.ping(&a, 5, 0.2)?;
-    ensure!(p.lost() == 0, "s2 -> s1 while etcd is down: {p:?}");
-    let p = topo.spokes[2].ns.ping(&hub_ip, 5, 0.2)?;
-    ensure!(p.lost() == 0, "s3 -> hub while etcd is down: {p:?}");
+    for (how, budget) in [("frozen", FROZEN_BUDGET), ("stopped", DETECT_BUDGET)] {
+        if how == "frozen" {
+            etcd.pause();
+        } else {
+            etcd.stop();
+        }
+        let t0 = Instant::now();
+        cmd::wait_for(
+            "/healthz to say degraded",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || {
+                let (code, body) = hub.health()?;
+                ensure!(
+                    code == 200,
+                    "healthz {code} while the store is down: {body}"
+                );
+                Ok(body
+                    .starts_with("degraded: store unreachable")
+                    .then_some(()))
+            },
+        )?;
+        let took = t0.elapsed();
+        eprintln!("[store] etcd {how}: /healthz degraded after {took:?}");
+        ensure!(took <= budget, "outage seen after {took:?}");
+        ensure!(
+            store_up(hub)? == 0.0,
+            "relayhub_store_up while etcd is down"
+        );
+        ensure!(
+            hub.api_json("/v1/hub")?["store_up"] == false,
+            "/v1/hub store_up"
+        );
+        let p = topo.spokes[0].ns.ping(&b, 10, 0.2)?;
+        ensure!(p.lost() == 0, "s1 -> s2 while etcd is {how}: {p:?}");
+        let p = topo.spokes[1].ns.ping(&a, 5, 0.2)?;
+        ensure!(p.lost() == 0, "s2 -> s1 while etcd is {how}: {p:?}");
+        let p = topo.spokes[2].ns.ping(&hub_ip, 5, 0.2)?;
+        ensure!(p.lost() == 0, "s3 -> hub while etcd is {how}: {p:?}");
+        if how == "frozen" {
+            etcd.resume();
+            let t0 = Instant::now();
+            cmd::wait_for(
+                "/healthz to say ok again",
+                Duration::from_secs(10),
+                Duration::from_millis(20),
+                || Ok((hub.health()? == (200, "ok\n".into())).then_some(())),
+            )?;
+            eprintln!("[store] etcd thawed: /healthz ok after {:?}", t0.elapsed());
+        }
+    }
     let o = other.output(&["spoke", "add", "s4"])?;
     let err = o.stderr.trim();
     ensure!(
@@ -220,8 +245,8 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>, etcd: &mut Etcd, url: &str) -> any
     );
     let log = hub.log();
     ensure!(
-        log.matches("store unreachable").count() == 1,
-        "the outage is logged once:\n{log}"
+        log.matches("store unreachable").count() == 2,
+        "each outage is logged once:\n{log}"
     );
 
     // etcd is back: the hub says ok again and converges.
@@ -242,5 +267,9 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>, etcd: &mut Etcd, url: &str) -> any
     ensure!(took <= PICKUP_BUDGET, "picked up after {took:?}");
     let p = topo.spokes[0].ns.ping(&b, 3, 0.2)?;
     ensure!(p.lost() == 0, "s1 -> s2 after the outage: {p:?}");
+    ensure!(
+        hub.cli(&["store", "hubs"])?.lines().count() == 2,
+        "the hub is listed again after the outage"
+    );
     Ok(())
 }
