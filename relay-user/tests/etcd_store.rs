@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use relay_user::core::join::NewToken;
 use relay_user::core::registry::TunnelNet;
 use relay_user::store::dir::StateDir;
-use relay_user::store::registry::RegistryStore as _;
 use relay_user::store::token::{TokenStore as _, TokenStoreError};
 use relay_user::store::{Store, StoreSpec};
 use testkit::etcd::Etcd;
@@ -221,8 +220,7 @@ fn concurrent_store_updates_lose_nothing() {
                 expires_in: None,
                 group: None,
             };
-            t.create(&new, 1, [9; 20])
-                .map_err(|d| TokenStoreError::Store(d))
+            t.create(&new, 1, [9; 20]).map_err(TokenStoreError::Store)
         })
         .unwrap();
     let net = TunnelNet::default();

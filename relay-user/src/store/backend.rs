@@ -127,7 +127,8 @@ pub struct DirStore {
 /// An open store.
 #[derive(Debug, Clone)]
 pub enum Store {
-    Dir(DirStore),
+    /// Boxed: three paths each, against one Arc for etcd.
+    Dir(Box<DirStore>),
     Etcd(EtcdStore),
 }
 
@@ -185,11 +186,11 @@ fn text_stamp(text: Option<&str>) -> u64 {
 impl Store {
     /// The state directory's files.
     pub fn dir(state: &StateDir) -> Store {
-        Store::Dir(DirStore {
+        Store::Dir(Box::new(DirStore {
             registry: state.registry(),
             policy: state.policy(),
             tokens: state.tokens(),
-        })
+        }))
     }
 
     /// Opens the store `spec` names (the state directory for `dir`).
