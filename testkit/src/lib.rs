@@ -8,6 +8,7 @@
 //! - [`wg`]: WireGuard message builders (initiations with a valid mac1,
 //!   responses, cookie replies, transport messages and keepalives);
 //! - [`netns`]: network namespace guards that clean up on drop;
+//! - [`etcd`]: a throwaway etcd member for the shared-store tests;
 //! - [`xdp`]: the in-kernel harness for the relay program
 //!   (BPF_PROG_TEST_RUN) and its per-slot counters.
 //!
@@ -17,6 +18,7 @@
 
 pub mod checksum;
 pub mod cmd;
+pub mod etcd;
 pub mod frame;
 pub mod netns;
 pub mod wg;

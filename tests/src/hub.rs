@@ -96,6 +96,9 @@ pub struct Hub<'t> {
     hub_public: String,
     next_host: u8,
     pub start_time: Duration,
+    /// `--store X` from the run options: every CLI call gets it too, so it
+    /// works on the hub's store.
+    store_args: Vec<String>,
 }
 
 /// What happened when the hub was stopped.
@@ -142,6 +145,7 @@ impl<'t> Hub<'t> {
             hub_public: String::new(),
             next_host: 2,
             start_time: Duration::ZERO,
+            store_args: Vec::new(),
         };
         match kind {
             HubKind::Relayhub => hub.start_relayhub(run_args)?,
@@ -180,6 +184,13 @@ impl<'t> Hub<'t> {
             METRICS_ADDR,
         ];
         argv.extend_from_slice(run_args);
+        self.store_args = match run_args.iter().position(|a| *a == "--store") {
+            Some(i) => run_args[i..(i + 2).min(run_args.len())]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            None => Vec::new(),
+        };
         let mut proc = self.ns.spawn("relayhub", &argv, &self.workdir, false)?;
         let url = format!("http://{METRICS_ADDR}/healthz");
         let ns = self.ns;
@@ -247,6 +258,7 @@ impl<'t> Hub<'t> {
             .context("utf-8")?;
         let state = self.state_dir.to_str().context("utf-8 path")?;
         let mut argv = vec![bin, "--state-dir", state];
+        argv.extend(self.store_args.iter().map(String::as_str));
         argv.extend_from_slice(args);
         // In the hub namespace in case the CLI talks to the running hub.
         self.ns.output(&argv, Duration::from_secs(20))?.checked()
@@ -360,6 +372,20 @@ impl<'t> Hub<'t> {
             .output(&["curl", "-fsS", "-m", "3", &url], Duration::from_secs(10))?
             .checked()?;
         Ok(Metrics::parse(&text))
+    }
+
+    /// GET /healthz: (status code, body).
+    pub fn health(&self) -> anyhow::Result<(u16, String)> {
+        let url = format!("http://{METRICS_ADDR}/healthz");
+        let out = self
+            .ns
+            .output(
+                &["curl", "-sS", "-m", "3", "-w", "\n%{http_code}", &url],
+                Duration::from_secs(10),
+            )?
+            .checked()?;
+        let (body, code) = out.trim_end().rsplit_once('\n').unwrap_or(("", out.trim()));
+        Ok((code.parse().unwrap_or(0), format!("{}\n", body.trim_end())))
     }
 
     /// GET `path` of the hub's HTTP API (e.g. `/v1/spokes`) as JSON.

@@ -19,6 +19,8 @@ const APT_PACKAGES: &[(&str, Option<&str>, Need)] = &[
     ("zlib1g-dev", None, Need::Build),
     ("libzstd-dev", None, Need::Build),
     ("libxml2-dev", None, Need::Build),
+    // etcd-client's build script compiles etcd's protobuf definitions.
+    ("protobuf-compiler", Some("protoc"), Need::Build),
     // The hub's own WireGuard where the kernel has no module, and `ip`.
     ("wireguard-go", Some("wireguard-go"), Need::Run),
     ("wireguard-tools", Some("wg"), Need::Run),
@@ -32,6 +34,8 @@ const APT_PACKAGES: &[(&str, Option<&str>, Need)] = &[
     ("bpftool", Some("bpftool"), Need::Test),
     ("curl", Some("curl"), Need::Test),
     ("iputils-ping", Some("ping"), Need::Test),
+    // The shared-store tests run a throwaway etcd (`--store etcd://`).
+    ("etcd-server", Some("etcd"), Need::Test),
     // `systemd-analyze verify` on the units in contrib/ (contrib_units).
     ("systemd", Some("systemd-analyze"), Need::Test),
     // Kernel WireGuard spokes in QEMU guests (`cargo xtask test-guests`):

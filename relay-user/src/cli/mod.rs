@@ -3,6 +3,7 @@
 pub mod config_file;
 pub mod policy;
 pub mod status;
+pub mod store;
 pub mod token;
 
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use crate::hub::{self, RunConfig};
 use crate::io::netinfo;
 use crate::provision::spoke;
 use crate::store::dir::StateDir;
+use crate::store::{Store, StoreSpec};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -33,6 +35,12 @@ pub struct Cli {
         global = true
     )]
     pub state_dir: PathBuf,
+    /// Where the registry, the policy and the join tokens are kept: `dir`
+    /// (the state directory) or etcd shared by several hubs,
+    /// etcd://HOST:PORT[,HOST:PORT...][/PREFIX] (default prefix
+    /// /relayhub/). The hub's key stays in the state directory either way.
+    #[arg(long, env = "RELAYHUB_STORE", default_value = "dir", global = true)]
+    pub store: StoreSpec,
     /// UDP port shared by the relay and the hub's own WireGuard.
     #[arg(long, env = "RELAYHUB_PORT", default_value_t = relay_common::wire::DEFAULT_PORT, global = true)]
     pub port: u16,
@@ -77,6 +85,10 @@ pub enum Command {
     /// to paste, printed by `token create`).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The store of the registry, policy and tokens (`--store`): show it,
+    /// or copy a state directory into etcd.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Show every spoke's state, endpoint, keepalives and relayed traffic
     /// (from a running hub's API).
     ///
@@ -224,6 +236,25 @@ pub enum TokenCommand {
     Prune,
 }
 
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Print the store in use (--store) and what it holds.
+    Show,
+    /// List the hubs running on the store (etcd: each registers itself
+    /// while it runs).
+    Hubs,
+    /// Copy the registry, policy and tokens of the state directory
+    /// (--state-dir) into etcd, all or nothing; refuses keys that exist.
+    Migrate {
+        /// The etcd store, etcd://HOST:PORT[,HOST:PORT...][/PREFIX].
+        #[arg(long)]
+        to: StoreSpec,
+        /// Overwrite keys that exist.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
 /// Terms: a spoke name, `@group`, or `*` (every spoke). Rules are
 /// symmetric; deny beats allow.
 #[derive(Subcommand, Debug)]
@@ -275,6 +306,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                 peers_port: args.peers_port,
                 enroll_port: cli.enroll_port,
                 endpoint: cli.endpoint,
+                store: cli.store,
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -282,10 +314,22 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             rt.block_on(hub::run(cfg, crate::EBPF_OBJECT))
         }
         Command::Status(args) => status(&args),
+        Command::Store(cmd) => {
+            let state = StateDir::open(&cli.state_dir)?;
+            let out = match cmd {
+                StoreCommand::Show => store::show(&Store::open(&cli.store, &state)?)?,
+                StoreCommand::Hubs => store::hubs(&Store::open(&cli.store, &state)?)?,
+                StoreCommand::Migrate { to, force } => store::migrate(&state, &to, force)?,
+            };
+            print!("{out}");
+            Ok(())
+        }
         Command::Token(cmd) => {
             let state = StateDir::open(&cli.state_dir)?;
+            let store = Store::open(&cli.store, &state)?;
             let ctx = spoke::SpokeCtx {
                 state: &state,
+                store: &store,
                 net: &cli.network,
                 endpoint: cli.endpoint.as_deref(),
                 port: cli.port,
@@ -297,30 +341,33 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                     expires,
                     group,
                 } => token::create(&ctx, cli.enroll_port, uses, expires, group.as_deref())?,
-                TokenCommand::List => token::list(&state)?,
-                TokenCommand::Revoke { id } => token::revoke(&state, &id)?,
-                TokenCommand::Prune => token::prune(&state)?,
+                TokenCommand::List => token::list(&store)?,
+                TokenCommand::Revoke { id } => token::revoke(&store, &id)?,
+                TokenCommand::Prune => token::prune(&store)?,
             };
             print!("{out}");
             Ok(())
         }
         Command::Policy(cmd) => {
             let state = StateDir::open(&cli.state_dir)?;
+            let store = Store::open(&cli.store, &state)?;
             let out = match cmd {
-                PolicyCommand::Show => policy::show(&state)?,
-                PolicyCommand::Set { file } => policy::set(&state, &file)?,
-                PolicyCommand::Allow { a, b } => policy::allow(&state, &a, &b)?,
-                PolicyCommand::Deny { a, b } => policy::deny(&state, &a, &b)?,
-                PolicyCommand::Group { name, spokes } => policy::group(&state, &name, &spokes)?,
-                PolicyCommand::Reset => policy::reset(&state)?,
+                PolicyCommand::Show => policy::show(&store)?,
+                PolicyCommand::Set { file } => policy::set(&store, &file)?,
+                PolicyCommand::Allow { a, b } => policy::allow(&store, &a, &b)?,
+                PolicyCommand::Deny { a, b } => policy::deny(&store, &a, &b)?,
+                PolicyCommand::Group { name, spokes } => policy::group(&store, &name, &spokes)?,
+                PolicyCommand::Reset => policy::reset(&store)?,
             };
             print!("{out}");
             Ok(())
         }
         Command::Spoke(cmd) => {
             let state = StateDir::open(&cli.state_dir)?;
+            let store = Store::open(&cli.store, &state)?;
             let ctx = |keepalive| spoke::SpokeCtx {
                 state: &state,
+                store: &store,
                 net: &cli.network,
                 endpoint: cli.endpoint.as_deref(),
                 port: cli.port,
@@ -412,6 +459,7 @@ mod tests {
         assert_eq!(cli.port, 51820);
         assert_eq!(cli.network.to_string(), "10.88.0.0/24");
         assert_eq!(cli.endpoint, None);
+        assert_eq!(cli.store, StoreSpec::Dir);
         let r = run_args(cli);
         assert_eq!(r.iface, None);
         assert_eq!(r.wg_iface, "relayhub0");
@@ -471,6 +519,7 @@ mod tests {
             ("port", "RELAYHUB_PORT"),
             ("network", "RELAYHUB_NETWORK"),
             ("endpoint", "RELAYHUB_ENDPOINT"),
+            ("store", "RELAYHUB_STORE"),
         ] {
             assert_eq!(env(&cmd, id).as_deref(), Some(var), "--{id}");
         }
@@ -534,6 +583,17 @@ mod tests {
                 "userspace",
             ),
             (&["status", "--interval", "0"], "--interval", ">= 0.1"),
+            (
+                &["--store", "etcd:/x", "spoke", "list"],
+                "--store",
+                "etcd://HOST:PORT",
+            ),
+            (
+                &["spoke", "list", "--store", "etcd://h:70000"],
+                "--store",
+                "port",
+            ),
+            (&["store", "migrate", "--to", "dir:x"], "--to", "etcd://"),
             (&["status", "--interval", "NaN"], "--interval", ">= 0.1"),
         ] {
             let Err(e) = parse(args) else {

@@ -7,84 +7,75 @@ use anyhow::Context as _;
 
 use crate::core::policy::{Policy, PolicyError, Term};
 use crate::core::registry::Registry;
-use crate::store::dir::StateDir;
-use crate::store::policy::PolicyStore;
-use crate::store::registry::RegistryStore;
+use crate::store::Store;
 
 const APPLY_NOTE: &str = "the running hub applies it within a second: it drops initiations between denied \
      spokes and closes their relayed sessions; `relayhub spoke config NAME` prints spoke files that \
      list only the peers each spoke may reach\n";
 
-fn store(state: &StateDir) -> PolicyStore {
-    PolicyStore::in_dir(state.path())
-}
-
 /// `relayhub policy show`: the rules and who may reach whom.
-pub fn show(state: &StateDir) -> anyhow::Result<String> {
-    let store = store(state);
-    let registry = state.registry().load()?;
-    Ok(match store.load()? {
+pub fn show(store: &Store) -> anyhow::Result<String> {
+    let registry = store.registry().load()?;
+    Ok(match store.policy().load()? {
         None => format!(
             "no policy ({} does not exist): every registered spoke may reach every other\n",
-            store.path().display()
+            store.policy().location()
         ),
-        Some(p) => summary(&store, &p, &registry),
+        Some(p) => summary(store, &p, &registry),
     })
 }
 
 /// `relayhub policy set FILE`: validate FILE and make it the policy.
-pub fn set(state: &StateDir, file: &Path) -> anyhow::Result<String> {
+pub fn set(store: &Store, file: &Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("{}: cannot read the policy file", file.display()))?;
-    let store = store(state);
-    let policy = store.set_text(&text, file)?;
-    let registry = state.registry().load()?;
+    let policy = store.policy().set_text(&text, file)?;
+    let registry = store.registry().load()?;
     Ok(format!(
         "policy set from {}\n{}{APPLY_NOTE}",
         file.display(),
-        summary(&store, &policy, &registry)
+        summary(store, &policy, &registry)
     ))
 }
 
 /// `relayhub policy allow A B`.
-pub fn allow(state: &StateDir, a: &str, b: &str) -> anyhow::Result<String> {
+pub fn allow(store: &Store, a: &str, b: &str) -> anyhow::Result<String> {
     let (a, b) = (term(a)?, term(b)?);
-    change(state, |cur| {
+    change(store, &mut |cur| {
         // Without a policy everything was allowed: listing pairs starts
         // from nothing allowed.
         let mut p = cur.unwrap_or_default();
-        p.allow_pair(a, b)?;
+        p.allow_pair(a.clone(), b.clone())?;
         Ok(p)
     })
 }
 
 /// `relayhub policy deny A B`.
-pub fn deny(state: &StateDir, a: &str, b: &str) -> anyhow::Result<String> {
+pub fn deny(store: &Store, a: &str, b: &str) -> anyhow::Result<String> {
     let (a, b) = (term(a)?, term(b)?);
-    change(state, |cur| {
+    change(store, &mut |cur| {
         // Without a policy everything was allowed, and still is but A <-> B.
         let mut p = cur.unwrap_or_else(Policy::allow_all);
-        p.deny_pair(a, b)?;
+        p.deny_pair(a.clone(), b.clone())?;
         Ok(p)
     })
 }
 
 /// `relayhub policy group NAME [SPOKE...]`.
-pub fn group(state: &StateDir, name: &str, members: &[String]) -> anyhow::Result<String> {
-    change(state, |cur| {
+pub fn group(store: &Store, name: &str, members: &[String]) -> anyhow::Result<String> {
+    change(store, &mut |cur| {
         let mut p = cur.unwrap_or_else(Policy::allow_all);
         p.set_group(name, members)?;
         Ok(p)
     })
 }
 
-/// `relayhub policy reset`: remove the file (every pair allowed).
-pub fn reset(state: &StateDir) -> anyhow::Result<String> {
-    let store = store(state);
-    Ok(if store.remove()? {
+/// `relayhub policy reset`: remove the policy (every pair allowed).
+pub fn reset(store: &Store) -> anyhow::Result<String> {
+    Ok(if store.policy().remove()? {
         format!(
             "removed {}: every registered spoke may reach every other again\n{APPLY_NOTE}",
-            store.path().display()
+            store.policy().location()
         )
     } else {
         "no policy to remove: every registered spoke may reach every other\n".to_owned()
@@ -96,21 +87,20 @@ fn term(s: &str) -> anyhow::Result<Term> {
 }
 
 fn change(
-    state: &StateDir,
-    f: impl FnOnce(Option<Policy>) -> Result<Policy, PolicyError>,
+    store: &Store,
+    f: &mut dyn FnMut(Option<Policy>) -> Result<Policy, PolicyError>,
 ) -> anyhow::Result<String> {
-    let store = store(state);
-    let policy = store.update(f).context("policy not changed")?;
-    let registry = state.registry().load()?;
+    let policy = store.policy().update(f).context("policy not changed")?;
+    let registry = store.registry().load()?;
     Ok(format!(
         "policy updated\n{}{APPLY_NOTE}",
-        summary(&store, &policy, &registry)
+        summary(store, &policy, &registry)
     ))
 }
 
 /// The policy's rules, then each registered spoke's reachable peers.
-pub fn summary(store: &PolicyStore, p: &Policy, registry: &Registry) -> String {
-    let mut out = format!("policy: {}\n", store.path().display());
+pub fn summary(store: &Store, p: &Policy, registry: &Registry) -> String {
+    let mut out = format!("policy: {}\n", store.policy().location());
     out.push_str("groups:\n");
     if p.groups.is_empty() {
         out.push_str("  (none)\n");
@@ -163,14 +153,17 @@ pub fn summary(store: &PolicyStore, p: &Policy, registry: &Registry) -> String {
 mod tests {
     use super::*;
     use crate::core::registry::TunnelNet;
+    use crate::store::dir::StateDir;
     use crate::store::dir::test_support::TempDir;
     use wireguard_control::Key;
 
-    fn state(tag: &str) -> (TempDir, StateDir) {
+    fn state(tag: &str) -> (TempDir, StateDir, Store) {
         let tmp = TempDir::new(tag);
         let st = StateDir::open(&tmp.path().join("state")).unwrap();
+        let store = Store::dir(&st);
         let net = TunnelNet::default();
-        st.registry()
+        store
+            .registry()
             .update(&mut |r| {
                 for (i, n) in ["s1", "s2", "s3"].iter().enumerate() {
                     r.add(n, Key([i as u8 + 1; 32]), &net)?;
@@ -178,12 +171,12 @@ mod tests {
                 Ok(())
             })
             .unwrap();
-        (tmp, st)
+        (tmp, st, store)
     }
 
     #[test]
     fn show_allow_deny_reset() {
-        let (_tmp, st) = state("polcmd");
+        let (_tmp, _, st) = state("polcmd");
         assert!(show(&st).unwrap().starts_with("no policy ("));
         let out = allow(&st, "s1", "s2").unwrap();
         assert!(
@@ -219,7 +212,7 @@ mod tests {
 
     #[test]
     fn set_validates_before_storing() {
-        let (tmp, st) = state("polset");
+        let (tmp, dir, st) = state("polset");
         let file = tmp.path().join("p.json");
         std::fs::write(&file, "{\"allow\": [[\"s1\", \"@g\"]]}").unwrap();
         let e = format!("{:#}", set(&st, &file).unwrap_err());
@@ -228,12 +221,12 @@ mod tests {
                 && e.contains("group @g, which is not defined"),
             "{e}"
         );
-        assert!(!st.path().join("policy.json").exists());
+        assert!(!dir.path().join("policy.json").exists());
         std::fs::write(&file, "{\"allow\": [[\"s1\", \"s3\"]]}").unwrap();
         let out = set(&st, &file).unwrap();
         assert!(out.contains("  s1: s3\n  s2: (only the hub)\n"), "{out}");
         assert_eq!(
-            std::fs::read_to_string(st.path().join("policy.json")).unwrap(),
+            std::fs::read_to_string(dir.path().join("policy.json")).unwrap(),
             "{\"allow\": [[\"s1\", \"s3\"]]}"
         );
         let e = format!("{:#}", set(&st, &tmp.path().join("missing")).unwrap_err());

@@ -163,6 +163,8 @@ mod tests {
             underlay_v4: Some("198.51.100.1".into()),
             underlay_v6: None,
             cross_family_path: "xdp".into(),
+            store: "/var/lib/relayhub".into(),
+            store_up: true,
         }
     }
 

@@ -8,7 +8,8 @@ use crate::core::join::{NewToken, TokenRecord};
 use crate::core::registry::validate_name;
 use crate::io::netinfo;
 use crate::provision::spoke::SpokeCtx;
-use crate::store::dir::StateDir;
+use crate::store::Store;
+use crate::store::backend::Shared;
 use crate::store::token::TokenStore as _;
 
 /// `--expires`: a duration, or never.
@@ -92,13 +93,15 @@ pub fn create(
     }
     let (authority, note) = enroll_authority(ctx, enroll_port)?;
     let pin = ctx.state.enroll_identity()?.pin;
+    // The line must work on whichever hub of a shared store answers it.
+    ctx.store.check_shared(Shared::EnrollPin, &pin)?;
     let new = NewToken {
         max_uses: uses,
         expires_in: expires.0,
         group: group.map(str::to_owned),
     };
     let now = unix_now();
-    let token = ctx.state.tokens().update(|t| {
+    let token = ctx.store.tokens().update(|t| {
         t.create(&new, now, rand::random())
             .map_err(|e| anyhow::anyhow!(e))
     })?;
@@ -136,8 +139,8 @@ fn row(t: &TokenRecord, now: u64) -> [String; 6] {
 }
 
 /// `relayhub token list`.
-pub fn list(state: &StateDir) -> anyhow::Result<String> {
-    let tokens = state.tokens().load()?;
+pub fn list(store: &Store) -> anyhow::Result<String> {
+    let tokens = store.tokens().load()?;
     if tokens.tokens.is_empty() {
         return Ok("no join tokens; make one with `relayhub token create`\n".into());
     }
@@ -150,8 +153,8 @@ pub fn list(state: &StateDir) -> anyhow::Result<String> {
 }
 
 /// `relayhub token revoke ID`.
-pub fn revoke(state: &StateDir, id: &str) -> anyhow::Result<String> {
-    let found = state
+pub fn revoke(store: &Store, id: &str) -> anyhow::Result<String> {
+    let found = store
         .tokens()
         .update(|t| Ok::<_, anyhow::Error>(t.revoke(id)))?;
     anyhow::ensure!(
@@ -165,9 +168,9 @@ pub fn revoke(state: &StateDir, id: &str) -> anyhow::Result<String> {
 }
 
 /// `relayhub token prune`.
-pub fn prune(state: &StateDir) -> anyhow::Result<String> {
+pub fn prune(store: &Store) -> anyhow::Result<String> {
     let now = unix_now();
-    let n = state
+    let n = store
         .tokens()
         .update(|t| Ok::<_, anyhow::Error>(t.prune(now)))?;
     Ok(format!(
@@ -199,10 +202,13 @@ mod tests {
     #[test]
     fn create_list_revoke() {
         let tmp = TempDir::new("token-cli");
-        let state = StateDir::open(&tmp.path().join("state")).unwrap();
+        let dir = crate::store::dir::StateDir::open(&tmp.path().join("state")).unwrap();
+        let store = Store::dir(&dir);
+        let state = &store;
         let net = TunnelNet::default();
         let ctx = SpokeCtx {
-            state: &state,
+            state: &dir,
+            store: &store,
             net: &net,
             endpoint: Some("hub.example.net"),
             port: 51820,
@@ -221,15 +227,15 @@ mod tests {
         let again = create(&ctx, 51821, 1, Expiry(None), None).unwrap();
         let pin = |l: &str| l.split('\'').nth(1).unwrap().to_owned();
         assert_eq!(pin(&line), pin(&again));
-        let table = list(&state).unwrap();
+        let table = list(state).unwrap();
         assert!(table.contains("active  0/2"), "{table}");
         assert!(table.contains("web"), "{table}");
         let token = line.trim().rsplit(' ').next().unwrap();
         let id = token.split('.').nth(1).unwrap();
-        assert!(revoke(&state, token).unwrap().contains(id));
-        assert!(list(&state).unwrap().contains("revoked"));
-        assert!(revoke(&state, "ffffffff").is_err());
-        assert!(prune(&state).unwrap().starts_with("removed 1 "));
+        assert!(revoke(state, token).unwrap().contains(id));
+        assert!(list(state).unwrap().contains("revoked"));
+        assert!(revoke(state, "ffffffff").is_err());
+        assert!(prune(state).unwrap().starts_with("removed 1 "));
         assert!(create(&ctx, 0, 1, Expiry(None), None).is_err());
         assert!(create(&ctx, 51821, 1, Expiry(None), Some("no spaces")).is_err());
         assert!(create(&ctx, 51821, 0, Expiry(None), None).is_err());

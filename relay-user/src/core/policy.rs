@@ -63,6 +63,9 @@ pub enum PolicyError {
     Usage(String),
     #[error("{path}: {source}; check that the state directory exists and is writable by this user")]
     Io { path: PathBuf, source: io::Error },
+    /// A shared store's own failure (etcd unreachable, ...), one line.
+    #[error("{0}")]
+    Store(String),
 }
 
 impl PolicyError {

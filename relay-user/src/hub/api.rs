@@ -35,6 +35,18 @@ pub struct HubStatus {
     /// `xdp` or `userspace` (`--cross-family-path`).
     #[serde(default)]
     pub cross_family_path: String,
+    /// Where the registry, policy and tokens are: the state directory's
+    /// path or `etcd://.../PREFIX/`.
+    #[serde(default)]
+    pub store: String,
+    /// The store answered the last poll (false: degraded, relaying with
+    /// the last registry and policy).
+    #[serde(default = "yes")]
+    pub store_up: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -142,6 +154,8 @@ impl Hub {
                 CrossPath::Userspace => "userspace",
             }
             .to_string(),
+            store: self.store.location.clone(),
+            store_up: self.store.up,
         }
     }
 
@@ -152,6 +166,7 @@ impl Hub {
             spokes: self.spoke_statuses(),
             held_initiations: self.router.held_len() as u64,
             prog_stats: self.datapath.prog_stats(),
+            store: (self.store.backend, self.store.up),
         }
     }
 }
@@ -175,7 +190,7 @@ impl http::Api for HubApi {
         serde_json::to_string_pretty(&hub.spoke_statuses()).expect("serializable")
     }
 
-    fn health(&self) -> Result<(), String> {
+    fn health(&self) -> Result<Option<String>, String> {
         let hub = self.0.lock().expect("hub lock");
         if !hub.datapath.is_attached() {
             return Err(format!(
@@ -186,7 +201,13 @@ impl http::Api for HubApi {
         if !hub.wg.is_up() {
             return Err(format!("hub WireGuard interface {} is down", hub.wg.name()));
         }
-        Ok(())
+        if !hub.store.up {
+            return Ok(Some(format!(
+                "store unreachable, relaying with the last registry and policy ({})",
+                hub.store.error.as_deref().unwrap_or("no answer")
+            )));
+        }
+        Ok(None)
     }
 }
 
@@ -267,7 +288,9 @@ mod tests {
             "down_after_secs": 80,
             "underlay_v4": "198.51.100.1",
             "underlay_v6": null,
-            "cross_family_path": "xdp"
+            "cross_family_path": "xdp",
+            "store": "etcd://10.0.0.5:2379/relayhub/",
+            "store_up": false
         })
     }
 
@@ -285,12 +308,19 @@ mod tests {
     #[test]
     fn hub_status_from_an_older_hub() {
         let mut old = hub();
-        for k in ["underlay_v4", "underlay_v6", "cross_family_path"] {
+        for k in [
+            "underlay_v4",
+            "underlay_v6",
+            "cross_family_path",
+            "store",
+            "store_up",
+        ] {
             old.as_object_mut().unwrap().remove(k);
         }
         let h: HubStatus = serde_json::from_value(old).unwrap();
         assert_eq!((h.underlay_v4, h.underlay_v6), (None, None));
         assert_eq!(h.cross_family_path, "");
+        assert_eq!((h.store.as_str(), h.store_up), ("", true));
         assert_eq!(h.port, 51820);
         // A field every hub has sent stays required.
         let mut broken = hub();

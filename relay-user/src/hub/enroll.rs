@@ -36,8 +36,8 @@ use crate::core::policy::Policy;
 use crate::core::registry::{Family, Registry, TunnelNet, parse_key, validate_name};
 use crate::hub::Hub;
 use crate::provision::spoke::{self as provision, SpokeCtx};
+use crate::store::Store;
 use crate::store::dir::StateDir;
-use crate::store::registry::RegistryStore;
 use crate::store::token::TokenStore;
 
 /// Default TCP port of the enrollment endpoint.
@@ -51,6 +51,8 @@ pub const JOIN_SCRIPT: &str = include_str!("../../../contrib/spoke/relayhub-join
 /// What enrollment needs besides the running hub.
 pub(crate) struct Enroller {
     pub(crate) state: StateDir,
+    /// Where tokens, registry and policy are (maybe shared with other hubs).
+    pub(crate) store: Store,
     pub(crate) net: TunnelNet,
     /// The hub's WireGuard port (for endpoints without one).
     pub(crate) port: u16,
@@ -188,7 +190,13 @@ async fn join(
     let worker = e.clone();
     let result = tokio::task::spawn_blocking(move || worker.enroll(&request)).await;
     match result {
-        Ok(Ok((conf, registry, name))) => {
+        Ok(Ok(Enrolled {
+            conf,
+            registry,
+            stamp,
+            policy,
+            name,
+        })) => {
             tracing::info!(%peer, name, "spoke joined with a token");
             let Some(hub) = e.hub.upgrade() else {
                 return Refusal(
@@ -201,13 +209,13 @@ async fn join(
             // Applied now, not at the next registry poll: the node comes up
             // right after this answer and its first handshake must find
             // the hub's WireGuard knowing it.
-            h.registry_stamp = e.state.registry().stamp().ok();
+            h.registry_stamp = stamp;
             if let Err(err) = h.apply_registry(&registry) {
                 tracing::error!(error = %err, "applying the registry after a join");
             }
             // A token's group changed the policy: the node's first peer
             // list must follow it too.
-            h.poll_policy();
+            h.offer_policy(policy);
             text(StatusCode::OK, conf)
         }
         Ok(Err(Refusal(status, why))) => {
@@ -223,6 +231,17 @@ async fn join(
             .into_response()
         }
     }
+}
+
+/// A join that went through: the node's file, and the store's registry
+/// (with its stamp) and policy text read after it, which the hub applies
+/// at once.
+struct Enrolled {
+    conf: String,
+    registry: Registry,
+    stamp: Option<u64>,
+    policy: Result<Option<String>, crate::core::policy::PolicyError>,
+    name: String,
 }
 
 /// A join request, checked for shape.
@@ -297,6 +316,7 @@ impl Enroller {
     fn ctx(&self, from_source: bool) -> SpokeCtx<'_> {
         SpokeCtx {
             state: &self.state,
+            store: &self.store,
             net: &self.net,
             endpoint: if from_source {
                 None
@@ -308,11 +328,10 @@ impl Enroller {
         }
     }
 
-    /// Check, take a use, register: the wg-quick file, the registry after
-    /// and the spoke's name.
-    fn enroll(&self, req: &JoinRequest) -> Result<(String, Registry, String), Refusal> {
+    /// Check, take a use, register.
+    fn enroll(&self, req: &JoinRequest) -> Result<Enrolled, Refusal> {
         let now = unix_now();
-        let tokens = self.state.tokens();
+        let tokens = self.store.tokens();
         let all = tokens.load().map_err(|e| internal("read its tokens", e))?;
         let group = all
             .check(&req.token, now)
@@ -320,7 +339,7 @@ impl Enroller {
             .group
             .clone();
         let registry = self
-            .state
+            .store
             .registry()
             .load()
             .map_err(|e| internal("read its registry", e))?;
@@ -369,7 +388,7 @@ impl Enroller {
             }
         };
         if let Some(g) = &group {
-            let added = self.state.policy().update(|cur| {
+            let added = self.store.policy().update(&mut |cur| {
                 let mut p = cur.unwrap_or_else(Policy::allow_all);
                 let mut members = p.groups.get(g).cloned().unwrap_or_default();
                 members.push(req.name.clone());
@@ -386,12 +405,20 @@ impl Enroller {
             conf = provision::config_in(&self.ctx(req.family_from_source), &req.name, req.family)
                 .map_err(|e| internal("render the spoke's file", format!("{e:#}")))?;
         }
+        // Stamp first: a write in between makes the hub read it again.
+        let stamp = self.store.registry().stamp().ok();
         let registry = self
-            .state
+            .store
             .registry()
             .load()
             .map_err(|e| internal("read its registry", e))?;
-        Ok((conf, registry, req.name.clone()))
+        Ok(Enrolled {
+            conf,
+            registry,
+            stamp,
+            policy: self.store.policy().read_text(),
+            name: req.name.clone(),
+        })
     }
 }
 

@@ -57,6 +57,9 @@ pub struct Snapshot {
     /// The relay program's cumulative run time and run count (zero unless
     /// BPF statistics are enabled).
     pub prog_stats: Option<(Duration, u64)>,
+    /// The store's backend (`dir`, `etcd`) and whether its last poll
+    /// answered.
+    pub store: (&'static str, bool),
 }
 
 fn labels(pairs: &[(&'static str, &str)]) -> Labels {
@@ -290,6 +293,14 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
             c,
         );
     }
+    b.gauges(
+        "relayhub_store_up",
+        "1 while the store of the registry, policy and tokens answers; 0 while it does not (degraded: relaying with the last registry and policy)",
+        [(
+            labels(&[("backend", s.store.0)]),
+            if s.store.1 { 1.0 } else { 0.0 },
+        )],
+    );
     per_spoke(&mut b, &s.spokes);
     // A gauge set to 1 rather than an OpenMetrics `info` type: classic
     // Prometheus text parsers (promtool included) reject the latter.
@@ -498,6 +509,7 @@ mod tests {
                 spokes: vec![spoke("a", "up"), spoke("b", "down")],
                 held_initiations: 0,
                 prog_stats: Some((Duration::from_millis(1500), 99)),
+                store: ("etcd", false),
             },
         );
         for want in [
@@ -537,6 +549,7 @@ mod tests {
             "relayhub_xdp_program_run_seconds_total 1.5",
             "relayhub_xdp_program_runs_total 99",
             "relayhub_build_info{version=",
+            "relayhub_store_up{backend=\"etcd\"} 0.0",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }

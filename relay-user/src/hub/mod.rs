@@ -24,6 +24,7 @@ use relay_common::{Endpoint, InitiationEvent, ProofEvent};
 use crate::core::fallback_frame;
 use crate::core::health::{SpokeHealth, Thresholds};
 use crate::core::outcome::InitiationResult;
+use crate::core::policy::PolicyError;
 use crate::core::policy::SlotPolicy;
 use crate::core::proof::{Proven, Prover};
 use crate::core::reconcile::{Op, Reconciler, SlotChange};
@@ -34,6 +35,8 @@ use crate::datapath::{Datapath, ktime_ns};
 use crate::hub::metrics::Metrics;
 use crate::io::hub_wg::HubWg;
 use crate::io::sender::RawSender;
+use crate::store::backend::Polled;
+use crate::store::etcd::EtcdError;
 use crate::store::policy::PolicyWatch;
 
 /// Spokes probed for one initiation from an unknown source.
@@ -65,6 +68,18 @@ pub(crate) struct HubFacts {
     pub(crate) started: Instant,
 }
 
+/// The store's state as the hub last saw it.
+pub(crate) struct StoreStatus {
+    /// `dir` or `etcd`.
+    pub(crate) backend: &'static str,
+    /// The state directory or `etcd://.../PREFIX/`.
+    pub(crate) location: String,
+    /// The last poll answered.
+    pub(crate) up: bool,
+    /// Why the last poll failed.
+    pub(crate) error: Option<String>,
+}
+
 /// The running hub: the sans-IO parts and the IO adapters they drive.
 pub(crate) struct Hub {
     pub(crate) router: Router,
@@ -75,8 +90,10 @@ pub(crate) struct Hub {
     pub(crate) registry_stamp: Option<u64>,
     /// The registry as last applied.
     pub(crate) registry: Registry,
-    /// policy.json, polled with the registry.
+    /// The policy, polled with the registry.
     pub(crate) policy: PolicyWatch,
+    /// Whether the store answers (etcd may go away; the hub relays on).
+    pub(crate) store: StoreStatus,
     pub(crate) spokes: HashMap<u32, SpokeMeta>,
     pub(crate) thresholds: Thresholds,
     pub(crate) facts: HubFacts,
@@ -199,20 +216,68 @@ impl Hub {
         }
     }
 
-    /// Re-read policy.json; apply it if it changed. An invalid file keeps
-    /// the previous policy in force.
-    pub(crate) fn poll_policy(&mut self) {
-        match self.policy.poll() {
+    /// Offer the stored policy text (as just read); apply it if it
+    /// changed. An invalid policy keeps the previous one in force.
+    pub(crate) fn offer_policy(&mut self, text: Result<Option<String>, PolicyError>) {
+        match text.and_then(|t| self.policy.offer(t)) {
             Ok(false) => {}
             Ok(true) => {
                 tracing::info!(
-                    file = %self.policy.store().path().display(),
-                    policy = if self.policy.current().is_some() { "file" } else { "allow all" },
+                    source = self.policy.location(),
+                    policy = if self.policy.current().is_some() {
+                        "set"
+                    } else {
+                        "allow all"
+                    },
                     "policy applied"
                 );
                 self.apply_policy();
             }
             Err(e) => tracing::error!(error = %e, "policy not applied; keeping the previous one"),
+        }
+    }
+
+    /// Apply one poll of the store. An unreachable store changes nothing
+    /// but the hub's health: it relays on with what it has, and the next
+    /// poll that answers brings it up to date.
+    pub(crate) fn on_store_poll(&mut self, polled: Result<Polled, EtcdError>) {
+        let polled = match polled {
+            Ok(p) => p,
+            Err(e) => {
+                if self.store.up {
+                    tracing::warn!(
+                        store = %self.store.location,
+                        error = %e,
+                        "store unreachable: relaying with the last registry and policy until it answers"
+                    );
+                }
+                self.store.up = false;
+                self.store.error = Some(e.to_string());
+                return;
+            }
+        };
+        if !self.store.up {
+            tracing::info!(store = %self.store.location, "store reachable again");
+            self.store.up = true;
+            self.store.error = None;
+        }
+        if let Some(reg) = polled.registry
+            && self.registry_stamp != Some(polled.stamps.registry)
+        {
+            match reg {
+                Ok(reg) => {
+                    self.registry_stamp = Some(polled.stamps.registry);
+                    if let Err(e) = self.apply_registry(&reg) {
+                        tracing::error!(error = %e, "applying the registry");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "registry unreadable; keeping the previous one")
+                }
+            }
+        }
+        if let Some(text) = polled.policy {
+            self.offer_policy(text);
         }
     }
 

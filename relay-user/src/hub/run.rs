@@ -26,16 +26,19 @@ use crate::hub::{Hub, HubFacts};
 use crate::io::http;
 use crate::io::hub_wg::HubWg;
 use crate::io::sender::RawSender;
+use crate::store::backend::{Polled, Shared, Stamps};
 use crate::store::dir::StateDir;
+use crate::store::etcd::EtcdError;
 use crate::store::policy::PolicyWatch;
-use crate::store::registry::RegistryStore;
+use crate::store::{Store, StoreSpec};
 
 /// How often the hub's authenticated endpoints are re-read. Roaming and
 /// first contact wait on this, so it is short; a read is one UAPI/netlink
 /// round trip.
 pub const ENDPOINT_REFRESH: Duration = Duration::from_millis(200);
-/// A stat(2) per poll; spokes added while the hub runs must be peers of
-/// the hub before their first handshake arrives.
+/// A stat(2) per poll (one etcd transaction on a shared store); spokes
+/// added while the hub runs must be peers of the hub before their first
+/// handshake arrives, also when another hub's CLI added them.
 pub const REGISTRY_POLL: Duration = Duration::from_millis(250);
 pub const SESSION_SWEEP: Duration = Duration::from_secs(10);
 /// Health samples: one counter read per spoke each time.
@@ -74,6 +77,33 @@ pub struct RunConfig {
     pub enroll_port: u16,
     /// `--endpoint`: what joined nodes' files name.
     pub endpoint: Option<String>,
+    /// `--store`: where the registry, policy and tokens are.
+    pub store: StoreSpec,
+}
+
+/// Polls the store every [`REGISTRY_POLL`] off the event loop (an etcd
+/// call may take up to its timeout) and hands each result to the loop,
+/// which applies what changed and tracks whether the store answers.
+async fn poll_store(
+    store: Store,
+    mut seen: Stamps,
+    tx: tokio::sync::mpsc::Sender<Result<Polled, EtcdError>>,
+) {
+    let mut tick = tokio::time::interval(REGISTRY_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let s = store.clone();
+        let Ok(polled) = tokio::task::spawn_blocking(move || s.poll(Some(seen))).await else {
+            return;
+        };
+        if let Ok(p) = &polled {
+            seen = p.stamps;
+        }
+        if tx.send(polled).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Drain `ring` of fixed-size records of type `T` (the eBPF side writes
@@ -105,14 +135,24 @@ fn ebpf_log_level() -> u8 {
 /// Run the hub until SIGINT/SIGTERM.
 pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
     let state = StateDir::open(&cfg.state_dir)?;
-    let store = state.registry();
-    let registry = store.load()?;
-    // The file does not record the network: catch a changed --network.
-    registry.check_net(&cfg.net)?;
-    let stamp = store.stamp().ok();
-    let policy = PolicyWatch::open(state.policy())?;
+    let store = Store::open(&cfg.store, &state)?;
     let hub_key = state.hub_key()?;
     let hub_public = hub_key.get_public();
+    // Spokes of a shared store may fail over to any of its hubs.
+    store.check_shared(Shared::HubPublicKey, &hub_public.to_base64())?;
+    // Without its registry the hub would start empty and drop every
+    // spoke: a store that does not answer now is an error.
+    let first = store
+        .poll(None)
+        .map_err(|e| anyhow::anyhow!("{e} (the hub reads its registry from there at start)"))?;
+    let stamps = first.stamps;
+    let registry = first
+        .registry
+        .unwrap_or_else(|| Ok(crate::core::registry::Registry::new()))?;
+    // The file does not record the network: catch a changed --network.
+    registry.check_net(&cfg.net)?;
+    let policy_text = first.policy.transpose()?.flatten();
+    let policy = PolicyWatch::new(store.policy().location(), policy_text)?;
 
     // Fail early on everything that can be checked before touching the system.
     let listener = http::bind(cfg.metrics_addr).await.with_context(|| {
@@ -178,9 +218,15 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
         sender,
         metrics: Metrics::default(),
         slots: Reconciler::new(),
-        registry_stamp: stamp,
+        registry_stamp: Some(stamps.registry),
         registry: crate::core::registry::Registry::new(),
         policy,
+        store: crate::hub::StoreStatus {
+            backend: store.backend(),
+            location: store.describe(),
+            up: true,
+            error: None,
+        },
         spokes: HashMap::new(),
         thresholds: Thresholds::new(cfg.keepalive),
         facts: HubFacts {
@@ -265,10 +311,13 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
         0 => None,
         port => {
             let (acceptor, pin) = super::enroll::tls_acceptor(&state)?;
+            // Join lines made on another hub of the store carry its pin.
+            store.check_shared(Shared::EnrollPin, &pin)?;
             let listener = super::enroll::bind(port).await?;
             tracing::info!(addr = ?listener.local_addr().ok(), pin, "enrollment endpoint (TLS) listening");
             let enroller = Arc::new(super::enroll::Enroller {
                 state: state.clone(),
+                store: store.clone(),
                 net: cfg.net,
                 port: cfg.port,
                 keepalive: cfg.keepalive,
@@ -301,14 +350,37 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut endpoint_tick = tokio::time::interval(ENDPOINT_REFRESH);
-    let mut registry_tick = tokio::time::interval(REGISTRY_POLL);
+    // On a shared store, this hub is listed under hubs/ while it runs.
+    let membership = match &store {
+        Store::Etcd(e) => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_default();
+            let name = format!("{host}-{}", cfg.wg_iface);
+            let started = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let info = serde_json::json!({
+                "public_key": hub_public.to_base64(),
+                "iface": cfg.iface,
+                "endpoint": cfg.endpoint,
+                "metrics_addr": cfg.metrics_addr.to_string(),
+                "version": env!("CARGO_PKG_VERSION"),
+                "started_unix": started,
+            });
+            Some(e.register(&name, info.to_string()))
+        }
+        Store::Dir(_) => None,
+    };
+    let (poll_tx, mut poll_rx) = tokio::sync::mpsc::channel(1);
+    let poll_task = tokio::spawn(poll_store(store.clone(), stamps, poll_tx));
     let mut sweep_tick = tokio::time::interval(SESSION_SWEEP);
     let mut health_tick = tokio::time::interval(HEALTH_SAMPLE);
     let mut address_tick = tokio::time::interval(ADDRESS_REFRESH);
     for t in [
         &mut address_tick,
         &mut endpoint_tick,
-        &mut registry_tick,
         &mut sweep_tick,
         &mut health_tick,
     ] {
@@ -392,22 +464,8 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
                 }
                 h.retry_held();
             }
-            _ = registry_tick.tick() => {
-                let mut h = hub.lock().expect("hub lock");
-                match store.stamp() {
-                    Ok(s) if Some(s) != h.registry_stamp => match store.load() {
-                        Ok(reg) => {
-                            h.registry_stamp = Some(s);
-                            if let Err(e) = h.apply_registry(&reg) {
-                                tracing::error!(error = %e, "applying the registry");
-                            }
-                        }
-                        Err(e) => tracing::error!(error = %e, "registry unreadable; keeping the previous one"),
-                    },
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "registry stamp"),
-                }
-                h.poll_policy();
+            Some(polled) = poll_rx.recv() => {
+                hub.lock().expect("hub lock").on_store_poll(polled);
             }
             _ = address_tick.tick() => {
                 hub.lock().expect("hub lock").refresh_hub_addresses(&state.endpoint_ips());
@@ -429,7 +487,10 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
     }
     http_task.abort();
     let _ = http_task.await;
-    for t in [peers_task, enroll_task].into_iter().flatten() {
+    for t in [peers_task, enroll_task, Some(poll_task)]
+        .into_iter()
+        .flatten()
+    {
         t.abort();
         let _ = t.await;
     }
@@ -437,6 +498,7 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
         t.abort();
         let _ = t.await;
     }
+    drop(membership);
     drop(ring);
     drop(proofs);
     drop(logger);

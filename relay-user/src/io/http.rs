@@ -30,8 +30,9 @@ pub trait Api: Send + Sync + 'static {
     fn hub(&self) -> String;
     /// JSON array of [`crate::hub::SpokeStatus`].
     fn spokes(&self) -> String;
-    /// Ok while healthy, else the reason.
-    fn health(&self) -> Result<(), String>;
+    /// Ok while the hub relays: `Some(why)` when it does but is degraded
+    /// (its store does not answer); `Err(why)` when it does not relay.
+    fn health(&self) -> Result<Option<String>, String>;
 }
 
 type Shared = Arc<dyn Api>;
@@ -79,7 +80,10 @@ async fn metrics(State(api): State<Shared>, headers: HeaderMap) -> Response {
 
 async fn health(State(api): State<Shared>) -> Response {
     match api.health() {
-        Ok(()) => reply(StatusCode::OK, TEXT, "ok\n".into()),
+        Ok(None) => reply(StatusCode::OK, TEXT, "ok\n".into()),
+        // Still 200: the hub relays, and a load balancer must not move
+        // spokes away from it for a store outage.
+        Ok(Some(why)) => reply(StatusCode::OK, TEXT, format!("degraded: {why}\n")),
         Err(why) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{why}\n")),
     }
 }
@@ -198,16 +202,17 @@ mod tests {
     use super::*;
     use std::io::{Read as _, Write as _};
 
-    struct Fake(bool);
+    /// Healthy, degraded (`Some(false)`) or down.
+    struct Fake(Option<bool>);
     impl Api for Fake {
         fn metrics(&self) -> String {
             "m 1\n".into()
         }
-        fn health(&self) -> Result<(), String> {
-            if self.0 {
-                Ok(())
-            } else {
-                Err("xdp detached".into())
+        fn health(&self) -> Result<Option<String>, String> {
+            match self.0 {
+                Some(true) => Ok(None),
+                Some(false) => Ok(Some("store unreachable".into())),
+                None => Err("xdp detached".into()),
             }
         }
         fn hub(&self) -> String {
@@ -226,12 +231,21 @@ mod tests {
     }
 
     fn ask(healthy: bool, method: &str, uri: &str, accept: Option<&str>) -> (u16, String, String) {
+        ask_as(healthy.then_some(true), method, uri, accept)
+    }
+
+    fn ask_as(
+        health: Option<bool>,
+        method: &str,
+        uri: &str,
+        accept: Option<&str>,
+    ) -> (u16, String, String) {
         let mut req = axum::http::Request::builder().method(method).uri(uri);
         if let Some(a) = accept {
             req = req.header("accept", a);
         }
         let req = req.body(Body::empty()).unwrap();
-        let (s, t, b) = rt().block_on(respond(Arc::new(Fake(healthy)), req));
+        let (s, t, b) = rt().block_on(respond(Arc::new(Fake(health)), req));
         (s.as_u16(), t, b)
     }
 
@@ -241,6 +255,8 @@ mod tests {
         assert_eq!(ask(true, "GET", "/healthz", None).0, 200);
         let (s, _, b) = ask(false, "GET", "/healthz?x=1", None);
         assert_eq!((s, b.as_str()), (503, "xdp detached\n"));
+        let (s, _, b) = ask_as(Some(false), "GET", "/healthz", None);
+        assert_eq!((s, b.as_str()), (200, "degraded: store unreachable\n"));
         assert_eq!(ask(true, "GET", "/nope", None).0, 404);
         let (s, t, b) = ask(true, "GET", "/v1/spokes", None);
         assert_eq!((s, t.as_str(), b.as_str()), (200, "application/json", "[]"));
@@ -275,7 +291,7 @@ mod tests {
             .unwrap();
         let listener = rt.block_on(bind("127.0.0.1:0".parse().unwrap())).unwrap();
         let addr = listener.local_addr().unwrap();
-        rt.spawn(serve(listener, Arc::new(Fake(true))));
+        rt.spawn(serve(listener, Arc::new(Fake(Some(true)))));
         let exchange = |req: &[u8]| {
             let mut s = std::net::TcpStream::connect(addr).unwrap();
             s.set_read_timeout(Some(HEAD_TIMEOUT * 3)).unwrap();

@@ -8,13 +8,16 @@ pub use crate::core::registry::Family;
 use crate::core::registry::{Registry, Spoke, TunnelNet, parse_key};
 use crate::io::netinfo;
 use crate::provision::render::{HubInfo, render_spoke};
+use crate::store::Store;
 use crate::store::dir::StateDir;
-use crate::store::registry::RegistryStore;
 
 /// What every spoke subcommand needs.
 #[derive(Debug, Clone, Copy)]
 pub struct SpokeCtx<'a> {
+    /// The hub's key and the endpoints last given (local to each hub).
     pub state: &'a StateDir,
+    /// The registry and the policy (the state directory, or shared).
+    pub store: &'a Store,
     pub net: &'a TunnelNet,
     /// `--endpoint HOST[:PORT]`; `None` guesses it with [`netinfo::default_endpoint`].
     pub endpoint: Option<&'a str>,
@@ -84,6 +87,12 @@ impl SpokeCtx<'_> {
         note: Option<String>,
     ) -> anyhow::Result<(HubInfo, Option<String>)> {
         let public_key = self.state.hub_public_key()?;
+        // On a shared store every hub must be the same WireGuard peer:
+        // a file naming another key would fail over to a hub it cannot reach.
+        self.store.check_shared(
+            crate::store::backend::Shared::HubPublicKey,
+            &public_key.to_base64(),
+        )?;
         Ok((
             HubInfo {
                 public_key,
@@ -132,7 +141,7 @@ impl SpokeCtx<'_> {
             .get(name)
             .with_context(|| format!("spoke {name:?} vanished from the registry"))?;
         // Only the peers the hub's policy lets this spoke reach.
-        let policy = self.state.policy().load()?;
+        let policy = self.store.policy().load()?;
         let peers: Vec<&Spoke> = registry
             .spokes()
             .iter()
@@ -187,10 +196,11 @@ pub fn add_in(
     // Everything that can fail without changing the registry comes first, so
     // a failed add leaves nothing behind.
     ctx.hub_info_for(family, true)?;
-    ctx.state.policy().load()?;
+    ctx.store.policy().load()?;
     let hub_public = ctx.state.hub_public_key()?;
-    let store = ctx.state.registry();
-    let registry = store
+    let registry = ctx
+        .store
+        .registry()
         .update(&mut |r| {
             r.add_spoke(name, public_key.clone(), ctx.net, Some(&hub_public))?;
             r.set_family(name, family.unwrap_or_default())
@@ -243,9 +253,10 @@ pub fn list(ctx: &SpokeCtx) -> anyhow::Result<String> {
 
 /// `relayhub spoke remove NAME`.
 pub fn remove(ctx: &SpokeCtx, name: &str) -> anyhow::Result<String> {
-    let store = ctx.state.registry();
     let mut removed = None;
-    let registry = store
+    let registry = ctx
+        .store
+        .registry()
         .update(&mut |r| {
             removed = Some(r.remove(name)?);
             Ok(())
@@ -268,7 +279,7 @@ pub fn remove(ctx: &SpokeCtx, name: &str) -> anyhow::Result<String> {
 }
 
 fn load(ctx: &SpokeCtx) -> anyhow::Result<Registry> {
-    let registry = ctx.state.registry().load()?;
+    let registry = ctx.store.registry().load()?;
     registry.check_net(ctx.net)?;
     Ok(registry)
 }
@@ -309,6 +320,7 @@ mod tests {
     struct Fixture {
         _tmp: TempDir,
         state: StateDir,
+        store: Store,
         net: TunnelNet,
     }
 
@@ -318,6 +330,7 @@ mod tests {
             let state = StateDir::open(&tmp.path().join("state")).unwrap();
             Fixture {
                 _tmp: tmp,
+                store: Store::dir(&state),
                 state,
                 net: TunnelNet::default(),
             }
@@ -326,6 +339,7 @@ mod tests {
         fn ctx(&self) -> SpokeCtx<'_> {
             SpokeCtx {
                 state: &self.state,
+                store: &self.store,
                 net: &self.net,
                 endpoint: Some("hub.example.net"),
                 port: 51820,
@@ -347,7 +361,7 @@ mod tests {
         let private = value(&out, "PrivateKey");
         assert_eq!(private.len(), 1, "{out}");
         let private = parse_key(private[0]).unwrap();
-        let reg = f.state.registry().load().unwrap();
+        let reg = f.store.registry().load().unwrap();
         let spoke = reg.get("alpha").unwrap();
         assert_eq!(spoke.public_key, private.get_public());
         assert_eq!(value(&out, "Address"), ["10.88.0.2/24"]);
@@ -461,12 +475,12 @@ mod tests {
             ..ctx
         };
         assert!(add(&bad_ep, "x", None).is_err());
-        assert!(f.state.registry().load().unwrap().is_empty());
+        assert!(f.store.registry().load().unwrap().is_empty());
         add(&ctx, "x", None).unwrap();
         let e = format!("{:#}", add(&ctx, "x", None).unwrap_err());
         assert!(e.contains("already exists"), "{e}");
         let k = f
-            .state
+            .store
             .registry()
             .load()
             .unwrap()
@@ -479,7 +493,7 @@ mod tests {
             e.contains("spoke \"x\" already uses this public key"),
             "{e}"
         );
-        assert_eq!(f.state.registry().load().unwrap().len(), 1);
+        assert_eq!(f.store.registry().load().unwrap().len(), 1);
     }
 
     #[test]
@@ -506,7 +520,7 @@ mod tests {
         let e = format!("{:#}", config(&ctx, "a").unwrap_err());
         assert!(e.contains("policy.json:1:"), "{e}");
         assert!(add(&ctx, "e", None).is_err());
-        assert!(f.state.registry().load().unwrap().get("e").is_none());
+        assert!(f.store.registry().load().unwrap().get("e").is_none());
     }
 
     #[test]
@@ -627,7 +641,7 @@ mod tests {
         // An IPv4 --endpoint cannot be an IPv6 spoke's endpoint.
         let e = add_in(&v4, "bad", None, Some(Family::Ipv6)).unwrap_err();
         assert!(e.to_string().contains("IPv6"), "{e}");
-        assert!(f.state.registry().load().unwrap().get("bad").is_none());
+        assert!(f.store.registry().load().unwrap().get("bad").is_none());
         // Removing and re-adding without --family forgets the family.
         remove(&bare, "six").unwrap();
         let again = add(&bare, "six", None).unwrap();

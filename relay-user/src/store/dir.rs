@@ -14,7 +14,7 @@ use wireguard_control::Key;
 
 use crate::core::registry::parse_key;
 use crate::store::file::{FileError, StateFile};
-use crate::store::policy::PolicyStore;
+use crate::store::policy::PolicyFile;
 use crate::store::registry::FileStore;
 
 /// The hub's private key file inside the state directory.
@@ -175,8 +175,8 @@ impl StateDir {
     }
 
     /// The spoke policy kept in this directory.
-    pub fn policy(&self) -> PolicyStore {
-        PolicyStore::in_dir(&self.path)
+    pub fn policy(&self) -> PolicyFile {
+        PolicyFile::in_dir(&self.path)
     }
 
     /// The join tokens kept in this directory.

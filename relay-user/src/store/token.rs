@@ -16,6 +16,9 @@ pub enum TokenStoreError {
     Corrupt { path: PathBuf, detail: String },
     #[error("{}: {}; check that the state directory exists and is writable by this user", .0.path.display(), .0.source)]
     File(FileError),
+    /// A shared store's own failure (etcd unreachable, ...), one line.
+    #[error("{0}")]
+    Store(String),
 }
 
 impl From<FileError> for TokenStoreError {
@@ -30,10 +33,11 @@ impl From<FileError> for TokenStoreError {
 pub trait TokenStore {
     fn load(&self) -> Result<Tokens, TokenStoreError>;
     /// Read-modify-write under the store's lock; nothing is stored when `f`
-    /// fails. Returns `f`'s value.
+    /// fails. Returns `f`'s value. `f` may run more than once (a shared
+    /// store retries on a concurrent write); only its last run counts.
     fn update<T, E: From<TokenStoreError>>(
         &self,
-        f: impl FnOnce(&mut Tokens) -> Result<T, E>,
+        f: impl FnMut(&mut Tokens) -> Result<T, E>,
     ) -> Result<T, E>;
 }
 
@@ -68,7 +72,7 @@ impl TokenStore for TokenFile {
 
     fn update<T, E: From<TokenStoreError>>(
         &self,
-        f: impl FnOnce(&mut Tokens) -> Result<T, E>,
+        mut f: impl FnMut(&mut Tokens) -> Result<T, E>,
     ) -> Result<T, E> {
         let lock = self.file.lock().map_err(TokenStoreError::from)?;
         let before = self.load()?;
