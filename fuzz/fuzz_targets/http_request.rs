@@ -19,7 +19,7 @@ impl Api for Fake {
     fn spokes(&self) -> String {
         "[]".into()
     }
-    fn health(&self) -> Result<(), String> {
+    fn health(&self) -> Result<Option<String>, String> {
         Err("down".into())
     }
 }
