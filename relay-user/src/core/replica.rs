@@ -403,7 +403,7 @@ impl Decoder {
     }
 
     /// The next whole message, `None` until one is complete.
-    pub fn next(&mut self) -> Result<Option<Message<'_>>, ReplicaError> {
+    pub fn next_message(&mut self) -> Result<Option<Message<'_>>, ReplicaError> {
         let b = &self.buf[self.consumed..];
         if b.len() < HEADER_LEN {
             return Ok(None);
@@ -747,7 +747,7 @@ mod tests {
         dec.push(enc.bytes());
         enc.clear();
         let mut ops = Vec::new();
-        while let Some(m) = dec.next()? {
+        while let Some(m) = dec.next_message()? {
             rep.on_message(&m, Instant::now(), &mut ops)?;
         }
         Ok(ops)
@@ -825,18 +825,18 @@ mod tests {
         let mut dec = Decoder::new(KEY);
         dec.push(&snap);
         let mut ops = Vec::new();
-        while let Some(m) = dec.next().unwrap() {
+        while let Some(m) = dec.next_message().unwrap() {
             r.on_message(&m, Instant::now(), &mut ops).unwrap();
         }
         let before = r.tables().clone();
         // The delta twice: the second is a repeat.
         dec.push(&delta);
         dec.push(&delta);
-        let m = dec.next().unwrap().unwrap();
+        let m = dec.next_message().unwrap().unwrap();
         r.on_message(&m, Instant::now(), &mut ops).unwrap();
         let after = r.tables().clone();
         assert_ne!(before, after);
-        let m = dec.next().unwrap().unwrap();
+        let m = dec.next_message().unwrap().unwrap();
         assert!(matches!(
             r.on_message(&m, Instant::now(), &mut ops),
             Err(ReplicaError::Sequence { .. })
@@ -846,7 +846,7 @@ mod tests {
         let mut r2 = Replica::new();
         let mut dec = Decoder::new(KEY);
         dec.push(&delta);
-        let m = dec.next().unwrap().unwrap();
+        let m = dec.next_message().unwrap().unwrap();
         assert!(r2.on_message(&m, Instant::now(), &mut ops).is_err());
         assert_eq!(r2.tables(), &Tables::default());
     }
@@ -898,7 +898,7 @@ mod tests {
                 dec.push(&bad);
                 let res: Result<(), ReplicaError> = (|| {
                     let mut ops = Vec::new();
-                    while let Some(m) = dec.next()? {
+                    while let Some(m) = dec.next_message()? {
                         r.on_message(&m, Instant::now(), &mut ops)?;
                     }
                     Ok(())
@@ -909,7 +909,7 @@ mod tests {
         for n in 0..good.len() {
             let mut dec = Decoder::new(KEY);
             dec.push(&good[..n]);
-            while let Ok(Some(_)) = dec.next() {}
+            while let Ok(Some(_)) = dec.next_message() {}
         }
         // Garbage records under a valid tag are refused before any write.
         let mut enc = Encoder::new(KEY);
@@ -920,9 +920,9 @@ mod tests {
         dec.push(enc.bytes());
         let mut r = Replica::new();
         let mut ops = Vec::new();
-        let m = dec.next().unwrap().unwrap();
+        let m = dec.next_message().unwrap().unwrap();
         r.on_message(&m, Instant::now(), &mut ops).unwrap();
-        let m = dec.next().unwrap().unwrap();
+        let m = dec.next_message().unwrap().unwrap();
         assert_eq!(
             r.on_message(&m, Instant::now(), &mut ops),
             Err(ReplicaError::Record(0))
@@ -934,7 +934,7 @@ mod tests {
         hdr[4..8].copy_from_slice(&(MAX_BODY as u32 + 1).to_le_bytes());
         let mut dec = Decoder::new(KEY);
         dec.push(&hdr);
-        assert!(matches!(dec.next(), Err(ReplicaError::TooLong(_))));
+        assert!(matches!(dec.next_message(), Err(ReplicaError::TooLong(_))));
     }
 
     #[test]
@@ -944,7 +944,7 @@ mod tests {
         p.tick(&tables(&[(1, 1)], &[]), &mut enc);
         let mut dec = Decoder::new([8; TAG_LEN]);
         dec.push(enc.bytes());
-        assert_eq!(dec.next(), Err(ReplicaError::Auth));
+        assert_eq!(dec.next_message(), Err(ReplicaError::Auth));
     }
 
     #[test]
