@@ -599,6 +599,17 @@ impl Datapath {
         self.sessions.iter().filter_map(Result::ok).collect()
     }
 
+    /// The kernel's id of the session table, for another handle on it
+    /// (`MapData::from_id`).
+    pub fn sessions_map_id(&self) -> Result<u32, DatapathError> {
+        use aya::maps::IterableMap as _;
+        self.sessions
+            .map()
+            .info()
+            .map(|i| i.id())
+            .map_err(map_err(MAP_SESSIONS))
+    }
+
     pub fn remove_session(&mut self, key: &SessionKey) {
         let _ = self.sessions.remove(key);
     }
