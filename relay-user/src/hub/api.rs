@@ -52,7 +52,8 @@ pub struct HubStatus {
 pub struct ReplicationStatus {
     /// `active` or `standby`.
     pub role: String,
-    /// Active: standbys connected. Standby: 1 while following (a snapshot
+    /// Active: connections open (standbys, and any still in the handshake).
+    /// Standby: 1 while following (a snapshot
     /// completed on the current connection).
     pub connected: u32,
     /// Standby: seconds since the last message from the active was

@@ -307,7 +307,7 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         let role = || labels(&[("role", r.role.as_str())]);
         b.gauges(
             "relayhub_replication_connected",
-            "Replication of the relay tables: standbys connected (active), 1 while following the active (standby)",
+            "Replication of the relay tables: connections open (active), 1 while following the active (standby)",
             [(role(), f64::from(r.connected))],
         );
         if let Some(lag) = r.lag_seconds {

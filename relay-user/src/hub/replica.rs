@@ -25,6 +25,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The active sends at least a heartbeat every [`TICK`]; this much silence
 /// means the link or the active is gone.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connections the active holds at once, authenticated or not (a standby
+/// needs one; the rest bounds what strangers can hold open).
+pub const MAX_CONNECTIONS: u32 = 4;
 /// Reconnect attempts back off up to this.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -78,7 +81,14 @@ pub(crate) async fn serve(
             }
         };
         let Some(h) = hub.upgrade() else { return };
-        h.lock().expect("hub lock").replication.connected += 1;
+        {
+            let mut g = h.lock().expect("hub lock");
+            if g.replication.connected >= MAX_CONNECTIONS {
+                tracing::debug!(%peer, "replication: connection refused (limit)");
+                continue;
+            }
+            g.replication.connected += 1;
+        }
         drop(h);
         let hub = hub.clone();
         tokio::spawn(async move {
