@@ -664,7 +664,10 @@ initiations-per-source = 0x10
         let keys = settings(&cmd);
         let missing: Vec<&String> = keys
             .keys()
-            .filter(|k| !values.contains_key(*k) && !["iface", "endpoint"].contains(&k.as_str()))
+            .filter(|k| {
+                !values.contains_key(*k)
+                    && !["iface", "endpoint", "replica-listen", "standby-of"].contains(&k.as_str())
+            })
             .collect();
         assert!(
             missing.is_empty(),

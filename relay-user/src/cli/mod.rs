@@ -181,6 +181,20 @@ pub struct RunArgs {
     /// list over the tunnel (`relayhub-sync`); 0 turns it off.
     #[arg(long, env = "RELAYHUB_PEERS_PORT", default_value_t = crate::hub::peers::DEFAULT_PEERS_PORT)]
     pub peers_port: u16,
+    /// Serve this hub's relay tables (endpoints, sessions) to a standby
+    /// hub on ADDR:PORT (TCP; MAC'd with a key from hub.key, not
+    /// encrypted: use a link only the hubs reach). Off by default.
+    #[arg(long, env = "RELAYHUB_REPLICA_LISTEN", value_name = "ADDR:PORT")]
+    pub replica_listen: Option<SocketAddr>,
+    /// Run as the standby of the active hub whose --replica-listen is
+    /// HOST:PORT: keep a live copy of its relay tables in this hub's maps.
+    #[arg(
+        long,
+        env = "RELAYHUB_STANDBY_OF",
+        value_name = "HOST:PORT",
+        conflicts_with = "replica_listen"
+    )]
+    pub standby_of: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -307,6 +321,8 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                 enroll_port: cli.enroll_port,
                 endpoint: cli.endpoint,
                 store: cli.store,
+                replica_listen: args.replica_listen,
+                standby_of: args.standby_of,
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -538,6 +554,8 @@ mod tests {
             ("cross_family_path", "RELAYHUB_CROSS_FAMILY_PATH"),
             ("initiations_per_source", "RELAYHUB_INITIATIONS_PER_SOURCE"),
             ("peers_port", "RELAYHUB_PEERS_PORT"),
+            ("replica_listen", "RELAYHUB_REPLICA_LISTEN"),
+            ("standby_of", "RELAYHUB_STANDBY_OF"),
         ] {
             assert_eq!(env(run, id).as_deref(), Some(var), "run --{id}");
         }

@@ -165,6 +165,7 @@ mod tests {
             cross_family_path: "xdp".into(),
             store: "/var/lib/relayhub".into(),
             store_up: true,
+            replication: None,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod policy;
 pub mod proof;
 pub mod reconcile;
 pub mod registry;
+pub mod replica;
 pub mod router;
 pub mod sessions;
 pub mod shield;

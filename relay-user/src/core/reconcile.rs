@@ -80,6 +80,11 @@ impl Reconciler {
         self.by_key.values().copied().collect()
     }
 
+    /// Every slot's endpoint as the maps hold it.
+    pub fn installed_all(&self) -> &HashMap<u32, Endpoint> {
+        &self.installed
+    }
+
     /// The endpoint the maps hold for `slot`.
     pub fn installed(&self, slot: u32) -> Option<Endpoint> {
         self.installed.get(&slot).copied()

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +43,29 @@ pub struct HubStatus {
     /// the last registry and policy).
     #[serde(default = "yes")]
     pub store_up: bool,
+    /// Hub-to-hub replication of the relay tables, when on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<ReplicationStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ReplicationStatus {
+    /// `active` or `standby`.
+    pub role: String,
+    /// Active: connections open (standbys, and any still in the handshake).
+    /// Standby: 1 while following (a snapshot
+    /// completed on the current connection).
+    pub connected: u32,
+    /// Standby: seconds since the last message from the active was
+    /// applied (it sends at least a heartbeat every 200 ms).
+    pub lag_seconds: Option<f64>,
+    /// Standby: entries in the replicated tables.
+    pub endpoints: usize,
+    pub sessions: usize,
+    /// Standby: complete snapshots applied (one per connection).
+    pub snapshots: u64,
+    /// Records sent (active) or applied (standby).
+    pub records: u64,
 }
 
 fn yes() -> bool {
@@ -156,6 +179,34 @@ impl Hub {
             .to_string(),
             store: self.store.location.clone(),
             store_up: self.store.up,
+            replication: self.replication_status(),
+        }
+    }
+
+    pub(crate) fn replication_status(&self) -> Option<ReplicationStatus> {
+        use crate::hub::replica::Role;
+        let r = &self.replication;
+        let rep = &r.replica;
+        match r.role {
+            Role::Off => None,
+            Role::Active => Some(ReplicationStatus {
+                role: r.role.label().into(),
+                connected: r.connected,
+                lag_seconds: None,
+                endpoints: 0,
+                sessions: 0,
+                snapshots: 0,
+                records: r.records_sent,
+            }),
+            Role::Standby => Some(ReplicationStatus {
+                role: r.role.label().into(),
+                connected: r.connected,
+                lag_seconds: rep.lag(Instant::now()).map(|d| d.as_secs_f64()),
+                endpoints: rep.tables().endpoints.len(),
+                sessions: rep.tables().sessions.len(),
+                snapshots: rep.stats.snapshots,
+                records: rep.stats.records,
+            }),
         }
     }
 
@@ -167,6 +218,7 @@ impl Hub {
             held_initiations: self.router.held_len() as u64,
             prog_stats: self.datapath.prog_stats(),
             store: (self.store.backend, self.store.up),
+            replication: self.replication_status(),
         }
     }
 }

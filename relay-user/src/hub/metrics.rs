@@ -60,6 +60,8 @@ pub struct Snapshot {
     /// The store's backend (`dir`, `etcd`) and whether its last poll
     /// answered.
     pub store: (&'static str, bool),
+    /// Hub-to-hub replication, when on.
+    pub replication: Option<crate::hub::api::ReplicationStatus>,
 }
 
 fn labels(pairs: &[(&'static str, &str)]) -> Labels {
@@ -301,6 +303,21 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
             if s.store.1 { 1.0 } else { 0.0 },
         )],
     );
+    if let Some(r) = &s.replication {
+        let role = || labels(&[("role", r.role.as_str())]);
+        b.gauges(
+            "relayhub_replication_connected",
+            "Replication of the relay tables: connections open (active), 1 while following the active (standby)",
+            [(role(), f64::from(r.connected))],
+        );
+        if let Some(lag) = r.lag_seconds {
+            b.gauge(
+                "relayhub_replication_lag_seconds",
+                "Standby: seconds since the last message from the active was applied (heartbeats every 0.2 s)",
+                lag,
+            );
+        }
+    }
     per_spoke(&mut b, &s.spokes);
     // A gauge set to 1 rather than an OpenMetrics `info` type: classic
     // Prometheus text parsers (promtool included) reject the latter.
@@ -510,6 +527,15 @@ mod tests {
                 held_initiations: 0,
                 prog_stats: Some((Duration::from_millis(1500), 99)),
                 store: ("etcd", false),
+                replication: Some(crate::hub::api::ReplicationStatus {
+                    role: "standby".into(),
+                    connected: 1,
+                    lag_seconds: Some(0.25),
+                    endpoints: 2,
+                    sessions: 4,
+                    snapshots: 1,
+                    records: 6,
+                }),
             },
         );
         for want in [
@@ -550,6 +576,8 @@ mod tests {
             "relayhub_xdp_program_runs_total 99",
             "relayhub_build_info{version=",
             "relayhub_store_up{backend=\"etcd\"} 0.0",
+            "relayhub_replication_connected{role=\"standby\"} 1.0",
+            "relayhub_replication_lag_seconds 0.25",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }

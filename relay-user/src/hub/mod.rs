@@ -8,6 +8,7 @@ pub mod enroll;
 mod fallback_reader;
 pub mod metrics;
 pub mod peers;
+mod replica;
 mod run;
 
 pub use api::{HubStatus, SpokeStatus};
@@ -108,6 +109,8 @@ pub(crate) struct Hub {
     pub(crate) receivers_read: Option<Instant>,
     /// Rotates the first-contact candidates between retries.
     pub(crate) probe_turn: usize,
+    /// Hub-to-hub replication of the relay tables.
+    pub(crate) replication: replica::Replication,
 
     // Fields drop in order: detach XDP first, then remove the interface.
     pub(crate) datapath: Datapath,
@@ -180,8 +183,13 @@ impl Hub {
         Ok(())
     }
 
-    /// Carry out the reconciler's map operations.
+    /// Carry out the reconciler's map operations. A standby leaves its
+    /// tables to the replica: its own WireGuard sees no spoke (the shared
+    /// address is elsewhere), and the active's changes arrive as deltas.
     pub(crate) fn apply_ops(&mut self, ops: &[Op]) -> anyhow::Result<()> {
+        if self.replication.role == replica::Role::Standby {
+            return Ok(());
+        }
         for op in ops {
             match *op {
                 Op::Endpoint { slot, old, new } => {
@@ -588,7 +596,39 @@ impl Hub {
         }
     }
 
+    /// Write what the replica received into the maps (standby).
+    pub(crate) fn apply_replica_ops(&mut self, ops: &[crate::core::replica::MapOp]) {
+        use crate::core::replica::MapOp;
+        for op in ops {
+            let r = match *op {
+                MapOp::Endpoint { slot, old, new } => {
+                    self.datapath.set_spoke_endpoint(slot, old, new)
+                }
+                MapOp::Session(key, s) => self.datapath.insert_session(
+                    key,
+                    relay_common::SessionValue {
+                        dst_slot: s.dst_slot,
+                        flags: s.flags,
+                        // Our clock: the active's means nothing here.
+                        last_seen_ns: ktime_ns(),
+                    },
+                ),
+                MapOp::NoSession(key) => {
+                    self.datapath.remove_session(&key);
+                    Ok(())
+                }
+            };
+            if let Err(e) = r {
+                tracing::warn!(error = %e, ?op, "replication: map write");
+            }
+        }
+    }
+
     pub(crate) fn sweep_sessions(&mut self) {
+        // A standby's entries expire when the active's do (as removals).
+        if self.replication.role == replica::Role::Standby {
+            return;
+        }
         let live = self.slots.live_slots();
         let entries = self.datapath.sessions();
         let gone = sessions::sweep(&entries, ktime_ns(), &live);

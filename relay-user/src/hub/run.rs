@@ -79,6 +79,10 @@ pub struct RunConfig {
     pub endpoint: Option<String>,
     /// `--store`: where the registry, policy and tokens are.
     pub store: StoreSpec,
+    /// `--replica-listen`: serve the relay tables to a standby hub.
+    pub replica_listen: Option<SocketAddr>,
+    /// `--standby-of`: follow the active hub's relay tables (HOST:PORT).
+    pub standby_of: Option<String>,
 }
 
 /// Polls the store every [`REGISTRY_POLL`] off the event loop (an etcd
@@ -161,6 +165,10 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
             cfg.metrics_addr
         )
     })?;
+    let replica_listener = match cfg.replica_listen {
+        Some(a) => Some(super::replica::bind(a).await?),
+        None => None,
+    };
     let mut sender = RawSender::new().context("opening raw sockets (run as root)")?;
     // One hub per interface: adopting pins would otherwise let a second
     // hub take over a running one's program silently.
@@ -245,6 +253,14 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
         receivers: HashMap::new(),
         receivers_read: None,
         probe_turn: 0,
+        replication: super::replica::Replication {
+            role: match (&cfg.replica_listen, &cfg.standby_of) {
+                (_, Some(_)) => super::replica::Role::Standby,
+                (Some(_), None) => super::replica::Role::Active,
+                (None, None) => super::replica::Role::Off,
+            },
+            ..Default::default()
+        },
         datapath: {
             datapath.attach(&cfg.iface, cfg.xdp_mode)?;
             datapath
@@ -347,6 +363,29 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
         fallback_tasks.push(tokio::spawn(fallback_reader(fd, hub.clone())));
     }
 
+    // Replication keys off the hub key both hubs share.
+    let replica_base = crate::core::replica::base_key(&hub_key.0);
+    let replica_task = match (replica_listener, cfg.standby_of.clone()) {
+        (_, Some(active)) => {
+            tracing::info!(%active, "standby: following the active hub's relay tables");
+            Some(tokio::spawn(super::replica::follow(
+                active,
+                hub.clone(),
+                replica_base,
+            )))
+        }
+        (Some(l), None) => {
+            let map_id = hub.lock().expect("hub lock").datapath.sessions_map_id()?;
+            tracing::info!(addr = ?l.local_addr().ok(), "serving the relay tables to standby hubs");
+            Some(tokio::spawn(super::replica::serve(
+                l,
+                Arc::downgrade(&hub),
+                replica_base,
+                map_id,
+            )))
+        }
+        (None, None) => None,
+    };
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut endpoint_tick = tokio::time::interval(ENDPOINT_REFRESH);
@@ -487,7 +526,7 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
     }
     http_task.abort();
     let _ = http_task.await;
-    for t in [peers_task, enroll_task, Some(poll_task)]
+    for t in [peers_task, enroll_task, Some(poll_task), replica_task]
         .into_iter()
         .flatten()
     {
