@@ -66,6 +66,9 @@ pub struct ReplicationStatus {
     pub snapshots: u64,
     /// Records sent (active) or applied (standby).
     pub records: u64,
+    /// Times this hub was promoted to active (SIGUSR1) since it started.
+    #[serde(default)]
+    pub takeovers: u64,
 }
 
 fn yes() -> bool {
@@ -197,6 +200,7 @@ impl Hub {
                 sessions: 0,
                 snapshots: 0,
                 records: r.records_sent,
+                takeovers: r.takeovers,
             }),
             Role::Standby => Some(ReplicationStatus {
                 role: r.role.label().into(),
@@ -206,6 +210,7 @@ impl Hub {
                 sessions: rep.tables().sessions.len(),
                 snapshots: rep.stats.snapshots,
                 records: rep.stats.records,
+                takeovers: r.takeovers,
             }),
         }
     }

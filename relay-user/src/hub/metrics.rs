@@ -310,6 +310,21 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
             "Replication of the relay tables: connections open (active), 1 while following the active (standby)",
             [(role(), f64::from(r.connected))],
         );
+        b.gauges(
+            "relayhub_role",
+            "1 for the role this hub holds (active relays and owns its tables; standby follows the active), 0 for the other",
+            ["active", "standby"].map(|x| {
+                (
+                    labels(&[("role", x)]),
+                    if r.role == x { 1.0 } else { 0.0 },
+                )
+            }),
+        );
+        b.counters(
+            "relayhub_takeovers",
+            "Times this hub was promoted to active (SIGUSR1, e.g. from keepalived's notify_master)",
+            [(Labels::default(), r.takeovers)],
+        );
         if let Some(lag) = r.lag_seconds {
             b.gauge(
                 "relayhub_replication_lag_seconds",
@@ -535,6 +550,7 @@ mod tests {
                     sessions: 4,
                     snapshots: 1,
                     records: 6,
+                    takeovers: 2,
                 }),
             },
         );
@@ -578,6 +594,9 @@ mod tests {
             "relayhub_store_up{backend=\"etcd\"} 0.0",
             "relayhub_replication_connected{role=\"standby\"} 1.0",
             "relayhub_replication_lag_seconds 0.25",
+            "relayhub_role{role=\"standby\"} 1.0",
+            "relayhub_role{role=\"active\"} 0.0",
+            "relayhub_takeovers_total 2",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }

@@ -61,6 +61,96 @@ pub(crate) struct Replication {
     pub(crate) connected: u32,
     /// Active: records sent, over all connections.
     pub(crate) records_sent: u64,
+    /// Promotions to active since the start.
+    pub(crate) takeovers: u64,
+}
+
+/// Port of the datagram that makes the hub's WireGuard handshake with a
+/// spoke on takeover (discard: nothing on the spoke needs to answer it).
+const NUDGE_PORT: u16 = 9;
+
+impl Hub {
+    /// Become the active hub (keepalived's notify_master, via SIGUSR1):
+    /// take the tables the standby wrote into the maps as this hub's own,
+    /// so the reconciler, endpoint refresh, proofs and the session sweep go
+    /// on from them, and have the hub's WireGuard initiate to every spoke
+    /// whose endpoint is known at once instead of waiting for the spokes'
+    /// next handshake (up to 2 minutes). The caller stops following the
+    /// old active. False if already active.
+    pub(crate) fn promote(&mut self, endpoint_ips: &[std::net::IpAddr]) -> bool {
+        if self.replication.role == Role::Active {
+            return false;
+        }
+        self.replication.role = Role::Active;
+        self.replication.takeovers += 1;
+        self.replication.connected = 0;
+        let now = Instant::now();
+        // The maps are the truth: the replica wrote them, the reconciler
+        // (skipped while standby) has not tracked them.
+        let installed = self.datapath.installed_endpoints();
+        self.slots = crate::core::reconcile::Reconciler::adopt(installed.clone());
+        let registry = self.registry.clone();
+        if let Err(e) = self
+            .apply_registry(&registry)
+            .and_then(|()| self.forget_unregistered())
+        {
+            tracing::warn!(error = %e, "takeover: re-applying the registry");
+        }
+        let mut nudge = Vec::new();
+        for (&slot, &ep) in &installed {
+            let Some(m) = self.spokes.get_mut(&slot) else {
+                continue;
+            };
+            // Proven: stands while the hub's WireGuard has no handshake
+            // with the spoke yet (ENDPOINT_TRUST), as after a probe.
+            self.proven.insert(slot, (ep, now));
+            m.health.on_endpoint(Some(ep));
+            self.router.set_endpoint(slot, Some(ep));
+            if let Some(addr) = crate::io::hub_wg::to_socket_addr(&ep) {
+                if let Err(e) = self.wg.set_endpoint(&m.public_key, addr) {
+                    tracing::warn!(error = %e, slot, "takeover: setting a spoke's endpoint on the hub's WireGuard");
+                }
+                nudge.push(m.address);
+            }
+        }
+        self.refresh_hub_addresses(endpoint_ips);
+        self.read_receivers(now);
+        // One datagram into the tunnel per spoke: the hub's WireGuard has no
+        // session with it yet, so it sends an initiation right away.
+        match std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)) {
+            Ok(sock) => {
+                let _ = sock.set_nonblocking(true);
+                for a in &nudge {
+                    if let Err(e) = sock.send_to(&[0], (*a, NUDGE_PORT)) {
+                        tracing::debug!(error = %e, spoke = %a, "takeover: nudging the hub's WireGuard");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "takeover: socket for the handshake nudge"),
+        }
+        tracing::info!(
+            endpoints = installed.len(),
+            initiated = nudge.len(),
+            takeovers = self.replication.takeovers,
+            "takeover: this hub is active"
+        );
+        true
+    }
+
+    /// Become a standby (keepalived's notify_backup/notify_fault, via
+    /// SIGUSR2): the reconciler and the sweep leave the maps alone again.
+    /// The XDP program keeps relaying whatever still reaches this hub, by
+    /// its own tables: a copy of the active's, so a frame goes nowhere the
+    /// active would not send it (split brain). False if already standby.
+    pub(crate) fn demote(&mut self) -> bool {
+        if self.replication.role == Role::Standby {
+            return false;
+        }
+        self.replication.role = Role::Standby;
+        self.replication.connected = 0;
+        tracing::info!("this hub is a standby now");
+        true
+    }
 }
 
 /// Serve the stream to standbys (usually one). Connections hold the hub

@@ -365,7 +365,7 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
 
     // Replication keys off the hub key both hubs share.
     let replica_base = crate::core::replica::base_key(&hub_key.0);
-    let replica_task = match (replica_listener, cfg.standby_of.clone()) {
+    let mut replica_task = match (replica_listener, cfg.standby_of.clone()) {
         (_, Some(active)) => {
             tracing::info!(%active, "standby: following the active hub's relay tables");
             Some(tokio::spawn(super::replica::follow(
@@ -388,6 +388,11 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
     };
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    // Role changes, from keepalived's notify scripts (README, High
+    // availability): a signal needs no network path and only root (or
+    // the service's user) can send it.
+    let mut sigpromote = signal(SignalKind::user_defined1())?;
+    let mut sigdemote = signal(SignalKind::user_defined2())?;
     let mut endpoint_tick = tokio::time::interval(ENDPOINT_REFRESH);
     // On a shared store, this hub is listed under hubs/ while it runs.
     let membership = match &store {
@@ -443,6 +448,32 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = sigpromote.recv() => {
+                let promoted = hub.lock().expect("hub lock").promote(&state.endpoint_ips());
+                // Stop following the old active: its stream would write
+                // its (stale or missing) tables over ours.
+                if promoted && cfg.standby_of.is_some()
+                    && let Some(t) = replica_task.take()
+                {
+                    t.abort();
+                    let _ = t.await;
+                    hub.lock().expect("hub lock").replication.connected = 0;
+                }
+            }
+            _ = sigdemote.recv() => {
+                let demoted = hub.lock().expect("hub lock").demote();
+                if demoted
+                    && replica_task.is_none()
+                    && let Some(active) = cfg.standby_of.clone()
+                {
+                    tracing::info!(%active, "standby again: following the active hub's relay tables");
+                    replica_task = Some(tokio::spawn(super::replica::follow(
+                        active,
+                        hub.clone(),
+                        replica_base,
+                    )));
+                }
+            }
             _ = async {
                 match due {
                     Some(t) => tokio::time::sleep_until(t).await,
