@@ -320,10 +320,12 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
                 )
             }),
         );
-        b.counters(
+        let c = Counter::<u64>::default();
+        c.inc_by(r.takeovers);
+        b.reg.register(
             "relayhub_takeovers",
             "Times this hub was promoted to active (SIGUSR1, e.g. from keepalived's notify_master)",
-            [(Labels::default(), r.takeovers)],
+            c,
         );
         if let Some(lag) = r.lag_seconds {
             b.gauge(
