@@ -16,10 +16,14 @@
 //! and until every spoke pings the hub's tunnel address again (the
 //! standby's WireGuard initiates to every spoke on promotion).
 //!
-//! Not here yet: keepalived itself (its detection time adds to the gap:
-//! about three advertisement intervals), split brain, fail-back.
+//! `split_brain_e2e`: both hubs active at once, each getting part of the
+//! spokes' traffic (see [`split_brain`]).
 //!
-//! Run as root: `cargo test -p relay-tests --release --test failover_e2e -- --nocapture`.
+//! Not here yet: keepalived itself (its detection time adds to the gap:
+//! about three advertisement intervals), fail-back.
+//!
+//! Run as root: `cargo test -p relay-tests --release --test failover_e2e -- --nocapture`
+//! (both tests; they run one at a time).
 
 use std::time::{Duration, Instant};
 
@@ -38,9 +42,32 @@ const REPLICA_PORT: &str = "51823";
 const INTERVAL_MS: u64 = 5;
 const PINGS: u64 = 1200;
 
+/// What happens once the mesh is up.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The active dies; the standby takes over.
+    Failover,
+    /// Both hubs are active and each gets part of the spokes' traffic.
+    SplitBrain,
+}
+
+/// One at a time: the gap is measured in milliseconds, and two hubs plus
+/// spokes per test already load a small machine.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn failover_e2e() {
+    scenario("failover_e2e", Mode::Failover);
+}
+
+#[test]
+fn split_brain_e2e() {
+    scenario("split_brain_e2e", Mode::SplitBrain);
+}
+
+fn scenario(name: &str, mode: Mode) {
     cmd::require_root();
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // Not `relayhub_scenario_with`: the active is killed, so it cannot
     // exit cleanly; its interfaces go with the hub namespace.
     let run = || -> anyhow::Result<String> {
@@ -55,7 +82,7 @@ fn failover_e2e() {
             HubKind::Relayhub,
             &["--replica-listen", "0.0.0.0:51823"],
         )?;
-        let r = checks(&topo, &mut hub);
+        let r = checks(&topo, &mut hub, mode);
         if r.is_err() {
             let log = hub.log();
             let lines: Vec<&str> = log.lines().collect();
@@ -69,9 +96,47 @@ fn failover_e2e() {
         drop(topo);
         r.map(|()| prefix)
     };
-    let prefix = run().unwrap_or_else(|e| panic!("failover_e2e failed: {e:#}"));
+    let prefix = run().unwrap_or_else(|e| panic!("{name} failed: {e:#}"));
     let left = relay_tests::topology::leftovers(&prefix);
     assert!(left.is_empty(), "cleanup left:\n{}", left.join("\n"));
+}
+
+/// Start `count` pings at 200/s from spoke `from` to spoke `to` (tunnel
+/// addresses), in the background.
+fn flow(
+    topo: &Topology,
+    mesh: &Mesh,
+    from: usize,
+    to: usize,
+    count: u64,
+) -> std::thread::JoinHandle<anyhow::Result<Ping>> {
+    let interval = format!("0.{INTERVAL_MS:03}");
+    let dst = mesh.addrs[to].to_string();
+    let argv = topo.spokes[from].ns.argv(&[
+        "ping",
+        "-n",
+        "-q",
+        "-c",
+        &count.to_string(),
+        "-i",
+        &interval,
+        "-W",
+        "1",
+        &dst,
+    ]);
+    std::thread::spawn(move || -> anyhow::Result<Ping> {
+        let out = cmd::run_timeout(&argv, Duration::from_secs(30))?;
+        Ping::parse(&out.stdout)
+    })
+}
+
+fn standby_metrics(sb: &Netns) -> anyhow::Result<relay_tests::prom::Metrics> {
+    let out = sb.output(
+        &["curl", "-fsS", "-m", "1", "http://127.0.0.1:9851/metrics"],
+        Duration::from_secs(3),
+    )?;
+    anyhow::ensure!(out.success(), "standby metrics: {}", out.stderr);
+    Ok(relay_tests::prom::Metrics::parse(&out.stdout))
 }
 
 fn standby_status(sb: &Netns) -> anyhow::Result<Value> {
@@ -83,7 +148,7 @@ fn standby_status(sb: &Netns) -> anyhow::Result<Value> {
     Ok(serde_json::from_str::<Value>(&out.stdout)?["replication"].clone())
 }
 
-fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
+fn checks(topo: &Topology, hub: &mut Hub<'_>, mode: Mode) -> anyhow::Result<()> {
     let sb = Netns::new(&format!("{}sb", topo.prefix))?;
     let link = Veth::new(
         &format!("{}ra", topo.prefix),
@@ -228,23 +293,25 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
             all.sort();
             Ok(all)
         };
+        if mode == Mode::SplitBrain {
+            return split_brain(
+                topo,
+                hub,
+                &sb,
+                &public.a,
+                &mesh,
+                standby.pid(),
+                spoke_handshakes,
+            );
+        }
         let before = spoke_handshakes()?;
 
         // Two flows at 200 frames/s: s1 -> s2 (s1's NAT randomises
         // ports) and s3 -> s1.
-        let interval = format!("0.{INTERVAL_MS:03}");
-        let count = PINGS.to_string();
-        let mut flows = Vec::new();
-        for (from, to) in [(0usize, 1usize), (2, 0)] {
-            let dst = mesh.addrs[to].to_string();
-            let argv = topo.spokes[from].ns.argv(&[
-                "ping", "-n", "-q", "-c", &count, "-i", &interval, "-W", "1", &dst,
-            ]);
-            flows.push(std::thread::spawn(move || -> anyhow::Result<Ping> {
-                let out = cmd::run_timeout(&argv, Duration::from_secs(30))?;
-                Ping::parse(&out.stdout)
-            }));
-        }
+        let flows = [
+            flow(topo, &mesh, 0, 1, PINGS),
+            flow(topo, &mesh, 2, 0, PINGS),
+        ];
         std::thread::sleep(Duration::from_millis(1500));
 
         // The active fails: process and link.
@@ -280,7 +347,7 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
 
         // The hub's tunnel address answers every spoke again.
         let mut tunnel = Vec::new();
-        for s in topo.spokes.iter() {
+        for s in &topo.spokes {
             let argv =
                 s.ns.argv(&["ping", "-n", "-q", "-c", "1", "-W", "0.2", "10.88.0.1"]);
             tunnel.push(std::thread::spawn(move || -> anyhow::Result<Duration> {
@@ -350,5 +417,115 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
     drop(sb);
     r?;
     anyhow::ensure!(clean, "standby did not exit cleanly: {status:?}");
+    Ok(())
+}
+
+/// Both hubs active at once (keepalived split brain): the standby is
+/// promoted while the active runs, and the router sends s3's traffic (by
+/// its NAT's address) to the standby, the rest to the active. s1 -> s2,
+/// s3 -> s1 and s2 -> s3 ping at 200/s: every frame from s3 is relayed by
+/// the standby, every reply to it by the active. Each hub relays only by
+/// its own (slot, receiver index) tables, copies of the same state, so
+/// every ping is answered (WireGuard at a spoke drops anything not meant
+/// for it), the spokes do not handshake with each other again, and the
+/// standby's per-spoke counters show s3's frames went to s1 and s2 only.
+fn split_brain(
+    topo: &Topology,
+    hub: &Hub<'_>,
+    sb: &Netns,
+    standby_link: &str,
+    mesh: &Mesh,
+    standby_pid: u32,
+    spoke_handshakes: impl Fn() -> anyhow::Result<Vec<(String, u64)>>,
+) -> anyhow::Result<()> {
+    let before = spoke_handshakes()?;
+    cmd::signal(standby_pid, libc::SIGUSR1);
+    cmd::wait_for(
+        "the standby to be active",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || Ok((standby_status(sb)?["role"] == "active").then_some(())),
+    )?;
+    let nat3 = topo.nats[2].wan_addr.to_string();
+    topo.router.exec(&[
+        "ip", "rule", "add", "from", &nat3, "lookup", "100", "pref", "100",
+    ])?;
+    topo.router.exec(&[
+        "ip",
+        "route",
+        "add",
+        &format!("{HUB_ADDR}/32"),
+        "dev",
+        standby_link,
+        "table",
+        "100",
+    ])?;
+    let sb0 = standby_metrics(sb)?;
+    let act0 = hub.metrics()?;
+    const N: u64 = 400;
+    let flows = [
+        flow(topo, mesh, 0, 1, N),
+        flow(topo, mesh, 2, 0, N),
+        flow(topo, mesh, 1, 2, N),
+    ];
+    let mut lost = 0;
+    for f in flows {
+        let p = f.join().map_err(|_| anyhow::anyhow!("ping thread"))??;
+        eprintln!("[split] flow: {}/{} received", p.received, p.transmitted);
+        lost += p.lost();
+    }
+    let after = spoke_handshakes()?;
+    let (sb1, act1) = (standby_metrics(sb)?, hub.metrics()?);
+    let d =
+        |a: &relay_tests::prom::Metrics, b: &relay_tests::prom::Metrics, spoke: &str, dir: &str| {
+            let l = [("spoke", spoke), ("direction", dir)];
+            b.value("relayhub_spoke_relayed_packets_total", &l)
+                - a.value("relayhub_spoke_relayed_packets_total", &l)
+        };
+    let sb_in3 = d(&sb0, &sb1, "s3", "in");
+    let sb_out = [
+        d(&sb0, &sb1, "s1", "out"),
+        d(&sb0, &sb1, "s2", "out"),
+        d(&sb0, &sb1, "s3", "out"),
+    ];
+    let act_in3 = d(&act0, &act1, "s3", "in");
+    let act_out3 = d(&act0, &act1, "s3", "out");
+    eprintln!(
+        "[split] standby: from s3 {sb_in3}, to s1/s2/s3 {sb_out:?}; active: from s3 {act_in3}, to s3 {act_out3}"
+    );
+    println!(
+        "split_brain_lost={lost} split_brain_handshakes_after={} standby_relayed={sb_in3} standby_to_s3={}",
+        usize::from(before != after),
+        sb_out[2]
+    );
+    anyhow::ensure!(lost <= 3, "{lost} pings lost with both hubs active");
+    anyhow::ensure!(
+        before == after,
+        "spokes handshook with each other again: {before:?} -> {after:?}"
+    );
+    // s3's 2 x 400 frames (requests to s1, replies to s2) through the
+    // standby, none of them back to s3 or anywhere else.
+    anyhow::ensure!(
+        sb_in3 >= 790.0,
+        "the standby relayed {sb_in3} frames from s3"
+    );
+    anyhow::ensure!(
+        sb_out[2] == 0.0,
+        "the standby relayed {} frames to s3",
+        sb_out[2]
+    );
+    anyhow::ensure!(
+        sb_out[0] + sb_out[1] == sb_in3 && sb_out[0] >= 395.0 && sb_out[1] >= 395.0,
+        "the standby relayed s3's {sb_in3} frames as {sb_out:?}"
+    );
+    // And the active relayed everything to s3, nothing from it.
+    anyhow::ensure!(
+        act_in3 == 0.0,
+        "the active relayed {act_in3} frames from s3"
+    );
+    anyhow::ensure!(
+        act_out3 >= 790.0,
+        "the active relayed {act_out3} frames to s3"
+    );
     Ok(())
 }
