@@ -16,11 +16,17 @@
 //! and until every spoke pings the hub's tunnel address again (the
 //! standby's WireGuard initiates to every spoke on promotion).
 //!
+//! `keepalived_failover_e2e`: the same with keepalived doing its part: the
+//! hubs and the router share one L2 segment (a bridge in the router
+//! namespace), one keepalived per hub (VRRPv3, unicast, 100 ms adverts)
+//! holds the shared address, and the standby's notify_master sets the
+//! default route's source and sends SIGUSR1. The gap then includes
+//! keepalived's detection of the dead active.
+//!
 //! `split_brain_e2e`: both hubs active at once, each getting part of the
 //! spokes' traffic (see [`split_brain`]).
 //!
-//! Not here yet: keepalived itself (its detection time adds to the gap:
-//! about three advertisement intervals), fail-back.
+//! Not here yet: fail-back, losing the active's whole namespace.
 //!
 //! Run as root: `cargo test -p relay-tests --release --test failover_e2e -- --nocapture`
 //! (both tests; they run one at a time).
@@ -49,6 +55,8 @@ enum Mode {
     Failover,
     /// Both hubs are active and each gets part of the spokes' traffic.
     SplitBrain,
+    /// As Failover, with keepalived moving the address and promoting.
+    Keepalived,
 }
 
 /// One at a time: the gap is measured in milliseconds, and two hubs plus
@@ -58,6 +66,11 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 #[test]
 fn failover_e2e() {
     scenario("failover_e2e", Mode::Failover);
+}
+
+#[test]
+fn keepalived_failover_e2e() {
+    scenario("keepalived_failover_e2e", Mode::Keepalived);
 }
 
 #[test]
@@ -178,31 +191,35 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>, mode: Mode) -> anyhow::Result<()> 
         &format!("{}sp", topo.prefix),
         &sb,
     )?;
-    sb.exec(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("{HUB_ADDR}/32"),
-        "dev",
-        &public.b,
-    ])?;
-    sb.exec(&["ip", "addr", "add", "10.254.1.2/30", "dev", &public.b])?;
-    // From the hub's address: the standby's WireGuard initiates to the
-    // spokes on takeover, and its source must be the address their NATs
-    // have mappings for (keepalived: a virtual_routes entry with src).
-    sb.exec(&[
-        "ip",
-        "route",
-        "add",
-        "default",
-        "via",
-        "10.254.1.1",
-        "src",
-        &HUB_ADDR.to_string(),
-    ])?;
-    sb.sysctl("net.ipv4.ip_forward", "1")?;
-    topo.router
-        .exec(&["ip", "addr", "add", "10.254.1.1/30", "dev", &public.a])?;
+    if mode == Mode::Keepalived {
+        one_segment(topo, hub, &sb, &public)?;
+    } else {
+        sb.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{HUB_ADDR}/32"),
+            "dev",
+            &public.b,
+        ])?;
+        sb.exec(&["ip", "addr", "add", "10.254.1.2/30", "dev", &public.b])?;
+        // From the hub's address: the standby's WireGuard initiates to the
+        // spokes on takeover, and its source must be the address their NATs
+        // have mappings for (keepalived: a virtual_routes entry with src).
+        sb.exec(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.254.1.1",
+            "src",
+            &HUB_ADDR.to_string(),
+        ])?;
+        sb.sysctl("net.ipv4.ip_forward", "1")?;
+        topo.router
+            .exec(&["ip", "addr", "add", "10.254.1.1/30", "dev", &public.a])?;
+    }
     // The standby's XDP_TX frames need an XDP program on the veth peer.
     let mut xdp_pass = topo.router.spawn(
         "xdp-pass-standby",
@@ -252,6 +269,10 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>, mode: Mode) -> anyhow::Result<()> 
                     .map(|_| ()))
             },
         )?;
+        let _keepalived = match mode {
+            Mode::Keepalived => Some(start_keepalived(topo, hub, &sb, &public.b, standby.pid())?),
+            _ => None,
+        };
         let hub_key = hub.api_json("/v1/hub")?["public_key"]
             .as_str()
             .context("hub public key")?
@@ -321,29 +342,32 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>, mode: Mode) -> anyhow::Result<()> 
             .into_iter()
             .filter(|p| {
                 std::fs::read_to_string(format!("/proc/{p}/comm"))
-                    .is_ok_and(|c| c.trim() == "relayhub")
+                    .is_ok_and(|c| matches!(c.trim(), "relayhub" | "keepalived"))
             })
             .collect();
         anyhow::ensure!(
             !killed.is_empty(),
             "no relayhub process in the hub namespace"
         );
+        // Link first: a killed keepalived could still say goodbye.
+        topo.hub
+            .exec(&["ip", "link", "set", "dev", &hub.nic, "down"])?;
         for &p in &killed {
             cmd::signal(p, libc::SIGKILL);
         }
-        topo.hub
-            .exec(&["ip", "link", "set", "dev", &hub.nic, "down"])?;
-        // keepalived's part, by hand: the address moves, notify_master.
         let failed = Instant::now();
-        topo.router.exec(&[
-            "ip",
-            "route",
-            "replace",
-            &format!("{HUB_ADDR}/32"),
-            "dev",
-            &public.a,
-        ])?;
-        cmd::signal(standby.pid(), libc::SIGUSR1);
+        if mode == Mode::Failover {
+            // keepalived's part, by hand: the address moves, notify_master.
+            topo.router.exec(&[
+                "ip",
+                "route",
+                "replace",
+                &format!("{HUB_ADDR}/32"),
+                "dev",
+                &public.a,
+            ])?;
+            cmd::signal(standby.pid(), libc::SIGUSR1);
+        }
 
         // The hub's tunnel address answers every spoke again.
         let mut tunnel = Vec::new();
@@ -528,4 +552,173 @@ fn split_brain(
         "the active relayed {act_out3} frames to s3"
     );
     Ok(())
+}
+
+/// The standby's own address on the segment it shares with the active
+/// and the router (keepalived mode), and the active's.
+const ACTIVE_OWN: &str = "198.51.100.2";
+const STANDBY_OWN: &str = "198.51.100.3";
+
+/// One L2 segment for both hubs and the router, as VRRP needs: a bridge in
+/// the router namespace joins the active's link and the standby's. The
+/// shared address is keepalived's to move.
+fn one_segment(topo: &Topology, hub: &Hub<'_>, sb: &Netns, public: &Veth) -> anyhow::Result<()> {
+    let br = format!("{}br", topo.prefix);
+    let router_addr = format!("{}/24", relay_tests::topology::ROUTER_HUB_ADDR);
+    let r = &topo.router;
+    r.exec(&["ip", "link", "add", &br, "type", "bridge"])?;
+    r.exec(&["ip", "link", "set", &br, "up"])?;
+    r.exec(&[
+        "ip",
+        "addr",
+        "del",
+        &router_addr,
+        "dev",
+        &topo.router_hub_if,
+    ])?;
+    r.exec(&["ip", "link", "set", &topo.router_hub_if, "master", &br])?;
+    r.exec(&["ip", "link", "set", &public.a, "master", &br])?;
+    r.exec(&["ip", "addr", "add", &router_addr, "dev", &br])?;
+    // keepalived removes the shared address at start (and on a backup):
+    // the own address must outlive it.
+    topo.hub.sysctl(
+        &format!("net.ipv4.conf.{}.promote_secondaries", hub.nic),
+        "1",
+    )?;
+    sb.sysctl(
+        &format!("net.ipv4.conf.{}.promote_secondaries", public.b),
+        "1",
+    )?;
+    topo.hub.exec(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{ACTIVE_OWN}/24"),
+        "dev",
+        &hub.nic,
+    ])?;
+    sb.exec(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{STANDBY_OWN}/24"),
+        "dev",
+        &public.b,
+    ])?;
+    sb.exec(&[
+        "ip",
+        "route",
+        "add",
+        "default",
+        "via",
+        &relay_tests::topology::ROUTER_HUB_ADDR.to_string(),
+    ])?;
+    sb.sysctl("net.ipv4.ip_forward", "1")?;
+    Ok(())
+}
+
+/// keepalived on both hubs (VRRPv3, unicast on the shared segment, 100 ms
+/// adverts): the active's first, as MASTER; the standby's as BACKUP, whose
+/// notify_master makes the shared address the default route's source and
+/// signals its relayhub (README, High availability).
+fn start_keepalived(
+    topo: &Topology,
+    hub: &Hub<'_>,
+    sb: &Netns,
+    standby_if: &str,
+    standby_pid: u32,
+) -> anyhow::Result<Vec<relay_tests::cmd::Proc>> {
+    let dir = &topo.workdir;
+    let script = dir.join("relayhub-role");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in\nactive) ip route replace default via {} src {HUB_ADDR}\n  kill -USR1 {standby_pid} ;;\nstandby) kill -USR2 {standby_pid} ;;\nesac\n",
+            relay_tests::topology::ROUTER_HUB_ADDR
+        ),
+    )?;
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let script = script.to_str().context("utf-8")?;
+    let conf = |name: &str,
+                iface: &str,
+                state: &str,
+                prio: u32,
+                me: &str,
+                peer: &str,
+                notify: bool| {
+        let notify = if notify {
+            format!(
+                "    notify_master \"{script} active\"\n    notify_backup \"{script} standby\"\n    notify_fault \"{script} standby\"\n"
+            )
+        } else {
+            String::new()
+        };
+        let text = format!(
+            "global_defs {{\n    vrrp_version 3\n    script_user root\n}}\n\
+             vrrp_instance relayhub {{\n    state {state}\n    interface {iface}\n    virtual_router_id 51\n\
+             priority {prio}\n    advert_int 0.1\n    unicast_src_ip {me}\n    unicast_peer {{\n        {peer}\n    }}\n\
+             virtual_ipaddress {{\n        {HUB_ADDR}/24 dev {iface}\n    }}\n{notify}}}\n"
+        );
+        let path = dir.join(format!("keepalived-{name}.conf"));
+        std::fs::write(&path, text).map(|()| path)
+    };
+    let mut procs = Vec::new();
+    for (ns, name, iface, state, prio, me, peer, notify) in [
+        (
+            &topo.hub,
+            "active",
+            hub.nic.as_str(),
+            "MASTER",
+            150,
+            ACTIVE_OWN,
+            STANDBY_OWN,
+            false,
+        ),
+        (
+            sb,
+            "standby",
+            standby_if,
+            "BACKUP",
+            100,
+            STANDBY_OWN,
+            ACTIVE_OWN,
+            true,
+        ),
+    ] {
+        let path = conf(name, iface, state, prio, me, peer, notify)?;
+        let pid = dir.join(format!("keepalived-{name}.pid"));
+        let vrrp_pid = dir.join(format!("keepalived-{name}-vrrp.pid"));
+        let mut p = ns.spawn(
+            &format!("keepalived-{name}"),
+            &[
+                "keepalived",
+                "-n",
+                "-l",
+                "-D",
+                "-P",
+                "-f",
+                path.to_str().context("utf-8")?,
+                "-p",
+                pid.to_str().context("utf-8")?,
+                "-r",
+                vrrp_pid.to_str().context("utf-8")?,
+            ],
+            dir,
+            false,
+        )?;
+        let want = if state == "MASTER" {
+            "Entering MASTER STATE"
+        } else {
+            "Entering BACKUP STATE"
+        };
+        if let Err(e) = p.wait_output(want, Duration::from_secs(10)) {
+            anyhow::bail!(
+                "{e:#}\nkeepalived-{name}:\n{}\n{}",
+                p.stdout(),
+                p.stderr_tail(30)
+            );
+        }
+        procs.push(p);
+    }
+    Ok(procs)
 }

@@ -34,6 +34,8 @@ const APT_PACKAGES: &[(&str, Option<&str>, Need)] = &[
     ("bpftool", Some("bpftool"), Need::Test),
     ("curl", Some("curl"), Need::Test),
     ("iputils-ping", Some("ping"), Need::Test),
+    // failover_e2e moves the hubs' shared address with VRRP.
+    ("keepalived", Some("keepalived"), Need::Test),
     // The shared-store tests run a throwaway etcd (`--store etcd://`).
     ("etcd-server", Some("etcd"), Need::Test),
     // `systemd-analyze verify` on the units in contrib/ (contrib_units).
