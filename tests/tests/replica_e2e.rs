@@ -21,8 +21,8 @@
 //! removed on the active: its endpoint and sessions go from the standby
 //! too.
 //!
-//! Not here yet: keepalived, the takeover of the hub's own WireGuard
-//! sessions, split brain.
+//! keepalived, the takeover of the hub's own WireGuard sessions and split
+//! brain are in `failover_e2e`.
 //!
 //! Run as root: `cargo test -p relay-tests --release --test replica_e2e -- --nocapture`.
 
