@@ -97,6 +97,7 @@ impl Hub {
             tracing::warn!(error = %e, "takeover: re-applying the registry");
         }
         let mut nudge = Vec::new();
+        let mut endpoints = Vec::new();
         for (&slot, &ep) in &installed {
             let Some(m) = self.spokes.get_mut(&slot) else {
                 continue;
@@ -107,11 +108,14 @@ impl Hub {
             m.health.on_endpoint(Some(ep));
             self.router.set_endpoint(slot, Some(ep));
             if let Some(addr) = crate::io::hub_wg::to_socket_addr(&ep) {
-                if let Err(e) = self.wg.set_endpoint(&m.public_key, addr) {
-                    tracing::warn!(error = %e, slot, "takeover: setting a spoke's endpoint on the hub's WireGuard");
-                }
+                endpoints.push((m.public_key.clone(), addr));
                 nudge.push(m.address);
             }
+        }
+        // One update for all: one UAPI/netlink call per spoke would hold
+        // the hub lock for seconds at 10k spokes.
+        if let Err(e) = self.wg.set_endpoints(&endpoints) {
+            tracing::warn!(error = %e, "takeover: pointing the hub's WireGuard at the spokes");
         }
         self.refresh_hub_addresses(endpoint_ips);
         self.read_receivers(now);

@@ -273,6 +273,23 @@ impl HubWg {
             })
     }
 
+    /// [`set_endpoint`](Self::set_endpoint) for many spokes in one update
+    /// (a takeover points the hub's WireGuard at every known spoke).
+    pub fn set_endpoints(&self, endpoints: &[(Key, SocketAddr)]) -> Result<(), HubWgError> {
+        if endpoints.is_empty() {
+            return Ok(());
+        }
+        let mut u = DeviceUpdate::new();
+        for (key, endpoint) in endpoints {
+            u = u.add_peer(PeerConfigBuilder::new(key).set_endpoint(*endpoint));
+        }
+        u.apply(&self.name, self.backend)
+            .map_err(|source| HubWgError::Io {
+                name: self.name_str.clone(),
+                source,
+            })
+    }
+
     /// Current peers, with endpoints only where a handshake backs them.
     pub fn peers(&self) -> Result<Vec<PeerStatus>, HubWgError> {
         let dev = self.device()?;
