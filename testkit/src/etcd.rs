@@ -85,6 +85,12 @@ impl Etcd {
     pub fn start_again(&mut self) -> anyhow::Result<()> {
         anyhow::ensure!(self.proc.is_none(), "etcd {} is running", self.name);
         let client = format!("http://127.0.0.1:{}", self.client_port);
+        // In a namespace of its own, clients come over links to it: every
+        // address of the namespace (nothing else is there).
+        let listen = match self.ns {
+            Some(_) => format!("http://0.0.0.0:{}", self.client_port),
+            None => client.clone(),
+        };
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let data = self.data.to_str().context("utf-8 path")?.to_owned();
         let mut argv: Vec<String> = Vec::new();
@@ -99,7 +105,7 @@ impl Etcd {
                 "--data-dir",
                 &data,
                 "--listen-client-urls",
-                &client,
+                &listen,
                 "--advertise-client-urls",
                 &client,
                 "--listen-peer-urls",

@@ -109,27 +109,38 @@ impl Netns {
 
     /// `ping -c COUNT -i INTERVAL -W 1 DST` from this namespace.
     pub fn ping(&self, dst: &str, count: u32, interval: f64) -> anyhow::Result<Ping> {
+        self.ping_in_background(dst, count, interval)
+            .join()
+            .map_err(|_| anyhow::anyhow!("ping thread panicked"))?
+    }
+
+    /// [`Netns::ping`] in a thread of its own: a flow that runs while the
+    /// test does something else (a failover, an outage).
+    pub fn ping_in_background(
+        &self,
+        dst: &str,
+        count: u32,
+        interval: f64,
+    ) -> JoinHandle<anyhow::Result<Ping>> {
         let timeout = Duration::from_secs_f64(count as f64 * interval + 5.0);
-        let out = self.output(
-            &[
-                "ping",
-                "-n",
-                "-q",
-                "-c",
-                &count.to_string(),
-                "-i",
-                &interval.to_string(),
-                "-W",
-                "1",
-                dst,
-            ],
-            timeout,
-        )?;
-        Ping::parse(&out.stdout).with_context(|| {
-            format!(
-                "ping {dst} from {}: {}{}",
-                self.name, out.stdout, out.stderr
-            )
+        let argv = self.argv(&[
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            &interval.to_string(),
+            "-W",
+            "1",
+            dst,
+        ]);
+        let (name, dst) = (self.name.clone(), dst.to_owned());
+        thread::spawn(move || {
+            let out = cmd::run_timeout(&argv, timeout)?;
+            Ping::parse(&out.stdout).with_context(|| {
+                format!("ping {dst} from {name}: {}{}", out.stdout, out.stderr)
+            })
         })
     }
 

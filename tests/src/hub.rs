@@ -232,6 +232,20 @@ impl<'t> Hub<'t> {
         Ok(())
     }
 
+    /// The relayhub's pid (for signals), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(Proc::pid)
+    }
+
+    /// SIGKILL the hub's relayhub (a failure, not a stop: nothing is
+    /// cleaned up) and forget it; [`Hub::restart`] starts it again.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            cmd::signal(p.pid(), libc::SIGKILL);
+            p.stop(Duration::from_secs(5));
+        }
+    }
+
     /// Stop the hub (SIGTERM; it removes its interface and detaches XDP)
     /// and start it again on the same state directory, with `run_args`.
     pub fn restart(&mut self, run_args: &[&str]) -> anyhow::Result<Duration> {

@@ -237,8 +237,6 @@ pub fn conf_private_key(text: &str) -> Option<String> {
     })
 }
 
-/// `text` with a `PrivateKey = key` line added to its [Interface] section
-/// (replacing any uncommented PrivateKey line).
 /// Public key of the interface whose wg-quick file is `text` (`wg pubkey`).
 pub fn conf_public_key(text: &str) -> anyhow::Result<String> {
     let private = conf_private_key(text).context("no PrivateKey in the wg-quick file")?;
@@ -249,6 +247,8 @@ pub fn conf_public_key(text: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8(out.stdout)?.trim().to_string())
 }
 
+/// `text` with a `PrivateKey = key` line added to its [Interface] section
+/// (replacing any uncommented PrivateKey line).
 pub fn with_private_key(text: &str, key: &str) -> anyhow::Result<String> {
     let mut out = String::new();
     let mut done = false;

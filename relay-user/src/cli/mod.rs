@@ -182,18 +182,17 @@ pub struct RunArgs {
     #[arg(long, env = "RELAYHUB_PEERS_PORT", default_value_t = crate::hub::peers::DEFAULT_PEERS_PORT)]
     pub peers_port: u16,
     /// Serve this hub's relay tables (endpoints, sessions) to a standby
-    /// hub on ADDR:PORT (TCP; MAC'd with a key from hub.key, not
-    /// encrypted: use a link only the hubs reach). Off by default.
+    /// hub on ADDR:PORT while this hub is active (TCP; MAC'd with a key
+    /// from hub.key, not encrypted: use a link only the hubs reach). Off by
+    /// default. Alone, the hub starts active.
     #[arg(long, env = "RELAYHUB_REPLICA_LISTEN", value_name = "ADDR:PORT")]
     pub replica_listen: Option<SocketAddr>,
-    /// Run as the standby of the active hub whose --replica-listen is
-    /// HOST:PORT: keep a live copy of its relay tables in this hub's maps.
-    #[arg(
-        long,
-        env = "RELAYHUB_STANDBY_OF",
-        value_name = "HOST:PORT",
-        conflicts_with = "replica_listen"
-    )]
+    /// Start as the standby of the hub whose --replica-listen is
+    /// HOST:PORT: keep a live copy of its relay tables in this hub's maps
+    /// while standby (SIGUSR1 promotes, SIGUSR2 demotes). With
+    /// --replica-listen too, as on both hubs of a pair, the hub serves
+    /// once promoted, so the other can follow it and fail back.
+    #[arg(long, env = "RELAYHUB_STANDBY_OF", value_name = "HOST:PORT")]
     pub standby_of: Option<String>,
 }
 

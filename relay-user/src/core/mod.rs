@@ -12,6 +12,7 @@ pub mod proof;
 pub mod reconcile;
 pub mod registry;
 pub mod replica;
+pub mod role;
 pub mod router;
 pub mod sessions;
 pub mod shield;

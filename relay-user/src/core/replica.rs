@@ -551,6 +551,17 @@ impl Replica {
         self.stats.connects += 1;
     }
 
+    /// The maps hold `maps` now (read from them): a hub that was active,
+    /// or that kept its pinned maps across a restart, wrote them itself, so
+    /// the next snapshot must be diffed against this, not against what
+    /// this replica wrote last.
+    pub fn rebase(&mut self, maps: Tables) {
+        self.have = maps;
+        self.incoming = None;
+        self.next_seq = None;
+        self.synced = false;
+    }
+
     /// The tables as the maps hold them.
     pub fn tables(&self) -> &Tables {
         &self.have
@@ -783,6 +794,38 @@ mod tests {
         assert_eq!(p.tick(&t2, &mut enc), 0);
         assert!(deliver(&mut enc, &mut dec, &mut r).unwrap().is_empty());
         assert!(r.lag(Instant::now()).unwrap() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_rebased_replica_removes_what_its_own_maps_hold_extra() {
+        // A hub that was active (or kept pinned maps across a restart) has
+        // entries of its own; following again, the snapshot must remove
+        // those the active does not have, and rewrite a moved endpoint
+        // from where the maps have it.
+        let mut r = Replica::new();
+        let own = tables(&[(1, 1000), (5, 5000)], &[(1, 0xaa, 2), (5, 0xee, 1)]);
+        r.rebase(own);
+        let active = tables(&[(1, 1111)], &[(1, 0xaa, 2)]);
+        let mut p = Publisher::new();
+        let mut enc = Encoder::new(KEY);
+        let mut dec = Decoder::new(KEY);
+        p.tick(&active, &mut enc);
+        let ops = deliver(&mut enc, &mut dec, &mut r).unwrap();
+        assert_eq!(r.tables(), &active);
+        assert!(ops.contains(&MapOp::NoSession(key(5, 0xee))));
+        assert!(ops.contains(&MapOp::Endpoint {
+            slot: 5,
+            old: Some(Endpoint::v4([198, 51, 100, 5], 5000)),
+            new: None,
+        }));
+        assert!(ops.contains(&MapOp::Endpoint {
+            slot: 1,
+            old: Some(Endpoint::v4([198, 51, 100, 1], 1000)),
+            new: Some(Endpoint::v4([198, 51, 100, 1], 1111)),
+        }));
+        // The session both have is not rewritten.
+        assert!(!ops.contains(&MapOp::Session(key(1, 0xaa), sess(2))));
+        assert_eq!(ops.len(), 3);
     }
 
     #[test]

@@ -190,27 +190,27 @@ impl Hub {
         use crate::hub::replica::Role;
         let r = &self.replication;
         let rep = &r.replica;
-        match r.role {
+        match r.role() {
             Role::Off => None,
             Role::Active => Some(ReplicationStatus {
-                role: r.role.label().into(),
-                connected: r.connected,
+                role: r.role().label().into(),
+                connected: r.connected(),
                 lag_seconds: None,
                 endpoints: 0,
                 sessions: 0,
                 snapshots: 0,
                 records: r.records_sent,
-                takeovers: r.takeovers,
+                takeovers: r.roles.takeovers(),
             }),
             Role::Standby => Some(ReplicationStatus {
-                role: r.role.label().into(),
-                connected: r.connected,
+                role: r.role().label().into(),
+                connected: r.connected(),
                 lag_seconds: rep.lag(Instant::now()).map(|d| d.as_secs_f64()),
                 endpoints: rep.tables().endpoints.len(),
                 sessions: rep.tables().sessions.len(),
                 snapshots: rep.stats.snapshots,
                 records: rep.stats.records,
-                takeovers: r.takeovers,
+                takeovers: r.roles.takeovers(),
             }),
         }
     }

@@ -187,7 +187,7 @@ impl Hub {
     /// tables to the replica: its own WireGuard sees no spoke (the shared
     /// address is elsewhere), and the active's changes arrive as deltas.
     pub(crate) fn apply_ops(&mut self, ops: &[Op]) -> anyhow::Result<()> {
-        if self.replication.role == replica::Role::Standby {
+        if !self.replication.roles.owns_tables() {
             return Ok(());
         }
         for op in ops {
@@ -626,7 +626,7 @@ impl Hub {
 
     pub(crate) fn sweep_sessions(&mut self) {
         // A standby's entries expire when the active's do (as removals).
-        if self.replication.role == replica::Role::Standby {
+        if !self.replication.roles.owns_tables() {
             return;
         }
         let live = self.slots.live_slots();

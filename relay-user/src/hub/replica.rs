@@ -31,38 +31,36 @@ pub const MAX_CONNECTIONS: u32 = 4;
 /// Reconnect attempts back off up to this.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// Which side of replication this hub is on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) enum Role {
-    #[default]
-    Off,
-    Active,
-    Standby,
-}
-
-impl Role {
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            Role::Off => "off",
-            Role::Active => "active",
-            Role::Standby => "standby",
-        }
-    }
-}
+pub(crate) use crate::core::role::Role;
+use crate::core::role::{Request, Roles, Steps};
 
 /// Replication state the API and metrics show.
 #[derive(Default)]
 pub(crate) struct Replication {
-    pub(crate) role: Role,
+    pub(crate) roles: Roles,
     /// Standby: the replicated tables and the stream's position.
     pub(crate) replica: crate::core::replica::Replica,
-    /// Standby: a snapshot completed on the current connection. Active:
-    /// standbys connected.
-    pub(crate) connected: u32,
-    /// Active: records sent, over all connections.
+    /// Standby: a snapshot completed on the current connection.
+    pub(crate) following: bool,
+    /// Connections from standbys open now (authenticated or not).
+    pub(crate) followers: u32,
+    /// Records sent, over all connections.
     pub(crate) records_sent: u64,
-    /// Promotions to active since the start.
-    pub(crate) takeovers: u64,
+}
+
+impl Replication {
+    pub(crate) fn role(&self) -> Role {
+        self.roles.role()
+    }
+
+    /// Active: standbys connected; standby: 1 while following.
+    pub(crate) fn connected(&self) -> u32 {
+        match self.role() {
+            Role::Active => self.followers,
+            Role::Standby => u32::from(self.following),
+            Role::Off => 0,
+        }
+    }
 }
 
 /// Port of the datagram that makes the hub's WireGuard handshake with a
@@ -70,20 +68,34 @@ pub(crate) struct Replication {
 const NUDGE_PORT: u16 = 9;
 
 impl Hub {
-    /// Become the active hub (keepalived's notify_master, via SIGUSR1):
-    /// take the tables the standby wrote into the maps as this hub's own,
-    /// so the reconciler, endpoint refresh, proofs and the session sweep go
-    /// on from them, and have the hub's WireGuard initiate to every spoke
-    /// whose endpoint is known at once instead of waiting for the spokes'
-    /// next handshake (up to 2 minutes). The caller stops following the
-    /// old active. False if already active.
-    pub(crate) fn promote(&mut self, endpoint_ips: &[std::net::IpAddr]) -> bool {
-        if self.replication.role == Role::Active {
-            return false;
+    /// A role change from keepalived's notify scripts (SIGUSR1: active,
+    /// SIGUSR2: standby). What changes is `core::role`'s to decide; this
+    /// carries out the part done under the hub lock and returns the steps
+    /// for the caller's tasks (stop or start following). `None`: nothing
+    /// changed.
+    pub(crate) fn change_role(
+        &mut self,
+        req: Request,
+        endpoint_ips: &[std::net::IpAddr],
+    ) -> Option<Steps> {
+        let steps = self.replication.roles.request(req)?;
+        if steps.stop_following {
+            self.replication.following = false;
         }
-        self.replication.role = Role::Active;
-        self.replication.takeovers += 1;
-        self.replication.connected = 0;
+        if steps.adopt {
+            self.adopt_tables(endpoint_ips);
+        } else {
+            tracing::info!("this hub is a standby now");
+        }
+        Some(steps)
+    }
+
+    /// Become the active hub: take the tables the standby wrote into the
+    /// maps as this hub's own, so the reconciler, endpoint refresh, proofs
+    /// and the session sweep go on from them, and have the hub's WireGuard
+    /// initiate to every spoke whose endpoint is known at once instead of
+    /// waiting for the spokes' next handshake (up to 2 minutes).
+    fn adopt_tables(&mut self, endpoint_ips: &[std::net::IpAddr]) {
         let now = Instant::now();
         // The maps are the truth: the replica wrote them, the reconciler
         // (skipped while standby) has not tracked them.
@@ -108,13 +120,14 @@ impl Hub {
             m.health.on_endpoint(Some(ep));
             self.router.set_endpoint(slot, Some(ep));
             if let Some(addr) = crate::io::hub_wg::to_socket_addr(&ep) {
-                endpoints.push((m.public_key.clone(), addr));
+                endpoints.push((m.public_key.clone(), m.address, addr));
                 nudge.push(m.address);
             }
         }
-        // One update for all: one UAPI/netlink call per spoke would hold
-        // the hub lock for seconds at 10k spokes.
-        if let Err(e) = self.wg.set_endpoints(&endpoints) {
+        // Fresh sessions with every spoke, in two updates for all: one
+        // UAPI/netlink call per spoke would hold the hub lock for seconds
+        // at 10k spokes.
+        if let Err(e) = self.wg.restart_sessions(&endpoints) {
             tracing::warn!(error = %e, "takeover: pointing the hub's WireGuard at the spokes");
         }
         self.refresh_hub_addresses(endpoint_ips);
@@ -135,25 +148,31 @@ impl Hub {
         tracing::info!(
             endpoints = installed.len(),
             initiated = nudge.len(),
-            takeovers = self.replication.takeovers,
+            takeovers = self.replication.roles.takeovers(),
             "takeover: this hub is active"
         );
-        true
     }
 
-    /// Become a standby (keepalived's notify_backup/notify_fault, via
-    /// SIGUSR2): the reconciler and the sweep leave the maps alone again.
-    /// The XDP program keeps relaying whatever still reaches this hub, by
-    /// its own tables: a copy of the active's, so a frame goes nowhere the
-    /// active would not send it (split brain). False if already standby.
-    pub(crate) fn demote(&mut self) -> bool {
-        if self.replication.role == Role::Standby {
-            return false;
+    /// What the maps hold now, as replicated tables (a standby about to
+    /// follow diffs the first snapshot against this).
+    fn tables_in_maps(&mut self) -> Tables {
+        Tables {
+            endpoints: self.datapath.installed_endpoints(),
+            sessions: self
+                .datapath
+                .sessions()
+                .into_iter()
+                .map(|(k, v)| {
+                    (
+                        k,
+                        Session {
+                            dst_slot: v.dst_slot,
+                            flags: v.flags,
+                        },
+                    )
+                })
+                .collect(),
         }
-        self.replication.role = Role::Standby;
-        self.replication.connected = 0;
-        tracing::info!("this hub is a standby now");
-        true
     }
 }
 
@@ -177,11 +196,17 @@ pub(crate) async fn serve(
         let Some(h) = hub.upgrade() else { return };
         {
             let mut g = h.lock().expect("hub lock");
-            if g.replication.connected >= MAX_CONNECTIONS {
+            // A standby's tables are a copy at best: never serve them (two
+            // standbys would otherwise follow each other's stale copies).
+            if !g.replication.roles.serves() {
+                tracing::debug!(%peer, "replication: connection refused (this hub is not active)");
+                continue;
+            }
+            if g.replication.followers >= MAX_CONNECTIONS {
                 tracing::debug!(%peer, "replication: connection refused (limit)");
                 continue;
             }
-            g.replication.connected += 1;
+            g.replication.followers += 1;
         }
         drop(h);
         let hub = hub.clone();
@@ -189,7 +214,7 @@ pub(crate) async fn serve(
             tracing::info!(%peer, "replication: standby connected");
             let r = serve_one(stream, &hub, &base, map_id).await;
             if let Some(h) = hub.upgrade() {
-                h.lock().expect("hub lock").replication.connected -= 1;
+                h.lock().expect("hub lock").replication.followers -= 1;
             }
             match r {
                 Ok(()) => tracing::info!(%peer, "replication: standby left"),
@@ -233,10 +258,18 @@ async fn serve_one(
         entries = e;
         read.context("reading the session table")?;
         // Strong only while locked: never across an await.
-        let Some(endpoints) = hub
-            .upgrade()
-            .map(|h| h.lock().expect("hub lock").slots.installed_all().clone())
-        else {
+        let Some(endpoints) = hub.upgrade().map(|h| {
+            let g = h.lock().expect("hub lock");
+            g.replication
+                .roles
+                .serves()
+                .then(|| g.slots.installed_all().clone())
+        }) else {
+            return Ok(());
+        };
+        // Demoted: the standby reconnects and finds the new active.
+        let Some(endpoints) = endpoints else {
+            tracing::info!("replication: this hub is a standby now: closing the stream");
             return Ok(());
         };
         let tables = Tables {
@@ -263,15 +296,31 @@ async fn serve_one(
     }
 }
 
-/// Follow the active at `addr` until the process ends, reconnecting with
-/// backoff.
+/// Follow the active at `addr` until aborted (promotion) or the process
+/// ends, reconnecting with backoff.
 pub(crate) async fn follow(addr: String, hub: Arc<Mutex<Hub>>, base: [u8; 32]) {
+    // The maps may hold this hub's own tables (it was active, or kept its
+    // pinned maps across a restart): the first snapshot is diffed against
+    // them, so what the active does not have is removed.
+    {
+        let mut h = hub.lock().expect("hub lock");
+        let maps = h.tables_in_maps();
+        tracing::debug!(
+            endpoints = maps.endpoints.len(),
+            sessions = maps.sessions.len(),
+            "replication: the maps before following"
+        );
+        h.replication.replica.rebase(maps);
+    }
     let mut backoff = Duration::from_millis(200);
     let mut said = String::new();
     loop {
+        if !hub.lock().expect("hub lock").replication.roles.follows() {
+            return;
+        }
         let started = Instant::now();
         let r = follow_once(&addr, &hub, &base).await;
-        hub.lock().expect("hub lock").replication.connected = 0;
+        hub.lock().expect("hub lock").replication.following = false;
         if let Err(e) = r {
             // Once per distinct failure, not every retry.
             let msg = format!("{e:#}");
@@ -318,6 +367,11 @@ async fn follow_once(addr: &str, hub: &Arc<Mutex<Hub>>, base: &[u8; 32]) -> anyh
         }
         dec.push(&buf[..n]);
         let mut h = hub.lock().expect("hub lock");
+        // Promoted between the read and the lock: the maps are this hub's
+        // own now; the abort is on its way.
+        if !h.replication.roles.follows() {
+            return Ok(());
+        }
         let now = Instant::now();
         while let Some(m) = dec.next_message()? {
             ops.clear();
@@ -325,7 +379,7 @@ async fn follow_once(addr: &str, hub: &Arc<Mutex<Hub>>, base: &[u8; 32]) -> anyh
             h.apply_replica_ops(&ops);
         }
         if h.replication.replica.synced() {
-            h.replication.connected = 1;
+            h.replication.following = true;
             if !logged {
                 let t = h.replication.replica.tables();
                 tracing::info!(

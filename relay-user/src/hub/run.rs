@@ -138,6 +138,14 @@ fn ebpf_log_level() -> u8 {
 
 /// Run the hub until SIGINT/SIGTERM.
 pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
+    // Role changes, from keepalived's notify scripts (README, High
+    // availability): a signal needs no network path and only root (or the
+    // service's user) can send it. Registered first: SIGUSR1's default
+    // action ends the process, and keepalived may notify while the hub is
+    // still starting; a registered signal waits in its stream until the
+    // event loop reads it.
+    let mut sigpromote = signal(SignalKind::user_defined1())?;
+    let mut sigdemote = signal(SignalKind::user_defined2())?;
     let state = StateDir::open(&cfg.state_dir)?;
     let store = Store::open(&cfg.store, &state)?;
     let hub_key = state.hub_key()?;
@@ -254,11 +262,10 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
         receivers_read: None,
         probe_turn: 0,
         replication: super::replica::Replication {
-            role: match (&cfg.replica_listen, &cfg.standby_of) {
-                (_, Some(_)) => super::replica::Role::Standby,
-                (Some(_), None) => super::replica::Role::Active,
-                (None, None) => super::replica::Role::Off,
-            },
+            roles: crate::core::role::Roles::new(
+                cfg.replica_listen.is_some(),
+                cfg.standby_of.is_some(),
+            ),
             ..Default::default()
         },
         datapath: {
@@ -365,18 +372,12 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
 
     // Replication keys off the hub key both hubs share.
     let replica_base = crate::core::replica::base_key(&hub_key.0);
-    let mut replica_task = match (replica_listener, cfg.standby_of.clone()) {
-        (_, Some(active)) => {
-            tracing::info!(%active, "standby: following the active hub's relay tables");
-            Some(tokio::spawn(super::replica::follow(
-                active,
-                hub.clone(),
-                replica_base,
-            )))
-        }
-        (Some(l), None) => {
+    // Serving checks the role on every accept and tick: the task runs for
+    // as long as the hub does, whatever its role.
+    let serve_task = match replica_listener {
+        Some(l) => {
             let map_id = hub.lock().expect("hub lock").datapath.sessions_map_id()?;
-            tracing::info!(addr = ?l.local_addr().ok(), "serving the relay tables to standby hubs");
+            tracing::info!(addr = ?l.local_addr().ok(), "serving the relay tables to standby hubs while active");
             Some(tokio::spawn(super::replica::serve(
                 l,
                 Arc::downgrade(&hub),
@@ -384,15 +385,24 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
                 map_id,
             )))
         }
-        (None, None) => None,
+        None => None,
+    };
+    let follow = |active: &str| {
+        tracing::info!(%active, "standby: following the active hub's relay tables");
+        tokio::spawn(super::replica::follow(
+            active.to_owned(),
+            hub.clone(),
+            replica_base,
+        ))
+    };
+    let mut follow_task = match &cfg.standby_of {
+        Some(active) if hub.lock().expect("hub lock").replication.roles.follows() => {
+            Some(follow(active))
+        }
+        _ => None,
     };
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    // Role changes, from keepalived's notify scripts (README, High
-    // availability): a signal needs no network path and only root (or
-    // the service's user) can send it.
-    let mut sigpromote = signal(SignalKind::user_defined1())?;
-    let mut sigdemote = signal(SignalKind::user_defined2())?;
     let mut endpoint_tick = tokio::time::interval(ENDPOINT_REFRESH);
     // On a shared store, this hub is listed under hubs/ while it runs.
     let membership = match &store {
@@ -448,30 +458,24 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
-            _ = sigpromote.recv() => {
-                let promoted = hub.lock().expect("hub lock").promote(&state.endpoint_ips());
-                // Stop following the old active: its stream would write
-                // its (stale or missing) tables over ours.
-                if promoted && cfg.standby_of.is_some()
-                    && let Some(t) = replica_task.take()
-                {
-                    t.abort();
-                    let _ = t.await;
-                    hub.lock().expect("hub lock").replication.connected = 0;
+            req = async {
+                tokio::select! {
+                    _ = sigpromote.recv() => crate::core::role::Request::Promote,
+                    _ = sigdemote.recv() => crate::core::role::Request::Demote,
                 }
-            }
-            _ = sigdemote.recv() => {
-                let demoted = hub.lock().expect("hub lock").demote();
-                if demoted
-                    && replica_task.is_none()
-                    && let Some(active) = cfg.standby_of.clone()
-                {
-                    tracing::info!(%active, "standby again: following the active hub's relay tables");
-                    replica_task = Some(tokio::spawn(super::replica::follow(
-                        active,
-                        hub.clone(),
-                        replica_base,
-                    )));
+            } => {
+                let steps = hub
+                    .lock()
+                    .expect("hub lock")
+                    .change_role(req, &state.endpoint_ips());
+                if let Some(steps) = steps {
+                    if steps.stop_following && let Some(t) = follow_task.take() {
+                        t.abort();
+                        let _ = t.await;
+                    }
+                    if steps.start_following && let Some(active) = &cfg.standby_of {
+                        follow_task = Some(follow(active));
+                    }
                 }
             }
             _ = async {
@@ -557,7 +561,7 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
     }
     http_task.abort();
     let _ = http_task.await;
-    for t in [peers_task, enroll_task, Some(poll_task), replica_task]
+    for t in [peers_task, enroll_task, Some(poll_task), serve_task, follow_task]
         .into_iter()
         .flatten()
     {

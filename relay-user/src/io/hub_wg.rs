@@ -290,6 +290,41 @@ impl HubWg {
             })
     }
 
+    /// Drop the hub's sessions with these spokes and set them up again
+    /// (public key, tunnel address, endpoint), so the next packet to each
+    /// starts a handshake. For a takeover: sessions this interface still
+    /// holds from an earlier time as active (or that a restarted hub
+    /// adopted with the interface) are stale, as the spokes have since
+    /// handshaken with the other hub; sending on them would go unanswered
+    /// until WireGuard's own timers gave up on them (15 s and more).
+    /// Two updates: the peers' removal, then their return.
+    pub fn restart_sessions(
+        &self,
+        spokes: &[(Key, Ipv4Addr, SocketAddr)],
+    ) -> Result<(), HubWgError> {
+        if spokes.is_empty() {
+            return Ok(());
+        }
+        let io = |source| HubWgError::Io {
+            name: self.name_str.clone(),
+            source,
+        };
+        let mut gone = DeviceUpdate::new();
+        for (key, _, _) in spokes {
+            gone = gone.remove_peer_by_key(key);
+        }
+        gone.apply(&self.name, self.backend).map_err(io)?;
+        let mut back = DeviceUpdate::new();
+        for (key, addr, endpoint) in spokes {
+            back = back.add_peer(
+                PeerConfigBuilder::new(key)
+                    .add_allowed_ip(IpAddr::V4(*addr), 32)
+                    .set_endpoint(*endpoint),
+            );
+        }
+        back.apply(&self.name, self.backend).map_err(io)
+    }
+
     /// Current peers, with endpoints only where a handshake backs them.
     pub fn peers(&self) -> Result<Vec<PeerStatus>, HubWgError> {
         let dev = self.device()?;
