@@ -140,7 +140,11 @@ fn cli_on_etcd() {
     assert!(e2.contains("differs from the one the hubs on"), "{e2}");
     std::fs::copy(st.join("hub.key"), other.join("hub.key")).unwrap();
     std::fs::copy(st.join("enroll.pem"), other.join("enroll.pem")).unwrap();
-    ok(&other, &with(&["spoke", "add", "x"]));
+    // The endpoint given on the first hub is the store's: the second hub
+    // prints it without being told (it is the address both answer on).
+    let x = ok(&other, &with(&["spoke", "add", "x"]));
+    assert!(x.contains("Endpoint = 192.0.2.1:51820\n"), "{x}");
+    assert!(!other.join("endpoint").exists());
     ok(&other, &with(&["token", "create"]));
     assert!(ok(&st, &with(&["spoke", "list"])).contains("\nx "));
 }
@@ -276,6 +280,7 @@ fn migrate_copies_and_refuses_to_overwrite() {
     );
     assert!(out.contains("registry  2 spoke(s) from "), "{out}");
     assert!(out.contains("tokens    1 join token(s) from "), "{out}");
+    assert!(out.contains("endpoint  192.0.2.1:51820\n"), "{out}");
     assert!(out.contains("copy hub.key and enroll.pem"), "{out}");
     // The same documents, read through etcd.
     assert_eq!(ok(&st, &["--store", &url, "spoke", "list"]), spokes);
@@ -287,7 +292,7 @@ fn migrate_copies_and_refuses_to_overwrite() {
     ok(&st, &["--store", &url, "spoke", "add", "c"]);
     let err = fails(&st, &["store", "migrate", "--to", &url]);
     assert!(
-        err.contains("/relayhub/registry, /relayhub/policy, /relayhub/tokens exist(s) already; nothing copied"),
+        err.contains("/relayhub/registry, /relayhub/policy, /relayhub/tokens, /relayhub/endpoint exist(s) already; nothing copied"),
         "{err}"
     );
     assert!(err.contains("--force"), "{err}");

@@ -138,9 +138,8 @@ impl Netns {
         let (name, dst) = (self.name.clone(), dst.to_owned());
         thread::spawn(move || {
             let out = cmd::run_timeout(&argv, timeout)?;
-            Ping::parse(&out.stdout).with_context(|| {
-                format!("ping {dst} from {name}: {}{}", out.stdout, out.stderr)
-            })
+            Ping::parse(&out.stdout)
+                .with_context(|| format!("ping {dst} from {name}: {}{}", out.stdout, out.stderr))
         })
     }
 

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde_json::Value;
 
+use crate::Topology;
 use crate::cmd::{self, Proc};
 use crate::hub::relayhub_bin;
 use crate::netns::{Netns, Veth};
 use crate::topology::HUB_ADDR;
-use crate::Topology;
 
 /// The hubs' addresses on their private link (a /30).
 pub const ACTIVE_LINK: &str = "10.254.0.1";
@@ -108,7 +108,14 @@ impl StandbyHost {
         let dev = &self.public.b;
         let ns = &self.ns;
         ns.exec(&["ip", "addr", "add", &format!("{HUB_ADDR}/32"), "dev", dev])?;
-        ns.exec(&["ip", "addr", "add", &format!("{STANDBY_PUBLIC}/30"), "dev", dev])?;
+        ns.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{STANDBY_PUBLIC}/30"),
+            "dev",
+            dev,
+        ])?;
         let hub = HUB_ADDR.to_string();
         let mut route = vec!["ip", "route", "add", "default", "via", ROUTER_PUBLIC];
         if src_hub {
@@ -199,7 +206,9 @@ impl StandbyHost {
     /// SIGUSR1 (promote) or SIGUSR2 (demote), as keepalived's notify
     /// scripts send them.
     pub fn signal(&self, sig: i32) -> anyhow::Result<()> {
-        let pid = self.pid().context("the standby's relayhub is not running")?;
+        let pid = self
+            .pid()
+            .context("the standby's relayhub is not running")?;
         cmd::signal(pid, sig);
         Ok(())
     }
@@ -265,7 +274,10 @@ impl StandbyHost {
         match self.proc.take() {
             Some(mut p) => {
                 let (st, in_time) = p.stop(Duration::from_secs(10));
-                (format!("{st:?}"), in_time && st.is_some_and(|s| s.success()))
+                (
+                    format!("{st:?}"),
+                    in_time && st.is_some_and(|s| s.success()),
+                )
             }
             None => ("not running".into(), true),
         }

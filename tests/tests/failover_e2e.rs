@@ -129,9 +129,7 @@ impl Store {
             links.push(v);
         }
         let etcd = Etcd::start_in(&format!("{p}etcd"), &topo.workdir, Some(&ns))?;
-        let links: [Veth; 2] = links
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("two links"))?;
+        let links: [Veth; 2] = links.try_into().map_err(|_| anyhow::anyhow!("two links"))?;
         Ok(Store {
             etcd,
             _links: links,
@@ -173,7 +171,9 @@ fn scenario(name: &str, mode: Mode) {
             eprintln!("standby log tail:\n{}", sb.log_tail(40));
             eprintln!(
                 "standby's WireGuard:\n{}",
-                sb.ns.exec(&["wg", "show", &sb.wg_iface]).unwrap_or_default()
+                sb.ns
+                    .exec(&["wg", "show", &sb.wg_iface])
+                    .unwrap_or_default()
             );
             if let Some(s) = topo.spokes.first() {
                 eprintln!(
@@ -438,7 +438,8 @@ fn etcd_outage(
     std::thread::sleep(Duration::from_millis(1000));
     store.etcd.stop();
     let down = Instant::now();
-    let store_up = |m: &relay_tests::prom::Metrics| m.value("relayhub_store_up", &[("backend", "etcd")]);
+    let store_up =
+        |m: &relay_tests::prom::Metrics| m.value("relayhub_store_up", &[("backend", "etcd")]);
     let (detect, _) = cmd::wait_for(
         "both hubs to say degraded",
         Duration::from_secs(10),
@@ -546,19 +547,15 @@ fn takeover(
     fail: impl FnOnce() -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let before = spoke_handshakes()?;
-    let flows = [
-        flow(topo, mesh, 0, 1, PINGS),
-        flow(topo, mesh, 2, 0, PINGS),
-    ];
+    let flows = [flow(topo, mesh, 0, 1, PINGS), flow(topo, mesh, 2, 0, PINGS)];
     std::thread::sleep(Duration::from_millis(1500));
     let failed = Instant::now();
     fail()?;
     // The hub's tunnel address answers every spoke again.
     let mut tunnel = Vec::new();
     for s in &topo.spokes {
-        let argv = s
-            .ns
-            .argv(&["ping", "-n", "-q", "-c", "1", "-W", "0.2", "10.88.0.1"]);
+        let argv =
+            s.ns.argv(&["ping", "-n", "-q", "-c", "1", "-W", "0.2", "10.88.0.1"]);
         tunnel.push(std::thread::spawn(move || -> anyhow::Result<Duration> {
             loop {
                 let out = cmd::run_timeout(&argv, Duration::from_secs(2))?;

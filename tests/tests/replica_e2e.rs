@@ -30,16 +30,12 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use relay_tests::hub::relayhub_bin;
 use relay_tests::mesh::Mesh;
-use relay_tests::netns::{Netns, Ping, Veth};
+use relay_tests::netns::Netns;
+use relay_tests::standby::{ACTIVE_LINK, StandbyHost, replica_addr};
 use relay_tests::topology::HUB_ADDR;
 use relay_tests::{Hub, Topology, cmd, relayhub_scenario_with};
 use serde_json::Value;
-
-const ACTIVE_LINK: &str = "10.254.0.1";
-const STANDBY_LINK: &str = "10.254.0.2";
-const REPLICA_PORT: &str = "51823";
 
 #[test]
 fn replica_e2e() {
@@ -111,119 +107,21 @@ fn bytes(parts: &[&[u8]]) -> Vec<String> {
         .collect()
 }
 
-fn standby_status(sb: &Netns) -> anyhow::Result<Value> {
-    let out = sb.output(
-        &["curl", "-fsS", "-m", "1", "http://127.0.0.1:9851/v1/hub"],
-        Duration::from_secs(3),
-    )?;
-    anyhow::ensure!(out.success(), "standby API: {}", out.stderr);
-    Ok(serde_json::from_str::<Value>(&out.stdout)?["replication"].clone())
-}
-
 fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
-    // The private link between the hubs.
-    let sb = Netns::new(&format!("{}sb", topo.prefix))?;
-    let link = Veth::new(
-        &format!("{}ra", topo.prefix),
-        &topo.hub,
-        &format!("{}rb", topo.prefix),
-        &sb,
-    )?;
-    topo.hub.exec(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("{ACTIVE_LINK}/30"),
-        "dev",
-        &link.a,
-    ])?;
-    sb.exec(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("{STANDBY_LINK}/30"),
-        "dev",
-        &link.b,
-    ])?;
-    // The standby's public link, to the router. It holds the hub's
-    // address from the start (listed first: the address its XDP program
-    // relays for), but the router sends nothing there until the move.
-    let public = Veth::new(
-        &format!("{}rp", topo.prefix),
-        &topo.router,
-        &format!("{}sp", topo.prefix),
-        &sb,
-    )?;
-    sb.exec(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("{HUB_ADDR}/32"),
-        "dev",
-        &public.b,
-    ])?;
-    sb.exec(&["ip", "addr", "add", "10.254.1.2/30", "dev", &public.b])?;
-    sb.exec(&["ip", "route", "add", "default", "via", "10.254.1.1"])?;
-    sb.sysctl("net.ipv4.ip_forward", "1")?;
-    topo.router
-        .exec(&["ip", "addr", "add", "10.254.1.1/30", "dev", &public.a])?;
-    // The standby's XDP_TX frames need an XDP program on the veth peer.
-    let mut xdp_pass = topo.router.spawn(
-        "xdp-pass-standby",
-        &[env!("CARGO_BIN_EXE_xdp-pass"), public.a.as_str()],
-        &topo.workdir,
-        true,
-    )?;
-    xdp_pass.wait_output("attached", Duration::from_secs(10))?;
-    let state = topo.workdir.join("standby-state");
-    cmd::run(&[
-        "cp",
-        "-a",
-        hub.state_dir.to_str().context("utf-8")?,
-        state.to_str().context("utf-8")?,
-    ])?;
-    let bin = relayhub_bin()?;
-    let active = format!("{ACTIVE_LINK}:{REPLICA_PORT}");
-    let wg2 = format!("{}wg2", topo.prefix);
-    let argv = [
-        "env",
-        "RUST_LOG=info",
-        "NO_COLOR=1",
-        bin.to_str().context("utf-8")?,
-        "--state-dir",
-        state.to_str().context("utf-8")?,
-        "run",
-        "--iface",
-        &public.b,
-        "--wg-iface",
-        &wg2,
-        "--metrics-addr",
-        "127.0.0.1:9851",
-        "--peers-port",
-        "0",
-        "--standby-of",
-        &active,
-    ];
-    let mut standby = sb.spawn("relayhub-standby", &argv, &topo.workdir, false)?;
+    // The standby's namespace, its private link to the hub and its public
+    // link to the router. It holds the hub's address from the start, but
+    // the router sends nothing there until the move. A copy of the hub's
+    // state directory: same hub key.
+    let mut sb = StandbyHost::new(topo, env!("CARGO_BIN_EXE_xdp-pass"))?;
+    sb.route_public(topo, false)?;
+    sb.copy_state(&hub.state_dir, true)?;
+    sb.start(&[], &["--standby-of", &replica_addr(ACTIVE_LINK)])?;
     let r = (|| -> anyhow::Result<()> {
         let t0 = Instant::now();
-        cmd::wait_for(
-            "the standby to follow the active",
-            Duration::from_secs(20),
-            Duration::from_millis(50),
-            || {
-                if let Some(st) = standby.try_exit() {
-                    anyhow::bail!("standby exited ({st}):\n{}", standby.stderr_tail(30));
-                }
-                Ok(standby_status(&sb)
-                    .ok()
-                    .filter(|r| r["connected"] == 1)
-                    .map(|_| ()))
-            },
-        )?;
+        sb.wait_following(0, 0)?;
         eprintln!("[replica] standby following after {:?}", t0.elapsed());
         let active_map = sessions_map(&topo.hub, &hub.nic)?;
-        let standby_map = sessions_map(&sb, &public.b)?;
+        let standby_map = sessions_map(&sb.ns, &sb.public.b)?;
 
         let mesh = Mesh::up(topo, hub)?;
         let (a, _) = cmd::wait_for(
@@ -301,7 +199,7 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
             "replication lag {:?}",
             adds[19]
         );
-        let st = standby_status(&sb)?;
+        let st = sb.status()?;
         eprintln!("[replica] standby: {st}");
         anyhow::ensure!(st["endpoints"] == 3, "standby endpoints: {st}");
         anyhow::ensure!(
@@ -322,14 +220,9 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
             Ok((a, b))
         };
         let before = handshakes()?;
-        let dst = mesh.addrs[1].to_string();
-        let argv = topo.spokes[0].ns.argv(&[
-            "ping", "-n", "-q", "-c", "80", "-i", "0.05", "-W", "1", &dst,
-        ]);
-        let pinger = std::thread::spawn(move || -> anyhow::Result<Ping> {
-            let out = cmd::run_timeout(&argv, Duration::from_secs(15))?;
-            Ping::parse(&out.stdout)
-        });
+        let pinger = topo.spokes[0]
+            .ns
+            .ping_in_background(&mesh.addrs[1].to_string(), 80, 0.05);
         std::thread::sleep(Duration::from_secs(1));
         topo.router.exec(&[
             "ip",
@@ -337,24 +230,16 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
             "replace",
             &format!("{HUB_ADDR}/32"),
             "dev",
-            &public.a,
+            &sb.public.a,
         ])?;
         let moved = Instant::now();
         let ping = pinger
             .join()
             .map_err(|_| anyhow::anyhow!("ping thread"))??;
         let after = handshakes()?;
-        let relayed = sb.output(
-            &["curl", "-fsS", "-m", "1", "http://127.0.0.1:9851/metrics"],
-            Duration::from_secs(3),
-        )?;
-        let relayed: u64 = relayed
-            .stdout
-            .lines()
-            .find(|l| l.starts_with("relayhub_relayed_packets_total{path=\"xdp\"}"))
-            .and_then(|l| l.split_whitespace().last())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0) as u64;
+        let relayed =
+            sb.metrics()?
+                .value("relayhub_relayed_packets_total", &[("path", "xdp")]) as u64;
         eprintln!(
             "[replica] address moved to the standby: s1 -> s2 ping {}/{} received (50 ms apart, move after 1 s, {:?} before the ping ended); standby relayed {relayed} frames in XDP; spokes' latest handshakes unchanged: {}",
             ping.received,
@@ -386,7 +271,7 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
             Duration::from_millis(20),
             || {
                 let (a, s) = (dump(&active_map)?, dump(&standby_map)?);
-                let st = standby_status(&sb)?;
+                let st = sb.status()?;
                 // The replica's own view matches the map it wrote.
                 Ok((a == s && st["endpoints"] == 2 && st["sessions"] == s.len()).then_some(()))
             },
@@ -399,14 +284,11 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
         Ok(())
     })();
     if r.is_err() {
-        eprintln!("standby log tail:\n{}", standby.stderr_tail(40));
+        eprintln!("standby log tail:\n{}", sb.log_tail(40));
     }
-    let (status, clean) = standby.stop(Duration::from_secs(5));
-    xdp_pass.stop(Duration::from_secs(2));
-    drop(public);
-    drop(link);
+    let (status, clean) = sb.stop();
     drop(sb);
     r?;
-    anyhow::ensure!(clean, "standby did not exit cleanly: {status:?}");
+    anyhow::ensure!(clean, "standby did not exit cleanly: {status}");
     Ok(())
 }

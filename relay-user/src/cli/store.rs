@@ -101,6 +101,7 @@ pub fn migrate(state: &StateDir, to: &StoreSpec, force: bool) -> anyhow::Result<
         );
     };
     let files = DirStore {
+        state: state.clone(),
         registry: state.registry(),
         policy: state.policy(),
         tokens: state.tokens(),
@@ -143,6 +144,16 @@ pub fn migrate(state: &StateDir, to: &StoreSpec, force: bool) -> anyhow::Result<
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => absent.push("tokens"),
         Err(e) => return Err(anyhow::anyhow!("{}: {e}", token_path.display())),
+    }
+    // The endpoints spokes dial: every hub of the store answers there.
+    for (key, saved) in [
+        (etcd::ENDPOINT_KEY, state.saved_endpoint()?),
+        (etcd::ENDPOINT6_KEY, state.saved_endpoint6()?),
+    ] {
+        if let Some(ep) = saved {
+            lines.push(format!("{key:<9} {ep}"));
+            docs.push((key, ep));
+        }
     }
     let etcd = EtcdStore::connect(endpoints, prefix)?;
     let target = Store::Etcd(etcd.clone());

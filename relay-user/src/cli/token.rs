@@ -48,13 +48,13 @@ fn enroll_authority(ctx: &SpokeCtx, enroll_port: u16) -> anyhow::Result<(String,
             // Remembered for the files joined nodes get; an IPv6 address
             // only as the IPv6 endpoint (IPv4 nodes keep theirs).
             if netinfo::endpoint_ip(&ep).is_some_and(|ip| ip.is_ipv6()) {
-                ctx.state.save_endpoint6(&ep)?;
+                ctx.store.save_endpoint(true, &ep)?;
             } else {
-                ctx.state.save_endpoint(&ep)?;
+                ctx.store.save_endpoint(false, &ep)?;
             }
             (ep, None)
         }
-        None => match ctx.state.saved_endpoint()? {
+        None => match ctx.store.saved_endpoint(false)? {
             Some(saved) => (saved, None),
             None => {
                 let ep = netinfo::default_endpoint(ctx.port)?;

@@ -111,6 +111,9 @@ pub(crate) struct Hub {
     pub(crate) probe_turn: usize,
     /// Hub-to-hub replication of the relay tables.
     pub(crate) replication: replica::Replication,
+    /// The literal IPs of the saved endpoints (from the store): which of
+    /// the interface's addresses are the hub's.
+    pub(crate) endpoint_ips: Vec<std::net::IpAddr>,
 
     // Fields drop in order: detach XDP first, then remove the interface.
     pub(crate) datapath: Datapath,
@@ -287,6 +290,7 @@ impl Hub {
         if let Some(text) = polled.policy {
             self.offer_policy(text);
         }
+        self.endpoint_ips = polled.endpoint_ips;
     }
 
     /// Re-read the hub's authenticated endpoints and mirror them into the
@@ -564,8 +568,9 @@ impl Hub {
     }
 
     /// Re-read the hub's own addresses; install them where they changed.
-    pub(crate) fn refresh_hub_addresses(&mut self, endpoint_ips: &[std::net::IpAddr]) {
-        let now = match crate::io::netinfo::hub_addresses(self.datapath.iface(), endpoint_ips) {
+    pub(crate) fn refresh_hub_addresses(&mut self) {
+        let now = match crate::io::netinfo::hub_addresses(self.datapath.iface(), &self.endpoint_ips)
+        {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "reading the hub's addresses");

@@ -73,17 +73,13 @@ impl Hub {
     /// carries out the part done under the hub lock and returns the steps
     /// for the caller's tasks (stop or start following). `None`: nothing
     /// changed.
-    pub(crate) fn change_role(
-        &mut self,
-        req: Request,
-        endpoint_ips: &[std::net::IpAddr],
-    ) -> Option<Steps> {
+    pub(crate) fn change_role(&mut self, req: Request) -> Option<Steps> {
         let steps = self.replication.roles.request(req)?;
         if steps.stop_following {
             self.replication.following = false;
         }
         if steps.adopt {
-            self.adopt_tables(endpoint_ips);
+            self.adopt_tables();
         } else {
             tracing::info!("this hub is a standby now");
         }
@@ -95,7 +91,7 @@ impl Hub {
     /// and the session sweep go on from them, and have the hub's WireGuard
     /// initiate to every spoke whose endpoint is known at once instead of
     /// waiting for the spokes' next handshake (up to 2 minutes).
-    fn adopt_tables(&mut self, endpoint_ips: &[std::net::IpAddr]) {
+    fn adopt_tables(&mut self) {
         let now = Instant::now();
         // The maps are the truth: the replica wrote them, the reconciler
         // (skipped while standby) has not tracked them.
@@ -130,7 +126,7 @@ impl Hub {
         if let Err(e) = self.wg.restart_sessions(&endpoints) {
             tracing::warn!(error = %e, "takeover: pointing the hub's WireGuard at the spokes");
         }
-        self.refresh_hub_addresses(endpoint_ips);
+        self.refresh_hub_addresses();
         self.read_receivers(now);
         // One datagram into the tunnel per spoke: the hub's WireGuard has no
         // session with it yet, so it sends an initiation right away.

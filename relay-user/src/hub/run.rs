@@ -158,6 +158,7 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
         .poll(None)
         .map_err(|e| anyhow::anyhow!("{e} (the hub reads its registry from there at start)"))?;
     let stamps = first.stamps;
+    let first_endpoint_ips = first.endpoint_ips;
     let registry = first
         .registry
         .unwrap_or_else(|| Ok(crate::core::registry::Registry::new()))?;
@@ -187,7 +188,7 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
     datapath.set_cross_path(cfg.cross_path);
     datapath.set_initiation_budget(cfg.initiations_per_source);
     // Dual-stack: the hub's own address per family, for cross-family relay.
-    let (hub_v4, hub_v6) = crate::io::netinfo::hub_addresses(&cfg.iface, &state.endpoint_ips())?;
+    let (hub_v4, hub_v6) = crate::io::netinfo::hub_addresses(&cfg.iface, &first_endpoint_ips)?;
     datapath.set_hub_addresses(hub_v4, hub_v6)?;
     sender.set_hub_addresses(hub_v4, hub_v6);
     tracing::info!(?hub_v4, ?hub_v6, cross_family_path = ?cfg.cross_path, "hub addresses for cross-family relay");
@@ -261,6 +262,7 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
         receivers: HashMap::new(),
         receivers_read: None,
         probe_turn: 0,
+        endpoint_ips: first_endpoint_ips,
         replication: super::replica::Replication {
             roles: crate::core::role::Roles::new(
                 cfg.replica_listen.is_some(),
@@ -464,10 +466,7 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
                     _ = sigdemote.recv() => crate::core::role::Request::Demote,
                 }
             } => {
-                let steps = hub
-                    .lock()
-                    .expect("hub lock")
-                    .change_role(req, &state.endpoint_ips());
+                let steps = hub.lock().expect("hub lock").change_role(req);
                 if let Some(steps) = steps {
                     if steps.stop_following && let Some(t) = follow_task.take() {
                         t.abort();
@@ -542,7 +541,7 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
                 hub.lock().expect("hub lock").on_store_poll(polled);
             }
             _ = address_tick.tick() => {
-                hub.lock().expect("hub lock").refresh_hub_addresses(&state.endpoint_ips());
+                hub.lock().expect("hub lock").refresh_hub_addresses();
             }
             _ = health_tick.tick() => {
                 hub.lock().expect("hub lock").observe_health();
@@ -561,9 +560,15 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
     }
     http_task.abort();
     let _ = http_task.await;
-    for t in [peers_task, enroll_task, Some(poll_task), serve_task, follow_task]
-        .into_iter()
-        .flatten()
+    for t in [
+        peers_task,
+        enroll_task,
+        Some(poll_task),
+        serve_task,
+        follow_task,
+    ]
+    .into_iter()
+    .flatten()
     {
         t.abort();
         let _ = t.await;

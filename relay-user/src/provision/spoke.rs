@@ -40,7 +40,7 @@ impl SpokeCtx<'_> {
         if let Some(given) = self.endpoint {
             let ep = netinfo::normalize_endpoint(given, self.port)?;
             if !netinfo::endpoint_ip(&ep).is_some_and(|ip| ip.is_ipv4()) {
-                self.state.save_endpoint6(&ep)?;
+                self.store.save_endpoint(true, &ep)?;
                 return Ok((ep, None));
             }
             if explicit {
@@ -48,12 +48,12 @@ impl SpokeCtx<'_> {
                     "--family ipv6 with the IPv4 --endpoint {ep}: give the hub's IPv6 address or name"
                 );
             }
-            self.state.save_endpoint(&ep)?;
+            self.store.save_endpoint(false, &ep)?;
         }
-        if let Some(saved) = self.state.saved_endpoint6()? {
+        if let Some(saved) = self.store.saved_endpoint(true)? {
             return Ok((saved, None));
         }
-        if let Some(saved) = self.state.saved_endpoint()?
+        if let Some(saved) = self.store.saved_endpoint(false)?
             && is_v6_endpoint(&saved)
         {
             return Ok((saved, None));
@@ -109,13 +109,13 @@ impl SpokeCtx<'_> {
         let (endpoint, note) = match self.endpoint {
             Some(given) => {
                 let ep = netinfo::normalize_endpoint(given, self.port)?;
-                self.state.save_endpoint(&ep)?;
+                self.store.save_endpoint(false, &ep)?;
                 if is_v6_endpoint(&ep) {
-                    self.state.save_endpoint6(&ep)?;
+                    self.store.save_endpoint(true, &ep)?;
                 }
                 (ep, None)
             }
-            None if let Some(saved) = self.state.saved_endpoint()? => (saved, None),
+            None if let Some(saved) = self.store.saved_endpoint(false)? => (saved, None),
             None => {
                 let ep = netinfo::default_endpoint(self.port)?;
                 let note = format!(

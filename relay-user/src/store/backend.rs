@@ -119,6 +119,8 @@ impl fmt::Display for StoreSpec {
 /// The state directory's files.
 #[derive(Debug, Clone)]
 pub struct DirStore {
+    /// The directory itself (the saved endpoints).
+    pub state: StateDir,
     pub registry: FileStore,
     pub policy: PolicyFile,
     pub tokens: TokenFile,
@@ -174,6 +176,17 @@ pub struct Polled {
     pub stamps: Stamps,
     pub registry: Option<Result<Registry, RegistryError>>,
     pub policy: Option<Result<Option<String>, PolicyError>>,
+    /// The literal IPs of the hub's saved endpoints (every poll: two short
+    /// texts): which of the interface's addresses is the hub's.
+    pub endpoint_ips: Vec<std::net::IpAddr>,
+}
+
+/// The literal IP addresses among `endpoints` (`HOST:PORT` texts).
+fn literal_ips(endpoints: &[Option<String>]) -> Vec<std::net::IpAddr> {
+    endpoints
+        .iter()
+        .filter_map(|e| crate::io::netinfo::endpoint_ip(e.as_deref()?))
+        .collect()
 }
 
 fn text_stamp(text: Option<&str>) -> u64 {
@@ -187,6 +200,7 @@ impl Store {
     /// The state directory's files.
     pub fn dir(state: &StateDir) -> Store {
         Store::Dir(Box::new(DirStore {
+            state: state.clone(),
             registry: state.registry(),
             policy: state.policy(),
             tokens: state.tokens(),
@@ -245,6 +259,32 @@ impl Store {
         }
     }
 
+    /// The hub's endpoint last given with `--endpoint` (`v6`: its IPv6
+    /// one). In the state directory for a single hub; shared on etcd, where
+    /// every hub answers on the same address and must know it (which of an
+    /// interface's addresses is the hub's: keepalived adds the shared
+    /// one beside the host's own).
+    pub fn saved_endpoint(&self, v6: bool) -> anyhow::Result<Option<String>> {
+        Ok(match (self, v6) {
+            (Store::Dir(d), false) => d.state.saved_endpoint()?,
+            (Store::Dir(d), true) => d.state.saved_endpoint6()?,
+            (Store::Etcd(e), _) => e
+                .read(endpoint_key(v6))?
+                .map(|(t, _)| t.trim().to_owned())
+                .filter(|t| !t.is_empty()),
+        })
+    }
+
+    /// Remember `endpoint` as the hub's (`v6`: its IPv6 one).
+    pub fn save_endpoint(&self, v6: bool, endpoint: &str) -> anyhow::Result<()> {
+        match (self, v6) {
+            (Store::Dir(d), false) => d.state.save_endpoint(endpoint)?,
+            (Store::Dir(d), true) => d.state.save_endpoint6(endpoint)?,
+            (Store::Etcd(e), _) => e.set(endpoint_key(v6), endpoint)?,
+        }
+        Ok(())
+    }
+
     /// Every hub on a shared store must present the same `what` (the
     /// hub's public key, the enrollment pin): the first one stores it,
     /// the others are checked against it. No-op for the state directory.
@@ -290,10 +330,22 @@ impl Store {
                     },
                     registry,
                     policy,
+                    endpoint_ips: d.state.endpoint_ips(),
                 })
             }
             Store::Etcd(e) => {
-                let docs = e.read_many(&[etcd::REGISTRY_KEY, etcd::POLICY_KEY])?;
+                let docs = e.read_many(&[
+                    etcd::REGISTRY_KEY,
+                    etcd::POLICY_KEY,
+                    etcd::ENDPOINT_KEY,
+                    etcd::ENDPOINT6_KEY,
+                ])?;
+                let endpoint_ips = literal_ips(
+                    &docs[2..]
+                        .iter()
+                        .map(|d| d.as_ref().map(|(t, _)| t.trim().to_owned()))
+                        .collect::<Vec<_>>(),
+                );
                 let stamp = |d: &Option<(String, i64)>| {
                     d.as_ref()
                         .map_or(0, |(_, r)| u64::try_from(*r).unwrap_or(0))
@@ -320,9 +372,18 @@ impl Store {
                     stamps,
                     registry,
                     policy,
+                    endpoint_ips,
                 })
             }
         }
+    }
+}
+
+fn endpoint_key(v6: bool) -> &'static str {
+    if v6 {
+        etcd::ENDPOINT6_KEY
+    } else {
+        etcd::ENDPOINT_KEY
     }
 }
 

@@ -44,6 +44,10 @@ pub const POLICY_KEY: &str = "policy";
 pub const TOKENS_KEY: &str = "tokens";
 pub const HUB_PUBLIC_KEY: &str = "hub-public-key";
 pub const ENROLL_PIN_KEY: &str = "enroll-pin";
+/// The hub's endpoint as given to `--endpoint` (any family), and its IPv6
+/// one: every hub of the store shares the address spokes dial.
+pub const ENDPOINT_KEY: &str = "endpoint";
+pub const ENDPOINT6_KEY: &str = "endpoint6";
 /// One key per running hub below this (its lease keeps it).
 pub const HUBS_PREFIX: &str = "hubs/";
 /// A hub's key goes this many seconds after its last keepalive (a killed
@@ -262,6 +266,21 @@ impl EtcdStore {
             .map(|(_, n)| self.key(n))
             .collect();
         Ok(Err(existing))
+    }
+
+    /// Store `value` under `name` (a small text every hub shares).
+    pub fn set(&self, name: &str, value: &str) -> Result<(), EtcdError> {
+        self.conn.update(
+            name,
+            |e| e,
+            |cur| {
+                Ok::<_, EtcdError>(match cur {
+                    Some(v) if v.trim() == value => Write::Keep,
+                    _ => Write::Put(value.to_owned()),
+                })
+            },
+        )?;
+        Ok(())
     }
 
     /// Store `value` under `name` unless another value is there: `None`
