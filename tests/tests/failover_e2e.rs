@@ -293,15 +293,16 @@ fn checks(
                 cmd::run(&["ip", "netns", "del", &topo.hub.name])?;
             }
             _ => {
-                let killed: Vec<u32> = topo
+                let mut killed: Vec<u32> = topo
                     .hub
                     .pids()
                     .into_iter()
                     .filter(|p| {
                         std::fs::read_to_string(format!("/proc/{p}/comm"))
-                            .is_ok_and(|c| matches!(c.trim(), "relayhub" | "keepalived"))
+                            .is_ok_and(|c| c.trim() == "keepalived")
                     })
                     .collect();
+                killed.extend(hub.pid());
                 anyhow::ensure!(
                     !killed.is_empty(),
                     "no relayhub process in the hub namespace"
@@ -806,7 +807,7 @@ fn start_keepalived(
         };
         let text = format!(
             "global_defs {{\n    vrrp_version 3\n    script_user root\n}}\n\
-             vrrp_script relayhub_up {{\n    script \"/usr/bin/curl -fsS -m 1 -o /dev/null http://{metrics}/healthz\"\n    interval 1\n    fall 2\n    rise 1\n}}\n\
+             vrrp_script relayhub_up {{\n    script \"/usr/bin/curl -fsS -m 1 -o /dev/null http://{metrics}/healthz\"\n    interval 1\n    fall 2\n    rise 1\n    init_fail\n}}\n\
              vrrp_instance relayhub {{\n    state {state}\n    interface {iface}\n    virtual_router_id 51\n\
              priority {prio}\n    advert_int 0.1\n    unicast_src_ip {me}\n    unicast_peer {{\n        {peer}\n    }}\n\
              virtual_ipaddress {{\n        {HUB_ADDR}/24 dev {iface}\n    }}\n    track_script {{\n        relayhub_up\n    }}\n{notify}}}\n"
