@@ -134,6 +134,20 @@ pub struct SpokeSlot {
 }
 
 pub const SLOT_ACTIVE: u32 = 1;
+/// Hub mesh: the spoke is homed on a peer hub, and the slot's endpoint is
+/// that hub's address and the spoke's mesh port there. Frames to it leave
+/// from this hub's mesh port of their source spoke; frames from it arrive
+/// on a mesh port.
+pub const SLOT_REMOTE: u32 = 2;
+
+/// The mesh port of `slot` on a hub whose mesh ports start at `base`
+/// (`None`: past the port range, or no mesh).
+pub const fn mesh_port(base: u16, slot: u32) -> Option<u16> {
+    if base == 0 || slot > (u16::MAX - base) as u32 {
+        return None;
+    }
+    Some(base + slot as u16)
+}
 
 /// Key of [`MAP_SESSIONS`]: who sent the frame and the receiver index in
 /// it. Indices are unique only per receiving host, so the sender is part
@@ -169,7 +183,11 @@ pub const SESSION_FROM_RESPONSE: u32 = 2;
 pub struct HubConfig {
     /// The hub's UDP port, host byte order. 0 = not configured: pass all.
     pub port: u16,
-    pub _pad: u16,
+    /// Hub mesh: the first mesh port (host order); 0 = no mesh. Peer hubs
+    /// send a spoke's frames to port `mesh_base + slot` of its home hub,
+    /// and this hub sends a local spoke's frames to a remote one from port
+    /// `mesh_base + source slot` (see [`SLOT_REMOTE`]).
+    pub mesh_base: u16,
     /// `HUB_V4_SET` / `HUB_V6_SET`: which of the addresses below are set.
     pub flags: u32,
     /// The hub's IPv4 address (network order): the source of frames relayed
@@ -348,6 +366,19 @@ pub mod counter {
         /// ([`super::INITIATION_COPIES_PER_SEC`]): not copied to the
         /// controller (the frame itself goes on as any initiation).
         INITIATIONS_NOT_COPIED = "initiations_not_copied";
+        /// Dropped: a frame to a mesh port whose source is not the endpoint
+        /// of a spoke homed on a peer hub (mesh frames are accepted only
+        /// from registered hub addresses).
+        DROP_MESH_SOURCE = "drop_mesh_source" drop "mesh_source";
+        /// Dropped: a frame from a remote spoke to another remote spoke (a
+        /// frame crosses at most its two spokes' home hubs).
+        DROP_MESH_TRANSIT = "drop_mesh_transit" drop "mesh_transit";
+        /// Dropped: a frame from a peer hub with no relay session (nothing
+        /// on a mesh port is for this hub's own WireGuard).
+        DROP_MESH_NO_SESSION = "drop_mesh_no_session" drop "mesh_no_session";
+        /// Relayed frames that arrived from a peer hub / left for one.
+        MESH_IN = "mesh_in";
+        MESH_OUT = "mesh_out";
     }
 
     /// The `RELAYED_*_TO_*` counter of a relay from `from` to `to`

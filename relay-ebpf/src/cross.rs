@@ -10,7 +10,7 @@
 //! header's length and protocol words are the same in both families (the
 //! IPv6 32-bit length's upper half is zero), so only the addresses and the
 //! ports change the sum: - old src - old dst + new src + new dst - old sport
-//! + new dport (the new source port is the old destination port, the hub's).
+//! - old dport + new sport + new dport.
 //!
 //! The hub's own address in the destination's family (the new source) comes
 //! from the controller through [`HubConfig`]. Everything is read from the
@@ -57,8 +57,8 @@ const SHORT: u32 = u32::MAX - 1;
 
 /// Rebuild a frame from an `I` spoke for the other family: Ethernet type,
 /// IP header (source = the hub's address from `cfg`, destination = `dst`,
-/// hop limit [`RELAY_TTL`]), UDP ports (source = the hub port it was sent
-/// to, destination = `dst.port`) and checksums. `ip_payload_len` is the
+/// hop limit [`RELAY_TTL`]), UDP ports (source = `sport`, the hub port or
+/// a mesh port, destination = `dst.port`) and checksums. `ip_payload_len` is the
 /// frame's IP payload length (kept as is). Ethernet addresses are left to
 /// [`crate::forward`].
 #[inline(always)]
@@ -67,11 +67,12 @@ pub fn rebuild<I: Ip>(
     dst: &Endpoint,
     cfg: &HubConfig,
     ip_payload_len: usize,
+    sport: u16,
 ) -> Result<Rebuilt, ()> {
     let rc = if I::FAMILY == FAMILY_V4 {
-        v4_to_v6(ctx, dst, cfg, ip_payload_len)
+        v4_to_v6(ctx, dst, cfg, ip_payload_len, sport)
     } else {
-        v6_to_v4(ctx, dst, cfg, ip_payload_len)
+        v6_to_v4(ctx, dst, cfg, ip_payload_len, sport)
     };
     match rc {
         DONE => Ok(Ok(())),
@@ -121,7 +122,13 @@ fn finish(acc: u32) -> u16 {
 // Own BPF function (own stack frame): inlined, its address sums and the
 // same-family rewrite's spill slots together exceed the 512-byte stack.
 #[inline(never)]
-fn v4_to_v6(ctx: &XdpContext, dst: &Endpoint, cfg: &HubConfig, ip_payload_len: usize) -> u32 {
+fn v4_to_v6(
+    ctx: &XdpContext,
+    dst: &Endpoint,
+    cfg: &HubConfig,
+    ip_payload_len: usize,
+    new_sport: u16,
+) -> u32 {
     {
         let h = check_or_short!(ctx, V4::WG_OFF);
         // SAFETY: inside the checked header.
@@ -149,18 +156,19 @@ fn v4_to_v6(ctx: &XdpContext, dst: &Endpoint, cfg: &HubConfig, ip_payload_len: u
         let old_dst = h.add(OLD_IP + 16);
         let csum = be16(*udp.add(6), *udp.add(7));
         let sport = be16(*udp, *udp.add(1));
+        let dport = be16(*udp.add(2), *udp.add(3));
         let acc = (!csum) as u32
             + addr_sum::<2, true>(old_src)
             + addr_sum::<2, true>(old_dst)
             + addr_sum::<8, false>(cfg.hub_v6.as_ptr())
             + addr_sum::<8, false>(dst.addr.as_ptr())
             + (!sport) as u32
+            + (!dport) as u32
+            + new_sport as u32
             + dst.port as u32;
         let c = finish(acc);
 
-        // UDP: source port = the hub port it was sent to.
-        *udp = *udp.add(2);
-        *udp.add(1) = *udp.add(3);
+        put16(udp, new_sport);
         put16(udp.add(2), dst.port);
         put16(udp.add(6), c);
 
@@ -183,7 +191,13 @@ fn v4_to_v6(ctx: &XdpContext, dst: &Endpoint, cfg: &HubConfig, ip_payload_len: u
 /// IPv6 -> IPv4: compute the checksum while the IPv6 header is there,
 /// shrink the head by 20 bytes, then write the IPv4 header in place.
 #[inline(never)]
-fn v6_to_v4(ctx: &XdpContext, dst: &Endpoint, cfg: &HubConfig, ip_payload_len: usize) -> u32 {
+fn v6_to_v4(
+    ctx: &XdpContext,
+    dst: &Endpoint,
+    cfg: &HubConfig,
+    ip_payload_len: usize,
+    new_sport: u16,
+) -> u32 {
     let c = {
         let h = check_or_short!(ctx, V6::WG_OFF);
         // SAFETY: inside the checked header; map values as above.
@@ -191,12 +205,15 @@ fn v6_to_v4(ctx: &XdpContext, dst: &Endpoint, cfg: &HubConfig, ip_payload_len: u
             let udp = h.add(V6::UDP_OFF);
             let csum = be16(*udp.add(6), *udp.add(7));
             let sport = be16(*udp, *udp.add(1));
+            let dport = be16(*udp.add(2), *udp.add(3));
             let acc = (!csum) as u32
                 + addr_sum::<8, true>(h.add(V6::SRC_OFF))
                 + addr_sum::<8, true>(h.add(V6::DST_OFF))
                 + addr_sum::<2, false>(cfg.hub_v4.as_ptr())
                 + addr_sum::<2, false>(dst.addr.as_ptr())
                 + (!sport) as u32
+                + (!dport) as u32
+                + new_sport as u32
                 + dst.port as u32;
             finish(acc)
         }
@@ -214,8 +231,7 @@ fn v6_to_v4(ctx: &XdpContext, dst: &Endpoint, cfg: &HubConfig, ip_payload_len: u
     unsafe {
         mem::copy(h, macs.as_ptr(), 12);
         let udp = h.add(V4::UDP_OFF);
-        *udp = *udp.add(2);
-        *udp.add(1) = *udp.add(3);
+        put16(udp, new_sport);
         put16(udp.add(2), dst.port);
         put16(udp.add(6), c);
 

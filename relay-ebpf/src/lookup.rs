@@ -2,7 +2,8 @@
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use relay_common::{
-    Endpoint, SESSION_FROM_RESPONSE, SLOT_ACTIVE, SessionKey, SessionValue, SpokeSlot,
+    Endpoint, SESSION_FROM_RESPONSE, SLOT_ACTIVE, SLOT_REMOTE, SessionKey, SessionValue,
+    SpokeSlot,
 };
 
 use crate::maps::{ENDPOINT_SLOTS, SESSIONS, SLOTS};
@@ -10,13 +11,14 @@ use crate::maps::{ENDPOINT_SLOTS, SESSIONS, SLOTS};
 /// Refresh a session's `last_seen_ns` at most this often.
 const REFRESH_NS: u64 = 1_000_000_000;
 
-/// The active slot of an authenticated spoke endpoint.
+/// The active slot of an authenticated spoke endpoint, and whether the
+/// spoke is homed on a peer hub (the endpoint is that hub's mesh port).
 #[inline(always)]
-pub fn source_slot(src: &Endpoint) -> Option<u32> {
+pub fn source_slot(src: &Endpoint) -> Option<(u32, bool)> {
     // SAFETY: the value is a plain u32 read right away.
     let slot = *unsafe { ENDPOINT_SLOTS.get(src) }?;
     let s = SLOTS.get(slot)?;
-    (s.flags & SLOT_ACTIVE != 0).then_some(slot)
+    (s.flags & SLOT_ACTIVE != 0).then_some((slot, s.flags & SLOT_REMOTE != 0))
 }
 
 /// The session entry for a frame from `src_slot` with `receiver`.

@@ -27,7 +27,8 @@ use aya_ebpf::{
 };
 use core::mem::MaybeUninit;
 use relay_common::{
-    CROSS_VIA_USERSPACE, Endpoint, FAMILY_V4, INITIATION_COPIES_PER_SEC, NO_SLOT, counter,
+    CROSS_VIA_USERSPACE, Endpoint, FAMILY_V4, INITIATION_COPIES_PER_SEC, NO_SLOT, SLOT_REMOTE,
+    counter, mesh_port,
     wire::{
         KEEPALIVE_LEN, MSG_COOKIE_REPLY, MSG_INITIATION, MSG_RESPONSE, MSG_TRANSPORT, RECEIVER_OFF,
         RESPONSE_RECEIVER_OFF, SENDER_OFF,
@@ -38,7 +39,7 @@ use crate::{
     counters::inc,
     forward::Next,
     maps::{CONFIG, COPY_BUDGET},
-    parse::{ETH_P_IP, ETH_P_IPV6, Ip, L3, V4, V6, be16, fill_endpoint, read},
+    parse::{ETH_P_IP, ETH_P_IPV6, Ip, L3, Ports, V4, V6, be16, fill_endpoint, read},
 };
 
 #[xdp]
@@ -73,8 +74,11 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
         Some(c) if c.port != 0 => c,
         _ => return Ok(XDP_PASS),
     };
-    let port = cfg.port;
-    let ip_payload_len = match I::parse(ctx, port)? {
+    let ports = Ports {
+        hub: cfg.port,
+        mesh_base: cfg.mesh_base,
+    };
+    let ip_payload_len = match I::parse(ctx, ports)? {
         L3::Ignore => return Ok(XDP_PASS),
         L3::Unsupported => {
             inc(counter::PASS_UNSUPPORTED);
@@ -101,16 +105,26 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
     let mut src_ep = MaybeUninit::<Endpoint>::uninit();
     let h = parse::check(ctx, 0, I::WG_OFF)?;
     // SAFETY: offsets inside the checked header.
-    let src_ep = unsafe {
+    let (src_ep, dport) = unsafe {
         let udp = h.add(I::UDP_OFF);
         fill_endpoint::<I>(
             src_ep.as_mut_ptr(),
             h.add(I::SRC_OFF),
             be16(*udp, *udp.add(1)),
         );
-        src_ep.assume_init_ref()
+        (src_ep.assume_init_ref(), be16(*udp.add(2), *udp.add(3)))
     };
-    let src_slot = lookup::source_slot(src_ep);
+    // From a peer hub: only for spokes homed there, never to this hub's
+    // own WireGuard.
+    let mesh = ports.is_mesh(dport);
+    let (src_slot, src_remote) = match lookup::source_slot(src_ep) {
+        Some((slot, remote)) => (Some(slot), remote),
+        None => (None, false),
+    };
+    if mesh && !src_remote {
+        inc(counter::DROP_MESH_SOURCE);
+        return Ok(XDP_DROP);
+    }
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     let src_counters = src_slot.and_then(counters::slot);
@@ -124,6 +138,11 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
             initiation::queue::<I>(ctx, src_slot.unwrap_or(NO_SLOT))?;
         } else {
             inc(counter::INITIATIONS_NOT_COPIED);
+        }
+        if mesh {
+            // For a spoke here, from one on the peer hub: the controller
+            // routes it; nothing listens on a mesh port.
+            return Ok(XDP_DROP);
         }
         let budget = cfg.init_pass_per_sec;
         if budget != 0 && !initiation::may_pass::<I>(ctx, budget, now)? {
@@ -150,6 +169,10 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
     let keepalive = msg.kind == MSG_TRANSPORT && msg.len == KEEPALIVE_LEN;
 
     let Some(session) = lookup::session(slot, receiver) else {
+        if mesh {
+            inc(counter::DROP_MESH_NO_SESSION);
+            return Ok(XDP_DROP);
+        }
         // The hub's own WireGuard session.
         inc(counter::PASS_NO_SESSION);
         if msg.kind == MSG_RESPONSE {
@@ -173,6 +196,18 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
         return Ok(XDP_DROP);
     };
     let dst_ep = &dst.endpoint;
+    let dst_remote = dst.flags & SLOT_REMOTE != 0;
+    if src_remote && dst_remote {
+        inc(counter::DROP_MESH_TRANSIT);
+        return Ok(XDP_DROP);
+    }
+    // To a peer hub: from the source spoke's mesh port, which names it
+    // there; to a spoke: from the hub port its peers' Endpoint names.
+    let sport = if dst_remote {
+        mesh_port(cfg.mesh_base, slot).unwrap_or(cfg.port)
+    } else {
+        cfg.port
+    };
     lookup::touch(session, now);
     // Cross-family: the hub needs an address in the destination's family.
     let cross = if dst_ep.family != I::FAMILY {
@@ -201,7 +236,7 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
 
     let next = match cross {
         None => {
-            rewrite::rewrite::<I>(ctx, dst_ep)?;
+            rewrite::rewrite::<I>(ctx, dst_ep, sport)?;
             // Whole IP packet length, for the MTU check.
             forward::forward::<I>(ctx, (ip_payload_len + I::IP_LEN) as u16, dst_slot, now)?
         }
@@ -209,7 +244,7 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
             let rebuilt = if cfg.flags & CROSS_VIA_USERSPACE != 0 {
                 Err(counter::USERSPACE_FALLBACK)
             } else {
-                cross::rebuild::<I>(ctx, dst_ep, cfg, ip_payload_len)?
+                cross::rebuild::<I>(ctx, dst_ep, cfg, ip_payload_len, sport)?
             };
             if let Err(why) = rebuilt {
                 // The frame is untouched: the controller relays it.
@@ -247,6 +282,11 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
         }
     };
 
+    if src_remote {
+        inc(counter::MESH_IN);
+    } else if dst_remote {
+        inc(counter::MESH_OUT);
+    }
     counters::relayed(
         msg.kind,
         msg.len as u64,

@@ -64,6 +64,27 @@ pub fn frame_len(ctx: &XdpContext) -> usize {
     ctx.data_end() - ctx.data()
 }
 
+/// The UDP ports the program relays on: the hub port, and with a mesh
+/// every port from `mesh_base` up (`mesh_base + slot`, see
+/// `relay_common::mesh_port`).
+#[derive(Clone, Copy)]
+pub struct Ports {
+    pub hub: u16,
+    pub mesh_base: u16,
+}
+
+impl Ports {
+    #[inline(always)]
+    pub fn relays(self, port: u16) -> bool {
+        port == self.hub || self.is_mesh(port)
+    }
+
+    #[inline(always)]
+    pub fn is_mesh(self, port: u16) -> bool {
+        self.mesh_base != 0 && port >= self.mesh_base && port != self.hub
+    }
+}
+
 /// What the IP layer says about a frame.
 pub enum L3 {
     /// Not UDP to the hub port (or cannot tell): XDP_PASS, uncounted.
@@ -104,7 +125,7 @@ pub trait Ip {
     const ADDR_LEN: usize;
 
     /// Look at the IP header of a frame whose ethertype says this family.
-    fn parse(ctx: &XdpContext, port: u16) -> Result<L3, ()>;
+    fn parse(ctx: &XdpContext, ports: Ports) -> Result<L3, ()>;
 }
 
 pub struct V4;
@@ -127,7 +148,7 @@ impl Ip for V4 {
     /// pass uncounted; first fragments (MF set, offset 0) to the hub port
     /// count as PASS_UNSUPPORTED.
     #[inline(always)]
-    fn parse(ctx: &XdpContext, port: u16) -> Result<L3, ()> {
+    fn parse(ctx: &XdpContext, ports: Ports) -> Result<L3, ()> {
         let ip = read::<20>(ctx, ETH_LEN)?;
         if ip[0] >> 4 != 4 || ip[9] != IPPROTO_UDP {
             return Ok(L3::Ignore);
@@ -138,7 +159,7 @@ impl Ip for V4 {
             return Ok(L3::Ignore);
         }
         let dport = read::<2>(ctx, ETH_LEN + ihl * 4 + 2)?;
-        if be16(dport[0], dport[1]) != port {
+        if !ports.relays(be16(dport[0], dport[1])) {
             return Ok(L3::Ignore);
         }
         if ihl != 5 || frag & 0x2000 != 0 {
@@ -225,20 +246,20 @@ impl Ip for V6 {
     /// to the hub port (then PASS_UNSUPPORTED); ESP, non-first fragments,
     /// longer chains and truncated chains pass uncounted.
     #[inline(always)]
-    fn parse(ctx: &XdpContext, port: u16) -> Result<L3, ()> {
+    fn parse(ctx: &XdpContext, ports: Ports) -> Result<L3, ()> {
         let ip = read::<8>(ctx, ETH_LEN)?;
         if ip[0] >> 4 != 6 {
             return Ok(L3::Ignore);
         }
         let nh = ip[6];
         if nh != IPPROTO_UDP {
-            if is_ext(nh) && ext_to_port(ctx, nh, port)? {
+            if is_ext(nh) && ext_to_port(ctx, nh, ports)? {
                 return Ok(L3::Unsupported);
             }
             return Ok(L3::Ignore);
         }
         let dport = read::<2>(ctx, Self::UDP_OFF + 2)?;
-        if be16(dport[0], dport[1]) != port {
+        if !ports.relays(be16(dport[0], dport[1])) {
             return Ok(L3::Ignore);
         }
         let payload_len = be16(ip[4], ip[5]) as usize;
@@ -254,12 +275,12 @@ impl Ip for V6 {
 /// Walk IPv6 extension headers starting with `nh` right after the fixed
 /// header: is this UDP to `port`?
 #[inline(always)]
-fn ext_to_port(ctx: &XdpContext, mut nh: u8, port: u16) -> Result<bool, ()> {
+fn ext_to_port(ctx: &XdpContext, mut nh: u8, ports: Ports) -> Result<bool, ()> {
     let mut off = ETH_LEN + V6::IP_LEN;
     for _ in 0..MAX_EXT_WALK {
         let h = read::<4>(ctx, off)?;
         match nh {
-            IPPROTO_UDP => return Ok(be16(h[2], h[3]) == port),
+            IPPROTO_UDP => return Ok(ports.relays(be16(h[2], h[3]))),
             // Fragment: fixed 8 bytes; only the first fragment has the port.
             44 => {
                 if be16(h[2], h[3]) & 0xfff8 != 0 {

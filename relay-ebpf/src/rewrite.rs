@@ -48,16 +48,18 @@ pub fn put16(p: *mut u8, v: u16) {
     }
 }
 
-/// Rewrite a frame for relaying to `dst`: new source = old destination
-/// (the hub's address and port), new destination = `dst`; TTL / hop limit
+/// Rewrite a frame for relaying to `dst`: new source = the old destination
+/// address (the hub's) and port `sport` (the hub port, or a mesh port when
+/// `dst` is a peer hub), new destination = `dst`; TTL / hop limit
 /// [`RELAY_TTL`]; checksums fixed. The payload is untouched.
 ///
 /// UDP checksum (RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m')): the pseudo
 /// header and port words change from (src, dst, sport, dport) to (dst,
-/// dst', dport, dport'), so the sum changes by dst' - src + dport' - sport.
-/// IPv4 with checksum 0 ("none") stays 0; a computed 0 is sent as 0xffff.
+/// dst', sport', dport'), so the sum changes by dst' - src + sport' +
+/// dport' - sport - dport. IPv4 with checksum 0 ("none") stays 0; a
+/// computed 0 is sent as 0xffff.
 #[inline(always)]
-pub fn rewrite<I: Ip>(ctx: &XdpContext, dst: &Endpoint) -> Result<(), ()> {
+pub fn rewrite<I: Ip>(ctx: &XdpContext, dst: &Endpoint, sport: u16) -> Result<(), ()> {
     let h = check(ctx, 0, I::WG_OFF)?;
     // SAFETY: all offsets below are < I::WG_OFF (checked above); `dst` is a
     // map value with a 16-byte address.
@@ -70,11 +72,14 @@ pub fn rewrite<I: Ip>(ctx: &XdpContext, dst: &Endpoint) -> Result<(), ()> {
 
         let csum = be16(*udp.add(6), *udp.add(7));
         if !(I::ZERO_CSUM_OK && csum == 0) {
-            let sport = be16(*udp, *udp.add(1));
+            let old_sport = be16(*udp, *udp.add(1));
+            let old_dport = be16(*udp.add(2), *udp.add(3));
             let acc = (!csum) as u32
                 + sum_words(src_addr, words, true)
                 + sum_words(new_addr, words, false)
-                + (!sport) as u32
+                + (!old_sport) as u32
+                + (!old_dport) as u32
+                + sport as u32
                 + dst.port as u32;
             let c = match !fold(acc) {
                 0 => 0xffff,
@@ -85,9 +90,7 @@ pub fn rewrite<I: Ip>(ctx: &XdpContext, dst: &Endpoint) -> Result<(), ()> {
 
         mem::copy(src_addr, dst_addr, I::ADDR_LEN);
         mem::copy(dst_addr, new_addr, I::ADDR_LEN);
-        // Source port = the hub port the frame was sent to.
-        *udp = *udp.add(2);
-        *udp.add(1) = *udp.add(3);
+        put16(udp, sport);
         put16(udp.add(2), dst.port);
         *h.add(I::TTL_OFF) = RELAY_TTL;
 

@@ -25,7 +25,7 @@ use std::{
 use aya::maps::{MapData, PerfEventArray, perf::PerfEventArrayBuffer};
 use relay_common::{
     Endpoint, FAMILY_V4, FAMILY_V6, FallbackMeta, MAP_FALLBACK, NO_SLOT, SESSION_FROM_INITIATION,
-    SESSION_FROM_RESPONSE, SessionValue,
+    SESSION_FROM_RESPONSE, SLOT_ACTIVE, SLOT_REMOTE, SessionValue,
     counter::{self, *},
 };
 use relay_user::{core::fallback_frame as fallback, datapath::CrossPath, io::sender};
@@ -68,7 +68,7 @@ const F: Spoke = Spoke::v4(8, [203, 0, 114, 40], 45000);
 const G: Spoke = Spoke::v4(9, [10, 255, 0, 9], 1234);
 /// Not registered at all.
 const STRANGER: Spoke = Spoke::v4(0, [203, 0, 113, 99], 40000);
-const MAX_TEST_SLOT: u32 = 10;
+const MAX_TEST_SLOT: u32 = 12;
 
 // Sessions (sender slot, receiver index) -> destination slot.
 const R_A_TO_B: u32 = 0x1111_1111;
@@ -261,6 +261,16 @@ impl Hub {
     fn set_initiation_budget(&mut self, per_sec: u32) {
         let c = relay_common::HubConfig {
             init_pass_per_sec: per_sec,
+            ..relay_user::datapath::hub_config(PORT, Some(HUB4), Some(HUB6), self.cross)
+        };
+        self.config.set(0, c, 0).unwrap();
+    }
+
+    /// A mesh member: mesh ports from `base` (the hub's addresses as in
+    /// the golden cases).
+    fn set_mesh(&mut self, base: u16) {
+        let c = relay_common::HubConfig {
+            mesh_base: base,
             ..relay_user::datapath::hub_config(PORT, Some(HUB4), Some(HUB6), self.cross)
         };
         self.config.set(0, c, 0).unwrap();
@@ -1931,4 +1941,184 @@ fn next_hop_cache_expires() {
     assert!(proven, "no round ran within the cache lifetime");
     std::thread::sleep(ttl + std::time::Duration::from_millis(100));
     check_case(&mut hub, &relay("A->B after the cache lifetime", new_gw));
+}
+
+// ---------------------------------------------------------------------------
+// Hub mesh: spokes homed on a peer hub are slots whose endpoint is that
+// hub's address and the spoke's mesh port there (SLOT_REMOTE).
+
+const MESH_BASE: u16 = 43000;
+/// Behind the same gateway as the spokes (the test namespace routes it).
+const PEER_HUB: [u8; 4] = [203, 0, 113, 200];
+const R1: Spoke = Spoke::v4(10, PEER_HUB, MESH_BASE + 10);
+const R2: Spoke = Spoke::v4(11, PEER_HUB, MESH_BASE + 11);
+const R_A_TO_R1: u32 = 0x2121_2121;
+const R_R1_TO_A: u32 = 0x3131_3131;
+const R_R1_TO_R2: u32 = 0x4141_4141;
+const R_R1_NONE: u32 = 0x5151_5151;
+
+/// The mesh port of `s` on this hub.
+fn mesh_port_of(s: &Spoke) -> u16 {
+    relay_common::mesh_port(MESH_BASE, s.slot).unwrap()
+}
+
+/// What the peer hub sends here for remote spoke `from`: from `from`'s
+/// mesh port there to `to`'s mesh port here.
+fn from_peer(from: &Spoke, to: &Spoke, payload: Vec<u8>) -> Frame {
+    Frame {
+        eth_dst: HUB_MAC,
+        eth_src: GW_MAC,
+        src: from.addr,
+        dst: Addr::V4(HUB4),
+        ttl: 61,
+        sport: from.port,
+        dport: mesh_port_of(to),
+        payload,
+        csum: Csum::Full,
+    }
+}
+
+#[test]
+fn mesh_golden() {
+    if !is_root() {
+        return;
+    }
+    let ns = Entered::new();
+    let (ifindex, _) = topology(&ns, true);
+    let mut hub = Hub::load(ifindex);
+    hub.set_mesh(MESH_BASE);
+    for r in [R1, R2] {
+        hub.set_spoke_flags(r.slot, r.endpoint(), SLOT_ACTIVE | SLOT_REMOTE)
+            .unwrap();
+    }
+    for (src, receiver, dst) in [
+        (A.slot, R_A_TO_R1, R1.slot),
+        (R1.slot, R_R1_TO_A, A.slot),
+        (R1.slot, R_R1_TO_R2, R2.slot),
+    ] {
+        hub.add_session(src, receiver, dst);
+    }
+    let mut cases = Vec::new();
+
+    // A (local) -> R1 (remote): to the peer hub, from A's mesh port here,
+    // which names A there.
+    let input = Frame::from_spoke(&A, transport(R_A_TO_R1, 64));
+    let mut out = input.relayed_to(&R1, GW_MAC, HUB_MAC);
+    out.sport = mesh_port_of(&A);
+    let mut c = Case::new("mesh: local -> remote", input.build(), XDP_TX)
+        .output(out.build())
+        .counters(&relayed(RELAYED_TRANSPORT, 64 + 32, false, &A, &R1))
+        .counters(&[(counter::MESH_OUT, 1)])
+        .slot(A.slot, rx(96, false))
+        .slot(R1.slot, tx(96))
+        .rx_seen(A.slot);
+    cases.push(c);
+
+    // R1 (remote) -> A (local): from the peer hub to A's mesh port; sent
+    // on from the hub port, as for any frame to a spoke.
+    let input = from_peer(&R1, &A, transport(R_R1_TO_A, 64));
+    let out = Frame {
+        eth_dst: GW_MAC,
+        eth_src: HUB_MAC,
+        src: Addr::V4(HUB4),
+        dst: A.addr,
+        ttl: 64,
+        sport: PORT,
+        dport: A.port,
+        payload: input.payload.clone(),
+        csum: Csum::Full,
+    };
+    c = Case::new("mesh: remote -> local", input.build(), XDP_TX)
+        .output(out.build())
+        .counters(&relayed(RELAYED_TRANSPORT, 96, false, &R1, &A))
+        .counters(&[(counter::MESH_IN, 1)])
+        .slot(R1.slot, rx(96, false))
+        .slot(A.slot, tx(96))
+        .rx_seen(R1.slot);
+    cases.push(c);
+
+    // The same without a UDP checksum (IPv4 "none" stays none).
+    let mut input = from_peer(&R1, &A, transport(R_R1_TO_A, 16));
+    input.csum = Csum::Zero;
+    let mut o = out.clone();
+    o.payload = input.payload.clone();
+    o.csum = Csum::Zero;
+    cases.push(
+        Case::new("mesh: remote -> local, no UDP checksum", input.build(), XDP_TX)
+            .output(o.build())
+            .counters(&relayed(RELAYED_TRANSPORT, 48, false, &R1, &A))
+            .counters(&[(counter::MESH_IN, 1)])
+            .slot(R1.slot, rx(48, false))
+            .slot(A.slot, tx(48))
+            .rx_seen(R1.slot),
+    );
+
+    // Mesh ports take frames only from spokes homed on peer hubs.
+    let mut stranger = from_peer(&STRANGER, &A, transport(R_R1_TO_A, 64));
+    stranger.sport = 4242;
+    cases.push(
+        Case::new("mesh: from a stranger", stranger.build(), XDP_DROP)
+            .counters(&[(SEEN, 1), (counter::DROP_MESH_SOURCE, 1)]),
+    );
+    let mut local = Frame::from_spoke(&B, transport(R_R1_TO_A, 64));
+    local.dport = mesh_port_of(&A);
+    cases.push(
+        Case::new("mesh: from a local spoke", local.build(), XDP_DROP)
+            .counters(&[(SEEN, 1), (counter::DROP_MESH_SOURCE, 1)]),
+    );
+    // A frame crosses at most its two spokes' home hubs.
+    cases.push(
+        Case::new(
+            "mesh: remote -> remote",
+            from_peer(&R1, &R2, transport(R_R1_TO_R2, 64)).build(),
+            XDP_DROP,
+        )
+        .counters(&[(SEEN, 1), (counter::DROP_MESH_TRANSIT, 1)])
+        .rx_seen(R1.slot),
+    );
+    // Nothing on a mesh port is for the hub's own WireGuard.
+    cases.push(
+        Case::new(
+            "mesh: no session",
+            from_peer(&R1, &A, transport(R_R1_NONE, 64)).build(),
+            XDP_DROP,
+        )
+        .counters(&[(SEEN, 1), (counter::DROP_MESH_NO_SESSION, 1)])
+        .rx_seen(R1.slot),
+    );
+    // An initiation from a remote spoke: to the controller (which routes it
+    // by mac1), never up the stack.
+    let m = initiation(0x0a0b_0c0d);
+    let mut c = Case::new(
+        "mesh: initiation",
+        from_peer(&R1, &A, m.clone()).build(),
+        XDP_DROP,
+    )
+    .counters(&[(SEEN, 1), (INITIATIONS_QUEUED, 1)])
+    .rx_seen(R1.slot);
+    c.event = Some(ExpectedEvent {
+        src: R1.endpoint(),
+        dst: Endpoint::v4(HUB4.octets(), mesh_port_of(&A)),
+        src_slot: R1.slot,
+        frame: m,
+    });
+    cases.push(c);
+    // Below the mesh range and not the hub port: not ours, uncounted.
+    let mut other = Frame::from_spoke(&A, transport(R_A_TO_R1, 64));
+    other.dport = MESH_BASE - 1;
+    cases.push(Case::new("mesh: port below the range", other.build(), XDP_PASS));
+    // Local relaying is unchanged.
+    cases.push(relay_case(
+        "mesh: local -> local as before",
+        &A,
+        &B,
+        transport(R_A_TO_B, 64),
+        Csum::Full,
+        RELAYED_TRANSPORT,
+    ));
+
+    for case in &cases {
+        check_case(&mut hub, case);
+    }
+    eprintln!("{} mesh cases passed", cases.len());
 }

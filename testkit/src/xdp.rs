@@ -132,6 +132,20 @@ impl RelayMaps {
         self.set_slot(slot, ep, active)
     }
 
+    /// [`Harness::set_spoke`] with explicit slot flags (`SLOT_REMOTE` for a
+    /// spoke homed on a peer hub).
+    pub fn set_spoke_flags(&mut self, slot: u32, ep: Endpoint, flags: u32) -> Result<(), MapError> {
+        self.endpoint_slots.insert(ep, slot, 0)?;
+        self.slots.set(
+            slot,
+            SpokeSlot {
+                endpoint: ep,
+                flags,
+            },
+            0,
+        )
+    }
+
     /// Slot `slot` only (not indexed by its endpoint).
     pub fn set_slot(
         &mut self,

@@ -16,7 +16,7 @@ use crate::core::registry::TunnelNet;
 use crate::datapath::{AttachMode, Capacity};
 use crate::hub::{self, RunConfig};
 use crate::io::netinfo;
-use crate::provision::spoke;
+use crate::provision::{mesh, spoke};
 use crate::store::dir::StateDir;
 use crate::store::{Store, StoreSpec};
 
@@ -85,6 +85,10 @@ pub enum Command {
     /// to paste, printed by `token create`).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The hub mesh's members (several active hubs on one store, each with
+    /// its own address and spokes).
+    #[command(subcommand)]
+    Hub(HubCommand),
     /// The store of the registry, policy and tokens (`--store`): show it,
     /// or copy a state directory into etcd.
     #[command(subcommand)]
@@ -194,6 +198,11 @@ pub struct RunArgs {
     /// once promoted, so the other can follow it and fail back.
     #[arg(long, env = "RELAYHUB_STANDBY_OF", value_name = "HOST:PORT")]
     pub standby_of: Option<String>,
+    /// Hub mesh: this hub's name among the store's hubs (`relayhub hub
+    /// add`). It serves the spokes homed on it and relays to the others
+    /// through their home hubs, in XDP.
+    #[arg(long, env = "RELAYHUB_HUB_NAME", value_name = "NAME")]
+    pub hub_name: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -211,6 +220,16 @@ pub enum SpokeCommand {
         /// (remembered for later `spoke config`).
         #[arg(long, value_enum)]
         family: Option<crate::provision::spoke::Family>,
+        /// Hub mesh: the hub the spoke dials (required once the store has
+        /// hubs).
+        #[arg(long)]
+        hub: Option<String>,
+    },
+    /// Home a spoke on another mesh hub and print its new file.
+    Move {
+        name: String,
+        #[arg(long)]
+        hub: String,
     },
     /// Print a spoke's current wg-quick file (no private key).
     Config {
@@ -224,6 +243,25 @@ pub enum SpokeCommand {
     /// List registered spokes.
     List,
     /// Remove a spoke.
+    Remove { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HubCommand {
+    /// Add a hub to the mesh, or change one (its spokes dial ENDPOINT).
+    Add {
+        name: String,
+        /// IP[:PORT] spokes homed there dial and peer hubs send to.
+        #[arg(long)]
+        endpoint: String,
+        /// First mesh port: peer hubs send a spoke's frames to port
+        /// BASE + its id.
+        #[arg(long)]
+        mesh_base: Option<u16>,
+    },
+    /// List the mesh's hubs and how many spokes each is home to.
+    List,
+    /// Remove a hub from the mesh (move its spokes first).
     Remove { name: String },
 }
 
@@ -322,6 +360,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                 store: cli.store,
                 replica_listen: args.replica_listen,
                 standby_of: args.standby_of,
+                hub_name: args.hub_name,
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -329,6 +368,21 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             rt.block_on(hub::run(cfg, crate::EBPF_OBJECT))
         }
         Command::Status(args) => status(&args),
+        Command::Hub(cmd) => {
+            let state = StateDir::open(&cli.state_dir)?;
+            let store = Store::open(&cli.store, &state)?;
+            let out = match cmd {
+                HubCommand::Add {
+                    name,
+                    endpoint,
+                    mesh_base,
+                } => mesh::add(&store, &name, &endpoint, cli.port, mesh_base)?,
+                HubCommand::List => mesh::list(&store)?,
+                HubCommand::Remove { name } => mesh::remove(&store, &name)?,
+            };
+            print!("{out}");
+            Ok(())
+        }
         Command::Store(cmd) => {
             let state = StateDir::open(&cli.state_dir)?;
             let out = match cmd {
@@ -394,7 +448,15 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                     pubkey,
                     keepalive,
                     family,
-                } => spoke::add_in(&ctx(keepalive), &name, pubkey.as_deref(), family)?,
+                    hub,
+                } => spoke::add_homed(
+                    &ctx(keepalive),
+                    &name,
+                    pubkey.as_deref(),
+                    family,
+                    hub.as_deref(),
+                )?,
+                SpokeCommand::Move { name, hub } => spoke::move_to(&ctx(0), &name, &hub)?,
                 SpokeCommand::Config {
                     name,
                     keepalive,
@@ -555,6 +617,7 @@ mod tests {
             ("peers_port", "RELAYHUB_PEERS_PORT"),
             ("replica_listen", "RELAYHUB_REPLICA_LISTEN"),
             ("standby_of", "RELAYHUB_STANDBY_OF"),
+            ("hub_name", "RELAYHUB_HUB_NAME"),
         ] {
             assert_eq!(env(run, id).as_deref(), Some(var), "run --{id}");
         }

@@ -6,6 +6,7 @@ pub mod fallback_frame;
 pub mod health;
 pub mod join;
 pub mod keys;
+pub mod mesh;
 pub mod outcome;
 pub mod policy;
 pub mod proof;

@@ -214,7 +214,24 @@ pub struct Spoke {
     pub added_unix: u64,
     /// Which of the hub's endpoints its config names.
     pub family: Family,
+    /// Hub mesh: the hub the spoke dials (its home), by name; `None` for a
+    /// store without hubs (every hub of it serves every spoke).
+    pub home: Option<String>,
 }
+
+/// A member of a hub mesh: its own address, and the ports where peer hubs
+/// send frames for the spokes homed on it (`mesh_base + spoke id`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshHub {
+    pub name: String,
+    /// Where its spokes dial it, and where peer hubs send to (a literal
+    /// address: the XDP program matches frames by it).
+    pub endpoint: std::net::SocketAddr,
+    pub mesh_base: u16,
+}
+
+/// The first mesh port unless `hub add --mesh-base` says otherwise.
+pub const DEFAULT_MESH_BASE: u16 = 40000;
 
 /// The address family of the hub endpoint a spoke dials (`--family`).
 /// (A clap value too: the command line names it the same way.)
@@ -261,6 +278,8 @@ pub fn validate_name(name: &str) -> Result<(), RegistryError> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Registry {
     spokes: Vec<Spoke>,
+    /// Hub mesh members, by name (empty: no mesh).
+    hubs: Vec<MeshHub>,
 }
 
 impl Registry {
@@ -271,6 +290,90 @@ impl Registry {
     /// All spokes, ordered by id.
     pub fn spokes(&self) -> &[Spoke] {
         &self.spokes
+    }
+
+    /// The mesh's hubs, ordered by name.
+    pub fn hubs(&self) -> &[MeshHub] {
+        &self.hubs
+    }
+
+    pub fn hub(&self, name: &str) -> Option<&MeshHub> {
+        self.hubs.iter().find(|h| h.name == name)
+    }
+
+    /// Adds (or updates) mesh hub `name`. Its spokes' mesh ports must fit
+    /// under 65536.
+    pub fn set_hub(&mut self, hub: MeshHub) -> Result<(), RegistryError> {
+        validate_name(&hub.name)?;
+        if hub.mesh_base == 0 || hub.mesh_base == hub.endpoint.port() {
+            return Err(RegistryError::Other(format!(
+                "mesh base {} for hub {:?}: pick a port range above the hub port, e.g. {DEFAULT_MESH_BASE}",
+                hub.mesh_base, hub.name
+            )));
+        }
+        if let Some(s) = self
+            .spokes
+            .iter()
+            .find(|s| s.home.as_deref() == Some(&hub.name) && relay_common::mesh_port(hub.mesh_base, s.id).is_none())
+        {
+            return Err(RegistryError::Other(format!(
+                "spoke {:?} (id {}) would have no mesh port above {}: pick a lower --mesh-base",
+                s.name, s.id, hub.mesh_base
+            )));
+        }
+        match self.hubs.iter_mut().find(|h| h.name == hub.name) {
+            Some(h) => *h = hub,
+            None => {
+                self.hubs.push(hub);
+                self.hubs.sort_by(|a, b| a.name.cmp(&b.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes mesh hub `name`; refused while spokes are homed on it.
+    pub fn remove_hub(&mut self, name: &str) -> Result<MeshHub, RegistryError> {
+        let pos = self
+            .hubs
+            .iter()
+            .position(|h| h.name == name)
+            .ok_or_else(|| RegistryError::Other(format!("no hub named {name:?} in the mesh; `relayhub hub list` shows them")))?;
+        let homed: Vec<&str> = self
+            .spokes
+            .iter()
+            .filter(|s| s.home.as_deref() == Some(name))
+            .map(|s| s.name.as_str())
+            .collect();
+        if !homed.is_empty() {
+            return Err(RegistryError::Other(format!(
+                "hub {name:?} is the home of {}: move them first (`relayhub spoke move NAME --hub OTHER`)",
+                homed.join(", ")
+            )));
+        }
+        Ok(self.hubs.remove(pos))
+    }
+
+    /// Homes spoke `name` on mesh hub `hub` (which must exist, with a mesh
+    /// port for the spoke's id).
+    pub fn set_home(&mut self, name: &str, hub: &str) -> Result<(), RegistryError> {
+        let h = self.hub(hub).cloned().ok_or_else(|| {
+            RegistryError::Other(format!(
+                "no hub named {hub:?} in the mesh; add it with `relayhub hub add {hub} --endpoint IP:PORT`"
+            ))
+        })?;
+        let spoke = self
+            .spokes
+            .iter_mut()
+            .find(|s| s.name == name)
+            .ok_or_else(|| RegistryError::NotFound(name.to_owned()))?;
+        if relay_common::mesh_port(h.mesh_base, spoke.id).is_none() {
+            return Err(RegistryError::Other(format!(
+                "spoke {name:?} (id {}) has no mesh port above hub {hub:?}'s base {}",
+                spoke.id, h.mesh_base
+            )));
+        }
+        spoke.home = Some(hub.to_owned());
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -346,6 +449,7 @@ impl Registry {
                 public_key,
                 added_unix,
                 family: Family::Ipv4,
+                home: None,
             },
         );
         Ok(&self.spokes[pos])
@@ -478,10 +582,35 @@ impl Registry {
                 public_key,
                 added_unix: rec.added_unix,
                 family: rec.family,
+                home: rec.home,
             });
         }
         spokes.sort_by_key(|s| s.id);
-        Ok(Registry { spokes })
+        let mut hubs: Vec<MeshHub> = Vec::with_capacity(file.hubs.len());
+        for rec in file.hubs {
+            let what = format!("hub {:?}", rec.name);
+            validate_name(&rec.name).map_err(|e| corrupt(format!("{what}: {e}")))?;
+            if hubs.iter().any(|h| h.name == rec.name) {
+                return Err(corrupt(format!("{what}: the name appears twice")));
+            }
+            hubs.push(MeshHub {
+                name: rec.name,
+                endpoint: rec.endpoint,
+                mesh_base: rec.mesh_base,
+            });
+        }
+        hubs.sort_by(|a, b| a.name.cmp(&b.name));
+        for s in &spokes {
+            if let Some(home) = &s.home
+                && !hubs.iter().any(|h| &h.name == home)
+            {
+                return Err(corrupt(format!(
+                    "spoke {:?}: home hub {home:?} is not among the hubs",
+                    s.name
+                )));
+            }
+        }
+        Ok(Registry { spokes, hubs })
     }
 
     /// The registry file format: pretty JSON, one spoke per object, ending in a newline.
@@ -498,6 +627,16 @@ impl Registry {
                     public_key: s.public_key.to_base64(),
                     added_unix: s.added_unix,
                     family: s.family,
+                    home: s.home.clone(),
+                })
+                .collect(),
+            hubs: self
+                .hubs
+                .iter()
+                .map(|h| HubRecord {
+                    name: h.name.clone(),
+                    endpoint: h.endpoint,
+                    mesh_base: h.mesh_base,
                 })
                 .collect(),
         };
@@ -542,6 +681,17 @@ struct RegistryFile {
     version: u64,
     #[serde(default)]
     spokes: Vec<SpokeRecord>,
+    /// Absent without a mesh (files stay as earlier releases wrote them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    hubs: Vec<HubRecord>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HubRecord {
+    name: String,
+    endpoint: std::net::SocketAddr,
+    mesh_base: u16,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -558,6 +708,8 @@ struct SpokeRecord {
     /// `store::registry`).
     #[serde(default, skip_serializing_if = "Family::is_ipv4")]
     family: Family,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    home: Option<String>,
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use aya::{Ebpf, EbpfLoader};
 use relay_common::{
     CROSS_VIA_USERSPACE, Endpoint, FALLBACK_PAGES_PER_CPU, HUB_V4_SET, HUB_V6_SET, HubConfig,
     MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINT_SLOTS, MAP_FALLBACK, MAP_INITIATIONS, MAP_PROOFS,
-    MAP_SESSIONS, MAP_SLOT_COUNTERS, MAP_SLOTS, PROG_RELAY, SLOT_ACTIVE, SessionKey, SessionValue,
+    MAP_SESSIONS, MAP_SLOT_COUNTERS, MAP_SLOTS, PROG_RELAY, SLOT_ACTIVE, SLOT_REMOTE, SessionKey, SessionValue,
     SlotCounters, SpokeSlot, counter,
 };
 
@@ -133,6 +133,10 @@ pub struct Datapath {
     /// `HubConfig::init_pass_per_sec`.
     init_budget: u32,
     hub_addrs: (Option<Ipv4Addr>, Option<Ipv6Addr>),
+    /// Hub mesh: the first mesh port (0: none) and the slots homed on
+    /// peer hubs (written with `SLOT_REMOTE`).
+    mesh_base: u16,
+    remote: std::collections::HashSet<u32>,
     max_slots: u32,
     mode: &'static str,
     iface: String,
@@ -269,6 +273,8 @@ impl Datapath {
             cross: CrossPath::Xdp,
             init_budget: 0,
             hub_addrs: (None, None),
+            mesh_base: 0,
+            remote: Default::default(),
             max_slots: cap.slots,
             mode: "detached",
             iface: String::new(),
@@ -290,13 +296,36 @@ impl Datapath {
         v4: Option<Ipv4Addr>,
         v6: Option<Ipv6Addr>,
     ) -> Result<(), DatapathError> {
+        self.hub_addrs = (v4, v6);
+        self.write_config()
+    }
+
+    /// The whole configuration entry, in one write (the program reads it
+    /// per frame).
+    fn write_config(&mut self) -> Result<(), DatapathError> {
+        let (v4, v6) = self.hub_addrs;
         let config = HubConfig {
             init_pass_per_sec: self.init_budget,
+            mesh_base: self.mesh_base,
             ..hub_config(self.port, v4, v6, self.cross)
         };
-        self.config.set(0, config, 0).map_err(map_err(MAP_CONFIG))?;
-        self.hub_addrs = (v4, v6);
-        Ok(())
+        self.config.set(0, config, 0).map_err(map_err(MAP_CONFIG))
+    }
+
+    /// Hub mesh: relay frames to ports from `base` up (0: none).
+    pub fn set_mesh_base(&mut self, base: u16) -> Result<(), DatapathError> {
+        self.mesh_base = base;
+        self.write_config()
+    }
+
+    pub fn mesh_base(&self) -> u16 {
+        self.mesh_base
+    }
+
+    /// Hub mesh: the slots homed on peer hubs, from the next endpoint
+    /// written for each (their endpoints change with their placement).
+    pub fn set_remote_slots(&mut self, slots: std::collections::HashSet<u32>) {
+        self.remote = slots;
     }
 
     /// Initiations/s one source address may pass to the hub's own WireGuard
@@ -570,7 +599,11 @@ impl Datapath {
                     .map_err(map_err(MAP_ENDPOINT_SLOTS))?;
                 SpokeSlot {
                     endpoint: ep,
-                    flags: SLOT_ACTIVE,
+                    flags: if self.remote.contains(&slot) {
+                        SLOT_ACTIVE | SLOT_REMOTE
+                    } else {
+                        SLOT_ACTIVE
+                    },
                 }
             }
             None => SpokeSlot::default(),

@@ -59,6 +59,8 @@ pub(crate) struct Enroller {
     pub(crate) keepalive: u16,
     /// `--endpoint`, if given.
     pub(crate) endpoint: Option<String>,
+    /// `--hub-name`: in a mesh, nodes that join here are homed here.
+    pub(crate) hub_name: Option<String>,
     pub(crate) pin: String,
     pub(crate) limiter: Mutex<JoinLimiter>,
     /// One enrollment at a time.
@@ -375,11 +377,12 @@ impl Enroller {
             }
         };
         let key = req.public_key.to_base64();
-        let mut conf = match provision::add_in(
+        let mut conf = match provision::add_homed(
             &self.ctx(req.family_from_source),
             &req.name,
             Some(&key),
             req.family,
+            self.hub_name.as_deref(),
         ) {
             Ok(c) => c,
             Err(e) => {

@@ -114,6 +114,10 @@ pub(crate) struct Hub {
     /// The literal IPs of the saved endpoints (from the store): which of
     /// the interface's addresses are the hub's.
     pub(crate) endpoint_ips: Vec<std::net::IpAddr>,
+    /// Hub mesh: this hub's name among the registry's hubs (`--hub-name`),
+    /// and the slots homed on peer hubs with their endpoints there.
+    pub(crate) mesh_name: Option<String>,
+    pub(crate) remote: HashMap<u32, Endpoint>,
 
     // Fields drop in order: detach XDP first, then remove the interface.
     pub(crate) datapath: Datapath,
@@ -144,6 +148,32 @@ impl Hub {
         for s in reg.spokes() {
             self.router.set_spoke(s.id, &s.public_key.0);
         }
+        // Mesh: the slots homed elsewhere get their home hub as endpoint
+        // (static: no handshake with this hub authenticates them) and are
+        // marked remote in the maps; the rest are this hub's own.
+        let me = self.mesh_name.as_deref();
+        let remote = crate::core::mesh::remote_slots(reg, me);
+        let was_remote: Vec<u32> = self
+            .remote
+            .keys()
+            .filter(|s| !remote.contains_key(s))
+            .copied()
+            .collect();
+        for slot in was_remote {
+            // Homed here now: its endpoint comes from the hub's WireGuard.
+            self.router.set_endpoint(slot, None);
+        }
+        for (&slot, &ep) in &remote {
+            self.router.set_endpoint(slot, Some(ep));
+        }
+        self.datapath.set_remote_slots(remote.keys().copied().collect());
+        let base = crate::core::mesh::own_base(reg, me);
+        if base != self.datapath.mesh_base() {
+            self.datapath.set_mesh_base(base)?;
+            tracing::info!(mesh_base = base, hub = ?me, "hub mesh ports");
+        }
+        self.remote = remote;
+        self.install_endpoints()?;
         let mut old = std::mem::take(&mut self.spokes);
         for s in reg.spokes() {
             // Health history survives unless the slot now names another key.
@@ -164,9 +194,12 @@ impl Hub {
         }
         // Names may have moved between slots.
         self.apply_policy();
+        // The hub's own WireGuard peers with its own spokes only: the
+        // others dial their home hub.
         let peers: Vec<_> = reg
             .spokes()
             .iter()
+            .filter(|s| !self.remote.contains_key(&s.id))
             .map(|s| (s.public_key.clone(), s.address))
             .collect();
         self.wg.sync_peers(&peers)?;
@@ -516,11 +549,25 @@ impl Hub {
             }
             Some(Action::Forward {
                 session,
-                from,
+                mut from,
                 to,
                 frame,
             }) => {
                 let (key, mut value) = session;
+                // Responder key.src_slot, initiator value.dst_slot: towards
+                // a peer hub the initiation leaves from the initiator's
+                // mesh port; towards a spoke from the hub port.
+                let Some(port) = crate::core::mesh::forward_port(
+                    self.facts.port,
+                    self.datapath.mesh_base(),
+                    value.dst_slot,
+                    self.remote.contains_key(&value.dst_slot),
+                    self.remote.contains_key(&key.src_slot),
+                ) else {
+                    tracing::debug!(?key, "initiation between two remote spokes: not forwarded");
+                    return false;
+                };
+                from.port = port;
                 value.last_seen_ns = ktime_ns();
                 // Frames from the responder carry the initiator's index.
                 self.receivers.insert(key.receiver, key.src_slot);

@@ -83,6 +83,8 @@ pub struct RunConfig {
     pub replica_listen: Option<SocketAddr>,
     /// `--standby-of`: follow the active hub's relay tables (HOST:PORT).
     pub standby_of: Option<String>,
+    /// `--hub-name`: this hub's name among the mesh's hubs.
+    pub hub_name: Option<String>,
 }
 
 /// Polls the store every [`REGISTRY_POLL`] off the event loop (an etcd
@@ -164,6 +166,20 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
         .unwrap_or_else(|| Ok(crate::core::registry::Registry::new()))?;
     // The file does not record the network: catch a changed --network.
     registry.check_net(&cfg.net)?;
+    if let Some(name) = &cfg.hub_name
+        && registry.hub(name).is_none()
+    {
+        anyhow::bail!(
+            "--hub-name {name}: no hub of that name in the mesh; add it first with \
+             `relayhub hub add {name} --endpoint IP:PORT` (`relayhub hub list` shows the mesh)"
+        );
+    }
+    if cfg.hub_name.is_none() && !registry.hubs().is_empty() {
+        tracing::warn!(
+            hubs = registry.hubs().len(),
+            "the store has a hub mesh but this hub has no --hub-name: it serves only spokes without a home hub"
+        );
+    }
     let policy_text = first.policy.transpose()?.flatten();
     let policy = PolicyWatch::new(store.policy().location(), policy_text)?;
 
@@ -263,6 +279,8 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
         receivers_read: None,
         probe_turn: 0,
         endpoint_ips: first_endpoint_ips,
+        mesh_name: cfg.hub_name.clone(),
+        remote: HashMap::new(),
         replication: super::replica::Replication {
             roles: crate::core::role::Roles::new(
                 cfg.replica_listen.is_some(),
@@ -347,6 +365,7 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
                 port: cfg.port,
                 keepalive: cfg.keepalive,
                 endpoint: cfg.endpoint.clone(),
+                hub_name: cfg.hub_name.clone(),
                 pin,
                 limiter: super::enroll::limiter(),
                 serial: tokio::sync::Mutex::new(()),

@@ -3,5 +3,6 @@
 //! join token (`hub::enroll`). Both paths share this code so a joined node
 //! gets exactly the file `spoke add --pubkey` would print.
 
+pub mod mesh;
 pub mod render;
 pub mod spoke;

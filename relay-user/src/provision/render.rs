@@ -152,6 +152,7 @@ mod tests {
             public_key: key(k),
             added_unix: 0,
             family: Default::default(),
+            home: None,
         }
     }
 

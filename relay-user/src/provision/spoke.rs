@@ -136,10 +136,14 @@ impl SpokeCtx<'_> {
         family: Option<Family>,
         explicit: bool,
     ) -> anyhow::Result<String> {
-        let (hub, note) = self.hub_info_for(family, explicit)?;
         let spoke = registry
             .get(name)
             .with_context(|| format!("spoke {name:?} vanished from the registry"))?;
+        // In a mesh every peer is reached through the spoke's home hub.
+        let (hub, note) = match spoke.home.as_deref().and_then(|h| registry.hub(h)) {
+            Some(home) => self.hub_at(home.endpoint.to_string(), None)?,
+            None => self.hub_info_for(family, explicit)?,
+        };
         // Only the peers the hub's policy lets this spoke reach.
         let policy = self.store.policy().load()?;
         let peers: Vec<&Spoke> = registry
@@ -179,6 +183,18 @@ pub fn add_in(
     pubkey: Option<&str>,
     family: Option<Family>,
 ) -> anyhow::Result<String> {
+    add_homed(ctx, name, pubkey, family, None)
+}
+
+/// [`add_in`] with `--hub`: the spoke's home hub in a mesh (required once
+/// the store has hubs; its file then names that hub's endpoint).
+pub fn add_homed(
+    ctx: &SpokeCtx,
+    name: &str,
+    pubkey: Option<&str>,
+    family: Option<Family>,
+    home: Option<&str>,
+) -> anyhow::Result<String> {
     let (public_key, private_key) = match pubkey {
         Some(text) => {
             let Some(k) = parse_key(text) else {
@@ -202,7 +218,17 @@ pub fn add_in(
         .store
         .registry()
         .update(&mut |r| {
+            if home.is_none() && !r.hubs().is_empty() {
+                let names: Vec<&str> = r.hubs().iter().map(|h| h.name.as_str()).collect();
+                return Err(crate::core::registry::RegistryError::Other(format!(
+                    "the store has a hub mesh ({}): say which hub the spoke dials with --hub",
+                    names.join(", ")
+                )));
+            }
             r.add_spoke(name, public_key.clone(), ctx.net, Some(&hub_public))?;
+            if let Some(h) = home {
+                r.set_home(name, h)?;
+            }
             r.set_family(name, family.unwrap_or_default())
         })
         .with_context(|| format!("cannot add spoke {name:?}"))?;
@@ -230,11 +256,44 @@ pub fn config_in(ctx: &SpokeCtx, name: &str, family: Option<Family>) -> anyhow::
     ctx.render(&registry, name, None, family, explicit)
 }
 
+/// `relayhub spoke move NAME --hub HUB`: home the spoke on another mesh
+/// hub; prints its new file (no private key), whose Endpoint lines all
+/// name that hub.
+pub fn move_to(ctx: &SpokeCtx, name: &str, hub: &str) -> anyhow::Result<String> {
+    let registry = ctx
+        .store
+        .registry()
+        .update(&mut |r| r.set_home(name, hub))
+        .with_context(|| format!("cannot move spoke {name:?}"))?;
+    let mut out = format!(
+        "# spoke {name} is homed on hub {hub} now: the hubs relay for it there within a second;\n\
+         # install this file on it (its peers' Endpoint is the new hub).\n"
+    );
+    out.push_str(&ctx.render(&registry, name, None, None, false)?);
+    Ok(out)
+}
+
 /// `relayhub spoke list`: a table of the registered spokes, by id.
 pub fn list(ctx: &SpokeCtx) -> anyhow::Result<String> {
     let registry = load(ctx)?;
     if registry.is_empty() {
         return Ok("no spokes registered; add one with `relayhub spoke add NAME`\n".to_owned());
+    }
+    if !registry.hubs().is_empty() {
+        let rows: Vec<[String; 5]> = registry
+            .spokes()
+            .iter()
+            .map(|s| {
+                [
+                    s.name.clone(),
+                    s.address.to_string(),
+                    s.public_key.to_base64(),
+                    s.id.to_string(),
+                    s.home.clone().unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        return Ok(table(["NAME", "ADDRESS", "PUBLIC KEY", "ID", "HUB"], &rows));
     }
     let rows: Vec<[String; 4]> = registry
         .spokes()
