@@ -22,6 +22,7 @@ pub mod mesh;
 // harness and the tests keep one path for them.
 pub use testkit::{cmd, netns};
 pub mod prom;
+pub mod sessions;
 pub mod standby;
 pub mod topology;
 pub mod wg;

@@ -44,6 +44,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use relay_tests::mesh::Mesh;
 use relay_tests::netns::{Netns, Ping, Veth};
+use relay_tests::sessions;
 use relay_tests::standby::{ACTIVE_LINK, STANDBY_LINK, StandbyHost, replica_addr};
 use relay_tests::topology::{HUB_ADDR, ROUTER_HUB_ADDR};
 use relay_tests::{Hub, HubKind, Topology, cmd};
@@ -370,6 +371,8 @@ fn checks(
         "[failback] the old active follows the new one {:?} after its start",
         t0.elapsed()
     );
+    let sb_map = sessions::map_id(&sb.ns, &sb.public.b)?;
+    const PLANTED: (u32, u32) = (1, 0x5eed_0001);
     takeover(topo, &mesh, &spoke_handshakes, "failback", || {
         // As keepalived with preemption: the returning hub takes the
         // address and is promoted, the other is demoted.
@@ -382,6 +385,16 @@ fn checks(
             &topo.router_hub_if,
         ])?;
         cmd::signal(hub.pid().context("hub pid")?, libc::SIGUSR1);
+        cmd::wait_for(
+            "the old active to be active again",
+            Duration::from_secs(3),
+            Duration::from_millis(5),
+            || Ok((hub.api_json("/v1/hub")?["replication"]["role"] == "active").then_some(())),
+        )?;
+        // An entry only the hub being demoted has (as if its XDP program
+        // had learned it in the moment both were active): following the
+        // other again, it must go from its map.
+        sessions::plant(&sb_map, PLANTED.0, PLANTED.1, 2)?;
         sb.signal(libc::SIGUSR2)?;
         Ok(())
     })?;
@@ -392,6 +405,18 @@ fn checks(
     );
     let t = sb.wait_following(3, 6)?;
     eprintln!("[failback] the standby follows again {t:?} after failing back");
+    let a_map = sessions::map_id(&topo.hub, &hub.nic)?;
+    let (a, b) = cmd::wait_for(
+        "the standby's session table to match the active's again",
+        Duration::from_secs(3),
+        Duration::from_millis(20),
+        || {
+            let (a, b) = (sessions::dump(&a_map)?, sessions::dump(&sb_map)?);
+            Ok((a == b).then_some((a, b)))
+        },
+    )
+    .with_context(|| format!("planted entry {PLANTED:x?} on the standby"))?;
+    anyhow::ensure!(!b.contains_key(&PLANTED) && !a.is_empty(), "{a:?} / {b:?}");
 
     // Restart the standby while traffic flows: nothing is lost, and it
     // follows the active again.

@@ -26,16 +26,14 @@
 //!
 //! Run as root: `cargo test -p relay-tests --release --test replica_e2e -- --nocapture`.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use relay_tests::mesh::Mesh;
-use relay_tests::netns::Netns;
+use relay_tests::sessions;
 use relay_tests::standby::{ACTIVE_LINK, StandbyHost, replica_addr};
 use relay_tests::topology::HUB_ADDR;
 use relay_tests::{Hub, Topology, cmd, relayhub_scenario_with};
-use serde_json::Value;
 
 #[test]
 fn replica_e2e() {
@@ -48,63 +46,6 @@ fn replica_e2e() {
         &["--replica-listen", "0.0.0.0:51823"],
         checks,
     );
-}
-
-/// (sender slot, receiver index) -> (destination slot, flags).
-type Table = BTreeMap<(u32, u32), (u32, u32)>;
-
-fn le32(v: &[Value], at: usize) -> anyhow::Result<u32> {
-    let mut b = [0u8; 4];
-    for (i, x) in b.iter_mut().enumerate() {
-        let s = v
-            .get(at + i)
-            .and_then(Value::as_str)
-            .context("bpftool byte")?;
-        *x = u8::from_str_radix(s.trim_start_matches("0x"), 16)?;
-    }
-    Ok(u32::from_le_bytes(b))
-}
-
-/// Id of the SESSIONS map of the program attached to `nic` in `ns`.
-fn sessions_map(ns: &Netns, nic: &str) -> anyhow::Result<String> {
-    let link: Value =
-        serde_json::from_str(&ns.exec(&["ip", "-d", "-j", "link", "show", "dev", nic])?)?;
-    let prog = link[0]["xdp"]["prog"]["id"]
-        .as_u64()
-        .with_context(|| format!("no XDP program on {nic}"))?
-        .to_string();
-    let prog: Value =
-        serde_json::from_str(&cmd::run(&["bpftool", "-j", "prog", "show", "id", &prog])?)?;
-    for id in prog["map_ids"].as_array().context("map_ids")? {
-        let id = id.as_u64().context("map id")?.to_string();
-        let m: Value =
-            serde_json::from_str(&cmd::run(&["bpftool", "-j", "map", "show", "id", &id])?)?;
-        if m["name"] == "SESSIONS" {
-            return Ok(id);
-        }
-    }
-    anyhow::bail!("the program on {nic} has no SESSIONS map")
-}
-
-fn dump(map_id: &str) -> anyhow::Result<Table> {
-    let v: Value =
-        serde_json::from_str(&cmd::run(&["bpftool", "-j", "map", "dump", "id", map_id])?)?;
-    let mut t = Table::new();
-    for e in v.as_array().context("bpftool map dump")? {
-        let k = e["key"].as_array().context("key")?;
-        let val = e["value"].as_array().context("value")?;
-        t.insert((le32(k, 0)?, le32(k, 4)?), (le32(val, 0)?, le32(val, 4)?));
-    }
-    Ok(t)
-}
-
-/// bpftool's hex byte arguments.
-fn bytes(parts: &[&[u8]]) -> Vec<String> {
-    parts
-        .iter()
-        .flat_map(|p| p.iter())
-        .map(|b| format!("0x{b:02x}"))
-        .collect()
 }
 
 fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
@@ -120,8 +61,8 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
         let t0 = Instant::now();
         sb.wait_following(0, 0)?;
         eprintln!("[replica] standby following after {:?}", t0.elapsed());
-        let active_map = sessions_map(&topo.hub, &hub.nic)?;
-        let standby_map = sessions_map(&sb.ns, &sb.public.b)?;
+        let active_map = sessions::map_id(&topo.hub, &hub.nic)?;
+        let standby_map = sessions::map_id(&sb.ns, &sb.public.b)?;
 
         let mesh = Mesh::up(topo, hub)?;
         let (a, _) = cmd::wait_for(
@@ -129,7 +70,7 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
             Duration::from_secs(5),
             Duration::from_millis(50),
             || {
-                let (a, s) = (dump(&active_map)?, dump(&standby_map)?);
+                let (a, s) = (sessions::dump(&active_map)?, sessions::dump(&standby_map)?);
                 Ok((!a.is_empty() && a == s).then_some((a, s)))
             },
         )?;
@@ -152,39 +93,26 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
         for i in 0..20u32 {
             let receiver = 0x5eed_0000 + i;
             let key = (src, receiver);
-            let mut argv: Vec<String> = ["bpftool", "map", "update", "id", &active_map, "key"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-            argv.extend(bytes(&[&src.to_le_bytes(), &receiver.to_le_bytes()]));
-            argv.push("value".into());
-            let seen = testkit::xdp::ktime_ns().to_le_bytes();
-            argv.extend(bytes(&[
-                &dst.to_le_bytes(),
-                &relay_common::SESSION_FROM_RESPONSE.to_le_bytes(),
-                &seen,
-            ]));
             let t = Instant::now();
-            cmd::run(&argv)?;
+            sessions::plant(&active_map, src, receiver, dst)?;
             cmd::wait_for(
                 "the entry on the standby",
                 Duration::from_secs(3),
                 Duration::from_millis(10),
-                || Ok(dump(&standby_map)?.contains_key(&key).then_some(())),
+                || {
+                    Ok(sessions::dump(&standby_map)?
+                        .contains_key(&key)
+                        .then_some(()))
+                },
             )?;
             adds.push(t.elapsed());
-            let mut argv: Vec<String> = ["bpftool", "map", "delete", "id", &active_map, "key"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-            argv.extend(bytes(&[&src.to_le_bytes(), &receiver.to_le_bytes()]));
             let t = Instant::now();
-            cmd::run(&argv)?;
+            sessions::remove(&active_map, src, receiver)?;
             cmd::wait_for(
                 "the entry gone from the standby",
                 Duration::from_secs(3),
                 Duration::from_millis(10),
-                || Ok((!dump(&standby_map)?.contains_key(&key)).then_some(())),
+                || Ok((!sessions::dump(&standby_map)?.contains_key(&key)).then_some(())),
             )?;
             removes.push(t.elapsed());
         }
@@ -270,7 +198,7 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
             Duration::from_secs(5),
             Duration::from_millis(20),
             || {
-                let (a, s) = (dump(&active_map)?, dump(&standby_map)?);
+                let (a, s) = (sessions::dump(&active_map)?, sessions::dump(&standby_map)?);
                 let st = sb.status()?;
                 // The replica's own view matches the map it wrote.
                 Ok((a == s && st["endpoints"] == 2 && st["sessions"] == s.len()).then_some(()))

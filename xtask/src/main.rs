@@ -310,6 +310,17 @@ fn lint_steps(steps: &mut Steps) {
             "warnings",
         ]))
     });
+    // The fuzz targets are their own workspace: without this, a changed
+    // signature they call breaks only the (later) fuzz step.
+    steps.step("check fuzz targets", || {
+        cmd::run(cargo().args([
+            "+nightly",
+            "check",
+            "--manifest-path",
+            "fuzz/Cargo.toml",
+            "--bins",
+        ]))
+    });
 }
 
 fn lint() -> Result<()> {
