@@ -2,8 +2,7 @@
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use relay_common::{
-    Endpoint, SESSION_FROM_RESPONSE, SLOT_ACTIVE, SLOT_REMOTE, SessionKey, SessionValue,
-    SpokeSlot,
+    Endpoint, SESSION_FROM_RESPONSE, SLOT_ACTIVE, SLOT_REMOTE, SessionKey, SessionValue, SpokeSlot,
 };
 
 use crate::maps::{ENDPOINT_SLOTS, SESSIONS, SLOTS};

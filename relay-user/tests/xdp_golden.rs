@@ -2044,13 +2044,17 @@ fn mesh_golden() {
     o.payload = input.payload.clone();
     o.csum = Csum::Zero;
     cases.push(
-        Case::new("mesh: remote -> local, no UDP checksum", input.build(), XDP_TX)
-            .output(o.build())
-            .counters(&relayed(RELAYED_TRANSPORT, 48, false, &R1, &A))
-            .counters(&[(counter::MESH_IN, 1)])
-            .slot(R1.slot, rx(48, false))
-            .slot(A.slot, tx(48))
-            .rx_seen(R1.slot),
+        Case::new(
+            "mesh: remote -> local, no UDP checksum",
+            input.build(),
+            XDP_TX,
+        )
+        .output(o.build())
+        .counters(&relayed(RELAYED_TRANSPORT, 48, false, &R1, &A))
+        .counters(&[(counter::MESH_IN, 1)])
+        .slot(R1.slot, rx(48, false))
+        .slot(A.slot, tx(48))
+        .rx_seen(R1.slot),
     );
 
     // Mesh ports take frames only from spokes homed on peer hubs.
@@ -2106,7 +2110,11 @@ fn mesh_golden() {
     // Below the mesh range and not the hub port: not ours, uncounted.
     let mut other = Frame::from_spoke(&A, transport(R_A_TO_R1, 64));
     other.dport = MESH_BASE - 1;
-    cases.push(Case::new("mesh: port below the range", other.build(), XDP_PASS));
+    cases.push(Case::new(
+        "mesh: port below the range",
+        other.build(),
+        XDP_PASS,
+    ));
     // Local relaying is unchanged.
     cases.push(relay_case(
         "mesh: local -> local as before",

@@ -1,7 +1,9 @@
-//! A second hub beside the topology's: its own namespace (`<prefix>sb`), a
-//! private link to the hub namespace for replication, and a public link to
-//! the router; the relayhub in it is started, stopped and signalled by the
-//! test. Shared by the replication and failover tests.
+//! Another hub beside the topology's, in its own namespace with a public
+//! link to the router; the relayhub in it is started, stopped and
+//! signalled by the test. Two shapes: a standby ([`HubHost::new`],
+//! `<prefix>sb`, with a private link to the hub namespace for
+//! replication; the replication and failover tests) and a peer hub of a
+//! mesh ([`HubHost::peer`], its own address; the mesh tests).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -32,11 +34,14 @@ pub fn replica_addr(link_addr: &str) -> String {
     format!("{link_addr}:{REPLICA_PORT}")
 }
 
-/// The standby's namespace and links. Its relayhub is stopped on drop;
-/// the namespace goes last (fields drop in order).
-pub struct StandbyHost {
-    /// Hub namespace (`a`) <-> standby (`b`), addressed.
-    pub link: Veth,
+/// The standby of the failover tests.
+pub type StandbyHost = HubHost;
+
+/// The host's namespace and links. Its relayhub is stopped on drop; the
+/// namespace goes last (fields drop in order).
+pub struct HubHost {
+    /// Hub namespace (`a`) <-> standby (`b`), addressed (standby only).
+    pub link: Option<Veth>,
     /// Router (`a`) <-> standby (`b`), not addressed until
     /// [`StandbyHost::route_public`] (or the test bridges it).
     pub public: Veth,
@@ -50,11 +55,82 @@ pub struct StandbyHost {
     pub ns: Netns,
 }
 
-impl StandbyHost {
-    /// Build the namespace and both links; `xdp_pass` (the test's
-    /// `CARGO_BIN_EXE_xdp-pass`) goes on the router's end of the public
-    /// link, where the standby's XDP_TX frames arrive.
-    pub fn new(topo: &Topology, xdp_pass: &str) -> anyhow::Result<StandbyHost> {
+impl HubHost {
+    /// A mesh peer hub named `name` (`k` = 1, 2, ...): its namespace
+    /// `<prefix><name>` on a /30 to the router, 10.254.(20+k).2 its own
+    /// address (and endpoint), the router's end 10.254.(20+k).1.
+    pub fn peer(topo: &Topology, name: &str, k: u8, xdp_pass: &str) -> anyhow::Result<HubHost> {
+        let p = &topo.prefix;
+        let ns = Netns::new(&format!("{p}{name}"))?;
+        let public = Veth::new(
+            &format!("{p}x{name}"),
+            &topo.router,
+            &format!("{p}y{name}"),
+            &ns,
+        )?;
+        let (router, own) = (
+            format!("10.254.{}.1", 20 + k),
+            format!("10.254.{}.2", 20 + k),
+        );
+        topo.router.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{router}/30"),
+            "dev",
+            &public.a,
+        ])?;
+        ns.exec(&["ip", "addr", "add", &format!("{own}/30"), "dev", &public.b])?;
+        ns.exec(&["ip", "route", "add", "default", "via", &router])?;
+        ns.sysctl("net.ipv4.ip_forward", "1")?;
+        Self::finish(topo, ns, None, public, name, xdp_pass)
+    }
+
+    /// A peer hub's own address (its endpoint's IP; see [`HubHost::peer`]).
+    pub fn peer_addr(k: u8) -> String {
+        format!("10.254.{}.2", 20 + k)
+    }
+
+    /// The router's address on a peer hub's link.
+    pub fn peer_router_addr(k: u8) -> String {
+        format!("10.254.{}.1", 20 + k)
+    }
+
+    fn finish(
+        topo: &Topology,
+        ns: Netns,
+        link: Option<Veth>,
+        public: Veth,
+        name: &str,
+        xdp_pass: &str,
+    ) -> anyhow::Result<HubHost> {
+        let mut pass = topo.router.spawn(
+            &format!("xdp-pass-{name}"),
+            &[xdp_pass, public.a.as_str()],
+            &topo.workdir,
+            true,
+        )?;
+        pass.wait_output("attached", Duration::from_secs(10))?;
+        let state = topo.workdir.join(format!("{name}-state"));
+        std::fs::create_dir_all(&state)?;
+        std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        Ok(HubHost {
+            ns,
+            link,
+            public,
+            wg_iface: format!("{}w{name}", topo.prefix),
+            state,
+            workdir: topo.workdir.clone(),
+            xdp_pass: Some(pass),
+            proc: None,
+            starts: 0,
+        })
+    }
+
+    /// The standby: build the namespace and both links; `xdp_pass` (the
+    /// test's `CARGO_BIN_EXE_xdp-pass`) goes on the router's end of the
+    /// public link, where the standby's XDP_TX frames arrive.
+    pub fn new(topo: &Topology, xdp_pass: &str) -> anyhow::Result<HubHost> {
         let p = &topo.prefix;
         let ns = Netns::new(&format!("{p}sb"))?;
         let link = Veth::new(&format!("{p}ra"), &topo.hub, &format!("{p}rb"), &ns)?;
@@ -75,27 +151,9 @@ impl StandbyHost {
             &link.b,
         ])?;
         let public = Veth::new(&format!("{p}rp"), &topo.router, &format!("{p}sp"), &ns)?;
-        let mut pass = topo.router.spawn(
-            "xdp-pass-standby",
-            &[xdp_pass, public.a.as_str()],
-            &topo.workdir,
-            true,
-        )?;
-        pass.wait_output("attached", Duration::from_secs(10))?;
-        let state = topo.workdir.join("standby-state");
-        std::fs::create_dir_all(&state)?;
-        std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-        Ok(StandbyHost {
-            ns,
-            link,
-            public,
-            wg_iface: format!("{p}wg2"),
-            state,
-            workdir: topo.workdir.clone(),
-            xdp_pass: Some(pass),
-            proc: None,
-            starts: 0,
-        })
+        let mut h = Self::finish(topo, ns, Some(link), public, "standby", xdp_pass)?;
+        h.wg_iface = format!("{p}wg2");
+        Ok(h)
     }
 
     /// The standby holds the hub's address on its public link from the
@@ -182,7 +240,7 @@ impl StandbyHost {
         ]);
         argv.extend_from_slice(args);
         self.starts += 1;
-        let name = format!("relayhub-standby-{}", self.starts);
+        let name = format!("relayhub-{}-{}", self.ns.name, self.starts);
         let mut p = self.ns.spawn(&name, &argv, &self.workdir, false)?;
         let r = cmd::wait_for(
             "the standby's API",
@@ -284,7 +342,7 @@ impl StandbyHost {
     }
 }
 
-impl Drop for StandbyHost {
+impl Drop for HubHost {
     fn drop(&mut self) {
         self.stop();
         if let Some(mut p) = self.xdp_pass.take() {

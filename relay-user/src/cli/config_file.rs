@@ -666,8 +666,14 @@ initiations-per-source = 0x10
             .keys()
             .filter(|k| {
                 !values.contains_key(*k)
-                    && !["iface", "endpoint", "replica-listen", "standby-of", "hub-name"]
-                        .contains(&k.as_str())
+                    && ![
+                        "iface",
+                        "endpoint",
+                        "replica-listen",
+                        "standby-of",
+                        "hub-name",
+                    ]
+                    .contains(&k.as_str())
             })
             .collect();
         assert!(

@@ -191,6 +191,7 @@ mod tests {
             relayed_out_bytes: 999,
             sessions: 2,
             roams: 1,
+            peer_hub: None,
         };
         let t = render_table(&hub(), std::slice::from_ref(&s), 1000);
         let lines: Vec<&str> = t.lines().collect();

@@ -124,7 +124,11 @@ mod tests {
     #[test]
     fn spokes_are_local_at_home_and_the_home_hub_elsewhere() {
         let r = mesh();
-        let (a, b, c) = (r.get("a").unwrap(), r.get("b").unwrap(), r.get("c").unwrap());
+        let (a, b, c) = (
+            r.get("a").unwrap(),
+            r.get("b").unwrap(),
+            r.get("c").unwrap(),
+        );
         assert_eq!(placement(&r, Some("east"), a), Placement::Local);
         // b (id 2) homed on west: west's address, west's base + 2.
         assert_eq!(

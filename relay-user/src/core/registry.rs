@@ -311,11 +311,10 @@ impl Registry {
                 hub.mesh_base, hub.name
             )));
         }
-        if let Some(s) = self
-            .spokes
-            .iter()
-            .find(|s| s.home.as_deref() == Some(&hub.name) && relay_common::mesh_port(hub.mesh_base, s.id).is_none())
-        {
+        if let Some(s) = self.spokes.iter().find(|s| {
+            s.home.as_deref() == Some(&hub.name)
+                && relay_common::mesh_port(hub.mesh_base, s.id).is_none()
+        }) {
             return Err(RegistryError::Other(format!(
                 "spoke {:?} (id {}) would have no mesh port above {}: pick a lower --mesh-base",
                 s.name, s.id, hub.mesh_base
@@ -337,12 +336,16 @@ impl Registry {
             .hubs
             .iter()
             .position(|h| h.name == name)
-            .ok_or_else(|| RegistryError::Other(format!("no hub named {name:?} in the mesh; `relayhub hub list` shows them")))?;
-        let homed: Vec<&str> = self
+            .ok_or_else(|| {
+                RegistryError::Other(format!(
+                    "no hub named {name:?} in the mesh; `relayhub hub list` shows them"
+                ))
+            })?;
+        let homed: Vec<String> = self
             .spokes
             .iter()
             .filter(|s| s.home.as_deref() == Some(name))
-            .map(|s| s.name.as_str())
+            .map(|s| format!("{:?}", s.name))
             .collect();
         if !homed.is_empty() {
             return Err(RegistryError::Other(format!(
@@ -852,6 +855,7 @@ pub(crate) mod tests {
                 public_key: Key([0; 32]),
                 added_unix: 0,
                 family: Default::default(),
+                home: None,
             });
         }
         assert!(matches!(

@@ -29,8 +29,8 @@ use aya::{Ebpf, EbpfLoader};
 use relay_common::{
     CROSS_VIA_USERSPACE, Endpoint, FALLBACK_PAGES_PER_CPU, HUB_V4_SET, HUB_V6_SET, HubConfig,
     MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINT_SLOTS, MAP_FALLBACK, MAP_INITIATIONS, MAP_PROOFS,
-    MAP_SESSIONS, MAP_SLOT_COUNTERS, MAP_SLOTS, PROG_RELAY, SLOT_ACTIVE, SLOT_REMOTE, SessionKey, SessionValue,
-    SlotCounters, SpokeSlot, counter,
+    MAP_SESSIONS, MAP_SLOT_COUNTERS, MAP_SLOTS, PROG_RELAY, SLOT_ACTIVE, SLOT_REMOTE, SessionKey,
+    SessionValue, SlotCounters, SpokeSlot, counter,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -104,6 +104,9 @@ pub struct SpokeStatus {
     pub sessions: u64,
     /// Times its endpoint moved (NAT rebinding, roaming).
     pub roams: u64,
+    /// Hub mesh: the peer hub it is homed on (absent: homed here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_hub: Option<String>,
 }
 
 impl Hub {
@@ -152,6 +155,11 @@ impl Hub {
                     relayed_out_bytes: c.tx_bytes,
                     sessions: sessions.get(&slot).copied().unwrap_or(0),
                     roams: m.health.roams(),
+                    peer_hub: self
+                        .remote
+                        .contains_key(&slot)
+                        .then(|| self.registry.get_by_id(slot).and_then(|s| s.home.clone()))
+                        .flatten(),
                 }
             })
             .collect();
@@ -295,6 +303,7 @@ mod tests {
             relayed_out_bytes: 999,
             sessions: 2,
             roams: 1,
+            peer_hub: None,
         }
     }
 

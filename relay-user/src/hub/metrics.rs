@@ -386,6 +386,35 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
 }
 
 fn per_spoke(b: &mut Builder, spokes: &[SpokeStatus]) {
+    // Hub mesh: per peer hub, what XDP relayed from and to the spokes
+    // homed there (their slots' counters, summed).
+    let mut by_hub: std::collections::BTreeMap<&str, [u64; 4]> = Default::default();
+    for p in spokes {
+        if let Some(h) = &p.peer_hub {
+            let t = by_hub.entry(h.as_str()).or_default();
+            t[0] += p.relayed_in_packets;
+            t[1] += p.relayed_out_packets;
+            t[2] += p.relayed_in_bytes;
+            t[3] += p.relayed_out_bytes;
+        }
+    }
+    if !by_hub.is_empty() {
+        let hd = |h: &str, d: &str| labels(&[("peer_hub", h), ("direction", d)]);
+        b.counters(
+            "relayhub_mesh_relayed_packets",
+            "Hub mesh: frames relayed by XDP per peer hub: in = from spokes homed there, out = to them",
+            by_hub
+                .iter()
+                .flat_map(|(h, t)| [(hd(h, "in"), t[0]), (hd(h, "out"), t[1])]),
+        );
+        b.counters(
+            "relayhub_mesh_relayed_bytes",
+            "Hub mesh: WireGuard bytes relayed by XDP per peer hub: in = from spokes homed there, out = to them",
+            by_hub
+                .iter()
+                .flat_map(|(h, t)| [(hd(h, "in"), t[2]), (hd(h, "out"), t[3])]),
+        );
+    }
     let sp = |p: &SpokeStatus| labels(&[("spoke", &p.name)]);
     let dir = |p: &SpokeStatus, d: &str| labels(&[("spoke", &p.name), ("direction", d)]);
     b.counters(
@@ -506,6 +535,7 @@ mod tests {
             relayed_out_bytes: 700,
             sessions: 2,
             roams: 1,
+            peer_hub: None,
         }
     }
 
@@ -540,7 +570,13 @@ mod tests {
             &Snapshot {
                 xdp,
                 sessions: 2,
-                spokes: vec![spoke("a", "up"), spoke("b", "down")],
+                spokes: vec![
+                    spoke("a", "up"),
+                    SpokeStatus {
+                        peer_hub: Some("west".into()),
+                        ..spoke("b", "down")
+                    },
+                ],
                 held_initiations: 0,
                 prog_stats: Some((Duration::from_millis(1500), 99)),
                 store: ("etcd", false),
@@ -599,6 +635,8 @@ mod tests {
             "relayhub_role{role=\"standby\"} 1.0",
             "relayhub_role{role=\"active\"} 0.0",
             "relayhub_takeovers_total 2",
+            "relayhub_mesh_relayed_packets_total{peer_hub=\"west\",direction=\"in\"} 10",
+            "relayhub_mesh_relayed_bytes_total{peer_hub=\"west\",direction=\"out\"} 700",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }

@@ -166,7 +166,8 @@ impl Hub {
         for (&slot, &ep) in &remote {
             self.router.set_endpoint(slot, Some(ep));
         }
-        self.datapath.set_remote_slots(remote.keys().copied().collect());
+        self.datapath
+            .set_remote_slots(remote.keys().copied().collect());
         let base = crate::core::mesh::own_base(reg, me);
         if base != self.datapath.mesh_base() {
             self.datapath.set_mesh_base(base)?;
