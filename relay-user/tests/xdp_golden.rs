@@ -1995,6 +1995,8 @@ fn mesh_golden() {
         (A.slot, R_A_TO_R1, R1.slot),
         (R1.slot, R_R1_TO_A, A.slot),
         (R1.slot, R_R1_TO_R2, R2.slot),
+        // The same receiver index from another hub's spoke: its own entry.
+        (R2.slot, R_R1_TO_A, B.slot),
     ] {
         hub.add_session(src, receiver, dst);
     }
@@ -2055,6 +2057,34 @@ fn mesh_golden() {
         .slot(R1.slot, rx(48, false))
         .slot(A.slot, tx(48))
         .rx_seen(R1.slot),
+    );
+
+    // Receiver indices are per sender slot here as on one hub: R2's frame
+    // with the index R1 uses towards A goes to B, R2's peer.
+    let input = from_peer(&R2, &B, transport(R_R1_TO_A, 64));
+    let out_b = Frame {
+        eth_dst: GW_MAC,
+        eth_src: HUB_MAC,
+        src: Addr::V4(HUB4),
+        dst: B.addr,
+        ttl: 64,
+        sport: PORT,
+        dport: B.port,
+        payload: input.payload.clone(),
+        csum: Csum::Full,
+    };
+    cases.push(
+        Case::new(
+            "mesh: same index, other remote sender",
+            input.build(),
+            XDP_TX,
+        )
+        .output(out_b.build())
+        .counters(&relayed(RELAYED_TRANSPORT, 96, false, &R2, &B))
+        .counters(&[(counter::MESH_IN, 1)])
+        .slot(R2.slot, rx(96, false))
+        .slot(B.slot, tx(96))
+        .rx_seen(R2.slot),
     );
 
     // Mesh ports take frames only from spokes homed on peer hubs.

@@ -15,6 +15,8 @@
 //!   200 frames (requests and replies), as mesh_out and mesh_in;
 //! - no spoke-to-spoke frame on any hub's WireGuard interface (tcpdump
 //!   there for the whole test: nothing between two spokes' addresses);
+//! - policy across hubs: `policy deny s2 s6` (h1, h3) stops that pair and
+//!   leaves s2 -> s5 alone;
 //! - h3 killed (relayhub SIGKILLed, link down) while s1..s4 ping each
 //!   other: those pairs lose nothing;
 //! - h4 added at runtime (`hub add`, then its relayhub) with s7 homed on
@@ -306,6 +308,27 @@ fn checks(
             i + 1
         );
     }
+
+    // Policy applies across hubs: s2 (h1) and s6 (h3) denied each other;
+    // both hubs close their sessions, and s2 still reaches s5 (h3).
+    cli(&["policy", "deny", "s2", "s6"])?;
+    cmd::wait_for(
+        "s2 -> s6 to stop",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || Ok((!topo.spokes[1].ns.ping_once(&addrs[5])).then_some(())),
+    )?;
+    std::thread::sleep(Duration::from_secs(1));
+    let denied = topo.spokes[1].ns.ping(&addrs[5], 5, 0.1)?;
+    let allowed = topo.spokes[1].ns.ping(&addrs[4], 5, 0.1)?;
+    println!(
+        "mesh_policy_denied_received={} mesh_policy_allowed_received={}",
+        denied.received, allowed.received
+    );
+    anyhow::ensure!(
+        denied.received == 0 && allowed.received == 5,
+        "policy across hubs: s2 -> s6 {denied:?} (denied), s2 -> s5 {allowed:?}"
+    );
 
     // h3 dies; the pairs among s1..s4 lose nothing.
     let flows: Vec<_> = [(0, 1), (0, 2), (1, 3), (3, 0), (2, 1)]

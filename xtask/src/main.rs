@@ -372,7 +372,9 @@ fn test(args: &[String]) -> Result<()> {
     // wireguard-go spokes and a hub on 2 cores time out under contention.
     steps.step("end-to-end tests (relay-tests)", || {
         let mut c = cargo();
-        c.args(["test", "-p", "relay-tests", "--release", "--"])
+        // --no-fail-fast: one failing test file must not hide the others'
+        // results in a CI run.
+        c.args(["test", "-p", "relay-tests", "--release", "--no-fail-fast", "--"])
             .arg("--test-threads=1")
             .args(args);
         test_env(&mut c);

@@ -173,8 +173,14 @@ impl Hub {
             self.datapath.set_mesh_base(base)?;
             tracing::info!(mesh_base = base, hub = ?me, "hub mesh ports");
         }
+        // Only when the placement changed: at a takeover the router has
+        // no endpoints yet when this runs (they come from the maps just
+        // after), and mirroring it then would empty the maps.
+        let moved = remote != self.remote;
         self.remote = remote;
-        self.install_endpoints()?;
+        if moved {
+            self.install_endpoints()?;
+        }
         let mut old = std::mem::take(&mut self.spokes);
         for s in reg.spokes() {
             // Health history survives unless the slot now names another key.
