@@ -374,9 +374,16 @@ fn test(args: &[String]) -> Result<()> {
         let mut c = cargo();
         // --no-fail-fast: one failing test file must not hide the others'
         // results in a CI run.
-        c.args(["test", "-p", "relay-tests", "--release", "--no-fail-fast", "--"])
-            .arg("--test-threads=1")
-            .args(args);
+        c.args([
+            "test",
+            "-p",
+            "relay-tests",
+            "--release",
+            "--no-fail-fast",
+            "--",
+        ])
+        .arg("--test-threads=1")
+        .args(args);
         test_env(&mut c);
         cmd::run(&mut c)
     });
