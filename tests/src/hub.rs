@@ -417,6 +417,14 @@ impl<'t> Hub<'t> {
         self.proc.as_ref().map(|p| p.stderr()).unwrap_or_default()
     }
 
+    /// The last `n` lines of [`Hub::log`], for failure reports.
+    pub fn log_tail(&self, n: usize) -> String {
+        self.proc
+            .as_ref()
+            .map(|p| p.stderr_tail(n))
+            .unwrap_or_default()
+    }
+
     /// Is the hub process still running?
     pub fn alive(&mut self) -> bool {
         match &mut self.proc {

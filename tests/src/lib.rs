@@ -57,12 +57,7 @@ pub fn relayhub_scenario_with(
         let mut hub = Hub::start_with(&topo, HubKind::Relayhub, run_args)?;
         let result = checks(&topo, &mut hub);
         if result.is_err() {
-            let log = hub.log();
-            let lines: Vec<&str> = log.lines().collect();
-            eprintln!(
-                "hub log tail:\n{}",
-                lines[lines.len().saturating_sub(50)..].join("\n")
-            );
+            eprintln!("hub log tail:\n{}", hub.log_tail(50));
         }
         let report = hub.stop();
         result?;

@@ -245,6 +245,22 @@ impl Topology {
             .with_context(|| format!("no XDP program on the hub's NIC {}", self.hub_nic))
     }
 
+    /// Send the router's traffic for the hub's address out of `dev` (a
+    /// link of the router): what a VRRP failover's gratuitous ARP does to
+    /// the neighbour entry, done by hand.
+    pub fn route_hub_address(&self, dev: &str) -> anyhow::Result<()> {
+        self.router
+            .exec(&[
+                "ip",
+                "route",
+                "replace",
+                &format!("{HUB_ADDR}/32"),
+                "dev",
+                dev,
+            ])
+            .map(|_| ())
+    }
+
     /// An on-path observer on the router's hub link: every UDP frame to
     /// or from the hub port, as `<workdir>/sniff.pcap`.
     pub fn sniff_hub_link(&self) -> anyhow::Result<crate::capture::Capture> {

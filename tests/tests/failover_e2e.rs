@@ -163,12 +163,7 @@ fn scenario(name: &str, mode: Mode) {
         )?;
         let r = checks(&topo, &mut hub, &mut sb, &mut store, mode);
         if r.is_err() {
-            let log = hub.log();
-            let lines: Vec<&str> = log.lines().collect();
-            eprintln!(
-                "hub log tail:\n{}",
-                lines[lines.len().saturating_sub(50)..].join("\n")
-            );
+            eprintln!("hub log tail:\n{}", hub.log_tail(50));
             eprintln!("standby log tail:\n{}", sb.log_tail(40));
             eprintln!(
                 "standby's WireGuard:\n{}",
@@ -319,14 +314,7 @@ fn checks(
         }
         if mode != Mode::Keepalived {
             // keepalived's part, by hand: the address moves, notify_master.
-            topo.router.exec(&[
-                "ip",
-                "route",
-                "replace",
-                &format!("{HUB_ADDR}/32"),
-                "dev",
-                &sb.public.a,
-            ])?;
+            topo.route_hub_address(&sb.public.a)?;
             sb.signal(libc::SIGUSR1)?;
         }
         Ok(())
@@ -376,14 +364,7 @@ fn checks(
     takeover(topo, &mesh, &spoke_handshakes, "failback", || {
         // As keepalived with preemption: the returning hub takes the
         // address and is promoted, the other is demoted.
-        topo.router.exec(&[
-            "ip",
-            "route",
-            "replace",
-            &format!("{HUB_ADDR}/32"),
-            "dev",
-            &topo.router_hub_if,
-        ])?;
+        topo.route_hub_address(&topo.router_hub_if)?;
         cmd::signal(hub.pid().context("hub pid")?, libc::SIGUSR1);
         cmd::wait_for(
             "the old active to be active again",

@@ -83,12 +83,7 @@ fn scenario() -> anyhow::Result<String> {
     let mut hub = Hub::start(&topo, HubKind::Relayhub)?;
     let r = run(&topo, &mut hub);
     if r.is_err() {
-        let log = hub.log();
-        let lines: Vec<&str> = log.lines().collect();
-        eprintln!(
-            "[{prefix}] hub log (last 40 lines):\n{}",
-            lines[lines.len().saturating_sub(40)..].join("\n")
-        );
+        eprintln!("[{prefix}] hub log (last 40 lines):\n{}", hub.log_tail(40));
     }
     let report = hub.stop();
     r?;

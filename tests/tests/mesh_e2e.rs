@@ -138,12 +138,7 @@ fn run() -> anyhow::Result<String> {
     }
     let r = checks(&topo, &mut hub, &mut peers, &cli, &etcd);
     if r.is_err() {
-        let log = hub.log();
-        let lines: Vec<&str> = log.lines().collect();
-        eprintln!(
-            "h1 log tail:\n{}",
-            lines[lines.len().saturating_sub(40)..].join("\n")
-        );
+        eprintln!("h1 log tail:\n{}", hub.log_tail(40));
         for h in &peers {
             eprintln!("{} log tail:\n{}", h.ns.name, h.log_tail(30));
         }

@@ -77,12 +77,7 @@ fn scenario(kind: HubKind) -> anyhow::Result<String> {
     let mut hub = Hub::start(&topo, kind)?;
     let result = run_checks(&topo, &mut hub, &p);
     if result.is_err() && kind == HubKind::Relayhub {
-        let log = hub.log();
-        let lines: Vec<&str> = log.lines().collect();
-        eprintln!(
-            "{p} hub log (last 60 lines):\n{}",
-            lines[lines.len().saturating_sub(60)..].join("\n")
-        );
+        eprintln!("{p} hub log (last 60 lines):\n{}", hub.log_tail(60));
     }
     let t_stop = Instant::now();
     let report = hub.stop();

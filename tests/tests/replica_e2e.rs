@@ -152,14 +152,7 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
             .ns
             .ping_in_background(&mesh.addrs[1].to_string(), 80, 0.05);
         std::thread::sleep(Duration::from_secs(1));
-        topo.router.exec(&[
-            "ip",
-            "route",
-            "replace",
-            &format!("{HUB_ADDR}/32"),
-            "dev",
-            &sb.public.a,
-        ])?;
+        topo.route_hub_address(&sb.public.a)?;
         let moved = Instant::now();
         let ping = pinger
             .join()

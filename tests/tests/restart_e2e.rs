@@ -148,7 +148,7 @@ fn scenario() -> anyhow::Result<String> {
     let mut restarted: Option<Proc> = None;
     let result = checks(&topo, &mut hub, &bpffs, &mut restarted);
     if result.is_err() {
-        eprintln!("hub log (first run, tail):\n{}", tail(&hub.log(), 40));
+        eprintln!("hub log (first run, tail):\n{}", hub.log_tail(40));
         if let Some(p) = &restarted {
             eprintln!("hub log (after restart, tail):\n{}", p.stderr_tail(60));
         }

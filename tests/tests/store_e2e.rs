@@ -47,12 +47,7 @@ fn run() -> anyhow::Result<String> {
     let mut hub = Hub::start_with(&topo, HubKind::Relayhub, &["--store", &url])?;
     let result = checks(&topo, &mut hub, &mut etcd, &url);
     if result.is_err() {
-        let log = hub.log();
-        let lines: Vec<&str> = log.lines().collect();
-        eprintln!(
-            "hub log tail:\n{}",
-            lines[lines.len().saturating_sub(50)..].join("\n")
-        );
+        eprintln!("hub log tail:\n{}", hub.log_tail(50));
     }
     let report = hub.stop();
     result?;

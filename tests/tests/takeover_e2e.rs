@@ -25,8 +25,7 @@ use anyhow::{Context, ensure};
 use relay_tests::inject::{self, Datagram};
 use relay_tests::mesh::Mesh;
 use relay_tests::topology::{HUB_ADDR, HUB_PORT};
-use relay_tests::{Hub, Topology, cmd, relayhub_scenario};
-use serde_json::Value;
+use relay_tests::{Hub, Topology, relayhub_scenario};
 
 #[test]
 fn takeover_e2e() {
@@ -42,43 +41,14 @@ fn takeover_e2e() {
 /// (sender slot, receiver index) -> destination slot.
 type Table = BTreeMap<(u32, u32), u32>;
 
-fn le32(v: &[Value], at: usize) -> anyhow::Result<u32> {
-    let mut b = [0u8; 4];
-    for (i, x) in b.iter_mut().enumerate() {
-        let s = v
-            .get(at + i)
-            .and_then(Value::as_str)
-            .context("bpftool byte")?;
-        *x = u8::from_str_radix(s.trim_start_matches("0x"), 16)?;
-    }
-    Ok(u32::from_le_bytes(b))
-}
-
 /// The hub's relay session table: the SESSIONS map of the program
 /// attached to the hub's NIC (other tests may load relay programs too).
 fn sessions(topo: &Topology) -> anyhow::Result<Table> {
-    let id = topo.hub_xdp_prog_id()?.to_string();
-    let prog: Value =
-        serde_json::from_str(&cmd::run(&["bpftool", "-j", "prog", "show", "id", &id])?)?;
-    let mut map_id = None;
-    for id in prog["map_ids"].as_array().context("map_ids")? {
-        let id = id.as_u64().context("map id")?.to_string();
-        let m: Value =
-            serde_json::from_str(&cmd::run(&["bpftool", "-j", "map", "show", "id", &id])?)?;
-        if m["name"] == "SESSIONS" {
-            map_id = Some(id);
-        }
-    }
-    let id = map_id.context("the relay program has no SESSIONS map")?;
-    let out = cmd::run(&["bpftool", "-j", "map", "dump", "id", &id])?;
-    let v: Value = serde_json::from_str(&out)?;
-    let mut t = Table::new();
-    for e in v.as_array().context("bpftool map dump")? {
-        let k = e["key"].as_array().context("key")?;
-        let val = e["value"].as_array().context("value")?;
-        t.insert((le32(k, 0)?, le32(k, 4)?), le32(val, 0)?);
-    }
-    Ok(t)
+    let id = relay_tests::sessions::map_id(&topo.hub, &topo.hub_nic)?;
+    Ok(relay_tests::sessions::dump(&id)?
+        .into_iter()
+        .map(|(k, (dst, _flags))| (k, dst))
+        .collect())
 }
 
 fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
