@@ -33,6 +33,16 @@ pub const MAP_INIT_BUDGET: &str = "INIT_BUDGET";
 /// Source address (port 0) -> [`PassWindow`]: the per-source budget of
 /// initiations copied to the controller (soft state, not pinned).
 pub const MAP_COPY_BUDGET: &str = "COPY_BUDGET";
+/// Hub mesh: a peer hub's address (an [`Endpoint`] with port 0) -> its
+/// index in [`MAP_MESH_DROPS`] (1..[`MAX_MESH_PEERS`]), written by the
+/// controller from the registry (soft state, not pinned).
+pub const MAP_MESH_HUBS: &str = "MESH_HUBS";
+/// `PerCpuArray<MeshDrops>` indexed by peer hub index (0: the source is no
+/// registered hub): mesh frames dropped, by reason, per peer hub. Not
+/// pinned: the controller assigns the indices at start.
+pub const MAP_MESH_DROPS: &str = "MESH_DROPS";
+/// Peer hubs with their own drop counters (more share index 0).
+pub const MAX_MESH_PEERS: u32 = 64;
 /// Initiations from one source address copied to the controller per
 /// second. Far above what spokes send, even many behind one NAT address (a
 /// rekey per peer per two minutes: 512/s is 60k peer sessions), and below
@@ -139,6 +149,39 @@ pub const SLOT_ACTIVE: u32 = 1;
 /// from this hub's mesh port of their source spoke; frames from it arrive
 /// on a mesh port.
 pub const SLOT_REMOTE: u32 = 2;
+/// Hub mesh: bits 16.. of a remote slot's flags hold its home hub's index
+/// in [`MAP_MESH_DROPS`] (0: none), so drops are counted per peer hub
+/// without a lookup.
+pub const SLOT_PEER_SHIFT: u32 = 16;
+
+/// The peer hub index in a slot's flags (see [`SLOT_PEER_SHIFT`]).
+pub const fn slot_peer(flags: u32) -> u32 {
+    flags >> SLOT_PEER_SHIFT
+}
+
+/// Value of [`MAP_MESH_DROPS`]: mesh frames dropped for one peer hub.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct MeshDrops {
+    /// To a mesh port from the hub's address, but not from the mesh port of
+    /// a spoke homed there (`drop_mesh_source`).
+    pub source: u64,
+    /// From a spoke homed there to one homed on a third hub
+    /// (`drop_mesh_transit`).
+    pub transit: u64,
+    /// From a spoke homed there, with no relay session
+    /// (`drop_mesh_no_session`).
+    pub no_session: u64,
+}
+
+impl MeshDrops {
+    /// Add another CPU's values.
+    pub fn accumulate(&mut self, o: &MeshDrops) {
+        self.source += o.source;
+        self.transit += o.transit;
+        self.no_session += o.no_session;
+    }
+}
 
 /// The mesh port of `slot` on a hub whose mesh ports start at `base`
 /// (`None`: past the port range, or no mesh).
@@ -467,6 +510,7 @@ mod pod {
     unsafe impl aya::Pod for HubConfig {}
     unsafe impl aya::Pod for PassWindow {}
     unsafe impl aya::Pod for SlotCounters {}
+    unsafe impl aya::Pod for MeshDrops {}
 }
 
 const _: () = {
@@ -477,6 +521,7 @@ const _: () = {
     assert!(core::mem::size_of::<HubConfig>() == 32);
     assert!(core::mem::size_of::<PassWindow>() == 16);
     assert!(core::mem::size_of::<SlotCounters>() == 72);
+    assert!(core::mem::size_of::<MeshDrops>() == 24);
     assert!(core::mem::size_of::<InitiationEvent>() == 20 + 20 + 4 + 4 + 148);
     assert!(core::mem::size_of::<FallbackMeta>() == 28);
     assert!(core::mem::size_of::<ProofEvent>() == 20 + 20 + 4 + 92);

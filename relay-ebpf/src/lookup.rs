@@ -2,22 +2,56 @@
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use relay_common::{
-    Endpoint, SESSION_FROM_RESPONSE, SLOT_ACTIVE, SLOT_REMOTE, SessionKey, SessionValue, SpokeSlot,
+    Endpoint, MeshDrops, SESSION_FROM_RESPONSE, SLOT_ACTIVE, SessionKey, SessionValue, SpokeSlot,
 };
 
-use crate::maps::{ENDPOINT_SLOTS, SESSIONS, SLOTS};
+use crate::maps::{ENDPOINT_SLOTS, MESH_DROPS, MESH_HUBS, SESSIONS, SLOTS};
 
 /// Refresh a session's `last_seen_ns` at most this often.
 const REFRESH_NS: u64 = 1_000_000_000;
 
-/// The active slot of an authenticated spoke endpoint, and whether the
-/// spoke is homed on a peer hub (the endpoint is that hub's mesh port).
+/// The active slot of an authenticated spoke endpoint and its flags
+/// (`SLOT_REMOTE`: homed on a peer hub, the endpoint is that hub's mesh
+/// port).
 #[inline(always)]
-pub fn source_slot(src: &Endpoint) -> Option<(u32, bool)> {
+pub fn source_slot(src: &Endpoint) -> Option<(u32, u32)> {
     // SAFETY: the value is a plain u32 read right away.
     let slot = *unsafe { ENDPOINT_SLOTS.get(src) }?;
     let s = SLOTS.get(slot)?;
-    (s.flags & SLOT_ACTIVE != 0).then_some((slot, s.flags & SLOT_REMOTE != 0))
+    (s.flags & SLOT_ACTIVE != 0).then_some((slot, s.flags))
+}
+
+/// Which of `MESH_DROPS` a mesh frame from a source that is no spoke homed
+/// on a peer hub counts against: the registered peer hub at that address,
+/// or 0.
+#[inline(always)]
+pub fn mesh_peer_of(src: &Endpoint) -> u32 {
+    let mut addr = *src;
+    addr.port = 0;
+    // SAFETY: the value is a plain u32 read right away.
+    unsafe { MESH_HUBS.get(&addr) }.copied().unwrap_or(0)
+}
+
+/// Why a mesh frame was dropped (the fields of `MeshDrops`).
+#[derive(Clone, Copy)]
+pub enum MeshDrop {
+    Source,
+    Transit,
+    NoSession,
+}
+
+/// Count a dropped mesh frame for peer hub `peer`.
+#[inline(always)]
+pub fn mesh_drop(peer: u32, why: MeshDrop) {
+    if let Some(d) = MESH_DROPS.get_ptr_mut(peer) {
+        // SAFETY: per-CPU map value of this run.
+        let d: &mut MeshDrops = unsafe { &mut *d };
+        match why {
+            MeshDrop::Source => d.source += 1,
+            MeshDrop::Transit => d.transit += 1,
+            MeshDrop::NoSession => d.no_session += 1,
+        }
+    }
 }
 
 /// The session entry for a frame from `src_slot` with `receiver`.

@@ -28,7 +28,7 @@ use aya_ebpf::{
 use core::mem::MaybeUninit;
 use relay_common::{
     CROSS_VIA_USERSPACE, Endpoint, FAMILY_V4, INITIATION_COPIES_PER_SEC, NO_SLOT, SLOT_REMOTE,
-    counter, mesh_port,
+    counter, mesh_port, slot_peer,
     wire::{
         KEEPALIVE_LEN, MSG_COOKIE_REPLY, MSG_INITIATION, MSG_RESPONSE, MSG_TRANSPORT, RECEIVER_OFF,
         RESPONSE_RECEIVER_OFF, SENDER_OFF,
@@ -38,6 +38,7 @@ use relay_common::{
 use crate::{
     counters::inc,
     forward::Next,
+    lookup::MeshDrop,
     maps::{CONFIG, COPY_BUDGET},
     parse::{ETH_P_IP, ETH_P_IPV6, Ip, L3, Ports, V4, V6, be16, fill_endpoint, read},
 };
@@ -117,12 +118,14 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
     // From a peer hub: only for spokes homed there, never to this hub's
     // own WireGuard.
     let mesh = ports.is_mesh(dport);
-    let (src_slot, src_remote) = match lookup::source_slot(src_ep) {
-        Some((slot, remote)) => (Some(slot), remote),
-        None => (None, false),
+    let (src_slot, src_flags) = match lookup::source_slot(src_ep) {
+        Some((slot, flags)) => (Some(slot), flags),
+        None => (None, 0),
     };
+    let src_remote = src_flags & SLOT_REMOTE != 0;
     if mesh && !src_remote {
         inc(counter::DROP_MESH_SOURCE);
+        lookup::mesh_drop(lookup::mesh_peer_of(src_ep), MeshDrop::Source);
         return Ok(XDP_DROP);
     }
     // SAFETY: plain helper call.
@@ -171,6 +174,7 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
     let Some(session) = lookup::session(slot, receiver) else {
         if mesh {
             inc(counter::DROP_MESH_NO_SESSION);
+            lookup::mesh_drop(slot_peer(src_flags), MeshDrop::NoSession);
             return Ok(XDP_DROP);
         }
         // The hub's own WireGuard session.
@@ -199,6 +203,7 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
     let dst_remote = dst.flags & SLOT_REMOTE != 0;
     if src_remote && dst_remote {
         inc(counter::DROP_MESH_TRANSIT);
+        lookup::mesh_drop(slot_peer(src_flags), MeshDrop::Transit);
         return Ok(XDP_DROP);
     }
     // To a peer hub: from the source spoke's mesh port, which names it

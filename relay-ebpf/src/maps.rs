@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerfEventArray, RingBuf},
 };
 use relay_common::{
-    Endpoint, FallbackMeta, HubConfig, INITIATIONS_RING_BYTES, MAX_ENDPOINTS, MAX_SESSIONS,
-    MAX_SLOTS, NEXTHOP_ENTRIES, NextHop, PROOFS_RING_BYTES, PassWindow, SessionKey, SessionValue,
-    SlotCounters, SpokeSlot, counter,
+    Endpoint, FallbackMeta, HubConfig, INITIATIONS_RING_BYTES, MAX_ENDPOINTS, MAX_MESH_PEERS,
+    MAX_SESSIONS, MAX_SLOTS, MeshDrops, NEXTHOP_ENTRIES, NextHop, PROOFS_RING_BYTES, PassWindow,
+    SessionKey, SessionValue, SlotCounters, SpokeSlot, counter,
 };
 
 /// Authenticated spoke endpoint -> slot.
@@ -69,3 +69,11 @@ pub static PROOF_BUDGET: LruHashMap<Endpoint, PassWindow> =
 #[map]
 pub static COPY_BUDGET: LruHashMap<Endpoint, PassWindow> =
     LruHashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+/// Hub mesh: peer hub address (port 0) -> its index in `MESH_DROPS`.
+#[map]
+pub static MESH_HUBS: HashMap<Endpoint, u32> = HashMap::with_max_entries(MAX_MESH_PEERS, 0);
+
+/// Hub mesh: per peer hub, per CPU, mesh frames dropped by reason.
+#[map]
+pub static MESH_DROPS: PerCpuArray<MeshDrops> = PerCpuArray::with_max_entries(MAX_MESH_PEERS, 0);

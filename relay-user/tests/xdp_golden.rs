@@ -1987,9 +1987,15 @@ fn mesh_golden() {
     let (ifindex, _) = topology(&ns, true);
     let mut hub = Hub::load(ifindex);
     hub.set_mesh(MESH_BASE);
+    // The peer hub has drop counters of its own (index PEER), and its
+    // spokes' slots name it.
+    const PEER: u32 = 5;
+    hub.mesh_hubs
+        .insert(Endpoint::v4(PEER_HUB, 0), PEER, 0)
+        .unwrap();
     for r in [R1, R2] {
-        hub.set_spoke_flags(r.slot, r.endpoint(), SLOT_ACTIVE | SLOT_REMOTE)
-            .unwrap();
+        let flags = SLOT_ACTIVE | SLOT_REMOTE | (PEER << relay_common::SLOT_PEER_SHIFT);
+        hub.set_spoke_flags(r.slot, r.endpoint(), flags).unwrap();
     }
     for (src, receiver, dst) in [
         (A.slot, R_A_TO_R1, R1.slot),
@@ -2100,6 +2106,17 @@ fn mesh_golden() {
         Case::new("mesh: from a local spoke", local.build(), XDP_DROP)
             .counters(&[(SEEN, 1), (counter::DROP_MESH_SOURCE, 1)]),
     );
+    // From the peer hub's address, but no port of a spoke homed there.
+    let mut unknown_port = from_peer(&R1, &A, transport(R_R1_TO_A, 64));
+    unknown_port.sport = MESH_BASE + 99;
+    cases.push(
+        Case::new(
+            "mesh: peer hub, no spoke's port",
+            unknown_port.build(),
+            XDP_DROP,
+        )
+        .counters(&[(SEEN, 1), (counter::DROP_MESH_SOURCE, 1)]),
+    );
     // A frame crosses at most its two spokes' home hubs.
     cases.push(
         Case::new(
@@ -2158,5 +2175,18 @@ fn mesh_golden() {
     for case in &cases {
         check_case(&mut hub, case);
     }
+    // Drops by reason per peer hub: the stranger's and the local spoke's
+    // frames count against no hub (index 0).
+    let want = |source, transit, no_session| relay_common::MeshDrops {
+        source,
+        transit,
+        no_session,
+    };
+    assert_eq!(
+        hub.mesh_drop_totals(PEER),
+        want(1, 1, 1),
+        "peer hub's drops"
+    );
+    assert_eq!(hub.mesh_drop_totals(0), want(2, 0, 0), "drops of no hub");
     eprintln!("{} mesh cases passed", cases.len());
 }

@@ -11,9 +11,9 @@ use aya::{
 };
 use relay_common::{
     Endpoint, HubConfig, InitiationEvent, MAP_CONFIG, MAP_COPY_BUDGET, MAP_COUNTERS,
-    MAP_ENDPOINT_SLOTS, MAP_INITIATIONS, MAP_PROOF_BUDGET, MAP_PROOFS, MAP_SESSIONS,
-    MAP_SLOT_COUNTERS, MAP_SLOTS, PROG_RELAY, PassWindow, ProofEvent, SLOT_ACTIVE, SessionKey,
-    SessionValue, SlotCounters, SpokeSlot, counter,
+    MAP_ENDPOINT_SLOTS, MAP_INITIATIONS, MAP_MESH_DROPS, MAP_MESH_HUBS, MAP_PROOF_BUDGET,
+    MAP_PROOFS, MAP_SESSIONS, MAP_SLOT_COUNTERS, MAP_SLOTS, MeshDrops, PROG_RELAY, PassWindow,
+    ProofEvent, SLOT_ACTIVE, SessionKey, SessionValue, SlotCounters, SpokeSlot, counter,
 };
 
 pub const XDP_ABORTED: u32 = 0;
@@ -228,6 +228,8 @@ pub struct Harness {
     pub proofs: RingBuf<MapData>,
     pub proof_budget: HashMap<MapData, Endpoint, PassWindow>,
     pub copy_budget: HashMap<MapData, Endpoint, PassWindow>,
+    pub mesh_hubs: HashMap<MapData, Endpoint, u32>,
+    pub mesh_drops: PerCpuArray<MapData, MeshDrops>,
     pub ifindex: u32,
     out: Vec<u8>,
 }
@@ -279,6 +281,8 @@ impl Harness {
         let proofs = RingBuf::try_from(take(MAP_PROOFS)).unwrap();
         let proof_budget = HashMap::try_from(take(MAP_PROOF_BUDGET)).unwrap();
         let copy_budget = HashMap::try_from(take(MAP_COPY_BUDGET)).unwrap();
+        let mesh_hubs = HashMap::try_from(take(MAP_MESH_HUBS)).unwrap();
+        let mesh_drops = PerCpuArray::try_from(take(MAP_MESH_DROPS)).unwrap();
         Self {
             ebpf,
             maps,
@@ -288,6 +292,8 @@ impl Harness {
             proofs,
             proof_budget,
             copy_budget,
+            mesh_hubs,
+            mesh_drops,
             ifindex,
             out: vec![0; 4096],
         }
@@ -329,6 +335,15 @@ impl Harness {
     /// Global counter `i`, summed over CPUs.
     pub fn counter(&self, i: u32) -> u64 {
         self.counters.get(&i, 0).unwrap().iter().sum()
+    }
+
+    /// Mesh drops of peer hub index `i`, summed over CPUs.
+    pub fn mesh_drop_totals(&self, i: u32) -> MeshDrops {
+        let mut t = MeshDrops::default();
+        for c in self.mesh_drops.get(&i, 0).unwrap().iter() {
+            t.accumulate(c);
+        }
+        t
     }
 
     /// Every global counter, summed over CPUs.

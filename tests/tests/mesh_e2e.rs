@@ -15,6 +15,9 @@
 //!   200 frames (requests and replies), as mesh_out and mesh_in;
 //! - no spoke-to-spoke frame on any hub's WireGuard interface (tcpdump
 //!   there for the whole test: nothing between two spokes' addresses);
+//! - drops by reason per peer hub: frames from h2's address to h1's mesh
+//!   ports (from no spoke's mesh port; from s3's towards s5, homed on a
+//!   third hub; from s3's with no session) count against h2 on h1;
 //! - policy across hubs: `policy deny s2 s6` (h1, h3) stops that pair and
 //!   leaves s2 -> s5 alone;
 //! - h3 killed (relayhub SIGKILLed, link down) while s1..s4 ping each
@@ -304,6 +307,8 @@ fn checks(
         );
     }
 
+    mesh_drops(topo, hub, &peers[0])?;
+
     // Policy applies across hubs: s2 (h1) and s6 (h3) denied each other;
     // both hubs close their sessions, and s2 still reaches s5 (h3).
     cli(&["policy", "deny", "s2", "s6"])?;
@@ -442,5 +447,76 @@ fn checks(
     h4.stop();
     drop(spokes);
     let _ = etcd;
+    Ok(())
+}
+
+/// Mesh frames h1 drops count against the peer hub they came from, by
+/// reason: sent from h2's namespace with h2's address (raw sockets).
+fn mesh_drops(topo: &Topology, h1: &Hub<'_>, h2: &HubHost) -> anyhow::Result<()> {
+    use relay_tests::inject::{Datagram, send};
+    let spokes = h1.api_json("/v1/spokes")?;
+    let id = |name: &str| -> anyhow::Result<u16> {
+        spokes
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == name))
+            .and_then(|s| s["id"].as_u64())
+            .map(|i| i as u16)
+            .with_context(|| format!("{name}'s id in h1's /v1/spokes"))
+    };
+    let base = relay_user::core::registry::DEFAULT_MESH_BASE;
+    let (s1, s3, s5) = (id("s1")?, id("s3")?, id("s5")?);
+    let h2_addr: std::net::Ipv4Addr = HubHost::peer_addr(2).parse()?;
+    let frame = |sport: u16, dport: u16, receiver: u32| Datagram {
+        src: h2_addr,
+        sport,
+        dst: HUB_ADDR,
+        dport,
+        payload: testkit::wg::transport_with_counter(receiver, 1, 16),
+    };
+    const N: usize = 5;
+    // A session from s3 (h2) to s5 (h3) on h1, which the controller never
+    // makes (a frame crosses at most its spokes' two home hubs): planted.
+    const TRANSIT_RX: u32 = 0x7300_0000;
+    let map = relay_tests::sessions::map_id(&topo.hub, &topo.hub_nic)?;
+    relay_tests::sessions::plant(&map, s3.into(), TRANSIT_RX, s5.into())?;
+    let mut frames = Vec::new();
+    for i in 0..N as u32 {
+        // From h2's address, but from no spoke's mesh port there.
+        frames.push(frame(4242, base + s1, 0x7100_0000 + i));
+        // From s3's mesh port on h2, an index h1 has no session for.
+        frames.push(frame(base + s3, base + s1, 0x7200_0000 + i));
+        // From s3's, on the planted session towards a third hub.
+        frames.push(frame(base + s3, base + s5, TRANSIT_RX));
+    }
+    let metric = |m: &Metrics, reason: &str| {
+        m.get(
+            "relayhub_mesh_dropped_frames_total",
+            &[("peer_hub", "h2"), ("reason", reason)],
+        )
+        .unwrap_or(0.0)
+    };
+    let before = h1.metrics()?;
+    let sent = send(&h2.ns, &frames)?;
+    anyhow::ensure!(sent == frames.len(), "sent {sent} of {}", frames.len());
+    let mut after = before.clone();
+    cmd::wait_for(
+        "h1 to count h2's dropped mesh frames",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || {
+            after = h1.metrics()?;
+            let grew = |r| metric(&after, r) - metric(&before, r) >= N as f64;
+            Ok((grew("source") && grew("no_session") && grew("transit")).then_some(()))
+        },
+    )
+    .with_context(|| format!("h1's metrics:\n{}", after.nonzero()))?;
+    relay_tests::sessions::remove(&map, s3.into(), TRANSIT_RX)?;
+    let d = |r| metric(&after, r) - metric(&before, r);
+    println!(
+        "mesh_drops_h2_source={} mesh_drops_h2_no_session={} mesh_drops_h2_transit={}",
+        d("source"),
+        d("no_session"),
+        d("transit")
+    );
     Ok(())
 }

@@ -28,9 +28,10 @@ use aya::programs::{ProgramError, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use relay_common::{
     CROSS_VIA_USERSPACE, Endpoint, FALLBACK_PAGES_PER_CPU, HUB_V4_SET, HUB_V6_SET, HubConfig,
-    MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINT_SLOTS, MAP_FALLBACK, MAP_INITIATIONS, MAP_PROOFS,
-    MAP_SESSIONS, MAP_SLOT_COUNTERS, MAP_SLOTS, PROG_RELAY, SLOT_ACTIVE, SLOT_REMOTE, SessionKey,
-    SessionValue, SlotCounters, SpokeSlot, counter,
+    MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINT_SLOTS, MAP_FALLBACK, MAP_INITIATIONS, MAP_MESH_DROPS,
+    MAP_MESH_HUBS, MAP_PROOFS, MAP_SESSIONS, MAP_SLOT_COUNTERS, MAP_SLOTS, MAX_MESH_PEERS,
+    MeshDrops, PROG_RELAY, SLOT_ACTIVE, SLOT_PEER_SHIFT, SLOT_REMOTE, SessionKey, SessionValue,
+    SlotCounters, SpokeSlot, counter,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -134,9 +135,12 @@ pub struct Datapath {
     init_budget: u32,
     hub_addrs: (Option<Ipv4Addr>, Option<Ipv6Addr>),
     /// Hub mesh: the first mesh port (0: none) and the slots homed on
-    /// peer hubs (written with `SLOT_REMOTE`).
+    /// peer hubs with their home's drop-counter index (written with
+    /// `SLOT_REMOTE` and the index in the flags).
     mesh_base: u16,
-    remote: std::collections::HashSet<u32>,
+    remote: std::collections::HashMap<u32, u32>,
+    /// Hub mesh: drops by reason per peer hub (see [`MeshPeers`]).
+    mesh: MeshPeers,
     max_slots: u32,
     mode: &'static str,
     iface: String,
@@ -236,6 +240,12 @@ impl Datapath {
         let initiations =
             RingBuf::try_from(take(MAP_INITIATIONS)?).map_err(map_err(MAP_INITIATIONS))?;
         let proofs = RingBuf::try_from(take(MAP_PROOFS)?).map_err(map_err(MAP_PROOFS))?;
+        let mesh = MeshPeers {
+            hubs: HashMap::try_from(take(MAP_MESH_HUBS)?).map_err(map_err(MAP_MESH_HUBS))?,
+            drops: PerCpuArray::try_from(take(MAP_MESH_DROPS)?).map_err(map_err(MAP_MESH_DROPS))?,
+            index: Default::default(),
+            carried: Default::default(),
+        };
         let mut config: Array<MapData, HubConfig> =
             Array::try_from(take(MAP_CONFIG)?).map_err(map_err(MAP_CONFIG))?;
         // An adopted config keeps the hub addresses until
@@ -275,6 +285,7 @@ impl Datapath {
             hub_addrs: (None, None),
             mesh_base: 0,
             remote: Default::default(),
+            mesh,
             max_slots: cap.slots,
             mode: "detached",
             iface: String::new(),
@@ -322,10 +333,34 @@ impl Datapath {
         self.mesh_base
     }
 
-    /// Hub mesh: the slots homed on peer hubs, from the next endpoint
-    /// written for each (their endpoints change with their placement).
-    pub fn set_remote_slots(&mut self, slots: std::collections::HashSet<u32>) {
+    /// Hub mesh: the slots homed on peer hubs (slot -> its home's index
+    /// from [`set_mesh_peers`](Self::set_mesh_peers)), from the next
+    /// endpoint written for each (their endpoints change with their
+    /// placement).
+    pub fn set_remote_slots(&mut self, slots: std::collections::HashMap<u32, u32>) {
         self.remote = slots;
+    }
+
+    /// Hub mesh: the peer hubs (name, address) whose mesh frames are
+    /// counted apart. A hub keeps its index while it stays in the mesh,
+    /// so the remote slots' flags stay right; a hub that leaves has its
+    /// counts carried in userspace and its index freed.
+    pub fn set_mesh_peers(
+        &mut self,
+        peers: &[(String, std::net::IpAddr)],
+    ) -> Result<(), DatapathError> {
+        self.mesh.set(peers)
+    }
+
+    /// The drop-counter index of peer hub `name` (0: none).
+    pub fn mesh_peer(&self, name: &str) -> u32 {
+        self.mesh.index.get(name).map_or(0, |(i, _, _)| *i)
+    }
+
+    /// Hub mesh: mesh frames dropped per peer hub, by reason (hubs that
+    /// left the mesh included: their counts are kept).
+    pub fn mesh_drops(&self) -> std::collections::BTreeMap<String, MeshDrops> {
+        self.mesh.totals()
     }
 
     /// Initiations/s one source address may pass to the hub's own WireGuard
@@ -599,10 +634,9 @@ impl Datapath {
                     .map_err(map_err(MAP_ENDPOINT_SLOTS))?;
                 SpokeSlot {
                     endpoint: ep,
-                    flags: if self.remote.contains(&slot) {
-                        SLOT_ACTIVE | SLOT_REMOTE
-                    } else {
-                        SLOT_ACTIVE
+                    flags: match self.remote.get(&slot) {
+                        Some(&peer) => SLOT_ACTIVE | SLOT_REMOTE | (peer << SLOT_PEER_SHIFT),
+                        None => SLOT_ACTIVE,
                     },
                 }
             }
@@ -854,5 +888,90 @@ pub fn read_sessions_batch(
             };
         }
         first = false;
+    }
+}
+
+/// Hub mesh: the peer hubs' drop counters (`MESH_HUBS`, `MESH_DROPS`).
+struct MeshPeers {
+    hubs: HashMap<MapData, Endpoint, u32>,
+    drops: PerCpuArray<MapData, MeshDrops>,
+    /// Peer hub name -> its index, address key, and the index's counts
+    /// when it was assigned (an index freed by a hub that left is reused
+    /// without writing every CPU's entry).
+    index: std::collections::HashMap<String, (u32, Endpoint, MeshDrops)>,
+    /// Counts of hubs that left.
+    carried: std::collections::BTreeMap<String, MeshDrops>,
+}
+
+impl MeshPeers {
+    fn set(&mut self, peers: &[(String, std::net::IpAddr)]) -> Result<(), DatapathError> {
+        let addr = |ip: &std::net::IpAddr| match ip {
+            std::net::IpAddr::V4(a) => Endpoint::v4(a.octets(), 0),
+            std::net::IpAddr::V6(a) => Endpoint::v6(a.octets(), 0),
+        };
+        let gone: Vec<String> = self
+            .index
+            .iter()
+            .filter(|(n, (_, a, _))| !peers.iter().any(|(pn, ip)| pn == *n && addr(ip) == *a))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in gone {
+            let total = self.count(&name);
+            let (_, a, _) = self.index.remove(&name).expect("listed");
+            let _ = self.hubs.remove(&a);
+            self.carried.entry(name).or_default().accumulate(&total);
+        }
+        for (name, ip) in peers {
+            if self.index.contains_key(name) {
+                continue;
+            }
+            // Index 0 counts sources that are no registered hub.
+            let Some(free) =
+                (1..MAX_MESH_PEERS).find(|i| self.index.values().all(|(u, _, _)| u != i))
+            else {
+                tracing::warn!(hub = %name, max = MAX_MESH_PEERS - 1, "too many peer hubs for drop counters of their own");
+                continue;
+            };
+            self.hubs
+                .insert(addr(ip), free, 0)
+                .map_err(map_err(MAP_MESH_HUBS))?;
+            self.index
+                .insert(name.clone(), (free, addr(ip), self.read(free)));
+        }
+        Ok(())
+    }
+
+    /// All CPUs' counts at index `i`.
+    fn read(&self, i: u32) -> MeshDrops {
+        let mut t = MeshDrops::default();
+        if let Ok(v) = self.drops.get(&i, 0) {
+            for c in v.iter() {
+                t.accumulate(c);
+            }
+        }
+        t
+    }
+
+    /// What peer hub `name` counted since it got its index.
+    fn count(&self, name: &str) -> MeshDrops {
+        let Some((i, _, base)) = self.index.get(name) else {
+            return MeshDrops::default();
+        };
+        let now = self.read(*i);
+        MeshDrops {
+            source: now.source.saturating_sub(base.source),
+            transit: now.transit.saturating_sub(base.transit),
+            no_session: now.no_session.saturating_sub(base.no_session),
+        }
+    }
+
+    fn totals(&self) -> std::collections::BTreeMap<String, MeshDrops> {
+        let mut out = self.carried.clone();
+        for name in self.index.keys() {
+            out.entry(name.clone())
+                .or_default()
+                .accumulate(&self.count(name));
+        }
+        out
     }
 }

@@ -232,6 +232,7 @@ impl Hub {
             prog_stats: self.datapath.prog_stats(),
             store: (self.store.backend, self.store.up),
             replication: self.replication_status(),
+            mesh_drops: self.datapath.mesh_drops(),
         }
     }
 }

@@ -62,6 +62,8 @@ pub struct Snapshot {
     pub store: (&'static str, bool),
     /// Hub-to-hub replication, when on.
     pub replication: Option<crate::hub::api::ReplicationStatus>,
+    /// Hub mesh: mesh frames XDP dropped per peer hub, by reason.
+    pub mesh_drops: std::collections::BTreeMap<String, relay_common::MeshDrops>,
 }
 
 fn labels(pairs: &[(&'static str, &str)]) -> Labels {
@@ -336,6 +338,20 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         }
     }
     per_spoke(&mut b, &s.spokes);
+    if !s.mesh_drops.is_empty() {
+        let hr = |h: &str, r: &str| labels(&[("peer_hub", h), ("reason", r)]);
+        b.counters(
+            "relayhub_mesh_dropped_frames",
+            "Hub mesh: frames XDP dropped per peer hub: source = to a mesh port from the hub's address but no spoke's mesh port there, transit = towards a third hub, no_session = no relay session (frames from addresses of no registered hub: relayhub_dropped_frames_total{stage=\"xdp\",reason=\"mesh_source\"} minus these)",
+            s.mesh_drops.iter().flat_map(|(h, d)| {
+                [
+                    (hr(h, "source"), d.source),
+                    (hr(h, "transit"), d.transit),
+                    (hr(h, "no_session"), d.no_session),
+                ]
+            }),
+        );
+    }
     // A gauge set to 1 rather than an OpenMetrics `info` type: classic
     // Prometheus text parsers (promtool included) reject the latter.
     b.gauges(
@@ -590,6 +606,15 @@ mod tests {
                     records: 6,
                     takeovers: 2,
                 }),
+                mesh_drops: [(
+                    "west".to_string(),
+                    relay_common::MeshDrops {
+                        source: 1,
+                        transit: 2,
+                        no_session: 3,
+                    },
+                )]
+                .into(),
             },
         );
         for want in [
@@ -637,6 +662,7 @@ mod tests {
             "relayhub_takeovers_total 2",
             "relayhub_mesh_relayed_packets_total{peer_hub=\"west\",direction=\"in\"} 10",
             "relayhub_mesh_relayed_bytes_total{peer_hub=\"west\",direction=\"out\"} 700",
+            "relayhub_mesh_dropped_frames_total{peer_hub=\"west\",reason=\"transit\"} 2",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }

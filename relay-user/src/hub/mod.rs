@@ -166,8 +166,27 @@ impl Hub {
         for (&slot, &ep) in &remote {
             self.router.set_endpoint(slot, Some(ep));
         }
-        self.datapath
-            .set_remote_slots(remote.keys().copied().collect());
+        let peers: Vec<(String, std::net::IpAddr)> = reg
+            .hubs()
+            .iter()
+            .filter(|h| Some(h.name.as_str()) != me)
+            .map(|h| (h.name.clone(), h.endpoint.ip()))
+            .collect();
+        self.datapath.set_mesh_peers(&peers)?;
+        let homes: HashMap<u32, &str> = reg
+            .spokes()
+            .iter()
+            .filter_map(|s| Some((s.id, s.home.as_deref()?)))
+            .collect();
+        self.datapath.set_remote_slots(
+            remote
+                .keys()
+                .map(|&slot| {
+                    let peer = homes.get(&slot).map_or(0, |h| self.datapath.mesh_peer(h));
+                    (slot, peer)
+                })
+                .collect(),
+        );
         let base = crate::core::mesh::own_base(reg, me);
         if base != self.datapath.mesh_base() {
             self.datapath.set_mesh_base(base)?;
