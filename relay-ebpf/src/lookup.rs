@@ -29,7 +29,7 @@ pub fn mesh_peer_of(src: &Endpoint) -> u32 {
     let mut addr = *src;
     addr.port = 0;
     // SAFETY: the value is a plain u32 read right away.
-    unsafe { MESH_HUBS.get(&addr) }.copied().unwrap_or(0)
+    unsafe { MESH_HUBS.get(addr) }.copied().unwrap_or(0)
 }
 
 /// Why a mesh frame was dropped (the fields of `MeshDrops`).
