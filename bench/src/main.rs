@@ -4,6 +4,7 @@
 mod bpfraw;
 mod hs;
 mod loadgen;
+mod mesh;
 mod packet;
 mod prof;
 mod real;
@@ -72,6 +73,18 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         ms: u64,
     },
+    /// Hub mesh alone: a frame through two hubs vs one (in-kernel test
+    /// runs), and initiation routing over three hubs vs one.
+    Mesh {
+        /// Registered spokes for the routing part.
+        #[arg(long, default_value_t = 100_000)]
+        spokes: usize,
+        /// Milliseconds per routing case.
+        #[arg(long, default_value_t = 1000)]
+        ms: u64,
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+    },
     /// The userspace index relay baseline (started by `run`).
     Urelay {
         #[arg(long)]
@@ -109,6 +122,12 @@ fn main() -> anyhow::Result<()> {
             no_real,
             command,
         } => run(smoke, &out, no_real, &command),
+        Cmd::Mesh { spokes, ms, reps } => {
+            relay_tests::cmd::require_root();
+            let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
+            mesh_rows(reps, 1_000_000, &[spokes], Duration::from_millis(ms))?;
+            Ok(())
+        }
     }
 }
 
@@ -116,6 +135,9 @@ pub struct All {
     pub smoke: bool,
     pub packet: Vec<(packet::Mode, packet::ModeResult)>,
     pub handshake: Vec<hs::HsResult>,
+    pub mesh_cost: mesh::MeshCost,
+    /// (one hub, three hubs) per number of spokes.
+    pub mesh_hs: Vec<(hs::HsResult, hs::MeshHsResult)>,
     pub real: real::RealResults,
     pub fixed_pps: f64,
     pub elapsed: Duration,
@@ -178,6 +200,12 @@ fn run(smoke: bool, out: &std::path::Path, no_real: bool, command: &str) -> anyh
     };
     let budget = Duration::from_millis(if smoke { 100 } else { 1000 });
     let handshake = handshake_rows(sizes, budget);
+    eprintln!("== hub mesh ==");
+    let (mesh_cost, mesh_hs) = if smoke {
+        mesh_rows(1, 100_000, &[1000], budget)?
+    } else {
+        mesh_rows(5, 1_000_000, &[100_000], budget)?
+    };
     let real = if no_real {
         real::RealResults::default()
     } else {
@@ -188,6 +216,8 @@ fn run(smoke: bool, out: &std::path::Path, no_real: bool, command: &str) -> anyh
         smoke,
         packet: packet_res,
         handshake,
+        mesh_cost,
+        mesh_hs,
         real,
         fixed_pps: cfg.fixed_pps,
         elapsed: t0.elapsed(),
@@ -210,4 +240,40 @@ fn handshake_rows(sizes: &[usize], budget: Duration) -> Vec<hs::HsResult> {
             r
         })
         .collect()
+}
+
+/// The hub mesh rows, printed as they go: a frame through two hubs vs one
+/// (`reps` interleaved rounds of `repeat` test runs), and initiation
+/// routing with each number of spokes on one hub and over three, in the
+/// same invocation.
+fn mesh_rows(
+    reps: usize,
+    repeat: u32,
+    sizes: &[usize],
+    budget: Duration,
+) -> anyhow::Result<(mesh::MeshCost, Vec<(hs::HsResult, hs::MeshHsResult)>)> {
+    let topo = relay_tests::Topology::builder().spokes(1).build()?;
+    let cost = mesh::run(&topo, reps, repeat)?;
+    drop(topo);
+    let (s, t, ratio) = cost.net();
+    eprintln!(
+        "  frame through two hubs: {t:.0} ns vs one hub {s:.0} ns (net of test-run overhead): {ratio:.2}x"
+    );
+    let mut rows = Vec::new();
+    for &n in sizes {
+        let one = hs::bench(n, budget);
+        let three = hs::mesh_bench(n, 3, budget);
+        eprintln!(
+            "  {n:>6} spokes: one hub warm {:.0}/s first contact {:.0}/s; three hubs warm {:.0}/s ({:.1} keys) first contact {:.0}/s ({:.0} keys, {:.0} % across two hubs)",
+            one.warm_per_s,
+            one.cold_per_s,
+            three.warm_per_s,
+            three.warm_keys,
+            three.cold_per_s,
+            three.cold_keys,
+            100.0 * three.cold_cross
+        );
+        rows.push((one, three));
+    }
+    Ok((cost, rows))
 }

@@ -274,6 +274,63 @@ pub fn write(all: &All, out: &Path, command: &str) -> anyhow::Result<()> {
         )?;
     }
 
+    writeln!(w, "\n## Hub mesh: two hubs vs one\n")?;
+    let c = &all.mesh_cost;
+    if !c.single.is_empty() {
+        let (s1, t2, ratio) = c.net();
+        writeln!(
+            w,
+            "A frame between spokes homed on two hubs crosses both hubs' XDP programs; one hub relays it once. Measured in the kernel with BPF_PROG_TEST_RUN on the product's program (repeat {}, 64 B payload, {} interleaved rounds, BPF statistics on): the mesh fixed point alternates hub G's relay (local spoke -> peer hub, from the spoke's mesh port) and hub H's (peer hub -> local spoke) on one frame, every run checked by the mesh_in/mesh_out counters; the single hub's case is the relay of the packet-rate bench's hit in the same loaded program. Net = minus the empty program's cost once per hub.\n",
+            c.repeat,
+            c.single.len()
+        )?;
+        writeln!(w, "| path | ns/frame | net | vs one hub (net) |")?;
+        writeln!(w, "|---|---|---|---|")?;
+        writeln!(
+            w,
+            "| one hub | {} | {} | 1.00 |",
+            ms(c.single.iter().copied()),
+            f(s1)
+        )?;
+        writeln!(
+            w,
+            "| two hubs (G + H) | {} | {} | {ratio:.2} |",
+            ms(c.two_hubs.iter().copied()),
+            f(t2)
+        )?;
+        writeln!(
+            w,
+            "| empty program (per run) | {} | – | – |",
+            ms(c.empty.iter().copied())
+        )?;
+    }
+    if !all.mesh_hs.is_empty() {
+        writeln!(
+            w,
+            "\nInitiation routing end to end: on one hub (as above), and over three hubs, each with every spoke registered (spoke i homed on hub i mod 3, the others at their home's address and mesh port). Across two hubs an initiation meets two routers: its home hub's (mac1 over recent destinations, then a scan) and the responder's, which only checks the key of the spoke its mesh port names. keys = mac1 computations per initiation over both hubs.\n"
+        )?;
+        writeln!(
+            w,
+            "| spokes | one hub warm/s | three hubs warm/s (keys) | one hub first contact/s (keys) | three hubs first contact/s (keys) | first contacts across two hubs |"
+        )?;
+        writeln!(w, "|---|---|---|---|---|---|")?;
+        for (one, three) in &all.mesh_hs {
+            writeln!(
+                w,
+                "| {} | {} | {} ({:.1}) | {} ({:.0}) | {} ({:.0}) | {:.0} % |",
+                one.spokes,
+                f(one.warm_per_s),
+                f(three.warm_per_s),
+                three.warm_keys,
+                f(one.cold_per_s),
+                one.cold_keys,
+                f(three.cold_per_s),
+                three.cold_keys,
+                100.0 * three.cold_cross
+            )?;
+        }
+    }
+
     if !all.real.modes.is_empty() {
         writeln!(w, "\n## Real wireguard-go spokes behind NATs\n")?;
         writeln!(

@@ -209,6 +209,74 @@ impl XdpHub {
     }
 }
 
+/// Hub mesh fixed point (see [`XdpHub::enable_mesh`]).
+pub const MESH_BASE: u16 = 40000;
+const MESH_IP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 2);
+const MESH_X: u32 = 16002;
+const MESH_Y: u32 = 16003;
+const MESH_X_REMOTE: u32 = 16004;
+const MESH_RX: u32 = 0x0f1e_0002;
+
+impl XdpHub {
+    /// Make the loaded program a mesh member whose two roles feed each
+    /// other, so repeated BPF_PROG_TEST_RUN alternates them on one frame:
+    /// as hub G it relays local spoke X (MESH_IP:hub port, mesh index 1)
+    /// to spoke Y homed on a peer hub (endpoint MESH_IP:base+2) from X's
+    /// mesh port; that output, seen as hub H, comes from remote X
+    /// (MESH_IP:base+1)
+    /// on Y's mesh port and is relayed to its local destination, which is
+    /// X's endpoint again: the input frame. Every odd run is G's relay,
+    /// every even run H's; the hub port's own relay is unchanged.
+    pub fn enable_mesh(&mut self) -> anyhow::Result<()> {
+        self.maps.config.set(
+            0,
+            relay_common::HubConfig {
+                port: HUB_PORT,
+                mesh_base: MESH_BASE,
+                ..Default::default()
+            },
+            0,
+        )?;
+        let at = |port| Endpoint::v4(MESH_IP.octets(), port);
+        let remote = relay_common::SLOT_ACTIVE | relay_common::SLOT_REMOTE;
+        // Mesh indices: X's here (1), Y's on the peer hub (2).
+        let port = |index| relay_common::mesh_port(MESH_BASE, index).expect("in range");
+        let local = relay_common::SLOT_ACTIVE | (1 << relay_common::SLOT_MESH_SHIFT);
+        self.maps.set_spoke_flags(MESH_X, at(HUB_PORT), local)?;
+        self.maps.set_spoke_flags(MESH_Y, at(port(2)), remote)?;
+        self.maps
+            .set_spoke_flags(MESH_X_REMOTE, at(port(1)), remote)?;
+        self.session(MESH_X, MESH_RX, MESH_Y)?;
+        self.session(MESH_X_REMOTE, MESH_RX, MESH_X)?;
+        Ok(())
+    }
+
+    /// The global counter `i` summed over CPUs (`relay_common::counter`).
+    pub fn counter(&self, i: u32) -> anyhow::Result<u64> {
+        let m = self
+            .ebpf
+            .map(relay_common::MAP_COUNTERS)
+            .ok_or_else(|| anyhow::anyhow!("no COUNTERS map"))?;
+        let a = aya::maps::PerCpuArray::<_, u64>::try_from(m)?;
+        Ok(a.get(&i, 0)?.iter().sum())
+    }
+}
+
+/// The mesh fixed point's frame (see [`XdpHub::enable_mesh`]).
+pub fn mesh_frame(payload: usize) -> Vec<u8> {
+    let mac = [2, 0, 0, 0, 0, 1];
+    udp4_frame(
+        mac,
+        mac,
+        MESH_IP,
+        HUB_PORT,
+        MESH_IP,
+        HUB_PORT,
+        &transport_with_counter(MESH_RX, 1, payload),
+        false,
+    )
+}
+
 /// The BPF_PROG_TEST_RUN frames: a hit on the fixed point (relayed back to
 /// itself, so every repeat is a hit), a frame from an unknown source and
 /// one from a known source with an unknown receiver index.

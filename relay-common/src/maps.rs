@@ -149,14 +149,16 @@ pub const SLOT_ACTIVE: u32 = 1;
 /// from this hub's mesh port of their source spoke; frames from it arrive
 /// on a mesh port.
 pub const SLOT_REMOTE: u32 = 2;
-/// Hub mesh: bits 16.. of a remote slot's flags hold its home hub's index
-/// in [`MAP_MESH_DROPS`] (0: none), so drops are counted per peer hub
-/// without a lookup.
-pub const SLOT_PEER_SHIFT: u32 = 16;
+/// Hub mesh: bits 16.. of a slot's flags. A local spoke's: its mesh
+/// index, so its frames to a peer hub leave from port `mesh_base + index`
+/// (which names it there). A remote spoke's: its home hub's index in
+/// [`MAP_MESH_DROPS`] (0: none), so drops count per peer hub without a
+/// lookup.
+pub const SLOT_MESH_SHIFT: u32 = 16;
 
-/// The peer hub index in a slot's flags (see [`SLOT_PEER_SHIFT`]).
-pub const fn slot_peer(flags: u32) -> u32 {
-    flags >> SLOT_PEER_SHIFT
+/// Bits 16.. of a slot's flags (see [`SLOT_MESH_SHIFT`]).
+pub const fn slot_mesh(flags: u32) -> u32 {
+    flags >> SLOT_MESH_SHIFT
 }
 
 /// Value of [`MAP_MESH_DROPS`]: mesh frames dropped for one peer hub.
@@ -190,6 +192,15 @@ pub const fn mesh_port(base: u16, slot: u32) -> Option<u16> {
         return None;
     }
     Some(base + slot as u16)
+}
+
+/// The slot a mesh port names on a hub whose mesh ports start at `base`
+/// and whose hub port is `hub_port` (`None`: not a mesh port).
+pub const fn mesh_slot(base: u16, hub_port: u16, port: u16) -> Option<u32> {
+    if base == 0 || port < base || port == hub_port {
+        return None;
+    }
+    Some((port - base) as u32)
 }
 
 /// Key of [`MAP_SESSIONS`]: who sent the frame and the receiver index in
@@ -422,6 +433,9 @@ pub mod counter {
         /// Relayed frames that arrived from a peer hub / left for one.
         MESH_IN = "mesh_in";
         MESH_OUT = "mesh_out";
+        /// Dropped: a frame towards a spoke homed on a peer hub from a
+        /// spoke that has no mesh port here (not homed on this hub).
+        DROP_MESH_UNHOMED = "drop_mesh_unhomed" drop "mesh_unhomed";
     }
 
     /// The `RELAYED_*_TO_*` counter of a relay from `from` to `to`

@@ -28,7 +28,7 @@ use aya_ebpf::{
 use core::mem::MaybeUninit;
 use relay_common::{
     CROSS_VIA_USERSPACE, Endpoint, FAMILY_V4, INITIATION_COPIES_PER_SEC, NO_SLOT, SLOT_REMOTE,
-    counter, mesh_port, slot_peer,
+    counter, mesh_port, slot_mesh,
     wire::{
         KEEPALIVE_LEN, MSG_COOKIE_REPLY, MSG_INITIATION, MSG_RESPONSE, MSG_TRANSPORT, RECEIVER_OFF,
         RESPONSE_RECEIVER_OFF, SENDER_OFF,
@@ -137,7 +137,10 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
     }
 
     if msg.kind == MSG_INITIATION {
-        if initiation::take::<I>(ctx, &COPY_BUDGET, INITIATION_COPIES_PER_SEC, now)? {
+        // A peer hub's initiations all come from its one address, on
+        // behalf of all its spokes, and were budgeted per source there:
+        // not held to one address's budget here.
+        if mesh || initiation::take::<I>(ctx, &COPY_BUDGET, INITIATION_COPIES_PER_SEC, now)? {
             initiation::queue::<I>(ctx, src_slot.unwrap_or(NO_SLOT))?;
         } else {
             inc(counter::INITIATIONS_NOT_COPIED);
@@ -174,7 +177,7 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
     let Some(session) = lookup::session(slot, receiver) else {
         if mesh {
             inc(counter::DROP_MESH_NO_SESSION);
-            lookup::mesh_drop(slot_peer(src_flags), MeshDrop::NoSession);
+            lookup::mesh_drop(slot_mesh(src_flags), MeshDrop::NoSession);
             return Ok(XDP_DROP);
         }
         // The hub's own WireGuard session.
@@ -203,13 +206,21 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
     let dst_remote = dst.flags & SLOT_REMOTE != 0;
     if src_remote && dst_remote {
         inc(counter::DROP_MESH_TRANSIT);
-        lookup::mesh_drop(slot_peer(src_flags), MeshDrop::Transit);
+        lookup::mesh_drop(slot_mesh(src_flags), MeshDrop::Transit);
         return Ok(XDP_DROP);
     }
-    // To a peer hub: from the source spoke's mesh port, which names it
-    // there; to a spoke: from the hub port its peers' Endpoint names.
+    // To a peer hub: from the source spoke's mesh port (its mesh index
+    // here), which names it there; to a spoke: from the hub port its
+    // peers' Endpoint names.
     let sport = if dst_remote {
-        mesh_port(cfg.mesh_base, slot).unwrap_or(cfg.port)
+        match mesh_port(cfg.mesh_base, slot_mesh(src_flags)) {
+            Some(p) if slot_mesh(src_flags) != 0 => p,
+            _ => {
+                // Not homed here: no port names it on the peer hub.
+                inc(counter::DROP_MESH_UNHOMED);
+                return Ok(XDP_DROP);
+            }
+        }
     } else {
         cfg.port
     };

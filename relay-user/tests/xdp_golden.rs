@@ -1957,9 +1957,20 @@ const R_R1_TO_A: u32 = 0x3131_3131;
 const R_R1_TO_R2: u32 = 0x4141_4141;
 const R_R1_NONE: u32 = 0x5151_5151;
 
-/// The mesh port of `s` on this hub.
+/// Mesh indices of the local spokes A and B (not their slots: the port
+/// comes from the index in the slot's flags).
+const MESH_INDEX_A: u16 = 7;
+const MESH_INDEX_B: u16 = 8;
+
+/// The mesh port of `s` on its home hub: a local spoke's index here, a
+/// remote spoke's slot number doubles as its index on the peer hub.
 fn mesh_port_of(s: &Spoke) -> u16 {
-    relay_common::mesh_port(MESH_BASE, s.slot).unwrap()
+    let index = match s.slot {
+        x if x == A.slot => MESH_INDEX_A,
+        x if x == B.slot => MESH_INDEX_B,
+        x => x as u16,
+    };
+    relay_common::mesh_port(MESH_BASE, index.into()).unwrap()
 }
 
 /// What the peer hub sends here for remote spoke `from`: from `from`'s
@@ -1994,9 +2005,17 @@ fn mesh_golden() {
         .insert(Endpoint::v4(PEER_HUB, 0), PEER, 0)
         .unwrap();
     for r in [R1, R2] {
-        let flags = SLOT_ACTIVE | SLOT_REMOTE | (PEER << relay_common::SLOT_PEER_SHIFT);
+        let flags = SLOT_ACTIVE | SLOT_REMOTE | (PEER << relay_common::SLOT_MESH_SHIFT);
         hub.set_spoke_flags(r.slot, r.endpoint(), flags).unwrap();
     }
+    // A and B are homed here with their mesh indices; C is not (a spoke
+    // from before the mesh).
+    for (s, index) in [(A, MESH_INDEX_A), (B, MESH_INDEX_B)] {
+        let flags = SLOT_ACTIVE | (u32::from(index) << relay_common::SLOT_MESH_SHIFT);
+        hub.set_spoke_flags(s.slot, s.endpoint(), flags).unwrap();
+    }
+    const R_C_TO_R1: u32 = 0x6161_6161;
+    hub.add_session(C.slot, R_C_TO_R1, R1.slot);
     for (src, receiver, dst) in [
         (A.slot, R_A_TO_R1, R1.slot),
         (R1.slot, R_R1_TO_A, A.slot),
@@ -2105,6 +2124,17 @@ fn mesh_golden() {
     cases.push(
         Case::new("mesh: from a local spoke", local.build(), XDP_DROP)
             .counters(&[(SEEN, 1), (counter::DROP_MESH_SOURCE, 1)]),
+    );
+    // A spoke with no mesh index here has no port that names it on the
+    // peer hub: dropped here, not sent from a wrong port.
+    cases.push(
+        Case::new(
+            "mesh: unhomed local -> remote",
+            Frame::from_spoke(&C, transport(R_C_TO_R1, 64)).build(),
+            XDP_DROP,
+        )
+        .counters(&[(SEEN, 1), (counter::DROP_MESH_UNHOMED, 1)])
+        .rx_seen(C.slot),
     );
     // From the peer hub's address, but no port of a spoke homed there.
     let mut unknown_port = from_peer(&R1, &A, transport(R_R1_TO_A, 64));

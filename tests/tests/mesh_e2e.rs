@@ -455,16 +455,19 @@ fn checks(
 fn mesh_drops(topo: &Topology, h1: &Hub<'_>, h2: &HubHost) -> anyhow::Result<()> {
     use relay_tests::inject::{Datagram, send};
     let spokes = h1.api_json("/v1/spokes")?;
-    let id = |name: &str| -> anyhow::Result<u16> {
+    let field = |name: &str, key: &str| -> anyhow::Result<u32> {
         spokes
             .as_array()
             .and_then(|a| a.iter().find(|s| s["name"] == name))
-            .and_then(|s| s["id"].as_u64())
-            .map(|i| i as u16)
-            .with_context(|| format!("{name}'s id in h1's /v1/spokes"))
+            .and_then(|s| s[key].as_u64())
+            .map(|i| i as u32)
+            .with_context(|| format!("{name}'s {key} in h1's /v1/spokes:\n{spokes:#}"))
     };
-    let base = relay_user::core::registry::DEFAULT_MESH_BASE;
-    let (s1, s3, s5) = (id("s1")?, id("s3")?, id("s5")?);
+    // Mesh ports: s1's on h1, s3's on h2, s5's on h3 (each hub's first
+    // spoke, so all the same number here: base + 1).
+    let port = |name| field(name, "mesh_port").map(|p| p as u16);
+    let (p1, p3, p5) = (port("s1")?, port("s3")?, port("s5")?);
+    let (s3, s5) = (field("s3", "id")?, field("s5", "id")?);
     let h2_addr: std::net::Ipv4Addr = HubHost::peer_addr(2).parse()?;
     let frame = |sport: u16, dport: u16, receiver: u32| Datagram {
         src: h2_addr,
@@ -478,15 +481,15 @@ fn mesh_drops(topo: &Topology, h1: &Hub<'_>, h2: &HubHost) -> anyhow::Result<()>
     // makes (a frame crosses at most its spokes' two home hubs): planted.
     const TRANSIT_RX: u32 = 0x7300_0000;
     let map = relay_tests::sessions::map_id(&topo.hub, &topo.hub_nic)?;
-    relay_tests::sessions::plant(&map, s3.into(), TRANSIT_RX, s5.into())?;
+    relay_tests::sessions::plant(&map, s3, TRANSIT_RX, s5)?;
     let mut frames = Vec::new();
     for i in 0..N as u32 {
         // From h2's address, but from no spoke's mesh port there.
-        frames.push(frame(4242, base + s1, 0x7100_0000 + i));
+        frames.push(frame(4242, p1, 0x7100_0000 + i));
         // From s3's mesh port on h2, an index h1 has no session for.
-        frames.push(frame(base + s3, base + s1, 0x7200_0000 + i));
+        frames.push(frame(p3, p1, 0x7200_0000 + i));
         // From s3's, on the planted session towards a third hub.
-        frames.push(frame(base + s3, base + s5, TRANSIT_RX));
+        frames.push(frame(p3, p5, TRANSIT_RX));
     }
     let metric = |m: &Metrics, reason: &str| {
         m.get(
@@ -510,7 +513,7 @@ fn mesh_drops(topo: &Topology, h1: &Hub<'_>, h2: &HubHost) -> anyhow::Result<()>
         },
     )
     .with_context(|| format!("h1's metrics:\n{}", after.nonzero()))?;
-    relay_tests::sessions::remove(&map, s3.into(), TRANSIT_RX)?;
+    relay_tests::sessions::remove(&map, s3, TRANSIT_RX)?;
     let d = |r| metric(&after, r) - metric(&before, r);
     println!(
         "mesh_drops_h2_source={} mesh_drops_h2_no_session={} mesh_drops_h2_transit={}",

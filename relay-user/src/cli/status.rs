@@ -192,6 +192,7 @@ mod tests {
             sessions: 2,
             roams: 1,
             peer_hub: None,
+            mesh_port: None,
         };
         let t = render_table(&hub(), std::slice::from_ref(&s), 1000);
         let lines: Vec<&str> = t.lines().collect();

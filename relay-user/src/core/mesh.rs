@@ -40,7 +40,7 @@ pub fn placement(reg: &Registry, me: Option<&str>, spoke: &Spoke) -> Placement {
     let Some(hub) = reg.hub(home) else {
         return Placement::Unplaced;
     };
-    match mesh_port(hub.mesh_base, spoke.id) {
+    match mesh_port(hub.mesh_base, u32::from(spoke.mesh_index)).filter(|_| spoke.mesh_index != 0) {
         Some(port) => Placement::Remote(match hub.endpoint.ip() {
             std::net::IpAddr::V4(a) => Endpoint::v4(a.octets(), port),
             std::net::IpAddr::V6(a) => Endpoint::v6(a.octets(), port),
@@ -60,6 +60,20 @@ pub fn remote_slots(reg: &Registry, me: Option<&str>) -> HashMap<u32, Endpoint> 
         .collect()
 }
 
+/// The spokes homed on hub `me`, slot -> mesh index: their mesh ports
+/// here are `base + index` (the XDP program finds a local source's in its
+/// slot flags; the router maps a mesh port back to its spoke).
+pub fn local_indices(reg: &Registry, me: Option<&str>) -> HashMap<u32, u16> {
+    let Some(me) = me else {
+        return HashMap::new();
+    };
+    reg.spokes()
+        .iter()
+        .filter(|s| s.home.as_deref() == Some(me) && s.mesh_index != 0)
+        .map(|s| (s.id, s.mesh_index))
+        .collect()
+}
+
 /// This hub's first mesh port: its entry's in the registry, or 0 (no mesh:
 /// mesh ports are not relayed at all).
 pub fn own_base(reg: &Registry, me: Option<&str>) -> u16 {
@@ -74,13 +88,14 @@ pub fn own_base(reg: &Registry, me: Option<&str>) -> u16 {
 pub fn forward_port(
     hub_port: u16,
     base: u16,
-    initiator: u32,
+    initiator_index: u16,
     initiator_remote: bool,
     responder_remote: bool,
 ) -> Option<u16> {
     match (initiator_remote, responder_remote) {
         (true, true) => None,
-        (false, true) => mesh_port(base, initiator),
+        (false, true) if initiator_index == 0 => None,
+        (false, true) => mesh_port(base, u32::from(initiator_index)),
         _ => Some(hub_port),
     }
 }
@@ -130,10 +145,12 @@ mod tests {
             r.get("c").unwrap(),
         );
         assert_eq!(placement(&r, Some("east"), a), Placement::Local);
-        // b (id 2) homed on west: west's address, west's base + 2.
+        // b (id 2), the first spoke homed on west: west's address, west's
+        // base + its mesh index there (1).
+        assert_eq!(b.mesh_index, 1);
         assert_eq!(
             placement(&r, Some("east"), b),
-            Placement::Remote(Endpoint::v4([198, 51, 100, 7], 45002))
+            Placement::Remote(Endpoint::v4([198, 51, 100, 7], 45001))
         );
         assert_eq!(
             placement(&r, Some("west"), a),
@@ -147,6 +164,8 @@ mod tests {
         assert_eq!(remote.len(), 1);
         assert!(remote.contains_key(&b.id));
         assert_eq!(own_base(&r, Some("west")), 45000);
+        assert_eq!(local_indices(&r, Some("east")), HashMap::from([(a.id, 1)]));
+        assert!(local_indices(&r, None).is_empty());
         assert_eq!(own_base(&r, None), 0);
         assert_eq!(own_base(&r, Some("nowhere")), 0);
     }
@@ -160,8 +179,9 @@ mod tests {
         assert_eq!(forward_port(51820, 40000, 3, false, true), Some(40003));
         // Never hub to hub to hub.
         assert_eq!(forward_port(51820, 40000, 3, true, true), None);
-        // Past the port range: not sent.
+        // Past the port range, or no mesh index (not homed here): not sent.
         assert_eq!(forward_port(51820, 65530, 9, false, true), None);
+        assert_eq!(forward_port(51820, 40000, 0, false, true), None);
     }
 
     #[test]
@@ -177,6 +197,59 @@ mod tests {
             })
             .unwrap_err();
         assert!(err.to_string().contains("no mesh port"), "{err}");
+        // Mesh indices are per home hub, lowest free first, whatever the
+        // ids; a move frees the old one; the hub port is never a mesh port.
+        let net: TunnelNet = "10.88.0.0/24".parse().unwrap();
+        for (i, n) in ["d", "e", "f"].into_iter().enumerate() {
+            r.add(n, key(10 + i as u8), &net).unwrap();
+            r.set_home(n, "west").unwrap();
+        }
+        let idx = |r: &Registry, n: &str| r.get(n).unwrap().mesh_index;
+        assert_eq!([idx(&r, "b"), idx(&r, "d"), idx(&r, "e")], [1, 2, 3]);
+        r.set_home("d", "east").unwrap();
+        assert_eq!(idx(&r, "d"), 2, "east: a has 1");
+        r.set_home("a", "west").unwrap();
+        assert_eq!(idx(&r, "a"), 2, "d's old index on west");
+        r.set_home("a", "west").unwrap();
+        assert_eq!(idx(&r, "a"), 2, "homing again keeps the index");
+        let mut tight = Registry::new();
+        tight
+            .set_hub(MeshHub {
+                name: "t".into(),
+                endpoint: "192.0.2.5:51820".parse().unwrap(),
+                mesh_base: 51818,
+            })
+            .unwrap();
+        for (i, n) in ["p", "q", "r"].into_iter().enumerate() {
+            tight.add(n, key(20 + i as u8), &net).unwrap();
+            tight.set_home(n, "t").unwrap();
+        }
+        // 51819, (51820 is the hub port), 51821, 51822.
+        assert_eq!(
+            [idx(&tight, "p"), idx(&tight, "q"), idx(&tight, "r")],
+            [1, 3, 4]
+        );
+        // Files of the first mesh release (no mesh_index): base + id.
+        let edit = |f: &dyn Fn(&mut serde_json::Value)| {
+            let mut v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+            let e = v["spokes"]
+                .as_array_mut()
+                .unwrap()
+                .iter_mut()
+                .find(|s| s["name"] == "e")
+                .unwrap();
+            f(e);
+            v.to_string()
+        };
+        let old = edit(&|e| {
+            e.as_object_mut().unwrap().remove("mesh_index");
+        });
+        let back = Registry::from_json(&old, std::path::Path::new("x")).unwrap();
+        assert_eq!(idx(&back, "e"), back.get("e").unwrap().id as u16);
+        // Two spokes of one hub with one index: corrupt.
+        let dup = edit(&|e| e["mesh_index"] = 1.into());
+        let err = Registry::from_json(&dup, std::path::Path::new("x")).unwrap_err();
+        assert!(err.to_string().contains("used twice"), "{err}");
         // A hub with spokes is not removed.
         let err = r.remove_hub("west").unwrap_err();
         assert!(err.to_string().contains("\"b\""), "{err}");

@@ -217,10 +217,14 @@ pub struct Spoke {
     /// Hub mesh: the hub the spoke dials (its home), by name; `None` for a
     /// store without hubs (every hub of it serves every spoke).
     pub home: Option<String>,
+    /// Hub mesh: the spoke's mesh port on its home hub is `mesh_base +
+    /// mesh_index` (0: not homed). Unique among the spokes of one home, so
+    /// each hub has its own 65535 - base ports, whatever the ids.
+    pub mesh_index: u16,
 }
 
 /// A member of a hub mesh: its own address, and the ports where peer hubs
-/// send frames for the spokes homed on it (`mesh_base + spoke id`).
+/// send frames for the spokes homed on it (`mesh_base + mesh index`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MeshHub {
     pub name: String,
@@ -228,6 +232,13 @@ pub struct MeshHub {
     /// address: the XDP program matches frames by it).
     pub endpoint: std::net::SocketAddr,
     pub mesh_base: u16,
+}
+
+/// Does mesh index `i` give a port on `hub` (in range, not the hub port)?
+fn mesh_index_fits(hub: &MeshHub, i: u16) -> bool {
+    i != 0
+        && relay_common::mesh_port(hub.mesh_base, u32::from(i))
+            .is_some_and(|p| p != hub.endpoint.port())
 }
 
 /// The first mesh port unless `hub add --mesh-base` says otherwise.
@@ -311,13 +322,17 @@ impl Registry {
                 hub.mesh_base, hub.name
             )));
         }
-        if let Some(s) = self.spokes.iter().find(|s| {
-            s.home.as_deref() == Some(&hub.name)
-                && relay_common::mesh_port(hub.mesh_base, s.id).is_none()
-        }) {
+        if let Some(s) = self
+            .spokes
+            .iter()
+            .find(|s| s.home.as_deref() == Some(&hub.name) && !mesh_index_fits(&hub, s.mesh_index))
+        {
             return Err(RegistryError::Other(format!(
-                "spoke {:?} (id {}) would have no mesh port above {}: pick a lower --mesh-base",
-                s.name, s.id, hub.mesh_base
+                "spoke {:?} (mesh index {}) would have no mesh port above {} (or would take the hub port {}): pick another --mesh-base",
+                s.name,
+                s.mesh_index,
+                hub.mesh_base,
+                hub.endpoint.port()
             )));
         }
         match self.hubs.iter_mut().find(|h| h.name == hub.name) {
@@ -366,17 +381,40 @@ impl Registry {
         })?;
         let spoke = self
             .spokes
-            .iter_mut()
+            .iter()
             .find(|s| s.name == name)
             .ok_or_else(|| RegistryError::NotFound(name.to_owned()))?;
-        if relay_common::mesh_port(h.mesh_base, spoke.id).is_none() {
-            return Err(RegistryError::Other(format!(
-                "spoke {name:?} (id {}) has no mesh port above hub {hub:?}'s base {}",
-                spoke.id, h.mesh_base
-            )));
+        if spoke.home.as_deref() == Some(hub) {
+            return Ok(());
         }
+        let index = self.free_mesh_index(&h).ok_or_else(|| {
+            RegistryError::Other(format!(
+                "hub {hub:?} has no free mesh port above its base {} for another spoke: give it a lower one (`relayhub hub add {hub} --endpoint {} --mesh-base N`)",
+                h.mesh_base, h.endpoint
+            ))
+        })?;
+        let spoke = self
+            .spokes
+            .iter_mut()
+            .find(|s| s.name == name)
+            .expect("found above");
         spoke.home = Some(hub.to_owned());
+        spoke.mesh_index = index;
         Ok(())
+    }
+
+    /// The lowest mesh index no spoke homed on `hub` has, whose port is
+    /// in range and not the hub port.
+    fn free_mesh_index(&self, hub: &MeshHub) -> Option<u16> {
+        let used: HashSet<u16> = self
+            .spokes
+            .iter()
+            .filter(|s| s.home.as_deref() == Some(&hub.name))
+            .map(|s| s.mesh_index)
+            .collect();
+        (1..=u16::MAX)
+            .take_while(|&i| relay_common::mesh_port(hub.mesh_base, u32::from(i)).is_some())
+            .find(|&i| !used.contains(&i) && mesh_index_fits(hub, i))
     }
 
     pub fn len(&self) -> usize {
@@ -453,6 +491,7 @@ impl Registry {
                 added_unix,
                 family: Family::Ipv4,
                 home: None,
+                mesh_index: 0,
             },
         );
         Ok(&self.spokes[pos])
@@ -586,6 +625,7 @@ impl Registry {
                 added_unix: rec.added_unix,
                 family: rec.family,
                 home: rec.home,
+                mesh_index: rec.mesh_index,
             });
         }
         spokes.sort_by_key(|s| s.id);
@@ -603,13 +643,31 @@ impl Registry {
             });
         }
         hubs.sort_by(|a, b| a.name.cmp(&b.name));
-        for s in &spokes {
-            if let Some(home) = &s.home
-                && !hubs.iter().any(|h| &h.name == home)
-            {
+        let mut indices = HashSet::new();
+        for s in &mut spokes {
+            let Some(home) = &s.home else {
+                continue;
+            };
+            let Some(hub) = hubs.iter().find(|h| &h.name == home) else {
                 return Err(corrupt(format!(
                     "spoke {:?}: home hub {home:?} is not among the hubs",
                     s.name
+                )));
+            };
+            if s.mesh_index == 0 {
+                // Written by the first mesh release: port = base + id.
+                s.mesh_index = u16::try_from(s.id).unwrap_or(0);
+            }
+            if !mesh_index_fits(hub, s.mesh_index) {
+                return Err(corrupt(format!(
+                    "spoke {:?}: mesh index {} gives no port on hub {home:?} (base {})",
+                    s.name, s.mesh_index, hub.mesh_base
+                )));
+            }
+            if !indices.insert((home.clone(), s.mesh_index)) {
+                return Err(corrupt(format!(
+                    "spoke {:?}: mesh index {} is used twice on hub {home:?}",
+                    s.name, s.mesh_index
                 )));
             }
         }
@@ -631,6 +689,7 @@ impl Registry {
                     added_unix: s.added_unix,
                     family: s.family,
                     home: s.home.clone(),
+                    mesh_index: s.mesh_index,
                 })
                 .collect(),
             hubs: self
@@ -713,6 +772,14 @@ struct SpokeRecord {
     family: Family,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     home: Option<String>,
+    /// Absent in files of the first mesh release, whose mesh ports were
+    /// `mesh_base + id`: read as that.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    mesh_index: u16,
+}
+
+fn is_zero(v: &u16) -> bool {
+    *v == 0
 }
 
 #[cfg(test)]
@@ -856,6 +923,7 @@ pub(crate) mod tests {
                 added_unix: 0,
                 family: Default::default(),
                 home: None,
+                mesh_index: 0,
             });
         }
         assert!(matches!(

@@ -157,6 +157,18 @@ pub struct Router {
     policy: crate::core::policy::SlotPolicy,
     /// mac1 computations so far (one per key tried): what a scan costs.
     keys_checked: std::cell::Cell<u64>,
+    /// Hub mesh: an initiation on a mesh port is for the spoke the port
+    /// names; no other key is tried.
+    mesh: Option<MeshPorts>,
+}
+
+/// Hub mesh: which spoke each mesh port of this hub names.
+#[derive(Debug, Default)]
+struct MeshPorts {
+    base: u16,
+    hub_port: u16,
+    /// Mesh index -> slot, for the spokes homed here.
+    slots: HashMap<u16, u32>,
 }
 
 impl Router {
@@ -190,6 +202,17 @@ impl Router {
         now: Instant,
     ) -> Option<crate::core::keys::Cookie> {
         self.flood.as_mut().map(|f| f.jar.cookie(src, now))
+    }
+
+    /// Hub mesh: initiations to port `base + index` (not `hub_port`) are
+    /// for `slots[index]` only, and for nobody when the port names no
+    /// spoke homed here (`base` 0: no mesh).
+    pub fn set_mesh_ports(&mut self, base: u16, hub_port: u16, slots: HashMap<u16, u32>) {
+        self.mesh = (base != 0).then_some(MeshPorts {
+            base,
+            hub_port,
+            slots,
+        });
     }
 
     /// Register or re-key a spoke.
@@ -387,13 +410,28 @@ impl Router {
                 .retain(|_, t| now.saturating_duration_since(*t) < CROSS_DELAY);
         }
         let src = self.slot_of(&event.src);
-        let (dst, event) = match self.flood.is_some() {
-            false => match self.match_mac1(src, frame) {
+        let named = self.mesh.as_ref().and_then(|m| {
+            let index = relay_common::mesh_slot(m.base, m.hub_port, event.dst.port)?;
+            Some(
+                u16::try_from(index)
+                    .ok()
+                    .and_then(|i| m.slots.get(&i).copied()),
+            )
+        });
+        let (dst, event) = match (named, self.flood.is_some()) {
+            // From a peer hub (XDP passes mesh initiations from its spokes'
+            // endpoints only), for the spoke the port names: one mac1,
+            // whatever the number of spokes, and no way to reach another.
+            (Some(d), _) => match d.and_then(|d| Some((d, self.spokes.get(&d)?))) {
+                Some((d, e)) if self.check(&e.key, frame) => (d, *event),
+                _ => return (Outcome::NoMatch, None),
+            },
+            (None, false) => match self.match_mac1(src, frame) {
                 None => return (Outcome::NoMatch, None),
                 Some(Target::Hub) => return (Outcome::ToHub, None),
                 Some(Target::Spoke(d)) => (d, *event),
             },
-            true => match self.shield_gate(src, event, now) {
+            (None, true) => match self.shield_gate(src, event, now) {
                 Ok(v) => v,
                 Err(r) => return r,
             },
@@ -755,6 +793,39 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn mesh_port_names_the_responder() {
+        // Spoke 1 homed on a peer hub at 192.0.2.9 (its mesh port 40001
+        // there), spokes 2 and 3 here; mesh ports from 40000.
+        let mut r = router();
+        let peer = Endpoint::v4([192, 0, 2, 9], 40001);
+        r.set_endpoint(1, Some(peer));
+        // 2 and 3 have mesh indices 2 and 3 here; index 4 names nobody.
+        r.set_mesh_ports(40000, 51820, HashMap::from([(2, 2), (3, 3)]));
+        let now = Instant::now();
+        let on_port = |port, frame| InitiationEvent {
+            dst: Endpoint::v4([198, 51, 100, 1], port),
+            ..event(peer, frame)
+        };
+        // For 2, on 2's mesh port: one key tried.
+        let k0 = r.keys_checked();
+        let (o, a) = r.on_initiation(&on_port(40002, initiation(&key(2), 5)), now);
+        assert_eq!(o, Outcome::Relayed { src: 1, dst: 2 });
+        assert!(matches!(a, Some(Action::Forward { to, .. }) if to == ep(2, 1002)));
+        assert_eq!(r.keys_checked() - k0, 1);
+        // For 2, on 3's mesh port: the port decides, so nothing matches
+        // (not the hub's key either: nothing on a mesh port is for it).
+        let f = initiation(&key(2), 6);
+        assert_eq!(r.on_initiation(&on_port(40003, f), now).0, Outcome::NoMatch);
+        let f = initiation(&key(0xAA), 7);
+        assert_eq!(r.on_initiation(&on_port(40002, f), now).0, Outcome::NoMatch);
+        let f = initiation(&key(2), 9);
+        assert_eq!(r.on_initiation(&on_port(40004, f), now).0, Outcome::NoMatch);
+        // On the hub port: by mac1 as always.
+        let (o, _) = r.on_initiation(&on_port(51820, initiation(&key(3), 8)), now);
+        assert_ne!(o, Outcome::NoMatch);
     }
 
     #[test]

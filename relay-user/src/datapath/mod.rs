@@ -30,7 +30,7 @@ use relay_common::{
     CROSS_VIA_USERSPACE, Endpoint, FALLBACK_PAGES_PER_CPU, HUB_V4_SET, HUB_V6_SET, HubConfig,
     MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINT_SLOTS, MAP_FALLBACK, MAP_INITIATIONS, MAP_MESH_DROPS,
     MAP_MESH_HUBS, MAP_PROOFS, MAP_SESSIONS, MAP_SLOT_COUNTERS, MAP_SLOTS, MAX_MESH_PEERS,
-    MeshDrops, PROG_RELAY, SLOT_ACTIVE, SLOT_PEER_SHIFT, SLOT_REMOTE, SessionKey, SessionValue,
+    MeshDrops, PROG_RELAY, SLOT_ACTIVE, SLOT_MESH_SHIFT, SLOT_REMOTE, SessionKey, SessionValue,
     SlotCounters, SpokeSlot, counter,
 };
 
@@ -139,6 +139,8 @@ pub struct Datapath {
     /// `SLOT_REMOTE` and the index in the flags).
     mesh_base: u16,
     remote: std::collections::HashMap<u32, u32>,
+    /// Hub mesh: the local spokes' mesh indices (in their slot flags).
+    local_mesh: std::collections::HashMap<u32, u16>,
     /// Hub mesh: drops by reason per peer hub (see [`MeshPeers`]).
     mesh: MeshPeers,
     max_slots: u32,
@@ -285,6 +287,7 @@ impl Datapath {
             hub_addrs: (None, None),
             mesh_base: 0,
             remote: Default::default(),
+            local_mesh: Default::default(),
             mesh,
             max_slots: cap.slots,
             mode: "detached",
@@ -339,6 +342,13 @@ impl Datapath {
     /// placement).
     pub fn set_remote_slots(&mut self, slots: std::collections::HashMap<u32, u32>) {
         self.remote = slots;
+    }
+
+    /// Hub mesh: the spokes homed here, slot -> mesh index (their frames
+    /// to peer hubs leave from `mesh_base + index`), from the next
+    /// endpoint written for each.
+    pub fn set_local_mesh(&mut self, indices: std::collections::HashMap<u32, u16>) {
+        self.local_mesh = indices;
     }
 
     /// Hub mesh: the peer hubs (name, address) whose mesh frames are
@@ -635,8 +645,11 @@ impl Datapath {
                 SpokeSlot {
                     endpoint: ep,
                     flags: match self.remote.get(&slot) {
-                        Some(&peer) => SLOT_ACTIVE | SLOT_REMOTE | (peer << SLOT_PEER_SHIFT),
-                        None => SLOT_ACTIVE,
+                        Some(&peer) => SLOT_ACTIVE | SLOT_REMOTE | (peer << SLOT_MESH_SHIFT),
+                        None => {
+                            let index = self.local_mesh.get(&slot).copied().unwrap_or(0);
+                            SLOT_ACTIVE | (u32::from(index) << SLOT_MESH_SHIFT)
+                        }
                     },
                 }
             }

@@ -107,6 +107,10 @@ pub struct SpokeStatus {
     /// Hub mesh: the peer hub it is homed on (absent: homed here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_hub: Option<String>,
+    /// Hub mesh: its mesh port on its home hub (peer hubs send its frames
+    /// there, and its frames to them leave from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_port: Option<u16>,
 }
 
 impl Hub {
@@ -160,6 +164,11 @@ impl Hub {
                         .contains_key(&slot)
                         .then(|| self.registry.get_by_id(slot).and_then(|s| s.home.clone()))
                         .flatten(),
+                    mesh_port: self.registry.get_by_id(slot).and_then(|s| {
+                        let home = self.registry.hub(s.home.as_deref()?)?;
+                        relay_common::mesh_port(home.mesh_base, u32::from(s.mesh_index))
+                            .filter(|_| s.mesh_index != 0)
+                    }),
                 }
             })
             .collect();
@@ -305,6 +314,7 @@ mod tests {
             sessions: 2,
             roams: 1,
             peer_hub: None,
+            mesh_port: None,
         }
     }
 

@@ -117,6 +117,8 @@ pub(crate) struct Hub {
     /// Hub mesh: this hub's name among the registry's hubs (`--hub-name`),
     /// and the slots homed on peer hubs with their endpoints there.
     pub(crate) mesh_name: Option<String>,
+    /// Hub mesh: the spokes homed here, slot -> mesh index.
+    pub(crate) local_mesh: HashMap<u32, u16>,
     pub(crate) remote: HashMap<u32, Endpoint>,
 
     // Fields drop in order: detach XDP first, then remove the interface.
@@ -187,7 +189,16 @@ impl Hub {
                 })
                 .collect(),
         );
+        let local = crate::core::mesh::local_indices(reg, me);
+        self.datapath.set_local_mesh(local.clone());
         let base = crate::core::mesh::own_base(reg, me);
+        self.router.set_mesh_ports(
+            base,
+            self.facts.port,
+            local.iter().map(|(&slot, &i)| (i, slot)).collect(),
+        );
+        let reindexed = local != self.local_mesh;
+        self.local_mesh = local;
         if base != self.datapath.mesh_base() {
             self.datapath.set_mesh_base(base)?;
             tracing::info!(mesh_base = base, hub = ?me, "hub mesh ports");
@@ -195,7 +206,7 @@ impl Hub {
         // Only when the placement changed: at a takeover the router has
         // no endpoints yet when this runs (they come from the maps just
         // after), and mirroring it then would empty the maps.
-        let moved = remote != self.remote;
+        let moved = remote != self.remote || reindexed;
         self.remote = remote;
         if moved {
             self.install_endpoints()?;
@@ -586,7 +597,7 @@ impl Hub {
                 let Some(port) = crate::core::mesh::forward_port(
                     self.facts.port,
                     self.datapath.mesh_base(),
-                    value.dst_slot,
+                    self.local_mesh.get(&value.dst_slot).copied().unwrap_or(0),
                     self.remote.contains_key(&value.dst_slot),
                     self.remote.contains_key(&key.src_slot),
                 ) else {

@@ -280,6 +280,7 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
         probe_turn: 0,
         endpoint_ips: first_endpoint_ips,
         mesh_name: cfg.hub_name.clone(),
+        local_mesh: Default::default(),
         remote: HashMap::new(),
         replication: super::replica::Replication {
             roles: crate::core::role::Roles::new(

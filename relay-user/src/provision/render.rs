@@ -153,6 +153,7 @@ mod tests {
             added_unix: 0,
             family: Default::default(),
             home: None,
+            mesh_index: 0,
         }
     }
 
