@@ -26,7 +26,7 @@ pub const REPLICA_PORT: u16 = 51823;
 pub const STANDBY_METRICS: &str = "127.0.0.1:9851";
 /// The router's and the standby's own addresses on the standby's public
 /// link (a /30) when it is routed rather than bridged.
-const ROUTER_PUBLIC: &str = "10.254.1.1";
+pub const ROUTER_PUBLIC: &str = "10.254.1.1";
 const STANDBY_PUBLIC: &str = "10.254.1.2";
 
 /// `HOST:PORT` of a hub's replication listener on the private link.

@@ -49,6 +49,229 @@ fn mesh_e2e() {
     assert!(left.is_empty(), "cleanup left:\n{}", left.join("\n"));
 }
 
+/// A mesh member that is a failover pair: h1 is the topology's hub
+/// (active) and a standby with the same `--hub-name` following it; h2 a
+/// peer hub. s1, s2 homed on h1, s3, s4 on h2. h1's active dies (link
+/// down, SIGKILL), the address moves to the standby, which is promoted:
+/// the flows across the two hubs (s1 <-> s3, s4 -> s2) continue within
+/// the single hub's failover gap, h2's own pair (s3 -> s4) loses nothing,
+/// and nobody handshakes again.
+#[test]
+fn mesh_failover_pair_e2e() {
+    cmd::require_root();
+    let prefix = run_pair().unwrap_or_else(|e| panic!("mesh_failover_pair_e2e failed: {e:#}"));
+    let left = leftovers(&prefix);
+    assert!(left.is_empty(), "cleanup left:\n{}", left.join("\n"));
+}
+
+/// `relayhub --state-dir STATE --store URL ARGS...` in the hub namespace.
+fn store_cli<'a>(
+    topo: &'a Topology,
+    state: &'a std::path::Path,
+    url: &'a str,
+) -> impl Fn(&[&str]) -> anyhow::Result<String> + 'a {
+    move |args: &[&str]| {
+        let bin = relayhub_bin()?;
+        let mut argv = vec![
+            bin.to_str().context("utf-8")?,
+            "--state-dir",
+            state.to_str().context("utf-8")?,
+            "--store",
+            url,
+        ];
+        argv.extend_from_slice(args);
+        topo.hub.output(&argv, Duration::from_secs(20))?.checked()
+    }
+}
+
+/// Register `homes[i]` as spoke s{i+1}, then bring each up with its file
+/// (every other spoke a peer, its home hub as Endpoint); (spokes, tunnel
+/// addresses).
+fn spokes_up(
+    topo: &Topology,
+    cli: &dyn Fn(&[&str]) -> anyhow::Result<String>,
+    homes: &[&str],
+) -> anyhow::Result<(Vec<WgQuick>, Vec<String>)> {
+    let mut private = Vec::new();
+    let mut addrs = Vec::new();
+    for (i, home) in homes.iter().enumerate() {
+        let text = cli(&["spoke", "add", &format!("s{}", i + 1), "--hub", home])?;
+        addrs.push(relay_tests::wg::conf_address(&text)?.to_string());
+        private.push(relay_tests::wg::conf_private_key(&text).context("private key")?);
+    }
+    let mut spokes = Vec::new();
+    for (i, key) in private.iter().enumerate() {
+        let conf = cli(&["spoke", "config", &format!("s{}", i + 1)])?;
+        spokes.push(topo.spoke_up(i, &relay_tests::wg::with_private_key(&conf, key)?)?);
+    }
+    Ok((spokes, addrs))
+}
+
+fn run_pair() -> anyhow::Result<String> {
+    use relay_tests::standby::{
+        ACTIVE_LINK, ROUTER_PUBLIC, STANDBY_LINK, StandbyHost, replica_addr,
+    };
+    let topo = Topology::builder()
+        .spokes(4)
+        .xdp_pass(env!("CARGO_BIN_EXE_xdp-pass"))
+        .build()?;
+    let prefix = topo.prefix.clone();
+    // The private link first: the active's --replica-listen binds to it.
+    let mut sb = StandbyHost::new(&topo, env!("CARGO_BIN_EXE_xdp-pass"))?;
+    let etcd = Etcd::start_in(&format!("{prefix}etcd"), &topo.workdir, Some(&topo.router))?;
+    let url = |addr: &str| format!("etcd://{addr}:{}", etcd.client_port);
+    let url1 = url(&ROUTER_HUB_ADDR.to_string());
+    let state1 = topo.workdir.join("state");
+    let cli = store_cli(&topo, &state1, &url1);
+    cli(&["hub", "add", "h1", "--endpoint", &format!("{HUB_ADDR}:{HUB_PORT}")])?;
+    cli(&[
+        "hub",
+        "add",
+        "h2",
+        "--endpoint",
+        &format!("{}:{HUB_PORT}", HubHost::peer_addr(2)),
+    ])?;
+    let mut hub = Hub::start_with(
+        &topo,
+        HubKind::Relayhub,
+        &[
+            "--store",
+            &url1,
+            "--hub-name",
+            "h1",
+            "--replica-listen",
+            &replica_addr(ACTIVE_LINK),
+        ],
+    )?;
+    sb.route_public(&topo, true)?;
+    sb.copy_state(&hub.state_dir, false)?;
+    sb.start(
+        &[],
+        &[
+            "--store",
+            &url(ROUTER_PUBLIC),
+            "--hub-name",
+            "h1",
+            "--replica-listen",
+            &replica_addr(STANDBY_LINK),
+            "--standby-of",
+            &replica_addr(ACTIVE_LINK),
+        ],
+    )?;
+    let mut h2 = HubHost::peer(&topo, "h2", 2, env!("CARGO_BIN_EXE_xdp-pass"))?;
+    h2.copy_state(&hub.state_dir, false)?;
+    h2.start(
+        &["--store", &url(&HubHost::peer_router_addr(2))],
+        &["--hub-name", "h2"],
+    )?;
+    let r = pair_checks(&topo, &mut hub, &mut sb, &h2, &cli);
+    if r.is_err() {
+        eprintln!("h1 log tail:\n{}", hub.log_tail(40));
+        eprintln!("standby log tail:\n{}", sb.log_tail(40));
+        eprintln!("h2 log tail:\n{}", h2.log_tail(30));
+    }
+    hub.stop();
+    sb.stop();
+    h2.stop();
+    drop(h2);
+    drop(sb);
+    drop(hub);
+    drop(etcd);
+    drop(topo);
+    r.map(|()| prefix)
+}
+
+fn pair_checks(
+    topo: &Topology,
+    hub: &mut Hub<'_>,
+    sb: &mut HubHost,
+    h2: &HubHost,
+    cli: &dyn Fn(&[&str]) -> anyhow::Result<String>,
+) -> anyhow::Result<()> {
+    let (spokes, addrs) = spokes_up(topo, cli, &["h1", "h1", "h2", "h2"])?;
+    for x in 0..4 {
+        for y in 0..4 {
+            if x != y {
+                cmd::wait_for(
+                    &format!("s{} to ping s{}", x + 1, y + 1),
+                    Duration::from_secs(10),
+                    Duration::from_millis(20),
+                    || Ok(topo.spokes[x].ns.ping_once(&addrs[y]).then_some(())),
+                )?;
+            }
+        }
+    }
+    // The standby holds h1's two spokes' endpoints and the sessions of
+    // their pairs (s1-s2 both ways, and s1, s2 with s3, s4).
+    sb.wait_following(2, 10)?;
+    std::thread::sleep(Duration::from_millis(500));
+    // Between spokes: h1's own peer handshakes again with the standby's
+    // WireGuard, as on a single hub.
+    let hub_key = hub.api_json("/v1/hub")?["public_key"]
+        .as_str()
+        .context("hub public key")?
+        .to_string();
+    let handshakes = || -> anyhow::Result<Vec<(String, u64)>> {
+        let mut all = Vec::new();
+        for s in &spokes {
+            all.extend(
+                s.latest_handshakes()?
+                    .into_iter()
+                    .filter(|(k, _)| *k != hub_key),
+            );
+        }
+        all.sort();
+        Ok(all)
+    };
+    let before = handshakes()?;
+    const PINGS: u32 = 600;
+    const INTERVAL: f64 = 0.01;
+    let flow = |x: usize, y: usize| topo.spokes[x].ns.ping_in_background(&addrs[y], PINGS, INTERVAL);
+    let across = [flow(0, 2), flow(2, 0), flow(3, 1)];
+    let on_h2 = flow(2, 3);
+    std::thread::sleep(Duration::from_millis(1500));
+    let h2_before = h2.metrics()?;
+    // h1's active fails: link first, then the process; the address moves
+    // to the standby and it is promoted (keepalived's part, by hand).
+    topo.hub
+        .exec(&["ip", "link", "set", "dev", &hub.nic, "down"])?;
+    hub.kill();
+    topo.route_hub_address(&sb.public.a)?;
+    sb.signal(libc::SIGUSR1)?;
+    let mut worst = 0;
+    for f in across {
+        let p = f.join().map_err(|_| anyhow::anyhow!("ping thread"))??;
+        eprintln!("[mesh pair] across the hubs: {}/{}", p.received, p.transmitted);
+        worst = worst.max(p.lost());
+    }
+    let p = on_h2.join().map_err(|_| anyhow::anyhow!("ping thread"))??;
+    let after = handshakes()?;
+    let h2_after = h2.metrics()?;
+    let gap_ms = (f64::from(worst) * INTERVAL * 1000.0) as u64;
+    let st = sb.status()?;
+    println!(
+        "mesh_pair_gap_ms={gap_ms} mesh_pair_h2_only_lost={} mesh_pair_handshakes_after={} mesh_pair_h2_mesh_out={}",
+        p.lost(),
+        usize::from(before != after),
+        xdp_event(&h2_after, "mesh_out") - xdp_event(&h2_before, "mesh_out")
+    );
+    anyhow::ensure!(st["role"] == "active", "standby not promoted: {st}");
+    anyhow::ensure!(p.lost() == 0, "s3 -> s4 (both on h2) lost {}", p.lost());
+    anyhow::ensure!(
+        gap_ms <= 2000,
+        "across the hubs: {worst} pings lost ({gap_ms} ms) at h1's failover"
+    );
+    anyhow::ensure!(
+        before == after,
+        "spokes handshook with each other again: {before:?} -> {after:?}"
+    );
+    // After the failover h2 still relays to h1's address, now the
+    // standby: s1 <-> s3 answer.
+    let p = topo.spokes[0].ns.ping(&addrs[2], 20, 0.01)?;
+    anyhow::ensure!(p.lost() == 0, "s1 -> s3 after the failover: {p:?}");
+    Ok(())
+}
+
 /// A hub of the mesh as the test sees it: its metrics and its WireGuard.
 trait MeshMember {
     fn metrics(&self) -> anyhow::Result<Metrics>;
