@@ -53,6 +53,30 @@ impl Capture {
         self.file.clone()
     }
 
+    /// What the capture has written so far (`-U`: whole packets as they
+    /// are read; a packet being written may be cut off, so tcpdump's
+    /// complaint about a truncated file is ignored).
+    pub fn so_far(&self) -> anyhow::Result<Vec<Packet>> {
+        let f = self.file.to_str().context("utf-8 path")?;
+        let out = cmd::run_timeout(&["tcpdump", "-nr", f], Duration::from_secs(30))?;
+        Ok(parse_tcpdump(&out.stdout))
+    }
+
+    /// Wait (bounded) until the capture holds a packet matching `want`:
+    /// under load tcpdump may read a packet from the kernel well after it
+    /// passed, and stopping it then loses what it has not read.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        want: impl Fn(&Packet) -> bool,
+    ) -> anyhow::Result<()> {
+        cmd::wait_for(what, timeout, Duration::from_millis(50), || {
+            Ok(self.so_far()?.iter().any(&want).then_some(()))
+        })
+        .map(|_| ())
+    }
+
     /// Stop and read the capture back.
     pub fn stop(mut self) -> anyhow::Result<Vec<Packet>> {
         self.proc.stop(Duration::from_secs(5));

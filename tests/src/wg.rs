@@ -135,6 +135,26 @@ impl WgQuick {
             .collect())
     }
 
+    /// [`latest_handshakes`](Self::latest_handshakes) of every spoke in
+    /// `spokes` with the others, leaving out the hub's own peer
+    /// (`hub_key`, which handshakes again with a new active hub), sorted:
+    /// compare two of these to see whether spokes handshook again.
+    pub fn spoke_handshakes<'a>(
+        spokes: impl IntoIterator<Item = &'a WgQuick>,
+        hub_key: &str,
+    ) -> anyhow::Result<Vec<(String, u64)>> {
+        let mut all = Vec::new();
+        for s in spokes {
+            all.extend(
+                s.latest_handshakes()?
+                    .into_iter()
+                    .filter(|(k, _)| k != hub_key),
+            );
+        }
+        all.sort();
+        Ok(all)
+    }
+
     /// The interface's tunnel address (first IPv4 `Address`).
     pub fn address(&self) -> anyhow::Result<Ipv4Addr> {
         conf_address(&self.text)

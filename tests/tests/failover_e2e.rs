@@ -256,18 +256,8 @@ fn checks(
         .collect::<anyhow::Result<_>>()?;
     // Handshakes between spokes; the hub's own peer is expected to
     // handshake again (with the new active's WireGuard).
-    let spoke_handshakes = || -> anyhow::Result<Vec<(String, u64)>> {
-        let mut all = Vec::new();
-        for s in &spokes {
-            all.extend(
-                s.latest_handshakes()?
-                    .into_iter()
-                    .filter(|(k, _)| *k != hub_key),
-            );
-        }
-        all.sort();
-        Ok(all)
-    };
+    let spoke_handshakes =
+        || relay_tests::wg::WgQuick::spoke_handshakes(spokes.iter().copied(), &hub_key);
     if mode == Mode::SplitBrain {
         return split_brain(topo, hub, sb, &mesh, spoke_handshakes);
     }

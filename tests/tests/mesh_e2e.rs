@@ -123,7 +123,13 @@ fn run_pair() -> anyhow::Result<String> {
     let url1 = url(&ROUTER_HUB_ADDR.to_string());
     let state1 = topo.workdir.join("state");
     let cli = store_cli(&topo, &state1, &url1);
-    cli(&["hub", "add", "h1", "--endpoint", &format!("{HUB_ADDR}:{HUB_PORT}")])?;
+    cli(&[
+        "hub",
+        "add",
+        "h1",
+        "--endpoint",
+        &format!("{HUB_ADDR}:{HUB_PORT}"),
+    ])?;
     cli(&[
         "hub",
         "add",
@@ -177,6 +183,7 @@ fn run_pair() -> anyhow::Result<String> {
     drop(sb);
     drop(hub);
     drop(etcd);
+    drop(cli);
     drop(topo);
     r.map(|()| prefix)
 }
@@ -211,22 +218,15 @@ fn pair_checks(
         .as_str()
         .context("hub public key")?
         .to_string();
-    let handshakes = || -> anyhow::Result<Vec<(String, u64)>> {
-        let mut all = Vec::new();
-        for s in &spokes {
-            all.extend(
-                s.latest_handshakes()?
-                    .into_iter()
-                    .filter(|(k, _)| *k != hub_key),
-            );
-        }
-        all.sort();
-        Ok(all)
-    };
+    let handshakes = || WgQuick::spoke_handshakes(&spokes, &hub_key);
     let before = handshakes()?;
     const PINGS: u32 = 600;
     const INTERVAL: f64 = 0.01;
-    let flow = |x: usize, y: usize| topo.spokes[x].ns.ping_in_background(&addrs[y], PINGS, INTERVAL);
+    let flow = |x: usize, y: usize| {
+        topo.spokes[x]
+            .ns
+            .ping_in_background(&addrs[y], PINGS, INTERVAL)
+    };
     let across = [flow(0, 2), flow(2, 0), flow(3, 1)];
     let on_h2 = flow(2, 3);
     std::thread::sleep(Duration::from_millis(1500));
@@ -241,7 +241,10 @@ fn pair_checks(
     let mut worst = 0;
     for f in across {
         let p = f.join().map_err(|_| anyhow::anyhow!("ping thread"))??;
-        eprintln!("[mesh pair] across the hubs: {}/{}", p.received, p.transmitted);
+        eprintln!(
+            "[mesh pair] across the hubs: {}/{}",
+            p.received, p.transmitted
+        );
         worst = worst.max(p.lost());
     }
     let p = on_h2.join().map_err(|_| anyhow::anyhow!("ping thread"))??;
@@ -639,18 +642,17 @@ fn checks(
         p.received > 0,
         "s1 does not reach h1's tunnel address: {p:?}"
     );
-    // tcpdump writes each packet as it comes (-U); give the last a moment.
-    std::thread::sleep(Duration::from_millis(300));
+    // The capture is not blind: it shows those pings (once tcpdump has
+    // read them; under load that takes a while). By then it has read
+    // everything before them too.
+    captures[0].wait_for(
+        "h1's capture to show the ping to its own tunnel address",
+        Duration::from_secs(10),
+        |p| p.dst.octets() == [10, 88, 0, 1],
+    )?;
     let mut on_wg = Vec::new();
-    for (i, c) in captures.into_iter().enumerate() {
+    for c in captures {
         let packets = c.stop()?;
-        if i == 0 {
-            anyhow::ensure!(
-                packets.iter().any(|p| p.dst.octets() == [10, 88, 0, 1]),
-                "h1's capture saw no ping to its own tunnel address: {} packets",
-                packets.len()
-            );
-        }
         for p in packets {
             if p.src.octets()[..3] == [10, 88, 0]
                 && p.dst.octets()[..3] == [10, 88, 0]

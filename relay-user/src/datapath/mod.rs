@@ -345,10 +345,50 @@ impl Datapath {
     }
 
     /// Hub mesh: the spokes homed here, slot -> mesh index (their frames
-    /// to peer hubs leave from `mesh_base + index`), from the next
-    /// endpoint written for each.
-    pub fn set_local_mesh(&mut self, indices: std::collections::HashMap<u32, u16>) {
+    /// to peer hubs leave from `mesh_base + index`). Slots already in the
+    /// maps get their flags rewritten now: their endpoints may have been
+    /// written by another writer (a standby's replica) before the index
+    /// was known, and nothing else would rewrite them.
+    pub fn set_local_mesh(
+        &mut self,
+        indices: std::collections::HashMap<u32, u16>,
+    ) -> Result<(), DatapathError> {
+        if indices == self.local_mesh {
+            return Ok(());
+        }
         self.local_mesh = indices;
+        for (slot, ep) in self.installed_endpoints() {
+            let want = self.slot_flags(slot);
+            if let Ok(cur) = self.slots.get(&slot, 0)
+                && cur.endpoint == ep
+                && cur.flags != want
+                && cur.flags & SLOT_REMOTE == 0
+            {
+                let value = SpokeSlot {
+                    endpoint: ep,
+                    flags: want,
+                };
+                self.slots.set(slot, value, 0).map_err(map_err(MAP_SLOTS))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What the map holds for `slot` (diagnostics, tests).
+    pub fn slot(&self, slot: u32) -> Option<SpokeSlot> {
+        self.slots.get(&slot, 0).ok()
+    }
+
+    /// The flags an active slot with an endpoint gets: remote (with its
+    /// home hub's drop index) or local (with its mesh index).
+    fn slot_flags(&self, slot: u32) -> u32 {
+        match self.remote.get(&slot) {
+            Some(&peer) => SLOT_ACTIVE | SLOT_REMOTE | (peer << SLOT_MESH_SHIFT),
+            None => {
+                let index = self.local_mesh.get(&slot).copied().unwrap_or(0);
+                SLOT_ACTIVE | (u32::from(index) << SLOT_MESH_SHIFT)
+            }
+        }
     }
 
     /// Hub mesh: the peer hubs (name, address) whose mesh frames are
@@ -644,13 +684,7 @@ impl Datapath {
                     .map_err(map_err(MAP_ENDPOINT_SLOTS))?;
                 SpokeSlot {
                     endpoint: ep,
-                    flags: match self.remote.get(&slot) {
-                        Some(&peer) => SLOT_ACTIVE | SLOT_REMOTE | (peer << SLOT_MESH_SHIFT),
-                        None => {
-                            let index = self.local_mesh.get(&slot).copied().unwrap_or(0);
-                            SLOT_ACTIVE | (u32::from(index) << SLOT_MESH_SHIFT)
-                        }
-                    },
+                    flags: self.slot_flags(slot),
                 }
             }
             None => SpokeSlot::default(),

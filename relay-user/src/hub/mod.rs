@@ -190,7 +190,7 @@ impl Hub {
                 .collect(),
         );
         let local = crate::core::mesh::local_indices(reg, me);
-        self.datapath.set_local_mesh(local.clone());
+        self.datapath.set_local_mesh(local.clone())?;
         let base = crate::core::mesh::own_base(reg, me);
         self.router.set_mesh_ports(
             base,
