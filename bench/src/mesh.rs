@@ -36,7 +36,10 @@ impl MeshCost {
 /// `reps` interleaved rounds of `repeat` runs each, in the hub namespace
 /// of `topo` (a route and neighbour for the fixed point's address).
 pub fn run(topo: &relay_tests::Topology, reps: usize, repeat: u32) -> anyhow::Result<MeshCost> {
-    anyhow::ensure!(repeat % 2 == 0, "an even repeat alternates G and H evenly");
+    anyhow::ensure!(
+        repeat.is_multiple_of(2),
+        "an even repeat alternates G and H evenly"
+    );
     sys::ns_sh(
         &topo.hub.name,
         &format!(

@@ -196,14 +196,14 @@ fn pair_checks(
     cli: &dyn Fn(&[&str]) -> anyhow::Result<String>,
 ) -> anyhow::Result<()> {
     let (spokes, addrs) = spokes_up(topo, cli, &["h1", "h1", "h2", "h2"])?;
-    for x in 0..4 {
-        for y in 0..4 {
+    for (x, from) in topo.spokes.iter().take(4).enumerate() {
+        for (y, to) in addrs.iter().enumerate() {
             if x != y {
                 cmd::wait_for(
                     &format!("s{} to ping s{}", x + 1, y + 1),
                     Duration::from_secs(10),
                     Duration::from_millis(20),
-                    || Ok(topo.spokes[x].ns.ping_once(&addrs[y]).then_some(())),
+                    || Ok(from.ns.ping_once(to).then_some(())),
                 )?;
             }
         }

@@ -552,6 +552,7 @@ mod tests {
             sessions: 2,
             roams: 1,
             peer_hub: None,
+            mesh_port: None,
         }
     }
 
