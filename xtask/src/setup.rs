@@ -25,6 +25,8 @@ const APT_PACKAGES: &[(&str, Option<&str>, Need)] = &[
     ("wireguard-go", Some("wireguard-go"), Need::Run),
     ("wireguard-tools", Some("wg"), Need::Run),
     ("iproute2", Some("ip"), Need::Run),
+    // Egress: the hub's masquerading table for exit spokes (`nft -f`).
+    ("nftables", Some("nft"), Need::Run),
     // Namespaces, NAT and traffic in the end-to-end tests and benchmarks.
     ("iptables", Some("iptables"), Need::Test),
     ("conntrack", Some("conntrack"), Need::Test),

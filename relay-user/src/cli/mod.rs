@@ -224,6 +224,21 @@ pub enum SpokeCommand {
         /// hubs).
         #[arg(long)]
         hub: Option<String>,
+        /// Route the spoke's internet traffic through the hub (0.0.0.0/0 on
+        /// its hub peer); the hub forwards it for exit users of the policy
+        /// (`relayhub policy exit allow NAME`).
+        #[arg(long)]
+        exit: bool,
+    },
+    /// Change a spoke and print its new file.
+    Set {
+        name: String,
+        /// Route its internet traffic through the hub.
+        #[arg(long, conflicts_with = "no_exit")]
+        exit: bool,
+        /// Send its internet traffic directly again.
+        #[arg(long)]
+        no_exit: bool,
     },
     /// Home a spoke on another mesh hub and print its new file.
     Move {
@@ -323,9 +338,26 @@ pub enum PolicyCommand {
     Deny { a: String, b: String },
     /// Set group NAME to these spokes; no spokes removes the group.
     Group { name: String, spokes: Vec<String> },
+    /// Who may use the hub as its exit to the internet (spokes added
+    /// with --exit route their internet traffic to the hub; it forwards
+    /// and masquerades it only for these).
+    Exit {
+        #[command(subcommand)]
+        cmd: ExitCommand,
+    },
     /// Remove the policy: every spoke may reach every other.
     Reset,
 }
+
+#[derive(Subcommand, Debug)]
+pub enum ExitCommand {
+    /// Let a spoke, @group or * use the hub as exit.
+    Allow { who: String },
+    /// Take a spoke, @group or * off the exit users.
+    Deny { who: String },
+}
+
+const DEFAULT_KEEPALIVE: u16 = relay_common::wire::DEFAULT_PERSISTENT_KEEPALIVE_SECS;
 
 /// Carry out one command line.
 pub fn execute(cli: Cli) -> anyhow::Result<()> {
@@ -426,6 +458,10 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                 PolicyCommand::Allow { a, b } => policy::allow(&store, &a, &b)?,
                 PolicyCommand::Deny { a, b } => policy::deny(&store, &a, &b)?,
                 PolicyCommand::Group { name, spokes } => policy::group(&store, &name, &spokes)?,
+                PolicyCommand::Exit { cmd } => match cmd {
+                    ExitCommand::Allow { who } => policy::exit(&store, true, &who)?,
+                    ExitCommand::Deny { who } => policy::exit(&store, false, &who)?,
+                },
                 PolicyCommand::Reset => policy::reset(&store)?,
             };
             print!("{out}");
@@ -449,14 +485,29 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                     keepalive,
                     family,
                     hub,
-                } => spoke::add_homed(
+                    exit,
+                } => spoke::add_with(
                     &ctx(keepalive),
                     &name,
                     pubkey.as_deref(),
                     family,
                     hub.as_deref(),
+                    exit,
                 )?,
-                SpokeCommand::Move { name, hub } => spoke::move_to(&ctx(0), &name, &hub)?,
+                SpokeCommand::Set {
+                    name,
+                    exit,
+                    no_exit,
+                } => {
+                    anyhow::ensure!(
+                        exit || no_exit,
+                        "say what to change: --exit or --no-exit"
+                    );
+                    spoke::set_exit(&ctx(DEFAULT_KEEPALIVE), &name, exit)?
+                }
+                // Printed files keep the default keepalive (0 would leave a
+                // spoke behind NAT without one).
+                SpokeCommand::Move { name, hub } => spoke::move_to(&ctx(DEFAULT_KEEPALIVE), &name, &hub)?,
                 SpokeCommand::Config {
                     name,
                     keepalive,

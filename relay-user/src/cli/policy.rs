@@ -70,6 +70,21 @@ pub fn group(store: &Store, name: &str, members: &[String]) -> anyhow::Result<St
     })
 }
 
+/// `relayhub policy exit allow|deny TERM`: who may use the hub as exit.
+pub fn exit(store: &Store, allow: bool, t: &str) -> anyhow::Result<String> {
+    let t = term(t)?;
+    change(store, &mut |cur| {
+        // Without a policy every pair stays allowed; exit users start empty.
+        let mut p = cur.unwrap_or_else(Policy::allow_all);
+        if allow {
+            p.allow_exit(t.clone())?;
+        } else {
+            p.deny_exit(&t)?;
+        }
+        Ok(p)
+    })
+}
+
 /// `relayhub policy reset`: remove the policy (every pair allowed).
 pub fn reset(store: &Store) -> anyhow::Result<String> {
     Ok(if store.policy().remove()? {
@@ -117,6 +132,15 @@ pub fn summary(store: &Store, p: &Policy, registry: &Registry) -> String {
             out.push_str(&format!("  {r}\n"));
         }
     }
+    let exit: Vec<String> = p.exit.iter().map(ToString::to_string).collect();
+    out.push_str(&format!(
+        "exit through the hub: {}\n",
+        if exit.is_empty() {
+            "(nobody)".to_owned()
+        } else {
+            exit.join(" ")
+        }
+    ));
     out.push_str("registered spokes may reach:\n");
     if registry.is_empty() {
         out.push_str("  (no spokes registered)\n");

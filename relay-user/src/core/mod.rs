@@ -2,6 +2,7 @@
 //! and return decisions, tested without sockets, maps or files.
 
 pub mod cookie;
+pub mod egress;
 pub mod fallback_frame;
 pub mod health;
 pub mod join;

@@ -143,6 +143,10 @@ pub struct Policy {
     pub groups: BTreeMap<String, Vec<String>>,
     pub allow: Vec<Rule>,
     pub deny: Vec<Rule>,
+    /// Who may use the hub as its exit to the internet (`spoke add
+    /// --exit` routes a spoke's internet traffic to the hub; the hub
+    /// forwards it only for these). Empty: nobody.
+    pub exit: Vec<Term>,
 }
 
 impl Policy {
@@ -175,6 +179,50 @@ impl Policy {
         self.deny.iter().find(|r| self.rule_matches(r, a, b))
     }
 
+    /// Whether spoke `name` may use the hub as its exit.
+    pub fn may_exit(&self, name: &str) -> bool {
+        self.exit.iter().any(|t| self.matches(t, name))
+    }
+
+    /// `policy exit allow TERM`: let TERM use the hub as exit.
+    pub fn allow_exit(&mut self, t: Term) -> Result<(), PolicyError> {
+        self.check_term(&t)?;
+        if !self.exit.contains(&t) {
+            self.exit.push(t);
+        }
+        Ok(())
+    }
+
+    /// `policy exit deny TERM`: remove TERM from the exit users. Fails if
+    /// the term is not listed (a spoke still allowed through a group or
+    /// `*` would be a surprise: the error names what lets it out).
+    pub fn deny_exit(&mut self, t: &Term) -> Result<(), PolicyError> {
+        let before = self.exit.len();
+        self.exit.retain(|x| x != t);
+        if let Term::Spoke(name) = t
+            && let Some(via) = self.exit.iter().find(|x| self.matches(x, name))
+        {
+            return Err(PolicyError::Usage(format!(
+                "{name} may still exit through the hub by {via}; `relayhub policy exit deny {via}` or change the group"
+            )));
+        }
+        if self.exit.len() == before {
+            return Err(PolicyError::Usage(format!(
+                "{t} is not among the exit users ({})",
+                if self.exit.is_empty() {
+                    "there are none".to_string()
+                } else {
+                    self.exit
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether spokes `a` and `b` may reach each other.
     pub fn allows(&self, a: &str, b: &str) -> bool {
         self.allow.iter().any(|r| self.rule_matches(r, a, b)) && self.denied_by(a, b).is_none()
@@ -182,13 +230,12 @@ impl Policy {
 
     /// The `@group`s a rule names that are not defined.
     fn check_groups(&self) -> Result<(), String> {
-        for r in self.allow.iter().chain(&self.deny) {
-            for t in [&r.0, &r.1] {
-                if let Term::Group(g) = t
-                    && !self.groups.contains_key(g)
-                {
-                    return Err(g.clone());
-                }
+        let rules = self.allow.iter().chain(&self.deny);
+        for t in rules.flat_map(|r| [&r.0, &r.1]).chain(&self.exit) {
+            if let Term::Group(g) = t
+                && !self.groups.contains_key(g)
+            {
+                return Err(g.clone());
             }
         }
         Ok(())
@@ -214,6 +261,7 @@ impl Policy {
             groups: file.groups.0,
             allow: file.allow.into_iter().map(|p| Rule(p.0, p.1)).collect(),
             deny: file.deny.into_iter().map(|p| Rule(p.0, p.1)).collect(),
+            exit: file.exit.into_iter().map(|t| t.0).collect(),
         };
         if let Err(g) = policy.check_groups() {
             let (line, column) = locate(text, &format!("\"@{g}\""));
@@ -250,6 +298,11 @@ impl Policy {
                 ));
             }
             out.push_str(if rules.is_empty() { "]" } else { "\n  ]" });
+        }
+        // Absent without exit users: files stay as earlier releases wrote them.
+        if !self.exit.is_empty() {
+            let t: Vec<String> = self.exit.iter().map(|t| q(&t.to_string())).collect();
+            out.push_str(&format!(",\n  \"exit\": [{}]", t.join(", ")));
         }
         out.push_str("\n}\n");
         out
@@ -316,6 +369,11 @@ impl Policy {
                     "group @{name} is used by the rule {r}; remove the rule first (`relayhub policy set FILE`)"
                 )));
             }
+            if self.exit.contains(&Term::Group(name.to_owned())) {
+                return Err(PolicyError::Usage(format!(
+                    "group @{name} may exit through the hub; `relayhub policy exit deny @{name}` first"
+                )));
+            }
             self.groups.remove(name);
             return Ok(());
         }
@@ -355,6 +413,7 @@ impl Policy {
                     .iter()
                     .chain(&self.deny)
                     .flat_map(|r| [&r.0, &r.1])
+                    .chain(&self.exit)
                     .filter_map(|t| match t {
                         Term::Spoke(s) => Some(s.as_str()),
                         _ => None,
@@ -415,6 +474,8 @@ struct PolicyFile {
     allow: Vec<PairDe>,
     #[serde(default)]
     deny: Vec<PairDe>,
+    #[serde(default)]
+    exit: Vec<TermDe>,
 }
 
 /// `["A", "B"]`, checked while parsing.
@@ -608,6 +669,33 @@ pub(crate) mod tests {
             "{\n  \"version\": 1,\n  \"groups\": {},\n  \"allow\": [],\n  \"deny\": []\n}\n"
         );
         assert_eq!(p(&empty).unwrap(), Policy::default());
+    }
+
+    #[test]
+    fn exit_users() {
+        let mut pol = p(EXAMPLE).unwrap();
+        // Nobody by default, with a file or without.
+        assert!(!pol.may_exit("s1") && !Policy::allow_all().may_exit("s1"));
+        pol.allow_exit(t("@web")).unwrap();
+        pol.allow_exit(t("s5")).unwrap();
+        assert!(pol.may_exit("s1") && pol.may_exit("s2") && pol.may_exit("s5"));
+        assert!(!pol.may_exit("s3"));
+        assert!(pol.allow_exit(t("@nope")).is_err(), "undefined group");
+        // Round trip; files without exit users stay as before.
+        let text = pol.to_json();
+        assert!(text.contains("\"exit\": [\"@web\", \"s5\"]"), "{text}");
+        assert_eq!(p(&text).unwrap(), pol);
+        assert!(!p(EXAMPLE).unwrap().to_json().contains("exit"));
+        // Taking s1 off while @web lets it out says so.
+        let e = pol.deny_exit(&t("s1")).unwrap_err().to_string();
+        assert!(e.contains("@web"), "{e}");
+        pol.deny_exit(&t("@web")).unwrap();
+        assert!(!pol.may_exit("s1"));
+        // A group that lets spokes exit is not removed under them.
+        pol.allow_exit(t("@db")).unwrap();
+        assert!(pol.set_group("db", &[]).is_err());
+        // An exit term naming an undefined group is an error in a file.
+        assert!(p(r#"{"exit": ["@ghost"]}"#).is_err());
     }
 
     #[test]

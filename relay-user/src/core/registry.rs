@@ -221,6 +221,9 @@ pub struct Spoke {
     /// mesh_index` (0: not homed). Unique among the spokes of one home, so
     /// each hub has its own 65535 - base ports, whatever the ids.
     pub mesh_index: u16,
+    /// Its file routes internet traffic (0.0.0.0/0) to the hub, which
+    /// forwards it if the policy lets the spoke exit (`spoke add --exit`).
+    pub exit: bool,
 }
 
 /// A member of a hub mesh: its own address, and the ports where peer hubs
@@ -492,6 +495,7 @@ impl Registry {
                 family: Family::Ipv4,
                 home: None,
                 mesh_index: 0,
+                exit: false,
             },
         );
         Ok(&self.spokes[pos])
@@ -505,6 +509,17 @@ impl Registry {
             .find(|s| s.name == name)
             .ok_or_else(|| RegistryError::NotFound(name.to_owned()))?;
         spoke.family = family;
+        Ok(())
+    }
+
+    /// Whether spoke `name`'s file routes internet traffic to the hub.
+    pub fn set_exit(&mut self, name: &str, exit: bool) -> Result<(), RegistryError> {
+        let spoke = self
+            .spokes
+            .iter_mut()
+            .find(|s| s.name == name)
+            .ok_or_else(|| RegistryError::NotFound(name.to_owned()))?;
+        spoke.exit = exit;
         Ok(())
     }
 
@@ -626,6 +641,7 @@ impl Registry {
                 family: rec.family,
                 home: rec.home,
                 mesh_index: rec.mesh_index,
+                exit: rec.exit,
             });
         }
         spokes.sort_by_key(|s| s.id);
@@ -690,6 +706,7 @@ impl Registry {
                     family: s.family,
                     home: s.home.clone(),
                     mesh_index: s.mesh_index,
+                    exit: s.exit,
                 })
                 .collect(),
             hubs: self
@@ -776,6 +793,8 @@ struct SpokeRecord {
     /// `mesh_base + id`: read as that.
     #[serde(default, skip_serializing_if = "is_zero")]
     mesh_index: u16,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    exit: bool,
 }
 
 fn is_zero(v: &u16) -> bool {
@@ -924,6 +943,7 @@ pub(crate) mod tests {
                 family: Default::default(),
                 home: None,
                 mesh_index: 0,
+                exit: false,
             });
         }
         assert!(matches!(
@@ -1012,6 +1032,14 @@ pub(crate) mod tests {
         assert_eq!(back.to_json(), text);
         let empty = Registry::from_json("{\"version\": 1}", Path::new("x")).unwrap();
         assert!(empty.is_empty());
+        // The exit flag: written only when set, read back.
+        assert!(!text.contains("exit"));
+        r.set_exit("b", true).unwrap();
+        let text = r.to_json();
+        assert!(text.contains("\"exit\": true"), "{text}");
+        let back = Registry::from_json(&text, Path::new("x.json")).unwrap();
+        assert!(back.get("b").unwrap().exit && !back.get("c").unwrap().exit);
+        assert!(matches!(r.set_exit("zz", true), Err(RegistryError::NotFound(_))));
     }
 
     #[test]

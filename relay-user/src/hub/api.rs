@@ -242,6 +242,7 @@ impl Hub {
             store: (self.store.backend, self.store.up),
             replication: self.replication_status(),
             mesh_drops: self.datapath.mesh_drops(),
+            egress_users: self.egress.users() as u64,
         }
     }
 }

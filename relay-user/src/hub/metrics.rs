@@ -36,6 +36,8 @@ pub struct Metrics {
     pub fallback: crate::core::fallback_frame::FallbackStats,
     /// Endpoint proofs (handshakes in the hub's name to candidate addresses).
     pub proofs: crate::core::proof::ProofStats,
+    /// Egress: nft runs that failed (the table is not as the policy says).
+    pub egress_errors: u64,
 }
 
 impl Metrics {
@@ -64,6 +66,8 @@ pub struct Snapshot {
     pub replication: Option<crate::hub::api::ReplicationStatus>,
     /// Hub mesh: mesh frames XDP dropped per peer hub, by reason.
     pub mesh_drops: std::collections::BTreeMap<String, relay_common::MeshDrops>,
+    /// Egress: spokes the hub forwards to the internet now.
+    pub egress_users: u64,
 }
 
 fn labels(pairs: &[(&'static str, &str)]) -> Labels {
@@ -338,6 +342,16 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         }
     }
     per_spoke(&mut b, &s.spokes);
+    b.gauge(
+        "relayhub_egress_users",
+        "Spokes the hub forwards and masquerades to the internet (the policy's exit users homed here)",
+        s.egress_users as f64,
+    );
+    b.counters(
+        "relayhub_egress_errors",
+        "Failed updates of the egress nftables table (see the log)",
+        [(Labels::new(), m.egress_errors)],
+    );
     if !s.mesh_drops.is_empty() {
         let hr = |h: &str, r: &str| labels(&[("peer_hub", h), ("reason", r)]);
         b.counters(
@@ -616,6 +630,7 @@ mod tests {
                     },
                 )]
                 .into(),
+                egress_users: 2,
             },
         );
         for want in [
@@ -664,6 +679,7 @@ mod tests {
             "relayhub_mesh_relayed_packets_total{peer_hub=\"west\",direction=\"in\"} 10",
             "relayhub_mesh_relayed_bytes_total{peer_hub=\"west\",direction=\"out\"} 700",
             "relayhub_mesh_dropped_frames_total{peer_hub=\"west\",reason=\"transit\"} 2",
+            "relayhub_egress_users 2",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }

@@ -123,6 +123,8 @@ pub(crate) struct Hub {
 
     // Fields drop in order: detach XDP first, then remove the interface.
     pub(crate) datapath: Datapath,
+    /// Egress: relayhub's nftables table for the exit users.
+    pub(crate) egress: crate::io::egress::EgressTable,
     pub(crate) wg: HubWg,
 }
 
@@ -241,6 +243,7 @@ impl Hub {
             .collect();
         self.wg.sync_peers(&peers)?;
         self.registry = reg.clone();
+        self.apply_egress();
         tracing::info!(spokes = reg.spokes().len(), "registry applied");
         Ok(())
     }
@@ -288,12 +291,39 @@ impl Hub {
         let entries = self.datapath.sessions();
         let gone = sessions::denied(&entries, |a, b| policy.allows(a, b));
         self.router.set_policy(policy);
+        self.apply_egress();
         for k in &gone {
             self.datapath.remove_session(k);
         }
         self.metrics.policy_closed_sessions += gone.len() as u64;
         if !gone.is_empty() {
             tracing::info!(closed = gone.len(), "policy: relayed sessions closed");
+        }
+    }
+
+    /// Make the egress table match the policy's exit users among this
+    /// hub's own spokes (a spoke exits through its home hub).
+    pub(crate) fn apply_egress(&mut self) {
+        let policy = self.policy.current();
+        let users = self
+            .registry
+            .spokes()
+            .iter()
+            .filter(|s| !self.remote.contains_key(&s.id))
+            .filter(|s| policy.is_some_and(|p| p.may_exit(&s.name)))
+            .map(|s| s.address)
+            .collect();
+        let want = crate::core::egress::Egress {
+            wg_iface: self.facts.wg_iface.clone(),
+            users,
+            ports: crate::core::egress::masquerade_ports(
+                self.datapath.mesh_base(),
+                self.facts.port,
+            ),
+        };
+        if let Err(e) = self.egress.apply(want) {
+            self.metrics.egress_errors += 1;
+            tracing::error!(error = %e, "egress: the exit users' table is not as the policy says");
         }
     }
 

@@ -293,6 +293,7 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
             datapath.attach(&cfg.iface, cfg.xdp_mode)?;
             datapath
         },
+        egress: crate::io::egress::EgressTable::new(&cfg.wg_iface),
         wg,
     };
     if hub.datapath.adopted() {

@@ -68,22 +68,44 @@ pub fn render_spoke(
             );
         }
     }
-    let peer = |w: &mut String, comment: &str, key: &Key, address: Ipv4Addr| {
+    let peer = |w: &mut String, comment: &str, key: &Key, allowed: &str| {
         let _ = writeln!(w);
         let _ = writeln!(w, "[Peer]");
         let _ = writeln!(w, "# {comment}");
         let _ = writeln!(w, "PublicKey = {}", key.to_base64());
-        let _ = writeln!(w, "AllowedIPs = {address}/32");
+        let _ = writeln!(w, "AllowedIPs = {allowed}");
         let _ = writeln!(w, "Endpoint = {}", hub.endpoint);
         if keepalive > 0 {
             let _ = writeln!(w, "PersistentKeepalive = {keepalive}");
         }
     };
-    peer(w, "relayhub hub", &hub.public_key, hub.address);
+    // With --exit the other spokes' /32s are longer prefixes: their
+    // traffic still goes to them (relayed blind), the rest to the hub.
+    let comment = if spoke.exit {
+        "relayhub hub, and the exit to the internet (spoke add --exit)"
+    } else {
+        "relayhub hub"
+    };
+    peer(
+        w,
+        comment,
+        &hub.public_key,
+        &hub_allowed_ips(spoke, hub.address),
+    );
     for p in peers.iter().filter(|p| p.id != spoke.id) {
-        peer(w, &p.name, &p.public_key, p.address);
+        peer(w, &p.name, &p.public_key, &format!("{}/32", p.address));
     }
     out
+}
+
+/// The hub peer's AllowedIPs in `spoke`'s file: its tunnel address, or
+/// everything IPv4 for a spoke that exits through the hub.
+pub fn hub_allowed_ips(spoke: &Spoke, hub: Ipv4Addr) -> String {
+    if spoke.exit {
+        "0.0.0.0/0".to_owned()
+    } else {
+        format!("{hub}/32")
+    }
 }
 
 /// The first line of every peer list: `relayhub-sync` refuses anything
@@ -118,6 +140,8 @@ pub fn render_peer_list(
     let _ = writeln!(w, "{PEER_LIST_MAGIC}");
     let _ = writeln!(w, "# for spoke {} ({})", spoke.name, spoke.address);
     let _ = writeln!(w, "network {}/{}", net.network, net.prefix);
+    // The hub's address, also for an exit spoke: relayhub-sync never
+    // touches the hub peer (its 0.0.0.0/0 stays as wg-quick set it).
     let _ = writeln!(
         w,
         "hub {} {}/32 {keepalive}",
@@ -154,6 +178,7 @@ mod tests {
             family: Default::default(),
             home: None,
             mesh_index: 0,
+            exit: false,
         }
     }
 
@@ -248,6 +273,26 @@ Endpoint = [2001:db8::1]:51820
 
     /// What `wg-quick strip` leaves (comments and wg-quick-only keys gone)
     /// must be the plain `wg setconf` format.
+    #[test]
+    fn exit_spoke_routes_everything_else_to_the_hub() {
+        let (mut spokes, hub) = fixture();
+        spokes[1].exit = true;
+        let peers: Vec<&Spoke> = spokes.iter().collect();
+        let text = render_spoke(&spokes[1], None, &hub, &peers, 25);
+        let allowed: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("AllowedIPs = "))
+            .collect();
+        // The hub peer first, then the other spokes' /32s (longer prefixes).
+        assert_eq!(allowed, ["0.0.0.0/0", "10.88.0.2/32", "10.88.0.4/32"], "{text}");
+        assert!(text.contains("# relayhub hub, and the exit to the internet"));
+        // The peer list keeps the hub's address: relayhub-sync checks it and
+        // never changes the hub peer.
+        let net: crate::core::registry::TunnelNet = "10.88.0.0/24".parse().unwrap();
+        let list = render_peer_list(&spokes[1], &hub.public_key, &net, &peers, 25);
+        assert!(list.contains(" 10.88.0.1/32 25\n"), "{list}");
+    }
+
     #[test]
     fn strips_to_setconf_format() {
         let (spokes, hub) = fixture();

@@ -195,6 +195,19 @@ pub fn add_homed(
     family: Option<Family>,
     home: Option<&str>,
 ) -> anyhow::Result<String> {
+    add_with(ctx, name, pubkey, family, home, false)
+}
+
+/// [`add_homed`] with `--exit`: the file routes internet traffic to the
+/// hub (which forwards it if the policy lets the spoke exit).
+pub fn add_with(
+    ctx: &SpokeCtx,
+    name: &str,
+    pubkey: Option<&str>,
+    family: Option<Family>,
+    home: Option<&str>,
+    exit: bool,
+) -> anyhow::Result<String> {
     let (public_key, private_key) = match pubkey {
         Some(text) => {
             let Some(k) = parse_key(text) else {
@@ -229,10 +242,52 @@ pub fn add_homed(
             if let Some(h) = home {
                 r.set_home(name, h)?;
             }
+            r.set_exit(name, exit)?;
             r.set_family(name, family.unwrap_or_default())
         })
         .with_context(|| format!("cannot add spoke {name:?}"))?;
-    ctx.render(&registry, name, private_key.as_ref(), family, true)
+    let mut out = exit_note(ctx, name, exit)?;
+    out.push_str(&ctx.render(&registry, name, private_key.as_ref(), family, true)?);
+    Ok(out)
+}
+
+/// `relayhub spoke set NAME --exit|--no-exit`: change how its file routes
+/// internet traffic; prints the new file (no private key).
+pub fn set_exit(ctx: &SpokeCtx, name: &str, exit: bool) -> anyhow::Result<String> {
+    let registry = ctx
+        .store
+        .registry()
+        .update(&mut |r| r.set_exit(name, exit))
+        .with_context(|| format!("cannot change spoke {name:?}"))?;
+    let mut out = format!(
+        "# spoke {name}: internet traffic {} now; install this file on it.\n",
+        if exit {
+            "goes through the hub"
+        } else {
+            "leaves directly"
+        }
+    );
+    out.push_str(&exit_note(ctx, name, exit)?);
+    out.push_str(&ctx.render(&registry, name, None, None, false)?);
+    Ok(out)
+}
+
+/// A comment line when an exit spoke may not exit yet (the policy
+/// decides; the file alone only sends the traffic to the hub).
+fn exit_note(ctx: &SpokeCtx, name: &str, exit: bool) -> anyhow::Result<String> {
+    let allowed = ctx
+        .store
+        .policy()
+        .load()?
+        .is_some_and(|p| p.may_exit(name));
+    Ok(if exit && !allowed {
+        format!(
+            "# note: the policy does not let {name} exit through the hub yet, so the hub drops its internet\n\
+             # traffic: `relayhub policy exit allow {name}` (or a group it is in).\n"
+        )
+    } else {
+        String::new()
+    })
 }
 
 /// `relayhub spoke config NAME`: the current wg-quick file, without a private key.
