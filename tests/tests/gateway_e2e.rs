@@ -15,7 +15,8 @@
 //! - spoke to spoke stays blind: s1 -> s2 pings are relayed, none of them
 //!   on the hub's WireGuard (`egress_spoke_frames_on_hub_wg=0`);
 //! - `policy exit deny s2` stops s2's egress, s1's goes on
-//!   (`egress_after_deny=1/2`);
+//!   (`egress_after_deny=1/2`), although the router routes the tunnel
+//!   network back to the hub: the hub's forward filter stops it;
 //! - the hub's table is gone when it stops (`egress_table_left=0`).
 //!
 //! Run as root: `cargo test -p relay-tests --release --test gateway_e2e -- --nocapture`.
@@ -48,7 +49,12 @@ fn run() -> anyhow::Result<String> {
         .build()?;
     let prefix = topo.prefix.clone();
     let inet = Netns::new(&format!("{prefix}inet"))?;
-    let link = Veth::new(&format!("{prefix}ia"), &topo.router, &format!("{prefix}ib"), &inet)?;
+    let link = Veth::new(
+        &format!("{prefix}ia"),
+        &topo.router,
+        &format!("{prefix}ib"),
+        &inet,
+    )?;
     topo.router.exec(&[
         "ip",
         "addr",
@@ -57,21 +63,48 @@ fn run() -> anyhow::Result<String> {
         "dev",
         &link.a,
     ])?;
-    inet.exec(&["ip", "addr", "add", &format!("{INTERNET}/24"), "dev", &link.b])?;
+    inet.exec(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{INTERNET}/24"),
+        "dev",
+        &link.b,
+    ])?;
     inet.exec(&["ip", "route", "add", "default", "via", INTERNET_ROUTER])?;
+    // The router could even route answers to the tunnel network back to
+    // the hub: what keeps a spoke that may not exit from getting out is
+    // the hub's forward filter, not a missing route.
+    topo.router.exec(&[
+        "ip",
+        "route",
+        "add",
+        "10.88.0.0/24",
+        "via",
+        &HUB_ADDR.to_string(),
+    ])?;
     let mut hub = Hub::start(&topo, HubKind::Relayhub)?;
-    let table = format!("relayhub_{}", hub.wg_iface.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
+    let table = format!(
+        "relayhub_{}",
+        hub.wg_iface
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+    );
     let r = checks(&topo, &mut hub, &inet, &link, &table);
     if r.is_err() {
         eprintln!("hub log tail:\n{}", hub.log_tail(40));
         eprintln!(
             "hub's nftables:\n{}",
-            topo.hub.exec(&["nft", "list", "ruleset"]).unwrap_or_default()
+            topo.hub
+                .exec(&["nft", "list", "ruleset"])
+                .unwrap_or_default()
         );
     }
     let report = hub.stop();
     // The table goes with the hub.
-    let left = topo.hub.exec(&["nft", "list", "tables"]).unwrap_or_default();
+    let left = topo
+        .hub
+        .exec(&["nft", "list", "tables"])
+        .unwrap_or_default();
     let table_left = usize::from(left.contains(&table));
     println!("egress_table_left={table_left}");
     drop(hub);
@@ -108,6 +141,17 @@ fn checks(
             "{name}'s file should route everything to the hub and say the policy decides:\n{t}"
         );
     }
+    // `spoke set` switches it either way and prints the file.
+    let off = hub.cli(&["spoke", "set", "s1", "--no-exit"])?;
+    let on = hub.cli(&["spoke", "set", "s1", "--exit"])?;
+    anyhow::ensure!(
+        !off.contains("0.0.0.0/0") && off.contains("AllowedIPs = 10.88.0.1/32"),
+        "`spoke set s1 --no-exit`:\n{off}"
+    );
+    anyhow::ensure!(
+        on.contains("AllowedIPs = 0.0.0.0/0"),
+        "`spoke set s1 --exit`:\n{on}"
+    );
     // The files with both spokes as peers.
     let conf1 = hub.current_config("s1", &t1)?;
     let key2 = wg::conf_private_key(&t2).context("s2 key")?;
@@ -129,10 +173,16 @@ fn checks(
     let before = topo
         .spokes
         .iter()
-        .filter(|s| s.ns.ping("198.18.0.80", 2, 0.2).is_ok_and(|p| p.received > 0))
+        .filter(|s| {
+            s.ns.ping("198.18.0.80", 2, 0.2)
+                .is_ok_and(|p| p.received > 0)
+        })
         .count();
     println!("egress_before_policy={before}/2");
-    anyhow::ensure!(before == 0, "{before} spokes reached the internet host before the policy let them");
+    anyhow::ensure!(
+        before == 0,
+        "{before} spokes reached the internet host before the policy let them"
+    );
 
     let capture = Capture::start_filtered(inet, &link.b, &topo.workdir, "inet", &["icmp"])?;
     hub.cli(&["policy", "exit", "allow", "s1"])?;
@@ -153,7 +203,10 @@ fn checks(
     }
     println!("egress_ok={ok}/2");
     let nft = topo.hub.exec(&["nft", "list", "table", "inet", table])?;
-    anyhow::ensure!(ok == 2, "egress through the hub: {ok}/2; the hub's table:\n{nft}");
+    anyhow::ensure!(
+        ok == 2,
+        "egress through the hub: {ok}/2; the hub's table:\n{nft}"
+    );
     // What the host saw: the hub's public address, never a tunnel address.
     capture.wait_for(
         "the internet host to see the hub's address",
@@ -161,12 +214,19 @@ fn checks(
         |p| p.src == HUB_ADDR,
     )?;
     let seen = capture.stop()?;
-    let tunnel = seen.iter().filter(|p| p.src.octets()[..2] == [10, 88]).count();
+    let tunnel = seen
+        .iter()
+        .filter(|p| p.src.octets()[..2] == [10, 88])
+        .count();
     println!("egress_masqueraded={}", usize::from(tunnel == 0));
-    anyhow::ensure!(tunnel == 0, "{tunnel} packets reached the host from tunnel addresses");
+    anyhow::ensure!(
+        tunnel == 0,
+        "{tunnel} packets reached the host from tunnel addresses"
+    );
 
     // Spoke to spoke stays relayed, blind: never on the hub's WireGuard.
-    let on_wg = Capture::start_filtered(&topo.hub, &hub.wg_iface, &topo.workdir, "hubwg", &["icmp"])?;
+    let on_wg =
+        Capture::start_filtered(&topo.hub, &hub.wg_iface, &topo.workdir, "hubwg", &["icmp"])?;
     cmd::wait_for(
         "s1 to reach s2",
         Duration::from_secs(10),
@@ -189,7 +249,10 @@ fn checks(
         .filter(|p| p.src.octets()[3] != 1 && p.dst.octets()[3] != 1)
         .count();
     println!("egress_spoke_frames_on_hub_wg={between}");
-    anyhow::ensure!(between == 0, "{between} spoke-to-spoke packets on the hub's WireGuard");
+    anyhow::ensure!(
+        between == 0,
+        "{between} spoke-to-spoke packets on the hub's WireGuard"
+    );
 
     // s2 is no exit user any more: its egress stops, s1's goes on.
     hub.cli(&["policy", "exit", "deny", "s2"])?;

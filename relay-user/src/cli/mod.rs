@@ -499,15 +499,14 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                     exit,
                     no_exit,
                 } => {
-                    anyhow::ensure!(
-                        exit || no_exit,
-                        "say what to change: --exit or --no-exit"
-                    );
+                    anyhow::ensure!(exit || no_exit, "say what to change: --exit or --no-exit");
                     spoke::set_exit(&ctx(DEFAULT_KEEPALIVE), &name, exit)?
                 }
                 // Printed files keep the default keepalive (0 would leave a
                 // spoke behind NAT without one).
-                SpokeCommand::Move { name, hub } => spoke::move_to(&ctx(DEFAULT_KEEPALIVE), &name, &hub)?,
+                SpokeCommand::Move { name, hub } => {
+                    spoke::move_to(&ctx(DEFAULT_KEEPALIVE), &name, &hub)?
+                }
                 SpokeCommand::Config {
                     name,
                     keepalive,

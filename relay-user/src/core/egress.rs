@@ -89,10 +89,12 @@ impl Egress {
             s,
             "    type nat hook postrouting priority srcnat; policy accept;"
         );
-        let _ = writeln!(
-            s,
-            "    iifname \"{wg}\" oifname != \"{wg}\" ip saddr @exit_users masquerade{to}"
-        );
+        let out = format!("iifname \"{wg}\" oifname != \"{wg}\" ip saddr @exit_users");
+        if !to.is_empty() {
+            // A port range needs a transport protocol match.
+            let _ = writeln!(s, "    {out} meta l4proto {{ tcp, udp }} masquerade{to}");
+        }
+        let _ = writeln!(s, "    {out} masquerade");
         let _ = writeln!(s, "  }}");
         let _ = writeln!(s, "}}");
         Some(s)
@@ -113,14 +115,21 @@ mod tests {
             ports: masquerade_ports(40000, 51820),
         };
         let s = e.script("t").unwrap();
-        assert!(s.starts_with("table inet t\ndelete table inet t\ntable inet t {\n"), "{s}");
+        assert!(
+            s.starts_with("table inet t\ndelete table inet t\ntable inet t {\n"),
+            "{s}"
+        );
         assert!(s.contains("elements = { 10.88.0.2, 10.88.0.3 }"), "{s}");
         // Order matters: WireGuard to WireGuard is dropped before the exit
         // users' accept.
         let wg_wg = s.find("iifname \"rh0\" oifname \"rh0\" drop").unwrap();
         let users = s.find("ip saddr @exit_users accept").unwrap();
         assert!(wg_wg < users);
-        assert!(s.contains("masquerade to :1024-39999"), "{s}");
+        assert!(
+            s.contains("meta l4proto { tcp, udp } masquerade to :1024-39999\n"),
+            "{s}"
+        );
+        assert!(s.contains("@exit_users masquerade\n"), "{s}");
         // Nobody may exit: no table at all.
         let none = Egress {
             users: BTreeSet::new(),

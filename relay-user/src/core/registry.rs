@@ -1039,7 +1039,10 @@ pub(crate) mod tests {
         assert!(text.contains("\"exit\": true"), "{text}");
         let back = Registry::from_json(&text, Path::new("x.json")).unwrap();
         assert!(back.get("b").unwrap().exit && !back.get("c").unwrap().exit);
-        assert!(matches!(r.set_exit("zz", true), Err(RegistryError::NotFound(_))));
+        assert!(matches!(
+            r.set_exit("zz", true),
+            Err(RegistryError::NotFound(_))
+        ));
     }
 
     #[test]

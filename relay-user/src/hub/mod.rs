@@ -323,7 +323,10 @@ impl Hub {
         };
         if let Err(e) = self.egress.apply(want) {
             self.metrics.egress_errors += 1;
-            tracing::error!(error = %e, "egress: the exit users' table is not as the policy says");
+            tracing::error!(
+                error = format!("{e:#}"),
+                "egress: the exit users' table is not as the policy says"
+            );
         }
     }
 

@@ -33,10 +33,7 @@ impl EgressTable {
             forward_was: None,
         };
         // A table left by a hub that was killed: gone until asked for.
-        let _ = nft(&format!(
-            "table inet {0}\ndelete table inet {0}\n",
-            t.table
-        ));
+        let _ = nft(&format!("table inet {0}\ndelete table inet {0}\n", t.table));
         t
     }
 
@@ -51,15 +48,15 @@ impl EgressTable {
 
     /// Make the table say `want` (nothing is done when it already does).
     pub fn apply(&mut self, want: Egress) -> anyhow::Result<()> {
-        if self.current.as_ref() == Some(&want)
-            || (self.current.is_none() && want.users.is_empty())
+        if self.current.as_ref() == Some(&want) || (self.current.is_none() && want.users.is_empty())
         {
             return Ok(());
         }
         match want.script(&self.table) {
             Some(script) => {
                 self.forwarding_on()?;
-                nft(&script).with_context(|| format!("installing nftables table {}", self.table))?;
+                nft(&script)
+                    .with_context(|| format!("installing nftables table {}", self.table))?;
                 tracing::info!(table = %self.table, exit_users = want.users.len(), "egress: table installed");
                 self.current = Some(want);
             }
@@ -75,8 +72,8 @@ impl EgressTable {
         if self.forward_was.is_some() {
             return Ok(());
         }
-        let was = std::fs::read_to_string(IP_FORWARD)
-            .with_context(|| format!("reading {IP_FORWARD}"))?;
+        let was =
+            std::fs::read_to_string(IP_FORWARD).with_context(|| format!("reading {IP_FORWARD}"))?;
         if was.trim() != "1" {
             std::fs::write(IP_FORWARD, "1")
                 .with_context(|| format!("turning IPv4 forwarding on ({IP_FORWARD})"))?;

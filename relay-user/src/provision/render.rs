@@ -284,7 +284,11 @@ Endpoint = [2001:db8::1]:51820
             .filter_map(|l| l.strip_prefix("AllowedIPs = "))
             .collect();
         // The hub peer first, then the other spokes' /32s (longer prefixes).
-        assert_eq!(allowed, ["0.0.0.0/0", "10.88.0.2/32", "10.88.0.4/32"], "{text}");
+        assert_eq!(
+            allowed,
+            ["0.0.0.0/0", "10.88.0.2/32", "10.88.0.4/32"],
+            "{text}"
+        );
         assert!(text.contains("# relayhub hub, and the exit to the internet"));
         // The peer list keeps the hub's address: relayhub-sync checks it and
         // never changes the hub peer.

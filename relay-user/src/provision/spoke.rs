@@ -275,11 +275,7 @@ pub fn set_exit(ctx: &SpokeCtx, name: &str, exit: bool) -> anyhow::Result<String
 /// A comment line when an exit spoke may not exit yet (the policy
 /// decides; the file alone only sends the traffic to the hub).
 fn exit_note(ctx: &SpokeCtx, name: &str, exit: bool) -> anyhow::Result<String> {
-    let allowed = ctx
-        .store
-        .policy()
-        .load()?
-        .is_some_and(|p| p.may_exit(name));
+    let allowed = ctx.store.policy().load()?.is_some_and(|p| p.may_exit(name));
     Ok(if exit && !allowed {
         format!(
             "# note: the policy does not let {name} exit through the hub yet, so the hub drops its internet\n\
