@@ -270,7 +270,8 @@ pub enum HubCommand {
         #[arg(long)]
         endpoint: String,
         /// First mesh port: peer hubs send a spoke's frames to port
-        /// BASE + its id.
+        /// BASE + its mesh index on this hub (default 40000; the hub can
+        /// home 65535 - BASE spokes).
         #[arg(long)]
         mesh_base: Option<u16>,
     },

@@ -132,15 +132,11 @@ pub fn summary(store: &Store, p: &Policy, registry: &Registry) -> String {
             out.push_str(&format!("  {r}\n"));
         }
     }
-    let exit: Vec<String> = p.exit.iter().map(ToString::to_string).collect();
-    out.push_str(&format!(
-        "exit through the hub: {}\n",
-        if exit.is_empty() {
-            "(nobody)".to_owned()
-        } else {
-            exit.join(" ")
-        }
-    ));
+    // Only with exit users: policies without them print as before.
+    if !p.exit.is_empty() {
+        let exit: Vec<String> = p.exit.iter().map(ToString::to_string).collect();
+        out.push_str(&format!("exit through the hub: {}\n", exit.join(" ")));
+    }
     out.push_str("registered spokes may reach:\n");
     if registry.is_empty() {
         out.push_str("  (no spokes registered)\n");

@@ -8,6 +8,7 @@ pub mod health;
 pub mod join;
 pub mod keys;
 pub mod mesh;
+pub mod names;
 pub mod outcome;
 pub mod policy;
 pub mod proof;
