@@ -47,6 +47,23 @@ fn router(n: u32) -> Router {
     r
 }
 
+/// The warm case's initiations: 1,024 from spoke 1 to its peers
+/// 2..=min(n, 8) in turn, (destination, event); and how many peers (the
+/// first that many events, routed once, make them recent).
+fn warm_events(n: u32) -> (usize, Vec<(u32, InitiationEvent)>) {
+    let peers: Vec<u32> = (2..=n.clamp(2, 8)).collect();
+    let evs = (0..1024u32)
+        .map(|k| {
+            let d = peers[k as usize % peers.len()];
+            (
+                d,
+                initiation(1, &Mac1Key::for_public_key(&key(d)), 0x1000 + k),
+            )
+        })
+        .collect();
+    (peers.len(), evs)
+}
+
 /// Route `e` and insist that it was relayed from `src` to `dst`: a bench
 /// of a router that drops its input would measure nothing.
 fn route(r: &mut Router, e: &InitiationEvent, now: Instant, src: u32, dst: u32) {
@@ -66,18 +83,9 @@ pub fn bench(n: usize, budget: Duration) -> HsResult {
     let mut r = router(n32);
     let rss1 = rss_bytes();
     // Warm: spoke 1 initiates again and again to its recent peers 2..=min(n, 8).
-    let peers: Vec<u32> = (2..=n32.clamp(2, 8)).collect();
-    let evs: Vec<(u32, InitiationEvent)> = (0..1024u32)
-        .map(|k| {
-            let d = peers[k as usize % peers.len()];
-            (
-                d,
-                initiation(1, &Mac1Key::for_public_key(&key(d)), 0x1000 + k),
-            )
-        })
-        .collect();
+    let (peers, evs) = warm_events(n32);
     let mut now = Instant::now();
-    for (d, e) in &evs[..peers.len()] {
+    for (d, e) in &evs[..peers] {
         now += Duration::from_secs(2);
         route(&mut r, e, now, 1, *d);
     }
@@ -259,18 +267,9 @@ pub fn mesh_bench(n: usize, hubs: usize, budget: Duration) -> MeshHsResult {
     let (n32, hubs32) = (n as u32, hubs as u32);
     let mut m = MeshBench::new(n32, hubs32);
     // Warm: spoke 1 again and again to 2..=8, most of them on other hubs.
-    let peers: Vec<u32> = (2..=n32.clamp(2, 8)).collect();
-    let evs: Vec<(u32, InitiationEvent)> = (0..1024u32)
-        .map(|k| {
-            let d = peers[k as usize % peers.len()];
-            (
-                d,
-                initiation(1, &Mac1Key::for_public_key(&key(d)), 0x1000 + k),
-            )
-        })
-        .collect();
+    let (peers, evs) = warm_events(n32);
     let mut now = Instant::now();
-    for (d, e) in &evs[..peers.len()] {
+    for (d, e) in &evs[..peers] {
         now += Duration::from_secs(2);
         m.route(e, now, 1, *d);
     }

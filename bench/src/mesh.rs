@@ -40,18 +40,10 @@ pub fn run(topo: &relay_tests::Topology, reps: usize, repeat: u32) -> anyhow::Re
         repeat.is_multiple_of(2),
         "an even repeat alternates G and H evenly"
     );
-    sys::ns_sh(
-        &topo.hub.name,
-        &format!(
-            "ping -c1 -W1 {} >/dev/null || true",
-            relay_tests::topology::ROUTER_HUB_ADDR
-        ),
-    )?;
+    sys::prime_hub_neighbour(topo)?;
     let nic = topo.hub_nic.clone();
     sys::in_netns(&topo.hub.name, move || {
-        let c = std::ffi::CString::new(nic.as_str())?;
-        // SAFETY: valid C string.
-        let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        let ifindex = sys::ifindex(&nic)?;
         let mut hub = synth::XdpHub::load(&synth::spokes(64))?;
         hub.enable_mesh()?;
         let pass = bpfraw::load("pass", &bpfraw::pass())?;

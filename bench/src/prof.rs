@@ -31,22 +31,12 @@ pub fn run(o: &Opts) -> anyhow::Result<()> {
         None => relay_user::EBPF_OBJECT.to_vec(),
     };
     let topo = relay_tests::Topology::builder().spokes(1).build()?;
-    // A neighbour entry for the default route, as after traffic: the hit's
-    // bpf_fib_lookup then succeeds (XDP_TX) instead of NO_NEIGH.
-    sys::ns_sh(
-        &topo.hub.name,
-        &format!(
-            "ping -c1 -W1 {} >/dev/null || true",
-            relay_tests::topology::ROUTER_HUB_ADDR
-        ),
-    )?;
+    sys::prime_hub_neighbour(&topo)?;
     let nic = topo.hub_nic.clone();
     let dump = o.dump.clone();
     let (repeat, reps, stats, only) = (o.repeat, o.reps, o.stats, o.only);
     let rows = sys::in_netns(&topo.hub.name, move || {
-        let c = std::ffi::CString::new(nic.as_str())?;
-        // SAFETY: valid C string.
-        let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        let ifindex = sys::ifindex(&nic)?;
         let sp = synth::spokes(64);
         let mut hub = synth::XdpHub::load_object(&object, &sp)?;
         if let Some(d) = &dump {

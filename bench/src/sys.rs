@@ -182,3 +182,25 @@ pub fn fifo(pid: u32) {
         unsafe { libc::sched_setscheduler(tid as i32, libc::SCHED_FIFO, &p) };
     }
 }
+
+/// A neighbour entry for the hub's default route in `topo`'s hub
+/// namespace, as after traffic: a relayed frame's bpf_fib_lookup then
+/// succeeds (XDP_TX) instead of NO_NEIGH.
+pub fn prime_hub_neighbour(topo: &relay_tests::Topology) -> anyhow::Result<()> {
+    ns_sh(
+        &topo.hub.name,
+        &format!(
+            "ping -c1 -W1 {} >/dev/null || true",
+            relay_tests::topology::ROUTER_HUB_ADDR
+        ),
+    )?;
+    Ok(())
+}
+
+/// The index of interface `name` in the calling thread's namespace (0:
+/// none).
+pub fn ifindex(name: &str) -> anyhow::Result<u32> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: valid C string.
+    Ok(unsafe { libc::if_nametoindex(c.as_ptr()) })
+}

@@ -64,6 +64,22 @@ fn mesh_failover_pair_e2e() {
     assert!(left.is_empty(), "cleanup left:\n{}", left.join("\n"));
 }
 
+/// Stop the topology's hub and the other hosts, after printing their
+/// logs' tails when the test `failed`.
+fn stop_all<'h>(failed: bool, hub: &mut Hub<'_>, hosts: impl IntoIterator<Item = &'h mut HubHost>) {
+    let mut hosts: Vec<&mut HubHost> = hosts.into_iter().collect();
+    if failed {
+        eprintln!("h1 log tail:\n{}", hub.log_tail(40));
+        for h in &hosts {
+            eprintln!("{} log tail:\n{}", h.ns.name, h.log_tail(40));
+        }
+    }
+    hub.stop();
+    for h in &mut hosts {
+        h.stop();
+    }
+}
+
 /// `relayhub --state-dir STATE --store URL ARGS...` in the hub namespace.
 fn store_cli<'a>(
     topo: &'a Topology,
@@ -171,14 +187,7 @@ fn run_pair() -> anyhow::Result<String> {
         &["--hub-name", "h2"],
     )?;
     let r = pair_checks(&topo, &mut hub, &mut sb, &h2, &cli);
-    if r.is_err() {
-        eprintln!("h1 log tail:\n{}", hub.log_tail(40));
-        eprintln!("standby log tail:\n{}", sb.log_tail(40));
-        eprintln!("h2 log tail:\n{}", h2.log_tail(30));
-    }
-    hub.stop();
-    sb.stop();
-    h2.stop();
+    stop_all(r.is_err(), &mut hub, [&mut sb, &mut h2]);
     drop(h2);
     drop(sb);
     drop(hub);
@@ -318,19 +327,8 @@ fn run() -> anyhow::Result<String> {
     let etcd = Etcd::start_in(&format!("{prefix}etcd"), &topo.workdir, Some(&topo.router))?;
     let url1 = format!("etcd://{ROUTER_HUB_ADDR}:{}", etcd.client_port);
     // The mesh before its hubs: a hub refuses a --hub-name the store lacks.
-    let bin = relayhub_bin()?;
     let state1 = topo.workdir.join("state");
-    let cli = |args: &[&str]| -> anyhow::Result<String> {
-        let mut argv = vec![
-            bin.to_str().context("utf-8")?,
-            "--state-dir",
-            state1.to_str().context("utf-8")?,
-            "--store",
-            &url1,
-        ];
-        argv.extend_from_slice(args);
-        topo.hub.output(&argv, Duration::from_secs(20))?.checked()
-    };
+    let cli = store_cli(&topo, &state1, &url1);
     cli(&[
         "hub",
         "add",
@@ -366,19 +364,11 @@ fn run() -> anyhow::Result<String> {
         peers.push(h);
     }
     let r = checks(&topo, &mut hub, &mut peers, &cli, &etcd);
-    if r.is_err() {
-        eprintln!("h1 log tail:\n{}", hub.log_tail(40));
-        for h in &peers {
-            eprintln!("{} log tail:\n{}", h.ns.name, h.log_tail(30));
-        }
-    }
-    hub.stop();
-    for h in &mut peers {
-        h.stop();
-    }
+    stop_all(r.is_err(), &mut hub, peers.iter_mut());
     drop(peers);
     drop(hub);
     drop(etcd);
+    drop(cli);
     drop(topo);
     r.map(|()| prefix)
 }
