@@ -19,6 +19,9 @@ impl Api for Fake {
     fn spokes(&self) -> String {
         "[]".into()
     }
+    fn services(&self) -> String {
+        "[]".into()
+    }
     fn health(&self) -> Result<Option<String>, String> {
         Err("down".into())
     }

@@ -2,6 +2,7 @@
 
 pub mod config_file;
 pub mod policy;
+pub mod publish;
 pub mod status;
 pub mod store;
 pub mod token;
@@ -65,6 +66,10 @@ pub struct Cli {
     /// /etc/relayhub/relayhub.toml if it exists.
     #[arg(long, env = "RELAYHUB_CONFIG", value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
+    /// DNS zone of the hub's names: NAME.ZONE is spoke NAME's tunnel
+    /// address (or the hub's, for a published service NAME).
+    #[arg(long, env = "RELAYHUB_DNS_ZONE", default_value = crate::core::names::DEFAULT_ZONE, global = true)]
+    pub dns_zone: String,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -81,6 +86,10 @@ pub enum Command {
     /// applies changes within a second.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Services published on the hub's address, proxied to spoke ports
+    /// over the hub's WireGuard (load balanced, health checked).
+    #[command(subcommand)]
+    Publish(PublishCommand),
     /// Join tokens: a node with a token enrolls itself over TLS (one line
     /// to paste, printed by `token create`).
     #[command(subcommand)]
@@ -203,6 +212,39 @@ pub struct RunArgs {
     /// through their home hubs, in XDP.
     #[arg(long, env = "RELAYHUB_HUB_NAME", value_name = "NAME")]
     pub hub_name: Option<String>,
+    /// Port of the DNS server on the hub's tunnel address (answers for
+    /// --dns-zone only, to spokes only); 0 turns it off.
+    #[arg(long, env = "RELAYHUB_DNS_PORT", default_value_t = 53)]
+    pub dns_port: u16,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PublishCommand {
+    /// Publish a service: the hub listens on PROTO/PORT (its public
+    /// addresses and its tunnel address) and spreads connections over the
+    /// healthy backends. Backends see the hub (10.88.0.1) as the client.
+    Add {
+        name: String,
+        /// tcp/PORT or udp/PORT.
+        #[arg(long)]
+        listen: crate::core::publish::Listen,
+        /// A backend, SPOKE:PORT (repeat for more).
+        #[arg(long = "to", required = true)]
+        to: Vec<crate::core::publish::Target>,
+        /// UDP: health probe payload in hex; a backend is healthy while it
+        /// answers it (without one: while its spoke's WireGuard is up).
+        #[arg(long, value_name = "HEX")]
+        udp_probe: Option<String>,
+    },
+    /// List published services (and, from a running hub, their backends'
+    /// health and traffic).
+    List {
+        /// The hub's API address (its --metrics-addr).
+        #[arg(long, env = "RELAYHUB_METRICS_ADDR", default_value = "127.0.0.1:9851")]
+        metrics_addr: SocketAddr,
+    },
+    /// Withdraw a service: the hub stops listening within a second.
+    Remove { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -229,6 +271,9 @@ pub enum SpokeCommand {
         /// (`relayhub policy exit allow NAME`).
         #[arg(long)]
         exit: bool,
+        /// Add `DNS = HUB, ZONE` to the file (see `spoke config --dns`).
+        #[arg(long)]
+        dns: bool,
     },
     /// Change a spoke and print its new file.
     Set {
@@ -249,6 +294,10 @@ pub enum SpokeCommand {
     /// Print a spoke's current wg-quick file (no private key).
     Config {
         name: String,
+        /// Add `DNS = HUB, ZONE`: the spoke resolves names through the hub
+        /// while the tunnel is up (wg-quick with resolvconf).
+        #[arg(long)]
+        dns: bool,
         #[arg(long, env = "RELAYHUB_KEEPALIVE", default_value_t = relay_common::wire::DEFAULT_PERSISTENT_KEEPALIVE_SECS)]
         keepalive: u16,
         /// Override the hub endpoint family the spoke was added with.
@@ -394,6 +443,8 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                 replica_listen: args.replica_listen,
                 standby_of: args.standby_of,
                 hub_name: args.hub_name,
+                dns_port: args.dns_port,
+                dns_zone: cli.dns_zone,
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -450,6 +501,29 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             print!("{out}");
             Ok(())
         }
+        Command::Publish(cmd) => {
+            let state = StateDir::open(&cli.state_dir)?;
+            let store = Store::open(&cli.store, &state)?;
+            let out = match cmd {
+                PublishCommand::Add {
+                    name,
+                    listen,
+                    to,
+                    udp_probe,
+                } => {
+                    let probe = udp_probe
+                        .as_deref()
+                        .map(crate::core::publish::parse_probe)
+                        .transpose()
+                        .map_err(|e| anyhow::anyhow!("--udp-probe: {e}"))?;
+                    publish::add(&store, &name, listen, to, probe, &cli.dns_zone)?
+                }
+                PublishCommand::List { metrics_addr } => publish::list(&store, metrics_addr)?,
+                PublishCommand::Remove { name } => publish::remove(&store, &name)?,
+            };
+            print!("{out}");
+            Ok(())
+        }
         Command::Policy(cmd) => {
             let state = StateDir::open(&cli.state_dir)?;
             let store = Store::open(&cli.store, &state)?;
@@ -469,6 +543,18 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Spoke(cmd) => {
+            let dns_line = |file: String, dns: bool| -> anyhow::Result<String> {
+                if !dns {
+                    return Ok(file);
+                }
+                let zone = crate::core::names::normalize(&cli.dns_zone)
+                    .with_context(|| format!("--dns-zone {:?} is not a DNS name", cli.dns_zone))?;
+                Ok(crate::provision::render::with_dns(
+                    &file,
+                    cli.network.hub,
+                    &zone,
+                ))
+            };
             let state = StateDir::open(&cli.state_dir)?;
             let store = Store::open(&cli.store, &state)?;
             let ctx = |keepalive| spoke::SpokeCtx {
@@ -487,13 +573,17 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                     family,
                     hub,
                     exit,
-                } => spoke::add_with(
-                    &ctx(keepalive),
-                    &name,
-                    pubkey.as_deref(),
-                    family,
-                    hub.as_deref(),
-                    exit,
+                    dns,
+                } => dns_line(
+                    spoke::add_with(
+                        &ctx(keepalive),
+                        &name,
+                        pubkey.as_deref(),
+                        family,
+                        hub.as_deref(),
+                        exit,
+                    )?,
+                    dns,
                 )?,
                 SpokeCommand::Set {
                     name,
@@ -510,9 +600,10 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                 }
                 SpokeCommand::Config {
                     name,
+                    dns,
                     keepalive,
                     family,
-                } => spoke::config_in(&ctx(keepalive), &name, family)?,
+                } => dns_line(spoke::config_in(&ctx(keepalive), &name, family)?, dns)?,
                 SpokeCommand::List => spoke::list(&ctx(0))?,
                 SpokeCommand::Remove { name } => spoke::remove(&ctx(0), &name)?,
             };

@@ -12,6 +12,7 @@ pub mod names;
 pub mod outcome;
 pub mod policy;
 pub mod proof;
+pub mod publish;
 pub mod reconcile;
 pub mod registry;
 pub mod replica;

@@ -1,7 +1,10 @@
 //! DNS names for spokes, sans IO: what the hub answers for a question, as
 //! the authoritative server of its zone and of nothing else.
 //!
-//! `NAME.ZONE` is spoke NAME's tunnel address. Anything outside the zone
+//! `NAME.ZONE` is spoke NAME's tunnel address, or, for a published
+//! service NAME, the hub's tunnel address (where spokes reach the service
+//! through the tunnel; the registry keeps spoke and service names
+//! apart). Anything outside the zone
 //! is refused (the hub is never a resolver, open or not); inside it, an
 //! unknown name is NXDOMAIN and a known name asked for another type has
 //! no data. The DNS server (hickory-server, in `io`) only carries these
@@ -21,6 +24,8 @@ pub const DEFAULT_ZONE: &str = "relayhub.internal";
 pub enum QType {
     A,
     Any,
+    /// The zone's SOA, at its apex.
+    Soa,
     /// Any other type (AAAA, MX, ...): the zone has none of them.
     Other,
 }
@@ -30,6 +35,8 @@ pub enum QType {
 pub enum Answer {
     /// Authoritative, with these A records.
     Records(Vec<Ipv4Addr>),
+    /// Authoritative: the zone's SOA record.
+    Soa,
     /// Authoritative: the name exists, not with that type (or it is the
     /// zone's apex).
     NoData,
@@ -64,8 +71,9 @@ pub fn normalize(name: &str) -> Option<String> {
 
 impl Zone {
     /// The zone `origin` (e.g. `relayhub.internal`) with the registry's
-    /// spokes; an invalid zone name is an error for `--dns-zone`.
-    pub fn new(origin: &str, reg: &Registry) -> Result<Zone, String> {
+    /// spokes and services (at `hub`, the hub's tunnel address); an
+    /// invalid zone name is an error for `--dns-zone`.
+    pub fn new(origin: &str, reg: &Registry, hub: Ipv4Addr) -> Result<Zone, String> {
         let origin = normalize(origin).ok_or_else(|| {
             format!("{origin:?} is not a DNS zone name (labels of letters, digits, - and _, separated by dots)")
         })?;
@@ -74,6 +82,11 @@ impl Zone {
             // Spoke names may hold dots: more labels, still under the zone.
             if let Some(n) = normalize(&format!("{}.{origin}", s.name)) {
                 names.insert(n, s.address);
+            }
+        }
+        for v in reg.services() {
+            if let Some(n) = normalize(&format!("{}.{origin}", v.name)) {
+                names.entry(n).or_insert(hub);
             }
         }
         Ok(Zone { origin, names })
@@ -101,7 +114,8 @@ impl Zone {
         }
         match (self.names.get(&name), qtype) {
             (Some(a), QType::A | QType::Any) => Answer::Records(vec![*a]),
-            (Some(_), QType::Other) => Answer::NoData,
+            (Some(_), QType::Other | QType::Soa) => Answer::NoData,
+            (None, QType::Soa | QType::Any) if name == self.origin => Answer::Soa,
             (None, _) if name == self.origin => Answer::NoData,
             (None, _) => Answer::NxDomain,
         }
@@ -120,7 +134,14 @@ mod tests {
         for (i, n) in ["web1", "DB", "edge.eu"].into_iter().enumerate() {
             r.add(n, Key([i as u8 + 1; 32]), &net).unwrap();
         }
-        Zone::new("Relayhub.Internal.", &r).unwrap()
+        r.publish(crate::core::publish::Service {
+            name: "www".into(),
+            listen: "tcp/80".parse().unwrap(),
+            backends: vec!["web1:8080".parse().unwrap()],
+            udp_probe: None,
+        })
+        .unwrap();
+        Zone::new("Relayhub.Internal.", &r, net.hub).unwrap()
     }
 
     #[test]
@@ -143,6 +164,16 @@ mod tests {
             Answer::NoData
         );
         assert_eq!(a("relayhub.internal"), Answer::NoData);
+        assert_eq!(z.answer("relayhub.internal", QType::Soa), Answer::Soa);
+        assert_eq!(
+            z.answer("web1.relayhub.internal", QType::Soa),
+            Answer::NoData
+        );
+        // A service is at the hub's tunnel address.
+        assert_eq!(
+            a("www.relayhub.internal"),
+            Answer::Records(vec!["10.88.0.1".parse().unwrap()])
+        );
         assert_eq!(a("nope.relayhub.internal"), Answer::NxDomain);
         // Never anything outside the zone, however close.
         for outside in [
@@ -156,6 +187,6 @@ mod tests {
         ] {
             assert_eq!(a(outside), Answer::Refused, "{outside:?}");
         }
-        assert!(Zone::new("bad zone", &Registry::new()).is_err());
+        assert!(Zone::new("bad zone", &Registry::new(), Ipv4Addr::LOCALHOST).is_err());
     }
 }

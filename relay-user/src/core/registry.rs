@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::core::publish::{Proto, Service, Target, parse_probe, probe_hex};
 use serde::{Deserialize, Serialize};
 use wireguard_control::Key;
 
@@ -78,6 +79,8 @@ pub enum RegistryError {
     UnsupportedVersion { path: PathBuf, found: u64 },
     #[error("{path}: {source}; check that the state directory exists and is writable by this user")]
     Io { path: PathBuf, source: io::Error },
+    #[error("{0}")]
+    Service(String),
     /// For other store implementations (a shared store's own failures).
     #[error("{0}")]
     Other(String),
@@ -294,6 +297,8 @@ pub struct Registry {
     spokes: Vec<Spoke>,
     /// Hub mesh members, by name (empty: no mesh).
     hubs: Vec<MeshHub>,
+    /// Published services, by name.
+    services: Vec<Service>,
 }
 
 impl Registry {
@@ -465,6 +470,12 @@ impl Registry {
         if self.get(name).is_some() {
             return Err(RegistryError::DuplicateName(name.to_owned()));
         }
+        if self.service(name).is_some() {
+            // One DNS name, one meaning.
+            return Err(RegistryError::Service(format!(
+                "{name:?} is the name of a published service; pick another name"
+            )));
+        }
         if public_key == Key::zero() {
             return Err(RegistryError::ZeroKey);
         }
@@ -524,13 +535,111 @@ impl Registry {
     }
 
     /// Unregisters a spoke; its id and address become free for reuse.
+    /// Refused while a published service names it as a backend.
     pub fn remove(&mut self, name: &str) -> Result<Spoke, RegistryError> {
         let pos = self
             .spokes
             .iter()
             .position(|s| s.name == name)
             .ok_or_else(|| RegistryError::NotFound(name.to_owned()))?;
+        if let Some(svc) = self
+            .services
+            .iter()
+            .find(|v| v.backends.iter().any(|b| b.spoke == name))
+        {
+            return Err(RegistryError::Service(format!(
+                "spoke {name:?} is a backend of published service {:?}; `relayhub publish remove {}` (or publish it without {name}) first",
+                svc.name, svc.name
+            )));
+        }
         Ok(self.spokes.remove(pos))
+    }
+
+    /// Published services, by name.
+    pub fn services(&self) -> &[Service] {
+        &self.services
+    }
+
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|v| v.name == name)
+    }
+
+    /// Publishes a service: its name is free (no spoke, no service), its
+    /// backends are registered spokes, each once, and no other service
+    /// listens on its protocol and port.
+    pub fn publish(&mut self, svc: Service) -> Result<(), RegistryError> {
+        self.check_service(&svc)?;
+        if self.service(&svc.name).is_some() {
+            return Err(RegistryError::Service(format!(
+                "service {:?} is published already; `relayhub publish remove {}` first",
+                svc.name, svc.name
+            )));
+        }
+        self.services.push(svc);
+        self.services.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(())
+    }
+
+    fn check_service(&self, svc: &Service) -> Result<(), RegistryError> {
+        let err = |m: String| Err(RegistryError::Service(m));
+        validate_name(&svc.name)?;
+        if self.get(&svc.name).is_some() {
+            return err(format!(
+                "{:?} is the name of a spoke (names are DNS names too); pick another service name",
+                svc.name
+            ));
+        }
+        if svc.backends.is_empty() {
+            return err(format!(
+                "service {:?} has no backend (--to SPOKE:PORT)",
+                svc.name
+            ));
+        }
+        for (i, b) in svc.backends.iter().enumerate() {
+            if self.get(&b.spoke).is_none() {
+                return err(format!(
+                    "service {:?}: no spoke named {:?}; `relayhub spoke list` shows the registered spokes",
+                    svc.name, b.spoke
+                ));
+            }
+            if svc.backends[..i].contains(b) {
+                return err(format!(
+                    "service {:?}: backend {b} is named twice",
+                    svc.name
+                ));
+            }
+        }
+        if svc.udp_probe.is_some() && svc.listen.proto != Proto::Udp {
+            return err(format!(
+                "service {:?}: a UDP probe is for UDP services; TCP backends are checked by connecting",
+                svc.name
+            ));
+        }
+        if let Some(other) = self
+            .services
+            .iter()
+            .find(|v| v.listen == svc.listen && v.name != svc.name)
+        {
+            return err(format!(
+                "service {:?} listens on {} already",
+                other.name, svc.listen
+            ));
+        }
+        Ok(())
+    }
+
+    /// Withdraws a published service.
+    pub fn unpublish(&mut self, name: &str) -> Result<Service, RegistryError> {
+        let pos = self
+            .services
+            .iter()
+            .position(|v| v.name == name)
+            .ok_or_else(|| {
+                RegistryError::Service(format!(
+                    "no published service named {name:?}; `relayhub publish list` shows them"
+                ))
+            })?;
+        Ok(self.services.remove(pos))
     }
 
     /// Checks that every spoke's address is a usable host of `net` (the
@@ -687,7 +796,38 @@ impl Registry {
                 )));
             }
         }
-        Ok(Registry { spokes, hubs })
+        let mut reg = Registry {
+            spokes,
+            hubs,
+            services: Vec::new(),
+        };
+        for rec in file.services {
+            let what = format!("service {:?}", rec.name);
+            let listen = rec
+                .listen
+                .parse()
+                .map_err(|e| corrupt(format!("{what}: {e}")))?;
+            let backends = rec
+                .backends
+                .iter()
+                .map(|b| b.parse())
+                .collect::<Result<Vec<Target>, String>>()
+                .map_err(|e| corrupt(format!("{what}: {e}")))?;
+            let udp_probe = rec
+                .udp_probe
+                .as_deref()
+                .map(parse_probe)
+                .transpose()
+                .map_err(|e| corrupt(format!("{what}: {e}")))?;
+            reg.publish(Service {
+                name: rec.name,
+                listen,
+                backends,
+                udp_probe,
+            })
+            .map_err(|e| corrupt(e.to_string()))?;
+        }
+        Ok(reg)
     }
 
     /// The registry file format: pretty JSON, one spoke per object, ending in a newline.
@@ -716,6 +856,16 @@ impl Registry {
                     name: h.name.clone(),
                     endpoint: h.endpoint,
                     mesh_base: h.mesh_base,
+                })
+                .collect(),
+            services: self
+                .services
+                .iter()
+                .map(|v| ServiceRecord {
+                    name: v.name.clone(),
+                    listen: v.listen.to_string(),
+                    backends: v.backends.iter().map(|b| b.to_string()).collect(),
+                    udp_probe: v.udp_probe.as_deref().map(probe_hex),
                 })
                 .collect(),
         };
@@ -763,6 +913,21 @@ struct RegistryFile {
     /// Absent without a mesh (files stay as earlier releases wrote them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     hubs: Vec<HubRecord>,
+    /// Absent without published services.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    services: Vec<ServiceRecord>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceRecord {
+    name: String,
+    /// `tcp/PORT` or `udp/PORT`.
+    listen: String,
+    /// `SPOKE:PORT` each.
+    backends: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    udp_probe: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -1159,5 +1324,73 @@ pub(crate) mod tests {
             parse_key("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA*="),
             None
         );
+    }
+}
+
+#[cfg(test)]
+mod service_tests {
+    use super::tests::key;
+    use super::*;
+
+    fn svc(name: &str, listen: &str, to: &[&str]) -> Service {
+        Service {
+            name: name.into(),
+            listen: listen.parse().unwrap(),
+            backends: to.iter().map(|t| t.parse().unwrap()).collect(),
+            udp_probe: None,
+        }
+    }
+
+    #[test]
+    fn publish_checks_and_round_trip() {
+        let net = TunnelNet::default();
+        let mut r = Registry::new();
+        r.add("web1", key(1), &net).unwrap();
+        r.add("web2", key(2), &net).unwrap();
+        let e = |r: &mut Registry, s: Service| r.publish(s).unwrap_err().to_string();
+        assert!(e(&mut r, svc("www", "tcp/80", &["nope:80"])).contains("no spoke named \"nope\""));
+        assert!(e(&mut r, svc("web1", "tcp/80", &["web2:80"])).contains("name of a spoke"));
+        assert!(e(&mut r, svc("www", "tcp/80", &[])).contains("no backend"));
+        assert!(e(&mut r, svc("www", "tcp/80", &["web1:80", "web1:80"])).contains("twice"));
+        let mut probe_tcp = svc("www", "tcp/80", &["web1:80"]);
+        probe_tcp.udp_probe = Some(b"x".to_vec());
+        assert!(e(&mut r, probe_tcp).contains("UDP probe"));
+        r.publish(svc("www", "tcp/80", &["web1:8080", "web2:8080"]))
+            .unwrap();
+        assert!(e(&mut r, svc("www", "tcp/81", &["web1:80"])).contains("published already"));
+        assert!(e(&mut r, svc("api", "tcp/80", &["web1:80"])).contains("listens on tcp/80"));
+        // The same port over UDP is another socket.
+        let mut dns = svc("dns", "udp/80", &["web2:53"]);
+        dns.udp_probe = Some(vec![0, 1, 2]);
+        r.publish(dns).unwrap();
+        // A spoke may not take a service's name, nor leave while it backs one.
+        assert!(
+            r.add("www", key(3), &net)
+                .unwrap_err()
+                .to_string()
+                .contains("published service")
+        );
+        let gone = r.remove("web1").unwrap_err().to_string();
+        assert!(
+            gone.contains("backend of published service \"www\""),
+            "{gone}"
+        );
+        // The file keeps them; files without services stay as they were.
+        let text = r.to_json();
+        assert!(text.contains("\"udp_probe\": \"000102\""), "{text}");
+        let back = Registry::from_json(&text, Path::new("r.json")).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(back.services().len(), 2);
+        r.unpublish("www").unwrap();
+        r.unpublish("dns").unwrap();
+        assert!(r.unpublish("dns").is_err());
+        assert!(!r.to_json().contains("services"));
+        r.remove("web1").unwrap();
+        // A file naming a backend that is no spoke is corrupt.
+        let bad = text.replace("\"web2:53\"", "\"ghost:53\"");
+        let err = Registry::from_json(&bad, Path::new("r.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ghost"), "{err}");
     }
 }

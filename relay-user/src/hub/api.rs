@@ -113,7 +113,73 @@ pub struct SpokeStatus {
     pub mesh_port: Option<u16>,
 }
 
+/// A published service as `GET /v1/services` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ServiceStatus {
+    pub name: String,
+    /// `tcp/PORT` or `udp/PORT`.
+    pub listen: String,
+    /// Where it listens (`ADDR:PORT`), and where it could not (with why).
+    pub listening: Vec<String>,
+    #[serde(default)]
+    pub listen_errors: Vec<String>,
+    /// Connections (or UDP flows) refused: no healthy backend, or too many.
+    pub rejected: u64,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BackendStatus {
+    /// `SPOKE:PORT`.
+    pub backend: String,
+    /// `up`, `down` or `unknown` (not checked yet).
+    pub state: String,
+    pub connections: u64,
+    pub active: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub failures: u64,
+}
+
 impl Hub {
+    pub(crate) fn service_statuses(&self) -> Vec<ServiceStatus> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.publisher
+            .states()
+            .iter()
+            .map(|s| ServiceStatus {
+                name: s.name.clone(),
+                listen: s.listen.to_string(),
+                listening: s
+                    .bound
+                    .iter()
+                    .filter(|(_, r)| r.is_ok())
+                    .map(|(a, _)| a.to_string())
+                    .collect(),
+                listen_errors: s
+                    .bound
+                    .iter()
+                    .filter_map(|(a, r)| r.as_ref().err().map(|e| format!("{a}: {e}")))
+                    .collect(),
+                rejected: s.rejected.load(Relaxed),
+                backends: s
+                    .health()
+                    .into_iter()
+                    .zip(&s.backends)
+                    .map(|((backend, state), b)| BackendStatus {
+                        backend,
+                        state: state.to_owned(),
+                        connections: b.counters.connections.load(Relaxed),
+                        active: b.counters.active.load(Relaxed),
+                        bytes_in: b.counters.bytes_in.load(Relaxed),
+                        bytes_out: b.counters.bytes_out.load(Relaxed),
+                        failures: b.counters.failures.load(Relaxed),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
     pub(crate) fn spoke_statuses(&self) -> Vec<SpokeStatus> {
         let now_ns = ktime_ns();
         let age = |ns: u64| (ns != 0).then(|| now_ns.saturating_sub(ns) as f64 / 1e9);
@@ -243,6 +309,7 @@ impl Hub {
             replication: self.replication_status(),
             mesh_drops: self.datapath.mesh_drops(),
             egress_users: self.egress.users() as u64,
+            services: self.service_statuses(),
         }
     }
 }
@@ -264,6 +331,11 @@ impl http::Api for HubApi {
     fn spokes(&self) -> String {
         let hub = self.0.lock().expect("hub lock");
         serde_json::to_string_pretty(&hub.spoke_statuses()).expect("serializable")
+    }
+
+    fn services(&self) -> String {
+        let hub = self.0.lock().expect("hub lock");
+        serde_json::to_string_pretty(&hub.service_statuses()).expect("serializable")
     }
 
     fn health(&self) -> Result<Option<String>, String> {

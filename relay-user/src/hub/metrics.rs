@@ -68,6 +68,8 @@ pub struct Snapshot {
     pub mesh_drops: std::collections::BTreeMap<String, relay_common::MeshDrops>,
     /// Egress: spokes the hub forwards to the internet now.
     pub egress_users: u64,
+    /// Published services with their backends.
+    pub services: Vec<crate::hub::ServiceStatus>,
 }
 
 fn labels(pairs: &[(&'static str, &str)]) -> Labels {
@@ -366,6 +368,68 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
             }),
         );
     }
+    if !s.services.is_empty() {
+        let sb = |v: &str, b: &str| labels(&[("service", v), ("backend", b)]);
+        let backends = || {
+            s.services
+                .iter()
+                .flat_map(|v| v.backends.iter().map(move |b| (v.name.as_str(), b)))
+        };
+        b.gauges(
+            "relayhub_service_backend_up",
+            "Published services: 1 while the backend is healthy (takes connections), else 0",
+            backends().map(|(v, b)| (sb(v, &b.backend), f64::from(u8::from(b.state == "up")))),
+        );
+        b.counters(
+            "relayhub_service_connections",
+            "Published services: connections (TCP) or client flows (UDP) proxied to the backend",
+            backends().map(|(v, b)| (sb(v, &b.backend), b.connections)),
+        );
+        b.gauges(
+            "relayhub_service_active_connections",
+            "Published services: connections or flows open to the backend now",
+            backends().map(|(v, b)| (sb(v, &b.backend), b.active as f64)),
+        );
+        b.counters(
+            "relayhub_service_bytes",
+            "Published services: bytes proxied, in = from clients to the backend, out = back",
+            backends().flat_map(|(v, b)| {
+                [
+                    (
+                        labels(&[("service", v), ("backend", &b.backend), ("direction", "in")]),
+                        b.bytes_in,
+                    ),
+                    (
+                        labels(&[
+                            ("service", v),
+                            ("backend", &b.backend),
+                            ("direction", "out"),
+                        ]),
+                        b.bytes_out,
+                    ),
+                ]
+            }),
+        );
+        b.counters(
+            "relayhub_service_backend_failures",
+            "Published services: failed health checks and failed connects to the backend",
+            backends().map(|(v, b)| (sb(v, &b.backend), b.failures)),
+        );
+        b.counters(
+            "relayhub_service_rejected",
+            "Published services: connections or flows refused (no healthy backend, or too many open)",
+            s.services
+                .iter()
+                .map(|v| (labels(&[("service", &v.name)]), v.rejected)),
+        );
+        b.gauges(
+            "relayhub_service_listening",
+            "Published services: addresses the service listens on (the hub's public ones and its tunnel address)",
+            s.services
+                .iter()
+                .map(|v| (labels(&[("service", &v.name)]), v.listening.len() as f64)),
+        );
+    }
     // A gauge set to 1 rather than an OpenMetrics `info` type: classic
     // Prometheus text parsers (promtool included) reject the latter.
     b.gauges(
@@ -631,6 +695,22 @@ mod tests {
                 )]
                 .into(),
                 egress_users: 2,
+                services: vec![crate::hub::ServiceStatus {
+                    name: "www".into(),
+                    listen: "tcp/80".into(),
+                    listening: vec!["192.0.2.1:80".into(), "10.88.0.1:80".into()],
+                    listen_errors: vec![],
+                    rejected: 3,
+                    backends: vec![crate::hub::BackendStatus {
+                        backend: "web1:8080".into(),
+                        state: "up".into(),
+                        connections: 7,
+                        active: 1,
+                        bytes_in: 100,
+                        bytes_out: 2000,
+                        failures: 2,
+                    }],
+                }],
             },
         );
         for want in [
@@ -680,6 +760,11 @@ mod tests {
             "relayhub_mesh_relayed_bytes_total{peer_hub=\"west\",direction=\"out\"} 700",
             "relayhub_mesh_dropped_frames_total{peer_hub=\"west\",reason=\"transit\"} 2",
             "relayhub_egress_users 2",
+            "relayhub_service_backend_up{service=\"www\",backend=\"web1:8080\"} 1",
+            "relayhub_service_connections_total{service=\"www\",backend=\"web1:8080\"} 7",
+            "relayhub_service_bytes_total{service=\"www\",backend=\"web1:8080\",direction=\"out\"} 2000",
+            "relayhub_service_rejected_total{service=\"www\"} 3",
+            "relayhub_service_listening{service=\"www\"} 2",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }

@@ -4,14 +4,16 @@
 //! between them; `api` serves its state over HTTP.
 
 mod api;
+pub mod dns;
 pub mod enroll;
 mod fallback_reader;
 pub mod metrics;
 pub mod peers;
+pub mod publish;
 mod replica;
 mod run;
 
-pub use api::{HubStatus, SpokeStatus};
+pub use api::{BackendStatus, HubStatus, ServiceStatus, SpokeStatus};
 pub use run::{
     ADDRESS_REFRESH, ENDPOINT_REFRESH, HEALTH_SAMPLE, REGISTRY_POLL, RunConfig, SESSION_SWEEP, run,
 };
@@ -125,6 +127,10 @@ pub(crate) struct Hub {
     pub(crate) datapath: Datapath,
     /// Egress: relayhub's nftables table for the exit users.
     pub(crate) egress: crate::io::egress::EgressTable,
+    /// Published services: listeners, proxies and health checks.
+    pub(crate) publisher: publish::Publisher,
+    /// The DNS zone served on the tunnel address (`None`: DNS is off).
+    pub(crate) names: Option<(String, dns::Names)>,
     pub(crate) wg: HubWg,
 }
 
@@ -244,6 +250,7 @@ impl Hub {
         self.wg.sync_peers(&peers)?;
         self.registry = reg.clone();
         self.apply_egress();
+        self.apply_services();
         tracing::info!(spokes = reg.spokes().len(), "registry applied");
         Ok(())
     }
@@ -327,6 +334,27 @@ impl Hub {
                 error = format!("{e:#}"),
                 "egress: the exit users' table is not as the policy says"
             );
+        }
+    }
+
+    /// Published services and DNS names follow the registry. A service's
+    /// backends are this hub's own spokes (in a mesh, each hub proxies to
+    /// the spokes homed on it).
+    pub(crate) fn apply_services(&mut self) {
+        let local: HashMap<&str, std::net::Ipv4Addr> = self
+            .registry
+            .spokes()
+            .iter()
+            .filter(|s| !self.remote.contains_key(&s.id))
+            .map(|s| (s.name.as_str(), s.address))
+            .collect();
+        self.publisher
+            .set_services(&self.registry, |n| local.get(n).copied());
+        if let Some((origin, names)) = &self.names {
+            match crate::core::names::Zone::new(origin, &self.registry, self.facts.net.hub) {
+                Ok(z) => names.update(z),
+                Err(e) => tracing::error!(error = %e, "DNS zone"),
+            }
         }
     }
 
@@ -701,6 +729,7 @@ impl Hub {
         match self.datapath.set_hub_addresses(v4, v6) {
             Ok(()) => {
                 self.sender.set_hub_addresses(v4, v6);
+                self.publisher.set_public(v4, v6);
                 tracing::info!(hub_v4 = ?v4, hub_v6 = ?v6, was = ?before, "hub addresses for cross-family relay changed");
             }
             Err(e) => tracing::warn!(error = %e, "installing the hub's addresses"),
@@ -769,9 +798,16 @@ impl Hub {
     /// one map read per spoke).
     pub(crate) fn observe_health(&mut self) {
         let now = ktime_ns();
+        let mut up = HashMap::new();
         for (&slot, m) in self.spokes.iter_mut() {
             let c = self.datapath.slot_counters(slot);
             m.health.observe(&c, now);
+            let silence = (c.last_rx_ns != 0)
+                .then(|| std::time::Duration::from_nanos(now.saturating_sub(c.last_rx_ns)));
+            let state = self.thresholds.classify(silence);
+            up.insert(m.name.clone(), state == crate::core::health::State::Up);
         }
+        self.publisher
+            .follow_spokes(|n| up.get(n).copied().unwrap_or(false));
     }
 }

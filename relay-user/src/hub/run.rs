@@ -85,6 +85,9 @@ pub struct RunConfig {
     pub standby_of: Option<String>,
     /// `--hub-name`: this hub's name among the mesh's hubs.
     pub hub_name: Option<String>,
+    /// `--dns-port` on the tunnel address (0 = no DNS) and `--dns-zone`.
+    pub dns_port: u16,
+    pub dns_zone: String,
 }
 
 /// Polls the store every [`REGISTRY_POLL`] off the event loop (an etcd
@@ -294,6 +297,13 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
             datapath
         },
         egress: crate::io::egress::EgressTable::new(&cfg.wg_iface),
+        publisher: {
+            let mut p = super::publish::Publisher::new(cfg.net.hub)
+                .context("starting the published services' runtime")?;
+            p.set_public(hub_v4, hub_v6);
+            p
+        },
+        names: None,
         wg,
     };
     if hub.datapath.adopted() {
@@ -301,6 +311,19 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
         // no map writes and slots removed meanwhile are cleared.
         hub.slots = Reconciler::adopt(hub.datapath.installed_endpoints());
     }
+    // DNS: the zone is checked before the hub touches anything else.
+    let dns = if cfg.dns_port != 0 {
+        let zone = crate::core::names::Zone::new(&cfg.dns_zone, &registry, cfg.net.hub)
+            .map_err(|e| anyhow::anyhow!("--dns-zone: {e}"))?;
+        let names = super::dns::Names::new(zone);
+        let addr = SocketAddr::from((cfg.net.hub, cfg.dns_port));
+        let server = super::dns::serve(addr, names.clone()).await?;
+        tracing::info!(%addr, zone = %cfg.dns_zone, "DNS for the spokes' and services' names");
+        hub.names = Some((cfg.dns_zone.clone(), names));
+        Some(server)
+    } else {
+        None
+    };
     hub.apply_registry(&registry)?;
     hub.forget_unregistered()?;
     hub.refresh_endpoints()?;
@@ -597,6 +620,10 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
     for t in fallback_tasks {
         t.abort();
         let _ = t.await;
+    }
+    if let Some(mut server) = dns {
+        server.shutdown_token().cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), server.block_until_done()).await;
     }
     drop(membership);
     drop(ring);

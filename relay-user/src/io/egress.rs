@@ -54,11 +54,17 @@ impl EgressTable {
         }
         match want.script(&self.table) {
             Some(script) => {
-                self.forwarding_on()?;
+                // Table first, then forwarding: a packet forwarded in
+                // between would leave unfiltered, and its flow would stay
+                // un-masqueraded for good (NAT binds on a flow's first
+                // packet). Found by gateway_e2e: a tunnel address seen on
+                // the internet side, 1 run in 10.
                 nft(&script)
                     .with_context(|| format!("installing nftables table {}", self.table))?;
-                tracing::info!(table = %self.table, exit_users = want.users.len(), "egress: table installed");
+                let users = want.users.len();
                 self.current = Some(want);
+                self.forwarding_on()?;
+                tracing::info!(table = %self.table, exit_users = users, "egress: table installed");
             }
             None => {
                 self.remove();
@@ -84,16 +90,17 @@ impl EgressTable {
     }
 
     fn remove(&mut self) {
-        if self.current.take().is_some()
-            && let Err(e) = nft(&format!("delete table inet {}\n", self.table))
-        {
-            tracing::warn!(table = %self.table, error = %e, "egress: removing the table");
-        }
+        // Forwarding off before the filter goes, for the same reason.
         if let Some(was) = self.forward_was.take()
             && was != "1"
             && let Err(e) = std::fs::write(IP_FORWARD, &was)
         {
             tracing::warn!(error = %e, "egress: restoring {IP_FORWARD}");
+        }
+        if self.current.take().is_some()
+            && let Err(e) = nft(&format!("delete table inet {}\n", self.table))
+        {
+            tracing::warn!(table = %self.table, error = %e, "egress: removing the table");
         }
     }
 }

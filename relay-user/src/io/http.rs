@@ -30,6 +30,8 @@ pub trait Api: Send + Sync + 'static {
     fn hub(&self) -> String;
     /// JSON array of [`crate::hub::SpokeStatus`].
     fn spokes(&self) -> String;
+    /// JSON array of [`crate::hub::ServiceStatus`].
+    fn services(&self) -> String;
     /// Ok while the hub relays: `Some(why)` when it does but is degraded
     /// (its store does not answer); `Err(why)` when it does not relay.
     fn health(&self) -> Result<Option<String>, String>;
@@ -52,6 +54,7 @@ pub fn router(api: Shared) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/hub", get(|State(api): State<Shared>| async move { reply(StatusCode::OK, JSON, api.hub()) }))
         .route("/v1/spokes", get(|State(api): State<Shared>| async move { reply(StatusCode::OK, JSON, api.spokes()) }))
+        .route("/v1/services", get(|State(api): State<Shared>| async move { reply(StatusCode::OK, JSON, api.services()) }))
         .route("/healthz", get(health))
         .method_not_allowed_fallback(|| async { not_get() })
         .fallback(not_found)
@@ -103,7 +106,7 @@ async fn not_found(method: Method) -> Response {
     reply(
         StatusCode::NOT_FOUND,
         TEXT,
-        "not found: try /metrics, /healthz, /v1/hub or /v1/spokes\n".into(),
+        "not found: try /metrics, /healthz, /v1/hub, /v1/spokes or /v1/services\n".into(),
     )
 }
 
@@ -219,6 +222,9 @@ mod tests {
             "{}".into()
         }
         fn spokes(&self) -> String {
+            "[]".into()
+        }
+        fn services(&self) -> String {
             "[]".into()
         }
     }
