@@ -62,6 +62,13 @@ impl Capture {
         Ok(parse_tcpdump(&out.stdout))
     }
 
+    /// `tcpdump -n` text of what the capture has written so far (any
+    /// family; [`Capture::so_far`] parses IPv4 only).
+    pub fn text(&self) -> anyhow::Result<String> {
+        let f = self.file.to_str().context("utf-8 path")?;
+        Ok(cmd::run_timeout(&["tcpdump", "-nr", f], Duration::from_secs(30))?.stdout)
+    }
+
     /// Wait (bounded) until the capture holds a packet matching `want`:
     /// under load tcpdump may read a packet from the kernel well after it
     /// passed, and stopping it then loses what it has not read.

@@ -184,13 +184,13 @@ impl<'t> Hub<'t> {
             METRICS_ADDR,
         ];
         argv.extend_from_slice(run_args);
-        self.store_args = match run_args.iter().position(|a| *a == "--store") {
-            Some(i) => run_args[i..(i + 2).min(run_args.len())]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            None => Vec::new(),
-        };
+        // Global options the CLI must be given as the hub was.
+        self.store_args = ["--store", "--network6"]
+            .iter()
+            .filter_map(|flag| run_args.iter().position(|a| a == flag))
+            .flat_map(|i| run_args[i..(i + 2).min(run_args.len())].iter())
+            .map(|s| s.to_string())
+            .collect();
         let mut proc = self.ns.spawn("relayhub", &argv, &self.workdir, false)?;
         let url = format!("http://{METRICS_ADDR}/healthz");
         let ns = self.ns;

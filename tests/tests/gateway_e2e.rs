@@ -1,23 +1,28 @@
-//! Gateway services (issue 14), egress: spokes that use the hub as their
-//! exit reach an "internet" host through the hub's nftables masquerade.
+//! Gateway services (issue 14). Two tests, side by side:
 //!
-//! Topology: the harness's (hub behind a router, spokes behind NATs), s1
-//! an IPv4 spoke behind NAT44, s2 an IPv6-only spoke (its underlay to the
-//! hub is IPv6; its tunnel address is IPv4), and an "internet" namespace
-//! with 198.18.0.80 on a link to the router. Both spokes are added with
-//! `--exit` (their hub peer gets AllowedIPs 0.0.0.0/0).
-//!
-//! Checks, one `key=value` line each:
+//! `gateway_egress_e2e`: spokes that use the hub as their exit reach an
+//! "internet" host through the hub's nftables masquerade. The hub runs
+//! with `--network6 fd88::/96` (IPv6 twins of the tunnel addresses). s1
+//! is an IPv4 spoke behind NAT44, s2 an IPv6-only spoke (its underlay to
+//! the hub is IPv6), the "internet" namespace has 198.18.0.80 and
+//! 2001:db8:18::80 on a link to the router. Both spokes are added with
+//! `--exit` (their hub peer gets AllowedIPs 0.0.0.0/0, ::/0). Checks:
 //! - before the policy names them, the hub forwards nothing for them
 //!   (`egress_before_policy=0/2`);
-//! - `policy exit allow` each: both reach the host (`egress_ok=2/2`), and
-//!   the host sees the hub's public address (`egress_masqueraded=1`);
-//! - spoke to spoke stays blind: s1 -> s2 pings are relayed, none of them
-//!   on the hub's WireGuard (`egress_spoke_frames_on_hub_wg=0`);
+//! - `policy exit allow` each: both reach both hosts (`egress_ok=2/2`,
+//!   `egress6_ok=2/2`), which see only the hub's public addresses
+//!   (`egress_masqueraded=1`, `egress6_masqueraded=1`);
+//! - spoke to spoke stays blind: s1 -> s2 pings are relayed, over IPv4
+//!   and their IPv6 twins (`egress_spoke6_ok=1`), none of them on the
+//!   hub's WireGuard (`egress_spoke_frames_on_hub_wg=0`); DNS answers
+//!   AAAA with the twins (`dns_aaaa_ok=1`); relayhub-sync reads the peer
+//!   list with twins and changes nothing (`egress_sync6_unchanged=1`);
 //! - `policy exit deny s2` stops s2's egress, s1's goes on
 //!   (`egress_after_deny=1/2`), although the router routes the tunnel
 //!   network back to the hub: the hub's forward filter stops it;
 //! - the hub's table is gone when it stops (`egress_table_left=0`).
+//!
+//! `gateway_services_e2e`: published services and names (see there).
 //!
 //! Run as root: `cargo test -p relay-tests --release --test gateway_e2e -- --nocapture`.
 
@@ -26,12 +31,16 @@ use std::time::Duration;
 use anyhow::Context;
 use relay_tests::capture::Capture;
 use relay_tests::netns::{Netns, Veth};
-use relay_tests::topology::{HUB_ADDR, leftovers};
+use relay_tests::topology::{HUB_ADDR, HUB_ADDR6, leftovers};
 use relay_tests::wg::{self, WgQuick};
 use relay_tests::{Hub, HubKind, Topology, cmd};
 
 const INTERNET: &str = "198.18.0.80";
 const INTERNET_ROUTER: &str = "198.18.0.1";
+const INTERNET6: &str = "2001:db8:18::80";
+const INTERNET6_ROUTER: &str = "2001:db8:18::1";
+/// The tunnel's IPv6 prefix in the egress test (`--network6`).
+const NETWORK6: &str = "fd88::/96";
 
 #[test]
 fn gateway_egress_e2e() {
@@ -49,7 +58,8 @@ fn run() -> anyhow::Result<String> {
         .build()?;
     let prefix = topo.prefix.clone();
     let (inet, link) = internet(&topo)?;
-    let mut hub = Hub::start(&topo, HubKind::Relayhub)?;
+    // IPv6 inside the tunnel: exit spokes route ::/0 to the hub as well.
+    let mut hub = Hub::start_with(&topo, HubKind::Relayhub, &["--network6", NETWORK6])?;
     let table = format!(
         "relayhub_{}",
         hub.wg_iface
@@ -102,6 +112,20 @@ fn internet(topo: &Topology) -> anyhow::Result<(Netns, Veth)> {
     let addr = format!("{INTERNET}/24");
     inet.exec(&["ip", "addr", "add", &addr, "dev", &link.b])?;
     inet.exec(&["ip", "route", "add", "default", "via", INTERNET_ROUTER])?;
+    let router6 = format!("{INTERNET6_ROUTER}/64");
+    topo.router
+        .exec(&["ip", "-6", "addr", "add", &router6, "dev", &link.a, "nodad"])?;
+    let addr6 = format!("{INTERNET6}/64");
+    inet.exec(&["ip", "-6", "addr", "add", &addr6, "dev", &link.b, "nodad"])?;
+    inet.exec(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        INTERNET6_ROUTER,
+    ])?;
     let hub = HUB_ADDR.to_string();
     topo.router
         .exec(&["ip", "route", "add", "10.88.0.0/24", "via", &hub])?;
@@ -128,7 +152,7 @@ fn checks(
     ])?;
     for (name, t) in [("s1", &t1), ("s2", &t2)] {
         anyhow::ensure!(
-            t.contains("AllowedIPs = 0.0.0.0/0") && t.contains("policy exit allow"),
+            t.contains("AllowedIPs = 0.0.0.0/0, ::/0") && t.contains("policy exit allow"),
             "{name}'s file should route everything to the hub and say the policy decides:\n{t}"
         );
     }
@@ -136,11 +160,11 @@ fn checks(
     let off = hub.cli(&["spoke", "set", "s1", "--no-exit"])?;
     let on = hub.cli(&["spoke", "set", "s1", "--exit"])?;
     anyhow::ensure!(
-        !off.contains("0.0.0.0/0") && off.contains("AllowedIPs = 10.88.0.1/32"),
+        !off.contains("0.0.0.0/0") && off.contains("AllowedIPs = 10.88.0.1/32, fd88::a58:1/128"),
         "`spoke set s1 --no-exit`:\n{off}"
     );
     anyhow::ensure!(
-        on.contains("AllowedIPs = 0.0.0.0/0"),
+        on.contains("AllowedIPs = 0.0.0.0/0, ::/0"),
         "`spoke set s1 --exit`:\n{on}"
     );
     // The files with both spokes as peers.
@@ -165,8 +189,9 @@ fn checks(
         .spokes
         .iter()
         .filter(|s| {
-            s.ns.ping("198.18.0.80", 2, 0.2)
-                .is_ok_and(|p| p.received > 0)
+            [INTERNET, INTERNET6]
+                .iter()
+                .any(|dst| s.ns.ping(dst, 2, 0.2).is_ok_and(|p| p.received > 0))
         })
         .count();
     println!("egress_before_policy={before}/2");
@@ -197,6 +222,49 @@ fn checks(
     anyhow::ensure!(
         ok == 2,
         "egress through the hub: {ok}/2; the hub's table:\n{nft}"
+    );
+    // IPv6 too (::/0 to the hub, masqueraded to the hub's IPv6 address):
+    // the IPv4 spoke behind NAT44 reaches an IPv6 host.
+    let capture6 = Capture::start_filtered(inet, &link.b, &topo.workdir, "inet6", &["icmp6"])?;
+    let mut ok6 = 0;
+    for (i, s) in topo.spokes.iter().enumerate() {
+        let r = cmd::wait_for(
+            &format!("s{} to reach {INTERNET6} through the hub", i + 1),
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || Ok(s.ns.ping_once(INTERNET6).then_some(())),
+        );
+        match r {
+            Ok(()) => ok6 += 1,
+            Err(e) => eprintln!("[egress6] {e:#}"),
+        }
+    }
+    println!("egress6_ok={ok6}/2");
+    anyhow::ensure!(
+        ok6 == 2,
+        "IPv6 egress through the hub: {ok6}/2; the hub's table:\n{nft}"
+    );
+    let hub6 = format!("IP6 {HUB_ADDR6} > {INTERNET6}");
+    cmd::wait_for(
+        "the IPv6 host to see the hub's address",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            let _ = topo.spokes[0].ns.ping_once(INTERNET6);
+            Ok(capture6.text()?.contains(&hub6).then_some(()))
+        },
+    )?;
+    let text6 = capture6.text()?;
+    capture6.finish();
+    let from_hub6 = text6.contains(&hub6);
+    let from_tunnel6 = text6.contains("IP6 fd88:");
+    println!(
+        "egress6_masqueraded={}",
+        u8::from(from_hub6 && !from_tunnel6)
+    );
+    anyhow::ensure!(
+        from_hub6 && !from_tunnel6,
+        "the IPv6 host should see only the hub's address:\n{text6}"
     );
     // What the host saw: the hub's public address, never a tunnel address.
     // (Pinging on while waiting: under load tcpdump has been seen to miss
@@ -236,6 +304,36 @@ fn checks(
     )?;
     let p = topo.spokes[0].ns.ping(&addr2, 10, 0.05)?;
     anyhow::ensure!(p.lost() == 0, "s1 -> s2: {p:?}");
+    // And between their IPv6 twins, relayed the same way.
+    let twin2 = NETWORK6
+        .parse::<relay_user::core::registry::Net6>()
+        .map_err(anyhow::Error::msg)?
+        .host(addr2.parse()?)
+        .to_string();
+    let p6 = topo.spokes[0].ns.ping(&twin2, 5, 0.05)?;
+    println!("egress_spoke6_ok={}", u8::from(p6.lost() == 0));
+    anyhow::ensure!(p6.lost() == 0, "s1 -> s2 over IPv6 twins: {p6:?}");
+    // The hub's DNS answers AAAA with the twins.
+    let aaaa = probe(
+        &topo.spokes[0].ns,
+        &["dns", &format!("s2.{ZONE}"), "10.88.0.1", "AAAA"],
+    );
+    let want = format!("NOERROR aa {twin2}");
+    println!("dns_aaaa_ok={}", u8::from(aaaa.as_deref() == Some(&want)));
+    anyhow::ensure!(aaaa.as_deref() == Some(&want), "AAAA s2: {aaaa:?}");
+    // relayhub-sync reads the peer list with the twins and finds s1's
+    // interface as it should be (nothing to change, so no churn).
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../contrib/spoke/relayhub-sync")
+        .canonicalize()?;
+    let script = script.to_str().context("utf-8 path")?;
+    let out = topo.spokes[0]
+        .ns
+        .output(&["sh", script, &spokes[0].ifname], Duration::from_secs(40))?
+        .checked()?;
+    let quiet = out.contains("added 0, changed 0, removed 0, unchanged 1");
+    println!("egress_sync6_unchanged={}", u8::from(quiet));
+    anyhow::ensure!(quiet, "relayhub-sync on s1 with IPv6 twins:\n{out}");
     // The capture is not blind: s1's ping to the hub shows there.
     let _ = topo.spokes[0].ns.ping("10.88.0.1", 2, 0.1)?;
     on_wg.wait_for(
@@ -552,6 +650,28 @@ fn service_checks(topo: &Topology, hub: &mut Hub<'_>, inet: &Netns) -> anyhow::R
     anyhow::ensure!(
         via.as_deref().is_some_and(|v| v == "s1" || v == "s2"),
         "s3 -> web through the tunnel: {via:?}"
+    );
+
+    // The fast path is untouched: spoke-to-spoke frames are still relayed
+    // in XDP while the services run.
+    let xdp = |h: &Hub<'_>| -> anyhow::Result<f64> {
+        Ok(h.metrics()?
+            .get("relayhub_relayed_packets_total", &[("path", "xdp")])
+            .unwrap_or(0.0))
+    };
+    let before = xdp(hub)?;
+    cmd::wait_for(
+        "s1 to reach s2",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || Ok(topo.spokes[0].ns.ping_once(&addrs[1]).then_some(())),
+    )?;
+    let p = topo.spokes[0].ns.ping(&addrs[1], 10, 0.05)?;
+    let relayed = xdp(hub)? - before;
+    println!("publish_xdp_relayed={relayed}");
+    anyhow::ensure!(
+        p.lost() == 0 && relayed >= 20.0,
+        "s1 -> s2 beside the services: {p:?}, {relayed} frames relayed in XDP"
     );
 
     // The backend process on s1 dies: out within 5 s, no client fails

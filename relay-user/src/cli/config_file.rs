@@ -672,6 +672,7 @@ initiations-per-source = 0x10
                         "replica-listen",
                         "standby-of",
                         "hub-name",
+                        "network6",
                     ]
                     .contains(&k.as_str())
             })

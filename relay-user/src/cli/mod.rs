@@ -53,6 +53,13 @@ pub struct Cli {
         global = true
     )]
     pub network: TunnelNet,
+    /// IPv6 inside the tunnel: every tunnel address gets an IPv6 twin in
+    /// this prefix (at most /96; the IPv4 address fills its last 32 bits,
+    /// e.g. fd88::/96 gives 10.88.0.2 fd88::a58:2), and exit spokes route
+    /// ::/0 through the hub too. Off by default: spokes without IPv6
+    /// would fail to bring their interface up.
+    #[arg(long, env = "RELAYHUB_NETWORK6", global = true, value_name = "PREFIX")]
+    pub network6: Option<crate::core::registry::Net6>,
     /// The hub's public address as spokes reach it, HOST or HOST:PORT
     /// (default: the address of the default-route interface).
     #[arg(long, env = "RELAYHUB_ENDPOINT", global = true)]
@@ -410,7 +417,8 @@ pub enum ExitCommand {
 const DEFAULT_KEEPALIVE: u16 = relay_common::wire::DEFAULT_PERSISTENT_KEEPALIVE_SECS;
 
 /// Carry out one command line.
-pub fn execute(cli: Cli) -> anyhow::Result<()> {
+pub fn execute(mut cli: Cli) -> anyhow::Result<()> {
+    cli.network = cli.network.with_v6(cli.network6);
     match cli.command {
         Command::Run(args) => {
             let iface = match args.iface {

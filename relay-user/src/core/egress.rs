@@ -11,7 +11,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// The table's name for the hub WireGuard interface `wg_iface` (one hub
 /// per interface; nft names take letters, digits and underscores).
@@ -30,6 +30,9 @@ pub struct Egress {
     pub wg_iface: String,
     /// Tunnel addresses of the spokes that may exit.
     pub users: BTreeSet<Ipv4Addr>,
+    /// Their IPv6 twins (`--network6`; empty without): their IPv6
+    /// traffic is forwarded and masqueraded the same way.
+    pub users6: BTreeSet<Ipv6Addr>,
     pub ports: Option<(u16, u16)>,
 }
 
@@ -70,6 +73,13 @@ impl Egress {
         let _ = writeln!(s, "    type ipv4_addr");
         let _ = writeln!(s, "    elements = {{ {} }}", users.join(", "));
         let _ = writeln!(s, "  }}");
+        let users6: Vec<String> = self.users6.iter().map(ToString::to_string).collect();
+        if !users6.is_empty() {
+            let _ = writeln!(s, "  set exit_users6 {{");
+            let _ = writeln!(s, "    type ipv6_addr");
+            let _ = writeln!(s, "    elements = {{ {} }}", users6.join(", "));
+            let _ = writeln!(s, "  }}");
+        }
         let _ = writeln!(s, "  chain forward {{");
         let _ = writeln!(
             s,
@@ -77,6 +87,9 @@ impl Egress {
         );
         let _ = writeln!(s, "    iifname \"{wg}\" oifname \"{wg}\" drop");
         let _ = writeln!(s, "    iifname \"{wg}\" ip saddr @exit_users accept");
+        if !users6.is_empty() {
+            let _ = writeln!(s, "    iifname \"{wg}\" ip6 saddr @exit_users6 accept");
+        }
         let _ = writeln!(s, "    iifname \"{wg}\" drop");
         let _ = writeln!(
             s,
@@ -89,12 +102,21 @@ impl Egress {
             s,
             "    type nat hook postrouting priority srcnat; policy accept;"
         );
-        let out = format!("iifname \"{wg}\" oifname != \"{wg}\" ip saddr @exit_users");
-        if !to.is_empty() {
-            // A port range needs a transport protocol match.
-            let _ = writeln!(s, "    {out} meta l4proto {{ tcp, udp }} masquerade{to}");
+        let mut outs = vec![format!(
+            "iifname \"{wg}\" oifname != \"{wg}\" ip saddr @exit_users"
+        )];
+        if !users6.is_empty() {
+            outs.push(format!(
+                "iifname \"{wg}\" oifname != \"{wg}\" ip6 saddr @exit_users6"
+            ));
         }
-        let _ = writeln!(s, "    {out} masquerade");
+        for out in outs {
+            if !to.is_empty() {
+                // A port range needs a transport protocol match.
+                let _ = writeln!(s, "    {out} meta l4proto {{ tcp, udp }} masquerade{to}");
+            }
+            let _ = writeln!(s, "    {out} masquerade");
+        }
         let _ = writeln!(s, "  }}");
         let _ = writeln!(s, "}}");
         Some(s)
@@ -112,6 +134,7 @@ mod tests {
         let e = Egress {
             wg_iface: "rh0".into(),
             users: ["10.88.0.3".parse().unwrap(), "10.88.0.2".parse().unwrap()].into(),
+            users6: BTreeSet::new(),
             ports: masquerade_ports(40000, 51820),
         };
         let s = e.script("t").unwrap();
@@ -130,6 +153,24 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("@exit_users masquerade\n"), "{s}");
+        assert!(!s.contains("ip6"), "no IPv6 rules without twins:\n{s}");
+        // With --network6 the twins exit the same way.
+        let six = Egress {
+            users6: ["fd88::a58:2".parse().unwrap()].into(),
+            ..e.clone()
+        };
+        let s6 = six.script("t").unwrap();
+        for want in [
+            "type ipv6_addr\n    elements = { fd88::a58:2 }",
+            "iifname \"rh0\" ip6 saddr @exit_users6 accept",
+            "oifname != \"rh0\" ip6 saddr @exit_users6 masquerade\n",
+        ] {
+            assert!(s6.contains(want), "missing {want:?} in\n{s6}");
+        }
+        assert!(
+            s6.find("\n    oifname \"rh0\" drop").unwrap()
+                > s6.find("@exit_users6 accept").unwrap()
+        );
         // Nobody may exit: no table at all.
         let none = Egress {
             users: BTreeSet::new(),

@@ -11,9 +11,9 @@
 //! answers on the wire.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use crate::core::registry::Registry;
+use crate::core::registry::{Registry, TunnelNet};
 
 /// The zone unless `--dns-zone` says otherwise (`.internal` is reserved
 /// for private use: it never resolves on the internet).
@@ -23,18 +23,20 @@ pub const DEFAULT_ZONE: &str = "relayhub.internal";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QType {
     A,
+    /// IPv6 twins, with `--network6`.
+    Aaaa,
     Any,
     /// The zone's SOA, at its apex.
     Soa,
-    /// Any other type (AAAA, MX, ...): the zone has none of them.
+    /// Any other type (MX, TXT, ...): the zone has none of them.
     Other,
 }
 
 /// What to answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
-    /// Authoritative, with these A records.
-    Records(Vec<Ipv4Addr>),
+    /// Authoritative, with these A (IPv4) and AAAA (IPv6) records.
+    Records(Vec<IpAddr>),
     /// Authoritative: the zone's SOA record.
     Soa,
     /// Authoritative: the name exists, not with that type (or it is the
@@ -51,6 +53,8 @@ pub enum Answer {
 pub struct Zone {
     origin: String,
     names: HashMap<String, Ipv4Addr>,
+    /// `--network6`: every name has its address's IPv6 twin too.
+    net: TunnelNet,
 }
 
 /// `name` in lower case without a trailing dot; `None` if it is no valid
@@ -71,9 +75,10 @@ pub fn normalize(name: &str) -> Option<String> {
 
 impl Zone {
     /// The zone `origin` (e.g. `relayhub.internal`) with the registry's
-    /// spokes and services (at `hub`, the hub's tunnel address); an
+    /// spokes and services (at the hub's tunnel address in `net`); an
     /// invalid zone name is an error for `--dns-zone`.
-    pub fn new(origin: &str, reg: &Registry, hub: Ipv4Addr) -> Result<Zone, String> {
+    pub fn new(origin: &str, reg: &Registry, net: &TunnelNet) -> Result<Zone, String> {
+        let hub = net.hub;
         let origin = normalize(origin).ok_or_else(|| {
             format!("{origin:?} is not a DNS zone name (labels of letters, digits, - and _, separated by dots)")
         })?;
@@ -89,7 +94,11 @@ impl Zone {
                 names.entry(n).or_insert(hub);
             }
         }
-        Ok(Zone { origin, names })
+        Ok(Zone {
+            origin,
+            names,
+            net: *net,
+        })
     }
 
     pub fn origin(&self) -> &str {
@@ -113,7 +122,16 @@ impl Zone {
             return Answer::Refused;
         }
         match (self.names.get(&name), qtype) {
-            (Some(a), QType::A | QType::Any) => Answer::Records(vec![*a]),
+            (Some(a), QType::A) => Answer::Records(vec![IpAddr::V4(*a)]),
+            (Some(a), QType::Aaaa) => match self.net.addr6(*a) {
+                Some(a6) => Answer::Records(vec![IpAddr::V6(a6)]),
+                None => Answer::NoData,
+            },
+            (Some(a), QType::Any) => Answer::Records(
+                std::iter::once(IpAddr::V4(*a))
+                    .chain(self.net.addr6(*a).map(IpAddr::V6))
+                    .collect(),
+            ),
             (Some(_), QType::Other | QType::Soa) => Answer::NoData,
             (None, QType::Soa | QType::Any) if name == self.origin => Answer::Soa,
             (None, _) if name == self.origin => Answer::NoData,
@@ -141,7 +159,7 @@ mod tests {
             udp_probe: None,
         })
         .unwrap();
-        Zone::new("Relayhub.Internal.", &r, net.hub).unwrap()
+        Zone::new("Relayhub.Internal.", &r, &net).unwrap()
     }
 
     #[test]
@@ -187,6 +205,26 @@ mod tests {
         ] {
             assert_eq!(a(outside), Answer::Refused, "{outside:?}");
         }
-        assert!(Zone::new("bad zone", &Registry::new(), Ipv4Addr::LOCALHOST).is_err());
+        assert!(Zone::new("bad zone", &Registry::new(), &TunnelNet::default()).is_err());
+        // AAAA: no data without --network6, the twin with it.
+        assert_eq!(
+            z.answer("web1.relayhub.internal", QType::Aaaa),
+            Answer::NoData
+        );
+        let mut r = Registry::new();
+        let net6 = TunnelNet::default().with_v6(Some("fd88::/96".parse().unwrap()));
+        r.add("web1", Key([1; 32]), &net6).unwrap();
+        let z6 = Zone::new("relayhub.internal", &r, &net6).unwrap();
+        assert_eq!(
+            z6.answer("web1.relayhub.internal", QType::Aaaa),
+            Answer::Records(vec!["fd88::a58:2".parse().unwrap()])
+        );
+        assert_eq!(
+            z6.answer("web1.relayhub.internal", QType::Any),
+            Answer::Records(vec![
+                "10.88.0.2".parse().unwrap(),
+                "fd88::a58:2".parse().unwrap()
+            ])
+        );
     }
 }

@@ -108,12 +108,60 @@ pub enum TunnelNetError {
     HostBits { given: String, suggest: String },
 }
 
-/// The tunnel network: an IPv4 prefix whose first host is the hub.
+/// The tunnel network: an IPv4 prefix whose first host is the hub, and
+/// optionally an IPv6 prefix (`--network6`) that gives every tunnel
+/// address an IPv6 twin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TunnelNet {
     pub network: Ipv4Addr,
     pub prefix: u8,
     pub hub: Ipv4Addr,
+    pub v6: Option<Net6>,
+}
+
+/// The tunnel's IPv6 prefix (`--network6`, e.g. `fd88::/96`): the IPv6
+/// address of tunnel address `a.b.c.d` is the prefix with `a.b.c.d` in
+/// its last 32 bits. Derived, not allocated: the registry stays as it is,
+/// and every hub and CLI of a store computes the same addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Net6 {
+    pub network: std::net::Ipv6Addr,
+    pub prefix: u8,
+}
+
+impl Net6 {
+    /// The IPv6 twin of tunnel address `v4`.
+    pub fn host(&self, v4: Ipv4Addr) -> std::net::Ipv6Addr {
+        (u128::from(self.network) | u128::from(u32::from(v4))).into()
+    }
+}
+
+impl FromStr for Net6 {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!("--network6 {s:?}: {why}; give an IPv6 prefix of at most /96, e.g. fd88::/96")
+        };
+        let (addr, prefix) = s.trim().split_once('/').ok_or_else(|| bad("no /PREFIX"))?;
+        let network: std::net::Ipv6Addr = addr.parse().map_err(|_| bad("not an IPv6 address"))?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad("bad prefix length"))?;
+        if !(8..=96).contains(&prefix) {
+            return Err(bad(
+                "the prefix must leave the last 32 bits for the IPv4 tunnel address",
+            ));
+        }
+        if u128::from(network) & (u128::MAX >> prefix) != 0 {
+            return Err(bad("it has host bits set"));
+        }
+        Ok(Net6 { network, prefix })
+    }
+}
+
+impl fmt::Display for Net6 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
 }
 
 impl TunnelNet {
@@ -134,7 +182,23 @@ impl TunnelNet {
             network,
             prefix,
             hub: Ipv4Addr::from(bits + 1),
+            v6: None,
         })
+    }
+
+    /// The same network with IPv6 twins of its addresses (`--network6`).
+    pub fn with_v6(self, v6: Option<Net6>) -> Self {
+        TunnelNet { v6, ..self }
+    }
+
+    /// The IPv6 twin of `addr`, with `--network6`.
+    pub fn addr6(&self, addr: Ipv4Addr) -> Option<std::net::Ipv6Addr> {
+        self.v6.map(|n| n.host(addr))
+    }
+
+    /// The hub's IPv6 tunnel address, with `--network6`.
+    pub fn hub6(&self) -> Option<std::net::Ipv6Addr> {
+        self.addr6(self.hub)
     }
 
     pub fn netmask(&self) -> Ipv4Addr {
@@ -979,6 +1043,28 @@ pub(crate) mod tests {
 
     fn net(s: &str) -> TunnelNet {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn net6_twins() {
+        let n6: Net6 = "fd88::/96".parse().unwrap();
+        let n = TunnelNet::default().with_v6(Some(n6));
+        assert_eq!(n.hub6().unwrap().to_string(), "fd88::a58:1");
+        assert_eq!(
+            n.addr6(Ipv4Addr::new(10, 88, 0, 2)).unwrap().to_string(),
+            "fd88::a58:2"
+        );
+        assert_eq!(n6.to_string(), "fd88::/96");
+        assert_eq!(TunnelNet::default().hub6(), None);
+        for bad in [
+            "fd88::",
+            "fd88::/97",
+            "fd88::1/96",
+            "10.0.0.0/8",
+            "fd88::/x",
+        ] {
+            assert!(bad.parse::<Net6>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -147,17 +147,19 @@ impl Hub {
         self.publisher
             .states()
             .iter()
-            .map(|s| ServiceStatus {
+            .map(|s| {
+                let bound = s.bound.lock().expect("bound lock").clone();
+                (s, bound)
+            })
+            .map(|(s, bound)| ServiceStatus {
                 name: s.name.clone(),
                 listen: s.listen.to_string(),
-                listening: s
-                    .bound
+                listening: bound
                     .iter()
                     .filter(|(_, r)| r.is_ok())
                     .map(|(a, _)| a.to_string())
                     .collect(),
-                listen_errors: s
-                    .bound
+                listen_errors: bound
                     .iter()
                     .filter_map(|(a, r)| r.as_ref().err().map(|e| format!("{a}: {e}")))
                     .collect(),

@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use hickory_proto::op::{Metadata, ResponseCode};
-use hickory_proto::rr::rdata::{A, SOA};
+use hickory_proto::rr::rdata::{A, AAAA, SOA};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
@@ -53,6 +53,7 @@ struct Handler(Names);
 fn qtype(t: RecordType) -> QType {
     match t {
         RecordType::A => QType::A,
+        RecordType::AAAA => QType::Aaaa,
         RecordType::ANY => QType::Any,
         RecordType::SOA => QType::Soa,
         _ => QType::Other,
@@ -112,7 +113,13 @@ impl RequestHandler for Handler {
                 ResponseCode::NoError,
                 addrs
                     .into_iter()
-                    .map(|a| Record::from_rdata(name.clone(), TTL, RData::A(A(a))))
+                    .map(|a| {
+                        let data = match a {
+                            std::net::IpAddr::V4(a) => RData::A(A(a)),
+                            std::net::IpAddr::V6(a) => RData::AAAA(AAAA(a)),
+                        };
+                        Record::from_rdata(name.clone(), TTL, data)
+                    })
                     .collect(),
                 vec![],
             ),

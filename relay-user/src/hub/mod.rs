@@ -312,7 +312,7 @@ impl Hub {
     /// hub's own spokes (a spoke exits through its home hub).
     pub(crate) fn apply_egress(&mut self) {
         let policy = self.policy.current();
-        let users = self
+        let users: std::collections::BTreeSet<std::net::Ipv4Addr> = self
             .registry
             .spokes()
             .iter()
@@ -320,9 +320,14 @@ impl Hub {
             .filter(|s| policy.is_some_and(|p| p.may_exit(&s.name)))
             .map(|s| s.address)
             .collect();
+        let users6 = users
+            .iter()
+            .filter_map(|a| self.facts.net.addr6(*a))
+            .collect();
         let want = crate::core::egress::Egress {
             wg_iface: self.facts.wg_iface.clone(),
             users,
+            users6,
             ports: crate::core::egress::masquerade_ports(
                 self.datapath.mesh_base(),
                 self.facts.port,
@@ -351,7 +356,7 @@ impl Hub {
         self.publisher
             .set_services(&self.registry, |n| local.get(n).copied());
         if let Some((origin, names)) = &self.names {
-            match crate::core::names::Zone::new(origin, &self.registry, self.facts.net.hub) {
+            match crate::core::names::Zone::new(origin, &self.registry, &self.facts.net) {
                 Ok(z) => names.update(z),
                 Err(e) => tracing::error!(error = %e, "DNS zone"),
             }

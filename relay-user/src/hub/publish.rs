@@ -66,8 +66,8 @@ pub struct ServiceState {
     pub balancer: Mutex<Balancer>,
     /// Connections or flows refused: no healthy backend, or too many.
     pub rejected: Arc<AtomicU64>,
-    /// The addresses it listens on, or why it could not.
-    pub bound: Vec<(SocketAddr, Result<(), String>)>,
+    /// The addresses it listens on, or why it does not (yet).
+    pub bound: Mutex<Vec<(SocketAddr, Result<(), String>)>>,
     /// UDP without a probe: backends follow their spoke's WireGuard.
     pub follows_spokes: bool,
 }
@@ -270,20 +270,14 @@ impl Publisher {
             .collect::<Vec<_>>();
         let rejected = self.rejected.entry(svc.name.clone()).or_default().clone();
         let mut tasks = Vec::new();
-        let mut bound = Vec::new();
-        let mut tcp = Vec::new();
-        let mut udp = Vec::new();
-        for ip in &spec.addrs {
-            let at = SocketAddr::new(*ip, svc.listen.port);
-            let r = match svc.listen.proto {
-                Proto::Tcp => bind_tcp(at).map(|l| tcp.push(l)),
-                Proto::Udp => bind_udp(at).map(|s| udp.push(Arc::new(s))),
-            };
-            if let Err(e) = &r {
-                tracing::error!(service = %svc.name, addr = %at, error = %e, "published service cannot listen there");
-            }
-            bound.push((at, r.map_err(|e| e.to_string())));
-        }
+        let bound = spec
+            .addrs
+            .iter()
+            .map(|ip| {
+                let at = SocketAddr::new(*ip, svc.listen.port);
+                (at, Err("starting".to_owned()))
+            })
+            .collect::<Vec<_>>();
         let follows_spokes = svc.listen.proto == Proto::Udp && svc.udp_probe.is_none();
         let state = Arc::new(ServiceState {
             name: svc.name.clone(),
@@ -291,15 +285,12 @@ impl Publisher {
             balancer: Mutex::new(Balancer::new(backends.len())),
             backends,
             rejected,
-            bound,
+            bound: Mutex::new(bound),
             follows_spokes,
         });
         tracing::info!(service = %svc.name, listen = %svc.listen, backends = state.backends.len(), "publishing");
-        for l in tcp {
-            tasks.push(rt.spawn(accept_tcp(l, state.clone())));
-        }
-        for s in udp {
-            tasks.push(rt.spawn(serve_udp(s, state.clone())));
+        for slot in 0..spec.addrs.len() {
+            tasks.push(rt.spawn(listen(state.clone(), slot)));
         }
         if !follows_spokes {
             for i in 0..state.backends.len() {
@@ -307,6 +298,39 @@ impl Publisher {
             }
         }
         Running { spec, state, tasks }
+    }
+}
+
+/// Binds the service's `slot`th address and serves it. A service that
+/// was just restarted (its backends changed) may find its old socket not
+/// yet closed: the bind is retried for up to 2 s.
+async fn listen(state: Arc<ServiceState>, slot: usize) {
+    let at = state.bound.lock().expect("bound lock")[slot].0;
+    let mut tries = 0;
+    loop {
+        let r = match state.listen.proto {
+            Proto::Tcp => bind_tcp(at).map(Ok),
+            Proto::Udp => bind_udp(at).map(|s| Err(Arc::new(s))),
+        };
+        match r {
+            Ok(sock) => {
+                state.bound.lock().expect("bound lock")[slot].1 = Ok(());
+                match sock {
+                    Ok(l) => accept_tcp(l, state).await,
+                    Err(s) => serve_udp(s, state).await,
+                }
+                return;
+            }
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries < 20 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                tracing::error!(service = %state.name, addr = %at, error = %e, "published service cannot listen there");
+                state.bound.lock().expect("bound lock")[slot].1 = Err(e.to_string());
+                return;
+            }
+        }
     }
 }
 

@@ -244,6 +244,7 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
         cfg.port,
         cfg.net.hub,
         cfg.net.prefix,
+        cfg.net.v6,
     )?;
     let mut hub = Hub {
         router: {
@@ -313,7 +314,7 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
     }
     // DNS: the zone is checked before the hub touches anything else.
     let dns = if cfg.dns_port != 0 {
-        let zone = crate::core::names::Zone::new(&cfg.dns_zone, &registry, cfg.net.hub)
+        let zone = crate::core::names::Zone::new(&cfg.dns_zone, &registry, &cfg.net)
             .map_err(|e| anyhow::anyhow!("--dns-zone: {e}"))?;
         let names = super::dns::Names::new(zone);
         let addr = SocketAddr::from((cfg.net.hub, cfg.dns_port));

@@ -1,5 +1,6 @@
 //! Egress through the hub, the IO half: installs `core::egress`'s table
-//! with `nft -f -` and turns IPv4 forwarding on while it exists.
+//! with `nft -f -` and turns forwarding on while it exists (IPv6 too
+//! while exit users have IPv6 twins).
 //!
 //! By hand rather than through a netlink crate: nft's script format is
 //! nftables' documented, stable interface and applies a whole table as one
@@ -14,6 +15,41 @@ use anyhow::{Context as _, bail};
 use crate::core::egress::{Egress, table_name};
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+/// With forwarding on, Linux ignores router advertisements on interfaces
+/// with accept_ra=1 (README: set accept_ra=2 on a hub that uses SLAAC).
+const IP6_FORWARD: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+
+/// A forwarding switch, turned on while needed and put back as it was.
+struct Forwarding {
+    path: &'static str,
+    /// Its value before this hub turned it on (`None`: not turned on).
+    was: Option<String>,
+}
+
+impl Forwarding {
+    fn on(&mut self) -> anyhow::Result<()> {
+        if self.was.is_some() {
+            return Ok(());
+        }
+        let path = self.path;
+        let was = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+        if was.trim() != "1" {
+            std::fs::write(path, "1").with_context(|| format!("turning forwarding on ({path})"))?;
+            tracing::info!(%path, "egress: forwarding turned on (off again when nobody may exit)");
+        }
+        self.was = Some(was.trim().to_owned());
+        Ok(())
+    }
+
+    fn restore(&mut self) {
+        if let Some(was) = self.was.take()
+            && was != "1"
+            && let Err(e) = std::fs::write(self.path, &was)
+        {
+            tracing::warn!(error = %e, path = self.path, "egress: restoring forwarding");
+        }
+    }
+}
 
 /// relayhub's egress table for one hub WireGuard interface. Dropping it
 /// deletes the table and puts IPv4 forwarding back as it was.
@@ -21,8 +57,8 @@ pub struct EgressTable {
     table: String,
     /// What is installed (`None`: no table).
     current: Option<Egress>,
-    /// `ip_forward` before this hub turned it on.
-    forward_was: Option<String>,
+    forward: Forwarding,
+    forward6: Forwarding,
 }
 
 impl EgressTable {
@@ -30,7 +66,14 @@ impl EgressTable {
         let t = Self {
             table: table_name(wg_iface),
             current: None,
-            forward_was: None,
+            forward: Forwarding {
+                path: IP_FORWARD,
+                was: None,
+            },
+            forward6: Forwarding {
+                path: IP6_FORWARD,
+                was: None,
+            },
         };
         // A table left by a hub that was killed: gone until asked for.
         let _ = nft(&format!("table inet {0}\ndelete table inet {0}\n", t.table));
@@ -62,8 +105,14 @@ impl EgressTable {
                 nft(&script)
                     .with_context(|| format!("installing nftables table {}", self.table))?;
                 let users = want.users.len();
+                let six = !want.users6.is_empty();
                 self.current = Some(want);
-                self.forwarding_on()?;
+                self.forward.on()?;
+                if six {
+                    self.forward6.on()?;
+                } else {
+                    self.forward6.restore();
+                }
                 tracing::info!(table = %self.table, exit_users = users, "egress: table installed");
             }
             None => {
@@ -74,29 +123,10 @@ impl EgressTable {
         Ok(())
     }
 
-    fn forwarding_on(&mut self) -> anyhow::Result<()> {
-        if self.forward_was.is_some() {
-            return Ok(());
-        }
-        let was =
-            std::fs::read_to_string(IP_FORWARD).with_context(|| format!("reading {IP_FORWARD}"))?;
-        if was.trim() != "1" {
-            std::fs::write(IP_FORWARD, "1")
-                .with_context(|| format!("turning IPv4 forwarding on ({IP_FORWARD})"))?;
-            tracing::info!("egress: IPv4 forwarding turned on (off again when nobody may exit)");
-        }
-        self.forward_was = Some(was.trim().to_owned());
-        Ok(())
-    }
-
     fn remove(&mut self) {
         // Forwarding off before the filter goes, for the same reason.
-        if let Some(was) = self.forward_was.take()
-            && was != "1"
-            && let Err(e) = std::fs::write(IP_FORWARD, &was)
-        {
-            tracing::warn!(error = %e, "egress: restoring {IP_FORWARD}");
-        }
+        self.forward.restore();
+        self.forward6.restore();
         if self.current.take().is_some()
             && let Err(e) = nft(&format!("delete table inet {}\n", self.table))
         {

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
+use crate::core::registry::Net6;
 use relay_common::Endpoint;
 use relay_common::wire::REJECT_AFTER_SECS;
 use wireguard_control::{Backend, Device, DeviceUpdate, InterfaceName, Key, PeerConfigBuilder};
@@ -60,6 +61,8 @@ pub struct HubWg {
     adopted: bool,
     /// Leave the interface up when dropped.
     keep_on_drop: bool,
+    /// `--network6`: the peers' IPv6 twins are allowed IPs too.
+    net6: Option<Net6>,
 }
 
 /// A peer endpoint stays trusted this long after its last handshake:
@@ -104,10 +107,11 @@ impl HubWg {
         port: u16,
         address: Ipv4Addr,
         prefix: u8,
+        net6: Option<Net6>,
     ) -> Result<Self, HubWgError> {
         let iname = interface_name(name)?;
         if link_exists(name) {
-            return Self::adopt(iname, name, private_key, port, address, prefix);
+            return Self::adopt(iname, name, private_key, port, (address, prefix), net6);
         }
         // Kernel WireGuard when the module can make the link; else wireguard-go.
         let backend = if ip(&["link", "add", "dev", name, "type", "wireguard"]).is_ok() {
@@ -125,6 +129,7 @@ impl HubWg {
             backend,
             adopted: false,
             keep_on_drop: false,
+            net6,
         };
         DeviceUpdate::new()
             .set_private_key(private_key.clone())
@@ -138,8 +143,9 @@ impl HubWg {
             })?;
         let cidr = format!("{address}/{prefix}");
         ip(&["address", "add", &cidr, "dev", name])?;
+        hub.add_address6(address)?;
         ip(&["link", "set", "dev", name, "up"])?;
-        tracing::info!(iface = name, backend = backend_name, %cidr, port, "hub WireGuard up");
+        tracing::info!(iface = name, backend = backend_name, %cidr, ipv6 = ?net6.map(|n| n.host(address)), port, "hub WireGuard up");
         Ok(hub)
     }
 
@@ -148,8 +154,8 @@ impl HubWg {
         name: &str,
         private_key: &Key,
         port: u16,
-        address: Ipv4Addr,
-        prefix: u8,
+        (address, prefix): (Ipv4Addr, u8),
+        net6: Option<Net6>,
     ) -> Result<Self, HubWgError> {
         let sock = Path::new("/var/run/wireguard").join(format!("{name}.sock"));
         let tries: &[Backend] = if sock.exists() {
@@ -177,6 +183,7 @@ impl HubWg {
             adopted: true,
             // Until the controller decides: a failed start leaves it be.
             keep_on_drop: true,
+            net6,
         };
         if dev.listen_port != Some(port) {
             DeviceUpdate::new()
@@ -189,6 +196,7 @@ impl HubWg {
         }
         let cidr = format!("{address}/{prefix}");
         ip(&["address", "replace", &cidr, "dev", name])?;
+        hub.add_address6(address)?;
         ip(&["link", "set", "dev", name, "up"])?;
         tracing::info!(
             iface = name,
@@ -199,6 +207,24 @@ impl HubWg {
             "adopted the running hub WireGuard interface"
         );
         Ok(hub)
+    }
+
+    /// The hub's IPv6 tunnel address, with `--network6` (nodad: it is
+    /// the only one of its kind on this link).
+    fn add_address6(&self, hub: Ipv4Addr) -> Result<(), HubWgError> {
+        let Some(n) = self.net6 else {
+            return Ok(());
+        };
+        let cidr = format!("{}/{}", n.host(hub), n.prefix);
+        ip(&[
+            "-6",
+            "address",
+            "replace",
+            &cidr,
+            "dev",
+            &self.name_str,
+            "nodad",
+        ])
     }
 
     pub fn name(&self) -> &str {
@@ -238,14 +264,16 @@ impl HubWg {
                 (p.config.public_key.clone(), ips)
             })
             .collect();
-        let (set, remove) = peer_changes(&current, spokes);
+        let (set, remove) = peer_changes(&current, spokes, self.net6);
         let mut update = DeviceUpdate::new();
         for (key, addr) in &set {
-            update = update.add_peer(
-                PeerConfigBuilder::new(key)
-                    .replace_allowed_ips()
-                    .add_allowed_ip(IpAddr::V4(*addr), 32),
-            );
+            let mut peer = PeerConfigBuilder::new(key)
+                .replace_allowed_ips()
+                .add_allowed_ip(IpAddr::V4(*addr), 32);
+            if let Some(n) = self.net6 {
+                peer = peer.add_allowed_ip(IpAddr::V6(n.host(*addr)), 128);
+            }
+            update = update.add_peer(peer);
         }
         for key in &remove {
             update = update.remove_peer_by_key(key);
@@ -376,10 +404,23 @@ impl Drop for HubWg {
 fn peer_changes(
     current: &HashMap<Key, Vec<(IpAddr, u8)>>,
     spokes: &[(Key, Ipv4Addr)],
+    net6: Option<Net6>,
 ) -> (Vec<(Key, Ipv4Addr)>, Vec<Key>) {
+    let want = |addr: &Ipv4Addr| {
+        let mut w = vec![(IpAddr::V4(*addr), 32u8)];
+        w.extend(net6.map(|n| (IpAddr::V6(n.host(*addr)), 128u8)));
+        w
+    };
     let set = spokes
         .iter()
-        .filter(|(key, addr)| current.get(key) != Some(&vec![(IpAddr::V4(*addr), 32u8)]))
+        .filter(|(key, addr)| {
+            // In any order: the device reports them as it stores them.
+            current.get(key).is_none_or(|have| {
+                let mut have = have.clone();
+                have.sort();
+                have != want(addr)
+            })
+        })
         .cloned()
         .collect();
     let remove = current
@@ -462,7 +503,7 @@ mod tests {
             (key(4), v4([10, 88, 0, 5])),
             (key(5), v4([10, 88, 0, 6])), // new
         ];
-        let (mut set, remove) = peer_changes(&current, &spokes);
+        let (mut set, remove) = peer_changes(&current, &spokes, None);
         set.sort_by_key(|(k, _)| k.0);
         assert_eq!(
             set,
@@ -478,9 +519,9 @@ mod tests {
             .iter()
             .map(|(k, a)| (k.clone(), vec![(IpAddr::V4(*a), 32)]))
             .collect();
-        assert_eq!(peer_changes(&now, &spokes), (vec![], vec![]));
+        assert_eq!(peer_changes(&now, &spokes, None), (vec![], vec![]));
         // An empty registry removes every peer.
-        assert_eq!(peer_changes(&now, &[]).1.len(), 4);
+        assert_eq!(peer_changes(&now, &[], None).1.len(), 4);
     }
 
     #[test]

@@ -24,6 +24,19 @@ pub struct HubInfo {
     /// traffic can leave outside the tunnel, even for a peer added later
     /// with `wg set` (which adds no route).
     pub prefix: u8,
+    /// `--network6`: IPv6 twins of the tunnel addresses.
+    pub net6: Option<crate::core::registry::Net6>,
+}
+
+impl HubInfo {
+    /// A spoke's AllowedIPs entry for tunnel address `a`: its /32, and its
+    /// IPv6 twin's /128 with `--network6`.
+    fn host(&self, a: Ipv4Addr) -> String {
+        match self.net6 {
+            Some(n) => format!("{a}/32, {}/128", n.host(a)),
+            None => format!("{a}/32"),
+        }
+    }
 }
 
 /// Renders the wg-quick file for `spoke`.
@@ -55,7 +68,19 @@ pub fn render_spoke(
     );
     let _ = writeln!(w);
     let _ = writeln!(w, "[Interface]");
-    let _ = writeln!(w, "Address = {}/{}", spoke.address, hub.prefix);
+    match hub.net6 {
+        Some(n) => {
+            let a6 = n.host(spoke.address);
+            let _ = writeln!(
+                w,
+                "Address = {}/{}, {a6}/{}",
+                spoke.address, hub.prefix, n.prefix
+            );
+        }
+        None => {
+            let _ = writeln!(w, "Address = {}/{}", spoke.address, hub.prefix);
+        }
+    }
     match private_key {
         Some(k) => {
             let _ = writeln!(w, "PrivateKey = {}", k.to_base64());
@@ -86,25 +111,21 @@ pub fn render_spoke(
     } else {
         "relayhub hub"
     };
-    peer(
-        w,
-        comment,
-        &hub.public_key,
-        &hub_allowed_ips(spoke, hub.address),
-    );
+    peer(w, comment, &hub.public_key, &hub_allowed_ips(spoke, hub));
     for p in peers.iter().filter(|p| p.id != spoke.id) {
-        peer(w, &p.name, &p.public_key, &format!("{}/32", p.address));
+        peer(w, &p.name, &p.public_key, &hub.host(p.address));
     }
     out
 }
 
-/// The hub peer's AllowedIPs in `spoke`'s file: its tunnel address, or
-/// everything IPv4 for a spoke that exits through the hub.
-pub fn hub_allowed_ips(spoke: &Spoke, hub: Ipv4Addr) -> String {
-    if spoke.exit {
-        "0.0.0.0/0".to_owned()
-    } else {
-        format!("{hub}/32")
+/// The hub peer's AllowedIPs in `spoke`'s file: its tunnel address(es),
+/// or everything (IPv4, and IPv6 with `--network6`) for a spoke that
+/// exits through the hub.
+pub fn hub_allowed_ips(spoke: &Spoke, hub: &HubInfo) -> String {
+    match (spoke.exit, hub.net6) {
+        (true, Some(_)) => "0.0.0.0/0, ::/0".to_owned(),
+        (true, None) => "0.0.0.0/0".to_owned(),
+        (false, _) => hub.host(hub.address),
     }
 }
 
@@ -166,9 +187,16 @@ pub fn render_peer_list(
         net.hub
     );
     for p in peers.iter().filter(|p| p.id != spoke.id) {
+        // With --network6 the allowed IPs are "A/32,B/128" (relayhub-sync
+        // of this release reads both; older ones refuse the list and
+        // change nothing).
+        let v6 = net
+            .addr6(p.address)
+            .map(|a| format!(",{a}/128"))
+            .unwrap_or_default();
         let _ = writeln!(
             w,
-            "peer {} {}/32 {keepalive} {}",
+            "peer {} {}/32{v6} {keepalive} {}",
             p.public_key.to_base64(),
             p.address,
             p.name
@@ -244,8 +272,44 @@ PersistentKeepalive = 25
             endpoint: "[2001:db8::1]:51820".into(),
             address: Ipv4Addr::new(10, 88, 0, 1),
             prefix: 24,
+            net6: None,
         };
         (spokes, hub)
+    }
+
+    #[test]
+    fn ipv6_twins_with_network6() {
+        let (mut spokes, mut hub) = fixture();
+        hub.net6 = Some("fd88::/96".parse().unwrap());
+        let peers: Vec<&Spoke> = spokes.iter().collect();
+        let text = render_spoke(&spokes[1], None, &hub, &peers, 25);
+        let lines = |k: &str| -> Vec<String> {
+            text.lines()
+                .filter_map(|l| l.strip_prefix(&format!("{k} = ")))
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(lines("Address"), ["10.88.0.3/24, fd88::a58:3/96"]);
+        assert_eq!(
+            lines("AllowedIPs"),
+            [
+                "10.88.0.1/32, fd88::a58:1/128",
+                "10.88.0.2/32, fd88::a58:2/128",
+                "10.88.0.4/32, fd88::a58:4/128"
+            ]
+        );
+        // An exit spoke routes everything, both families, to the hub.
+        spokes[1].exit = true;
+        let peers: Vec<&Spoke> = spokes.iter().collect();
+        let text = render_spoke(&spokes[1], None, &hub, &peers, 25);
+        assert!(text.contains("AllowedIPs = 0.0.0.0/0, ::/0\n"), "{text}");
+        // The peer list carries the twins in the address field.
+        let net = crate::core::registry::TunnelNet::default().with_v6(hub.net6);
+        let list = render_peer_list(&spokes[1], &hub.public_key, &net, &peers, 25);
+        assert!(
+            list.contains(" 10.88.0.2/32,fd88::a58:2/128 25 alpha\n"),
+            "{list}"
+        );
     }
 
     #[test]

@@ -99,6 +99,7 @@ impl SpokeCtx<'_> {
                 endpoint,
                 address: self.net.hub,
                 prefix: self.net.prefix,
+                net6: self.net.v6,
             },
             note,
         ))
