@@ -22,6 +22,12 @@ impl Api for Fake {
     fn services(&self) -> String {
         "[]".into()
     }
+    fn history(&self) -> String {
+        "[]".into()
+    }
+    fn console(&self) -> String {
+        "<!doctype html>".into()
+    }
     fn health(&self) -> Result<Option<String>, String> {
         Err("down".into())
     }

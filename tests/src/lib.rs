@@ -13,6 +13,7 @@
 //!   spoke's LAN.
 //! - [`capture::Capture`]: tcpdump; [`prom::Metrics`]: /metrics parser.
 
+pub mod browser;
 pub mod capture;
 pub mod guest;
 pub mod hub;

@@ -35,6 +35,9 @@ const APT_PACKAGES: &[(&str, Option<&str>, Need)] = &[
     ("ethtool", Some("ethtool"), Need::Test),
     ("bpftool", Some("bpftool"), Need::Test),
     ("curl", Some("curl"), Need::Test),
+    // The console's end-to-end test drives a real browser (WebDriver).
+    ("chromium", Some("chromium"), Need::Test),
+    ("chromium-driver", Some("chromedriver"), Need::Test),
     ("iputils-ping", Some("ping"), Need::Test),
     // failover_e2e moves the hubs' shared address with VRRP.
     ("keepalived", Some("keepalived"), Need::Test),

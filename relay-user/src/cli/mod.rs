@@ -126,6 +126,11 @@ pub struct StatusArgs {
     /// Print JSON (the `/v1/spokes` document) instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Print the API token and exit: the console (`/`) and `/v1/*` need it
+    /// when the API is bound beyond loopback (open /?token=TOKEN in a
+    /// browser, or send `Authorization: Bearer TOKEN`).
+    #[arg(long, conflicts_with_all = ["json", "watch"])]
+    pub token: bool,
     /// Refresh in place until interrupted.
     #[arg(long)]
     pub watch: bool,
@@ -219,6 +224,11 @@ pub struct RunArgs {
     /// through their home hubs, in XDP.
     #[arg(long, env = "RELAYHUB_HUB_NAME", value_name = "NAME")]
     pub hub_name: Option<String>,
+    /// With the API bound beyond loopback (--metrics-addr), /metrics and
+    /// /healthz need the API token too (default: open, for scrapers and
+    /// load balancers; the console and /v1/* always need it there).
+    #[arg(long, env = "RELAYHUB_PROTECT_METRICS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub protect_metrics: bool,
     /// Port of the DNS server on the hub's tunnel address (answers for
     /// --dns-zone only, to spokes only); 0 turns it off.
     #[arg(long, env = "RELAYHUB_DNS_PORT", default_value_t = 53)]
@@ -452,6 +462,7 @@ pub fn execute(mut cli: Cli) -> anyhow::Result<()> {
                 standby_of: args.standby_of,
                 hub_name: args.hub_name,
                 dns_port: args.dns_port,
+                protect_metrics: args.protect_metrics,
                 dns_zone: cli.dns_zone,
             };
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -459,7 +470,7 @@ pub fn execute(mut cli: Cli) -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(hub::run(cfg, crate::EBPF_OBJECT))
         }
-        Command::Status(args) => status(&args),
+        Command::Status(args) => status(&args, &cli.state_dir),
         Command::Hub(cmd) => {
             let state = StateDir::open(&cli.state_dir)?;
             let store = Store::open(&cli.store, &state)?;
@@ -526,7 +537,10 @@ pub fn execute(mut cli: Cli) -> anyhow::Result<()> {
                         .map_err(|e| anyhow::anyhow!("--udp-probe: {e}"))?;
                     publish::add(&store, &name, listen, to, probe, &cli.dns_zone)?
                 }
-                PublishCommand::List { metrics_addr } => publish::list(&store, metrics_addr)?,
+                PublishCommand::List { metrics_addr } => publish::list(
+                    &store,
+                    &status::ApiClient::new(metrics_addr, &cli.state_dir),
+                )?,
                 PublishCommand::Remove { name } => publish::remove(&store, &name)?,
             };
             print!("{out}");
@@ -621,13 +635,25 @@ pub fn execute(mut cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn status(args: &StatusArgs) -> anyhow::Result<()> {
+fn status(args: &StatusArgs, state_dir: &std::path::Path) -> anyhow::Result<()> {
     use std::io::Write as _;
+    if args.token {
+        let path = state_dir.join(crate::store::dir::API_TOKEN_FILE);
+        let token = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "reading the API token {}: the hub writes it on its first start (run as root)",
+                path.display()
+            )
+        })?;
+        println!("{}", token.trim());
+        return Ok(());
+    }
+    let api = status::ApiClient::new(args.metrics_addr, state_dir);
     loop {
         let out = if args.json {
-            status::fetch(args.metrics_addr, "/v1/spokes")?
+            api.fetch("/v1/spokes")?
         } else {
-            let (hub, spokes) = status::fetch_all(args.metrics_addr)?;
+            let (hub, spokes) = api.fetch_all()?;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())

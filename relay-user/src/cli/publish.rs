@@ -2,8 +2,6 @@
 //! spoke ports. Stored in the registry (a backend must be a registered
 //! spoke, and a service name is a DNS name beside the spokes' names).
 
-use std::net::SocketAddr;
-
 use anyhow::Context as _;
 
 use crate::core::publish::{Listen, Proto, Service, Target, probe_hex};
@@ -60,7 +58,7 @@ pub fn remove(store: &Store, name: &str) -> anyhow::Result<String> {
 
 /// `relayhub publish list`: the stored services, with each backend's
 /// health and traffic when the hub's API answers.
-pub fn list(store: &Store, api: SocketAddr) -> anyhow::Result<String> {
+pub fn list(store: &Store, api: &crate::cli::status::ApiClient) -> anyhow::Result<String> {
     let registry = store.registry().load()?;
     if registry.services().is_empty() {
         return Ok(
@@ -68,7 +66,8 @@ pub fn list(store: &Store, api: SocketAddr) -> anyhow::Result<String> {
                 .to_owned(),
         );
     }
-    let live: Option<Vec<ServiceStatus>> = crate::cli::status::fetch(api, "/v1/services")
+    let live: Option<Vec<ServiceStatus>> = api
+        .fetch("/v1/services")
         .ok()
         .and_then(|j| serde_json::from_str(&j).ok());
     let mut rows = Vec::new();
@@ -111,7 +110,8 @@ pub fn list(store: &Store, api: SocketAddr) -> anyhow::Result<String> {
     );
     match &live {
         None => out.push_str(&format!(
-            "(no running hub answered at {api}: states and traffic unknown)\n"
+            "(no running hub answered at {}: states and traffic unknown)\n",
+            api.addr
         )),
         Some(l) => {
             for s in l.iter().filter(|s| !s.listen_errors.is_empty()) {

@@ -9,34 +9,63 @@ use anyhow::{Context as _, bail};
 
 pub use crate::hub::{HubStatus, SpokeStatus};
 
-/// GET `path` from the hub's API with a short timeout. Plain HTTP/1.1 on a
-/// loopback address: no client library needed.
-pub fn fetch(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).with_context(|| {
-        format!("connecting to the hub at {addr}: is `relayhub run` running? (--metrics-addr)")
-    })?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = Vec::new();
-    s.take(64 << 20).read_to_end(&mut buf)?;
-    let text = String::from_utf8(buf).context("non-UTF-8 answer from the hub")?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP answer from the hub")?;
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    if status != "200" {
-        bail!("GET {path}: HTTP {status}: {}", body.trim());
-    }
-    Ok(body.to_string())
+/// Where the hub's API is, and its token if this user can read it (the
+/// API needs it when bound beyond loopback).
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    pub addr: SocketAddr,
+    pub token: Option<String>,
 }
 
-pub fn fetch_all(addr: SocketAddr) -> anyhow::Result<(HubStatus, Vec<SpokeStatus>)> {
-    let hub = serde_json::from_str(&fetch(addr, "/v1/hub")?).context("parsing /v1/hub")?;
-    let spokes = serde_json::from_str(&fetch(addr, "/v1/spokes")?).context("parsing /v1/spokes")?;
-    Ok((hub, spokes))
+impl ApiClient {
+    /// The API at `addr`, with the token from `state_dir` if readable.
+    pub fn new(addr: SocketAddr, state_dir: &std::path::Path) -> Self {
+        let token = std::fs::read_to_string(state_dir.join(crate::store::dir::API_TOKEN_FILE))
+            .ok()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty());
+        ApiClient { addr, token }
+    }
+
+    /// GET `path` with a short timeout. Plain HTTP/1.1, usually on a
+    /// loopback address: no client library needed.
+    pub fn fetch(&self, path: &str) -> anyhow::Result<String> {
+        let addr = self.addr;
+        let mut s =
+            TcpStream::connect_timeout(&addr, Duration::from_secs(3)).with_context(|| {
+                format!(
+                    "connecting to the hub at {addr}: is `relayhub run` running? (--metrics-addr)"
+                )
+            })?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let auth = self
+            .token
+            .as_deref()
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+        )?;
+        let mut buf = Vec::new();
+        s.take(64 << 20).read_to_end(&mut buf)?;
+        let text = String::from_utf8(buf).context("non-UTF-8 answer from the hub")?;
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .context("malformed HTTP answer from the hub")?;
+        let status = head.split_whitespace().nth(1).unwrap_or("");
+        if status != "200" {
+            bail!("GET {path}: HTTP {status}: {}", body.trim());
+        }
+        Ok(body.to_string())
+    }
+
+    pub fn fetch_all(&self) -> anyhow::Result<(HubStatus, Vec<SpokeStatus>)> {
+        let hub = serde_json::from_str(&self.fetch("/v1/hub")?).context("parsing /v1/hub")?;
+        let spokes =
+            serde_json::from_str(&self.fetch("/v1/spokes")?).context("parsing /v1/spokes")?;
+        Ok((hub, spokes))
+    }
 }
 
 fn ago(secs: Option<f64>) -> String {

@@ -139,8 +139,8 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Compare without an early exit, so timing does not tell how much of a
-/// guessed hash matched.
-fn same(a: &str, b: &str) -> bool {
+/// guessed hash (or token) matched.
+pub fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())

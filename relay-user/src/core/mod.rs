@@ -5,6 +5,7 @@ pub mod cookie;
 pub mod egress;
 pub mod fallback_frame;
 pub mod health;
+pub mod history;
 pub mod join;
 pub mod keys;
 pub mod mesh;

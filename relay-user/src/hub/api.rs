@@ -340,24 +340,101 @@ impl http::Api for HubApi {
         serde_json::to_string_pretty(&hub.service_statuses()).expect("serializable")
     }
 
-    fn health(&self) -> Result<Option<String>, String> {
+    fn history(&self) -> String {
         let hub = self.0.lock().expect("hub lock");
-        if !hub.datapath.is_attached() {
+        serde_json::to_string_pretty(&hub.history.points()).expect("serializable")
+    }
+
+    fn console(&self) -> String {
+        let hub = self.0.lock().expect("hub lock");
+        let status = hub.hub_status();
+        let spokes = hub.spoke_statuses();
+        let points = hub.history.points();
+        let handshakes: Vec<(&'static str, u64)> = crate::core::outcome::InitiationResult::ALL
+            .iter()
+            .map(|r| (r.label(), hub.metrics.initiations(*r)))
+            .collect();
+        let services = hub.service_statuses();
+        let policy = hub.policy_lines();
+        let rates = |n: &str| hub.history.spoke_rates(n);
+        crate::hub::console::page(&crate::hub::console::Console {
+            hub: &status,
+            health: hub.health_state(),
+            spokes: &spokes,
+            rates: &rates,
+            points: &points,
+            handshakes: &handshakes,
+            policy: &policy,
+            services: &services,
+        })
+    }
+
+    fn health(&self) -> Result<Option<String>, String> {
+        self.0.lock().expect("hub lock").health_state()
+    }
+}
+
+impl Hub {
+    /// What `/healthz` says: Ok(None) healthy, Ok(Some(why)) degraded (it
+    /// relays), Err(why) down.
+    pub(crate) fn health_state(&self) -> Result<Option<String>, String> {
+        if !self.datapath.is_attached() {
             return Err(format!(
                 "XDP program not attached to {}",
-                hub.datapath.iface()
+                self.datapath.iface()
             ));
         }
-        if !hub.wg.is_up() {
-            return Err(format!("hub WireGuard interface {} is down", hub.wg.name()));
+        if !self.wg.is_up() {
+            return Err(format!(
+                "hub WireGuard interface {} is down",
+                self.wg.name()
+            ));
         }
-        if !hub.store.up {
+        if !self.store.up {
             return Ok(Some(format!(
                 "store unreachable, relaying with the last registry and policy ({})",
-                hub.store.error.as_deref().unwrap_or("no answer")
+                self.store.error.as_deref().unwrap_or("no answer")
             )));
         }
         Ok(None)
+    }
+
+    /// The policy in a few lines, for the console.
+    pub(crate) fn policy_lines(&self) -> Vec<String> {
+        let Some(p) = self.policy.current() else {
+            return vec!["No policy: every spoke may reach every other.".to_owned()];
+        };
+        let join = |v: Vec<String>| {
+            if v.is_empty() {
+                "(none)".to_owned()
+            } else {
+                v.join(", ")
+            }
+        };
+        vec![
+            format!("From {}.", self.policy.location()),
+            format!(
+                "Groups: {}",
+                join(
+                    p.groups
+                        .iter()
+                        .map(|(g, m)| format!("@{g} = {}", m.join(" ")))
+                        .collect()
+                )
+            ),
+            format!(
+                "Allow: {}",
+                join(p.allow.iter().map(|r| r.to_string()).collect())
+            ),
+            format!(
+                "Deny: {}",
+                join(p.deny.iter().map(|r| r.to_string()).collect())
+            ),
+            format!(
+                "Exit through the hub: {}",
+                join(p.exit.iter().map(|t| t.to_string()).collect())
+            ),
+        ]
     }
 }
 

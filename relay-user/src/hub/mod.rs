@@ -4,6 +4,7 @@
 //! between them; `api` serves its state over HTTP.
 
 mod api;
+pub mod console;
 pub mod dns;
 pub mod enroll;
 mod fallback_reader;
@@ -131,6 +132,8 @@ pub(crate) struct Hub {
     pub(crate) publisher: publish::Publisher,
     /// The DNS zone served on the tunnel address (`None`: DNS is off).
     pub(crate) names: Option<(String, dns::Names)>,
+    /// Recent throughput, drops and spoke rates for the console.
+    pub(crate) history: crate::core::history::History,
     pub(crate) wg: HubWg,
 }
 
@@ -801,6 +804,30 @@ impl Hub {
 
     /// Feed every spoke's counters to its health tracker (once a second:
     /// one map read per spoke).
+    /// One console sample: relay totals, drops by reason, spoke rates.
+    pub(crate) fn sample_history(&mut self) {
+        let at = self.facts.started.elapsed().as_secs_f64();
+        let x = self.datapath.counters();
+        let totals = crate::core::history::Totals {
+            packets: x[relay_common::counter::RELAYED_PACKETS as usize]
+                + self.metrics.userspace_packets,
+            bytes: x[relay_common::counter::RELAYED_BYTES as usize] + self.metrics.userspace_bytes,
+            drops: relay_common::counter::DROP_REASONS
+                .iter()
+                .zip(x)
+                .filter_map(|(r, v)| Some(((*r)?, v)))
+                .collect(),
+        };
+        self.history.push(at, totals);
+        let spokes = self.spoke_statuses();
+        self.history.push_spokes(
+            at,
+            spokes
+                .iter()
+                .map(|s| (s.name.as_str(), s.relayed_in_bytes, s.relayed_out_bytes)),
+        );
+    }
+
     pub(crate) fn observe_health(&mut self) {
         let now = ktime_ns();
         let mut up = HashMap::new();

@@ -85,6 +85,8 @@ pub struct RunConfig {
     pub standby_of: Option<String>,
     /// `--hub-name`: this hub's name among the mesh's hubs.
     pub hub_name: Option<String>,
+    /// `--protect-metrics`: /metrics and /healthz need the API token too.
+    pub protect_metrics: bool,
     /// `--dns-port` on the tunnel address (0 = no DNS) and `--dns-zone`.
     pub dns_port: u16,
     pub dns_zone: String,
@@ -305,6 +307,7 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
             p
         },
         names: None,
+        history: Default::default(),
         wg,
     };
     if hub.datapath.adopted() {
@@ -375,7 +378,19 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
         port => Some(super::peers::bind(&cfg.wg_iface, cfg.net.hub, port)?),
     };
     let hub = Arc::new(Mutex::new(hub));
-    let http_task = tokio::spawn(http::serve(listener, Arc::new(HubApi(hub.clone()))));
+    // The token exists from the first start on (`relayhub status --token`);
+    // it guards the API only where others can reach it.
+    let token = state.api_token()?;
+    let auth = if cfg.metrics_addr.ip().is_loopback() {
+        http::Auth::open()
+    } else {
+        tracing::info!(addr = %cfg.metrics_addr, protect_metrics = cfg.protect_metrics, "the console and /v1/* need the API token (relayhub status --token)");
+        http::Auth {
+            token: Some(token.into()),
+            metrics_open: !cfg.protect_metrics,
+        }
+    };
+    let http_task = tokio::spawn(http::serve(listener, Arc::new(HubApi(hub.clone())), auth));
     let enroll_task = match cfg.enroll_port {
         0 => None,
         port => {
@@ -479,7 +494,9 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
     let mut sweep_tick = tokio::time::interval(SESSION_SWEEP);
     let mut health_tick = tokio::time::interval(HEALTH_SAMPLE);
     let mut address_tick = tokio::time::interval(ADDRESS_REFRESH);
+    let mut history_tick = tokio::time::interval(crate::core::history::SAMPLE_EVERY);
     for t in [
+        &mut history_tick,
         &mut address_tick,
         &mut endpoint_tick,
         &mut sweep_tick,
@@ -590,6 +607,9 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
             }
             _ = health_tick.tick() => {
                 hub.lock().expect("hub lock").observe_health();
+            }
+            _ = history_tick.tick() => {
+                hub.lock().expect("hub lock").sample_history();
             }
             _ = sweep_tick.tick() => {
                 hub.lock().expect("hub lock").sweep_sessions();

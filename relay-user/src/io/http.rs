@@ -18,6 +18,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
+use crate::core::join::same;
+
 /// hyper's smallest read buffer; a longer request head is refused.
 pub const MAX_REQUEST_HEAD: usize = 8192;
 /// A client that has not sent its request head by then is dropped.
@@ -32,6 +34,10 @@ pub trait Api: Send + Sync + 'static {
     fn spokes(&self) -> String;
     /// JSON array of [`crate::hub::ServiceStatus`].
     fn services(&self) -> String;
+    /// JSON array of [`crate::core::history::Point`].
+    fn history(&self) -> String;
+    /// The console page (HTML).
+    fn console(&self) -> String;
     /// Ok while the hub relays: `Some(why)` when it does but is degraded
     /// (its store does not answer); `Err(why)` when it does not relay.
     fn health(&self) -> Result<Option<String>, String>;
@@ -41,6 +47,7 @@ type Shared = Arc<dyn Api>;
 
 const TEXT: &str = "text/plain; charset=utf-8";
 const JSON: &str = "application/json";
+const HTML: &str = "text/html; charset=utf-8";
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -48,9 +55,97 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
     (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
-/// The routes (HEAD is answered wherever GET is).
-pub fn router(api: Shared) -> Router {
+/// Who may read what. Without a token everything is open (an API bound
+/// to loopback only); with one, the console and `/v1/*` need it, and
+/// `/metrics` and `/healthz` too unless `metrics_open`.
+#[derive(Clone, Default)]
+pub struct Auth {
+    pub token: Option<Arc<str>>,
+    pub metrics_open: bool,
+}
+
+impl Auth {
+    /// Everything open (an API on loopback).
+    pub fn open() -> Self {
+        Auth::default()
+    }
+}
+
+/// The cookie a browser keeps the token in after `/?token=...`.
+const COOKIE: &str = "relayhub_token";
+
+fn presented(headers: &HeaderMap, token: &str) -> bool {
+    let bearer = headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.strip_prefix("Bearer "))
+        .any(|t| same(t.trim(), token));
+    let cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .any(|t| same(t, token));
+    bearer || cookie
+}
+
+async fn guard(
+    State(auth): State<Auth>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(token) = auth.token.as_deref() else {
+        return next.run(req).await;
+    };
+    let path = req.uri().path();
+    if auth.metrics_open && (path == "/metrics" || path == "/healthz") {
+        return next.run(req).await;
+    }
+    if presented(req.headers(), token) {
+        return next.run(req).await;
+    }
+    // The console's login link: `/?token=T` keeps T in a cookie and sends
+    // the browser on to `/` (the token leaves the address bar).
+    if path == "/"
+        && let Some(t) = req
+            .uri()
+            .query()
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .find_map(|kv| kv.strip_prefix("token="))
+        && same(t, token)
+    {
+        return (
+            StatusCode::SEE_OTHER,
+            [
+                (header::LOCATION, "/".to_owned()),
+                (
+                    header::SET_COOKIE,
+                    format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"),
+                ),
+            ],
+        )
+            .into_response();
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [
+            (header::WWW_AUTHENTICATE, "Bearer realm=\"relayhub\""),
+            (header::CONTENT_TYPE, TEXT),
+        ],
+        "this hub's API needs its token: `relayhub status --token` on the hub prints it; \
+         send it as `Authorization: Bearer TOKEN`, or open /?token=TOKEN in a browser\n",
+    )
+        .into_response()
+}
+
+/// The routes (HEAD is answered wherever GET is), behind `auth`.
+pub fn router(api: Shared, auth: Auth) -> Router {
     Router::new()
+        .route("/", get(|State(api): State<Shared>| async move { reply(StatusCode::OK, HTML, api.console()) }))
+        .route("/v1/history", get(|State(api): State<Shared>| async move { reply(StatusCode::OK, JSON, api.history()) }))
         .route("/metrics", get(metrics))
         .route("/v1/hub", get(|State(api): State<Shared>| async move { reply(StatusCode::OK, JSON, api.hub()) }))
         .route("/v1/spokes", get(|State(api): State<Shared>| async move { reply(StatusCode::OK, JSON, api.spokes()) }))
@@ -59,6 +154,7 @@ pub fn router(api: Shared) -> Router {
         .method_not_allowed_fallback(|| async { not_get() })
         .fallback(not_found)
         .with_state(api)
+        .layer(axum::middleware::from_fn_with_state(auth, guard))
 }
 
 /// Prometheus text by default (what promtool and older scrapers parse);
@@ -106,7 +202,8 @@ async fn not_found(method: Method) -> Response {
     reply(
         StatusCode::NOT_FOUND,
         TEXT,
-        "not found: try /metrics, /healthz, /v1/hub, /v1/spokes or /v1/services\n".into(),
+        "not found: try /, /metrics, /healthz, /v1/hub, /v1/spokes, /v1/services or /v1/history\n"
+            .into(),
     )
 }
 
@@ -114,9 +211,9 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serve `api` on `listener` until the task is aborted.
-pub async fn serve(listener: TcpListener, api: Shared) {
-    serve_app(listener, router(api), None).await
+/// Serve `api` on `listener` behind `auth` until the task is aborted.
+pub async fn serve(listener: TcpListener, api: Shared, auth: Auth) {
+    serve_app(listener, router(api, auth), None).await
 }
 
 /// Connections served at once; more wait in the listen backlog.
@@ -181,8 +278,17 @@ pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Answer one request without a socket (tests, fuzzing).
 pub async fn respond(api: Shared, req: axum::http::Request<Body>) -> (StatusCode, String, String) {
+    respond_with(api, Auth::open(), req).await
+}
+
+/// [`respond`] behind `auth`.
+pub async fn respond_with(
+    api: Shared,
+    auth: Auth,
+    req: axum::http::Request<Body>,
+) -> (StatusCode, String, String) {
     use tower::ServiceExt as _;
-    let resp = router(api)
+    let resp = router(api, auth)
         .oneshot(req)
         .await
         .unwrap_or_else(|e| match e {});
@@ -227,6 +333,78 @@ mod tests {
         fn services(&self) -> String {
             "[]".into()
         }
+        fn history(&self) -> String {
+            "[]".into()
+        }
+        fn console(&self) -> String {
+            "<!doctype html>".into()
+        }
+    }
+
+    /// The answer to GET `uri` with `headers`, behind `auth`: (status,
+    /// Location, Set-Cookie).
+    fn guarded(auth: &Auth, uri: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+        use tower::ServiceExt as _;
+        let mut req = axum::http::Request::get(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = rt()
+            .block_on(
+                router(Arc::new(Fake(Some(true))), auth.clone())
+                    .oneshot(req.body(Body::empty()).unwrap()),
+            )
+            .unwrap_or_else(|e| match e {});
+        let h = |n| {
+            resp.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        (
+            resp.status().as_u16(),
+            h(header::LOCATION),
+            h(header::SET_COOKIE),
+        )
+    }
+
+    #[test]
+    fn token_guards_console_and_api_beyond_loopback() {
+        let t = "ab".repeat(32);
+        let mut auth = Auth {
+            token: Some(t.clone().into()),
+            metrics_open: true,
+        };
+        let bearer = format!("Bearer {t}");
+        let cookie = format!("other=1; relayhub_token={t}");
+        for path in ["/", "/v1/spokes", "/v1/hub", "/v1/history", "/nope"] {
+            assert_eq!(guarded(&auth, path, &[]).0, 401, "{path}");
+            assert_eq!(
+                guarded(&auth, path, &[("authorization", "Bearer x")]).0,
+                401
+            );
+        }
+        assert_eq!(guarded(&auth, "/", &[("authorization", &bearer)]).0, 200);
+        assert_eq!(guarded(&auth, "/v1/spokes", &[("cookie", &cookie)]).0, 200);
+        // The login link sets the cookie and drops the token from the URL.
+        let (code, loc, set) = guarded(&auth, &format!("/?token={t}"), &[]);
+        assert_eq!((code, loc.as_str()), (303, "/"));
+        assert!(set.starts_with(&format!("relayhub_token={t};")) && set.contains("HttpOnly"));
+        assert_eq!(guarded(&auth, "/?token=wrong", &[]).0, 401);
+        assert_eq!(guarded(&auth, &format!("/v1/hub?token={t}"), &[]).0, 401);
+        // Scrapes stay open unless protected.
+        assert_eq!(guarded(&auth, "/metrics", &[]).0, 200);
+        assert_eq!(guarded(&auth, "/healthz", &[]).0, 200);
+        auth.metrics_open = false;
+        assert_eq!(guarded(&auth, "/metrics", &[]).0, 401);
+        assert_eq!(
+            guarded(&auth, "/metrics", &[("authorization", &bearer)]).0,
+            200
+        );
+        // No token: all open (an API on loopback).
+        assert_eq!(guarded(&Auth::open(), "/", &[]).0, 200);
+        assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "ab"));
     }
 
     fn rt() -> tokio::runtime::Runtime {
@@ -297,7 +475,7 @@ mod tests {
             .unwrap();
         let listener = rt.block_on(bind("127.0.0.1:0".parse().unwrap())).unwrap();
         let addr = listener.local_addr().unwrap();
-        rt.spawn(serve(listener, Arc::new(Fake(Some(true)))));
+        rt.spawn(serve(listener, Arc::new(Fake(Some(true))), Auth::open()));
         let exchange = |req: &[u8]| {
             let mut s = std::net::TcpStream::connect(addr).unwrap();
             s.set_read_timeout(Some(HEAD_TIMEOUT * 3)).unwrap();

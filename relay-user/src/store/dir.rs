@@ -25,6 +25,9 @@ pub const REGISTRY_FILE: &str = "spokes.json";
 pub const ENROLL_IDENTITY_FILE: &str = "enroll.pem";
 /// The hub endpoint last given with `--endpoint` (text, one line).
 pub const ENDPOINT_FILE: &str = "endpoint";
+/// The API token (the console and /v1/* when the API is bound beyond
+/// loopback): 64 hex digits, mode 0600.
+pub const API_TOKEN_FILE: &str = "api.token";
 /// The hub's IPv6 endpoint last given with `--endpoint` (text, one line),
 /// for spokes added with `--family ipv6`.
 pub const ENDPOINT6_FILE: &str = "endpoint6";
@@ -206,6 +209,28 @@ impl StateDir {
             Err(e) => return Err(StateError::io(&path, e)),
         };
         parse_identity(&text).map_err(|detail| StateError::CorruptIdentity { path, detail })
+    }
+
+    /// The API token, generated on first use (`relayhub status --token`
+    /// prints it).
+    pub fn api_token(&self) -> Result<String, StateError> {
+        let path = self.path.join(API_TOKEN_FILE);
+        if let Some(t) = self.read_line(API_TOKEN_FILE)? {
+            return Ok(t);
+        }
+        let bytes: [u8; 32] = rand::random();
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        if self.create_private(&path, &format!("{token}\n"))? {
+            tracing::info!(path = %path.display(), "generated the API token (relayhub status --token)");
+        }
+        // Whoever created it first, this is the one.
+        self.read_line(API_TOKEN_FILE)?
+            .ok_or_else(|| StateError::io(&path, io::ErrorKind::NotFound.into()))
+    }
+
+    /// The API token if one was generated (the CLI never creates it).
+    pub fn saved_api_token(&self) -> Result<Option<String>, StateError> {
+        self.read_line(API_TOKEN_FILE)
     }
 
     /// Create `path` with `text`, mode 0600, atomically: written under a
