@@ -132,6 +132,24 @@ fn internet(topo: &Topology) -> anyhow::Result<(Netns, Veth)> {
     Ok((inet, link))
 }
 
+/// How many spokes reach `dst` through the hub (each given 10 s).
+fn reaching(topo: &Topology, dst: &str) -> usize {
+    let mut ok = 0;
+    for (i, s) in topo.spokes.iter().enumerate() {
+        let r = cmd::wait_for(
+            &format!("s{} to reach {dst} through the hub", i + 1),
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || Ok(s.ns.ping_once(dst).then_some(())),
+        );
+        match r {
+            Ok(()) => ok += 1,
+            Err(e) => eprintln!("[egress] {e:#}"),
+        }
+    }
+    ok
+}
+
 fn checks(
     topo: &Topology,
     hub: &mut Hub<'_>,
@@ -204,19 +222,7 @@ fn checks(
     hub.cli(&["policy", "exit", "allow", "s1"])?;
     let out = hub.cli(&["policy", "exit", "allow", "s2"])?;
     anyhow::ensure!(out.contains("exit through the hub: s1 s2"), "{out}");
-    let mut ok = 0;
-    for (i, s) in topo.spokes.iter().enumerate() {
-        let r = cmd::wait_for(
-            &format!("s{} to reach {INTERNET} through the hub", i + 1),
-            Duration::from_secs(10),
-            Duration::from_millis(100),
-            || Ok(s.ns.ping_once(INTERNET).then_some(())),
-        );
-        match r {
-            Ok(()) => ok += 1,
-            Err(e) => eprintln!("[egress] {e:#}"),
-        }
-    }
+    let ok = reaching(topo, INTERNET);
     println!("egress_ok={ok}/2");
     let nft = topo.hub.exec(&["nft", "list", "table", "inet", table])?;
     anyhow::ensure!(
@@ -226,19 +232,7 @@ fn checks(
     // IPv6 too (::/0 to the hub, masqueraded to the hub's IPv6 address):
     // the IPv4 spoke behind NAT44 reaches an IPv6 host.
     let capture6 = Capture::start_filtered(inet, &link.b, &topo.workdir, "inet6", &["icmp6"])?;
-    let mut ok6 = 0;
-    for (i, s) in topo.spokes.iter().enumerate() {
-        let r = cmd::wait_for(
-            &format!("s{} to reach {INTERNET6} through the hub", i + 1),
-            Duration::from_secs(10),
-            Duration::from_millis(100),
-            || Ok(s.ns.ping_once(INTERNET6).then_some(())),
-        );
-        match r {
-            Ok(()) => ok6 += 1,
-            Err(e) => eprintln!("[egress6] {e:#}"),
-        }
-    }
+    let ok6 = reaching(topo, INTERNET6);
     println!("egress6_ok={ok6}/2");
     anyhow::ensure!(
         ok6 == 2,

@@ -36,6 +36,12 @@ impl State {
     }
 }
 
+/// Time since a frame seen at `last_ns` (0: never), at `now_ns` (both on
+/// the kernel's monotonic clock, as the slot counters keep them).
+pub fn silence(last_ns: u64, now_ns: u64) -> Option<Duration> {
+    (last_ns != 0).then(|| Duration::from_nanos(now_ns.saturating_sub(last_ns)))
+}
+
 /// Thresholds for one PersistentKeepalive setting.
 #[derive(Clone, Copy, Debug)]
 pub struct Thresholds {

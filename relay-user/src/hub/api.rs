@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -199,7 +199,7 @@ impl Hub {
             .map(|(&slot, m)| {
                 let c = self.datapath.slot_counters(slot);
                 let silence = age(c.last_rx_ns);
-                let silence_d = silence.map(Duration::from_secs_f64);
+                let silence_d = crate::core::health::silence(c.last_rx_ns, now_ns);
                 SpokeStatus {
                     name: m.name.clone(),
                     id: slot,

@@ -830,16 +830,22 @@ impl Hub {
 
     pub(crate) fn observe_health(&mut self) {
         let now = ktime_ns();
+        // Only UDP services without a probe need the spokes' states.
+        let follow = self.publisher.follows_spokes();
         let mut up = HashMap::new();
         for (&slot, m) in self.spokes.iter_mut() {
             let c = self.datapath.slot_counters(slot);
             m.health.observe(&c, now);
-            let silence = (c.last_rx_ns != 0)
-                .then(|| std::time::Duration::from_nanos(now.saturating_sub(c.last_rx_ns)));
-            let state = self.thresholds.classify(silence);
-            up.insert(m.name.clone(), state == crate::core::health::State::Up);
+            if follow {
+                let state = self
+                    .thresholds
+                    .classify(crate::core::health::silence(c.last_rx_ns, now));
+                up.insert(m.name.clone(), state == crate::core::health::State::Up);
+            }
         }
-        self.publisher
-            .follow_spokes(|n| up.get(n).copied().unwrap_or(false));
+        if follow {
+            self.publisher
+                .follow_spokes(|n| up.get(n).copied().unwrap_or(false));
+        }
     }
 }

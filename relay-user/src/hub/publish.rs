@@ -203,6 +203,11 @@ impl Publisher {
         }
     }
 
+    /// Whether a running service's backends follow their spokes' health.
+    pub fn follows_spokes(&self) -> bool {
+        self.running.values().any(|r| r.state.follows_spokes)
+    }
+
     /// UDP services without a probe: each backend is as healthy as its
     /// spoke's WireGuard (`up(spoke name)`).
     pub fn follow_spokes(&self, up: impl Fn(&str) -> bool) {
