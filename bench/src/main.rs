@@ -3,12 +3,14 @@
 
 mod bpfraw;
 mod hs;
+mod idle;
 mod loadgen;
 mod mesh;
 mod packet;
 mod prof;
 mod real;
 mod report;
+mod scale;
 mod synth;
 mod sys;
 mod urelay;
@@ -63,6 +65,13 @@ enum Cmd {
         #[arg(long)]
         only: Option<usize>,
     },
+    /// The XDP program against table size (default capacity vs 100k
+    /// spokes and 1M sessions: memory, hot and spread hits) and on both
+    /// CPUs at once (in-kernel test runs, BPF statistics off).
+    Scale {
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+    },
     /// Handshake initiation routing alone (in process, no root needed):
     /// warm rekeys and first contacts for each number of spokes.
     Hs {
@@ -85,6 +94,20 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         reps: usize,
     },
+    /// What an idle full mesh costs the hub: the real hub, N simulated
+    /// spokes that only keep their sessions alive (as root).
+    Idle {
+        /// Numbers of spokes.
+        #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
+        spokes: Vec<usize>,
+        /// Measurement window per mesh, seconds (after the warm-up).
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        /// new: PersistentKeepalive on the hub peer only; old: on every
+        /// peer (simulated up to 100 spokes, larger meshes computed).
+        #[arg(long, value_enum, default_value = "new")]
+        timers: idle::Timers,
+    },
     /// The userspace index relay baseline (started by `run`).
     Urelay {
         #[arg(long)]
@@ -97,6 +120,15 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Urelay { port, table } => urelay::run(port, &table),
+        Cmd::Idle {
+            spokes,
+            secs,
+            timers,
+        } => idle::run(&idle::Opts {
+            spokes,
+            secs,
+            timers,
+        }),
         Cmd::Hs { spokes, ms } => {
             handshake_rows(&spokes, Duration::from_millis(ms));
             Ok(())
@@ -122,6 +154,7 @@ fn main() -> anyhow::Result<()> {
             no_real,
             command,
         } => run(smoke, &out, no_real, &command),
+        Cmd::Scale { reps } => scale::run(reps),
         Cmd::Mesh { spokes, ms, reps } => {
             relay_tests::cmd::require_root();
             let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
@@ -141,17 +174,34 @@ pub struct All {
     pub real: real::RealResults,
     pub fixed_pps: f64,
     pub elapsed: Duration,
+    /// The XDP program with statistics off, table scale, both CPUs.
+    pub scale: Option<scale::ScaleResults>,
+    /// An idle mesh of simulated spokes.
+    pub idle: Option<idle::IdleResults>,
+    /// /proc/loadavg's first three fields at the start and at the end.
+    pub load: (String, String),
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn run(smoke: bool, out: &std::path::Path, no_real: bool, command: &str) -> anyhow::Result<()> {
     relay_tests::cmd::require_root();
     let t0 = Instant::now();
+    let load_start = loadavg();
     let self_exe = std::env::current_exe()?
         .to_str()
         .context("utf-8 path")?
         .to_string();
-    // BPF run-time statistics while the fd lives.
-    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
+    // BPF run-time statistics while the fd lives (the "ns/run" column);
+    // dropped before the measurements that must run without them.
+    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
 
     let cfg = if smoke {
         packet::Config {
@@ -212,6 +262,15 @@ fn run(smoke: bool, out: &std::path::Path, no_real: bool, command: &str) -> anyh
         eprintln!("== real wireguard-go spokes ==");
         real::run(smoke, &self_exe)?
     };
+    drop(stats);
+    eprintln!("== the XDP program: statistics off, table scale, both CPUs ==");
+    let scale = scale::measure(if smoke { 1 } else { 5 }, smoke)?;
+    eprintln!("== an idle mesh of simulated spokes ==");
+    let idle = if smoke {
+        idle::results(&[20], 2)?
+    } else {
+        idle::results(&[100, 1000, 10_000], 30)?
+    };
     let all = All {
         smoke,
         packet: packet_res,
@@ -221,6 +280,9 @@ fn run(smoke: bool, out: &std::path::Path, no_real: bool, command: &str) -> anyh
         real,
         fixed_pps: cfg.fixed_pps,
         elapsed: t0.elapsed(),
+        scale: Some(scale),
+        idle: Some(idle),
+        load: (load_start, loadavg()),
     };
     report::write(&all, out, command)?;
     eprintln!("bench done in {:?}", t0.elapsed());

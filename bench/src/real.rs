@@ -55,6 +55,8 @@ impl RealMode {
 #[derive(Default, Debug, Clone)]
 pub struct RealResult {
     pub tcp_mbps: Vec<f64>,
+    /// Per repetition, each CPU's idle fraction during the TCP run.
+    pub tcp_idle: Vec<Vec<f64>>,
     /// (inner packet size, hub ns per relayed packet per repetition, received pps,
     /// NAPI-thread-only ns per packet per repetition)
     pub udp: Vec<(usize, Vec<f64>, f64, Vec<f64>)>,
@@ -134,7 +136,11 @@ fn one(mode: RealMode, plan: &Plan, self_exe: &str) -> anyhow::Result<RealResult
             bpfraw::XDP_FLAGS_DRV_MODE,
         )
     })?;
-    sys::threaded_napi(&topo.router.name, &rif, AUX_CPU)?;
+    // The router's receive from the hub on the hub's CPU: on the spokes'
+    // CPU it preempted them for every few frames the fast hub returned,
+    // and the TCP row measured that instead of the hub
+    // (notes/bench-tcp-inversion.md in the design notes).
+    sys::threaded_napi(&topo.router.name, &rif, HUB_CPU)?;
     // SAFETY: single-threaded here; the hub process inherits it.
     match mode {
         RealMode::RelayhubGeneric => unsafe { std::env::set_var("RELAYHUB_XDP_MODE", "generic") },
@@ -258,7 +264,9 @@ fn one(mode: RealMode, plan: &Plan, self_exe: &str) -> anyhow::Result<RealResult
     )?;
     let mut res = RealResult::default();
     for _ in 0..plan.reps {
+        let s0 = sys::cpu_times();
         let (bps, _) = iperf(&topo, dst, &["-t", &plan.tcp_secs.to_string()])?;
+        res.tcp_idle.push(sys::idle_since(&s0));
         anyhow::ensure!(bps > 0.0, "{}: TCP delivered nothing", mode.name());
         res.tcp_mbps.push(bps / 1e6);
     }

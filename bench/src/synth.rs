@@ -81,7 +81,7 @@ pub struct XdpHub {
 }
 
 /// A slot registered for the BPF_PROG_TEST_RUN fixed point (see `test_run`).
-const FIX_SLOT: u32 = 16000;
+pub const FIX_SLOT: u32 = 16000;
 const FIX_DST: u32 = 16001;
 const FIX_RX: u32 = 0x0f1e_0001;
 const FIX_IP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
@@ -95,7 +95,23 @@ impl XdpHub {
     /// [`load`](Self::load) with another build of the object (profiling
     /// variants, `relay-bench prof --object`).
     pub fn load_object(object: &[u8], sp: &[Spoke]) -> anyhow::Result<Self> {
-        let mut ebpf = EbpfLoader::new().load(object)?;
+        Self::load_with(EbpfLoader::new().load(object)?, sp)
+    }
+
+    /// The product's object with `slots` spoke slots and `sessions`
+    /// session entries, as `relayhub run --max-spokes --max-sessions`
+    /// sizes them, and no synthetic spokes but the fixed point.
+    pub fn load_sized(slots: u32, sessions: u32) -> anyhow::Result<Self> {
+        let ebpf = EbpfLoader::new()
+            .map_max_entries(relay_common::MAP_SLOTS, slots)
+            .map_max_entries(relay_common::MAP_SLOT_COUNTERS, slots)
+            .map_max_entries(relay_common::MAP_ENDPOINT_SLOTS, slots)
+            .map_max_entries(relay_common::MAP_SESSIONS, sessions)
+            .load(relay_user::EBPF_OBJECT)?;
+        Self::load_with(ebpf, &[])
+    }
+
+    fn load_with(mut ebpf: Ebpf, sp: &[Spoke]) -> anyhow::Result<Self> {
         let memlock: std::collections::HashMap<String, u64> = ebpf
             .maps()
             .map(|(n, m)| (n.to_string(), map_memlock(m)))
@@ -129,11 +145,11 @@ impl XdpHub {
         Ok(hub)
     }
 
-    fn spoke(&mut self, slot: u32, ep: Endpoint, active: bool) -> anyhow::Result<()> {
+    pub fn spoke(&mut self, slot: u32, ep: Endpoint, active: bool) -> anyhow::Result<()> {
         Ok(self.maps.set_spoke(slot, ep, active)?)
     }
 
-    fn session(&mut self, src_slot: u32, receiver: u32, dst_slot: u32) -> anyhow::Result<()> {
+    pub fn session(&mut self, src_slot: u32, receiver: u32, dst_slot: u32) -> anyhow::Result<()> {
         Ok(self
             .maps
             .set_session(src_slot, receiver, dst_slot, SESSION_FROM_INITIATION, 0)?)

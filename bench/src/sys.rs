@@ -59,7 +59,7 @@ pub fn tids(pid: u32) -> Vec<u32> {
 }
 
 /// CPU time (ns) a thread has run: first field of schedstat.
-fn thread_ns(pid: u32, tid: u32) -> u64 {
+pub fn thread_ns(pid: u32, tid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat"))
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
@@ -203,4 +203,31 @@ pub fn ifindex(name: &str) -> anyhow::Result<u32> {
     let c = std::ffi::CString::new(name)?;
     // SAFETY: valid C string.
     Ok(unsafe { libc::if_nametoindex(c.as_ptr()) })
+}
+
+/// Per CPU (cpu0, cpu1, ...): (idle + iowait, total) jiffies from /proc/stat.
+pub fn cpu_times() -> Vec<(u64, u64)> {
+    std::fs::read_to_string("/proc/stat")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .map(|l| {
+            let v: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+            (idle, v.iter().sum())
+        })
+        .collect()
+}
+
+/// Each CPU's idle fraction since `before` ([`cpu_times`]).
+pub fn idle_since(before: &[(u64, u64)]) -> Vec<f64> {
+    cpu_times()
+        .iter()
+        .zip(before)
+        .map(|(a, b)| (a.0 - b.0) as f64 / (a.1 - b.1).max(1) as f64)
+        .collect()
 }

@@ -221,7 +221,7 @@ pub struct SessionValue {
     pub dst_slot: u32,
     /// `SESSION_*` bits.
     pub flags: u32,
-    /// `bpf_ktime_get_ns()` when a frame last used the entry (refreshed at
+    /// `bpf_ktime_get_coarse_ns()` when a frame last used the entry (refreshed at
     /// most about once a second to keep the cache line quiet).
     pub last_seen_ns: u64,
 }
@@ -261,7 +261,7 @@ pub struct HubConfig {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct PassWindow {
-    /// `bpf_ktime_get_ns()` when the window began.
+    /// `bpf_ktime_get_coarse_ns()` when the window began.
     pub start_ns: u64,
     pub count: u32,
     pub _pad: u32,
@@ -292,9 +292,9 @@ pub struct SlotCounters {
     pub hub_packets: u64,
     /// Keepalives from this spoke to the hub's own WireGuard.
     pub hub_keepalives: u64,
-    /// `bpf_ktime_get_ns()` of the last frame from this spoke.
+    /// `bpf_ktime_get_coarse_ns()` of the last frame from this spoke.
     pub last_rx_ns: u64,
-    /// `bpf_ktime_get_ns()` of the last keepalive from this spoke.
+    /// `bpf_ktime_get_coarse_ns()` of the last keepalive from this spoke.
     pub last_keepalive_ns: u64,
 }
 
@@ -454,7 +454,7 @@ pub mod counter {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NextHop {
-    /// `bpf_ktime_get_ns()` of the lookup; 0 = empty.
+    /// `bpf_ktime_get_coarse_ns()` of the lookup; 0 = empty.
     pub stamp_ns: u64,
     /// Destination address (IPv4 in the first 4 bytes).
     pub dst: [u8; 16],

@@ -69,7 +69,7 @@ fn flag_then_variable_then_file_then_default() {
     let conf = stdout_ok(&relayhub(&["spoke", "add", "a"], &[("RELAYHUB_CONFIG", f)]));
     assert!(conf.contains("Endpoint = file.example:51001\n"), "{conf}");
     assert!(conf.contains("PersistentKeepalive = 11\n"), "{conf}");
-    assert!(conf.contains("Address = 10.88.0.2/24\n"), "{conf}");
+    assert!(conf.contains("Address = 10.88.0.2/16\n"), "{conf}");
     assert!(state.is_dir(), "the file's state-dir is not used");
     // A variable beats the file.
     let conf = stdout_ok(&relayhub(

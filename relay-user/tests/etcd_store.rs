@@ -102,7 +102,7 @@ fn cli_on_etcd() {
         &st,
         &with(&["spoke", "add", "web1", "--endpoint", "192.0.2.1"]),
     );
-    assert!(conf.contains("Address = 10.88.0.2/24"), "{conf}");
+    assert!(conf.contains("Address = 10.88.0.2/16"), "{conf}");
     ok(&st, &with(&["spoke", "add", "web2"]));
     ok(&st, &with(&["spoke", "add", "db1"]));
     let list = ok(&st, &with(&["spoke", "list"]));

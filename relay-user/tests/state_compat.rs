@@ -2,7 +2,9 @@
 //! loads unchanged: the current binary prints the same spokes, peers,
 //! keys and policy for it (the expected configs follow today's file format:
 //! the tunnel prefix in Address and the relayhub-sync note, since issue
-//! 17), and its first write moves the old `ipv6-spokes` side
+//! 17; since issue 18 the /16 default network, which holds every address
+//! 0.1.0 gave out, and PersistentKeepalive on the hub peer only), and its
+//! first write moves the old `ipv6-spokes` side
 //! file into the registry records without changing what it prints.
 
 use std::path::{Path, PathBuf};
@@ -94,7 +96,7 @@ fn state_dir_of_0_1_0_loads_unchanged() {
 
     // The first registry write migrates the side file...
     let added = state.relayhub(&["spoke", "add", "new1"]);
-    assert!(added.contains("Address = 10.88.0.5/24"), "{added}");
+    assert!(added.contains("Address = 10.88.0.5/16"), "{added}");
     assert!(state.file("ipv6-spokes").is_none());
     let migrated = state.file("spokes.json").unwrap();
     assert_eq!(

@@ -1591,6 +1591,13 @@ impl Hub {
         }
     }
 
+    /// A snapshot to compare a batch against: slot timestamps cleared
+    /// first (see `clear_slot_times`).
+    fn before(&mut self) -> Snapshot {
+        self.0.clear_slot_times(NSLOTS);
+        self.snapshot()
+    }
+
     fn drain_events(&mut self) -> Vec<InitiationEvent> {
         self.0.drain_events()
     }
@@ -1778,7 +1785,7 @@ fn run_pass(run: &Run, pass: &Pass, pass_seed: u64, iters: u64) {
         hub.0.clear_copy_budget();
         let mut budget = Budget::new(PROOF_REPORTS_PER_SEC);
         let mut copies = Budget::new(INITIATION_COPIES_PER_SEC);
-        let before = hub.snapshot();
+        let before = hub.before();
         let mut counters = vec![0u64; counter::COUNT as usize];
         let mut slots = vec![SlotDelta::default(); NSLOTS as usize];
         let mut rx_seen = HashSet::new();

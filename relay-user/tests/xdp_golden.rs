@@ -306,6 +306,13 @@ impl Hub {
         }
     }
 
+    /// A snapshot to compare a run against: slot timestamps cleared first
+    /// (see `clear_slot_times`).
+    fn before(&mut self) -> Snapshot {
+        self.clear_slot_times(MAX_TEST_SLOT);
+        self.snapshot()
+    }
+
     /// Open the fallback perf buffers (as the controller does).
     fn open_fallback(&mut self) {
         let map = self.ebpf.take_map(MAP_FALLBACK).expect("FALLBACK map");
@@ -408,7 +415,7 @@ fn check_case(hub: &mut Hub, case: &Case) {
     hub.clear_proof_budget();
     hub.clear_copy_budget();
     hub.drain_proofs();
-    let before = hub.snapshot();
+    let before = hub.before();
     let (action, out) = hub
         .run(&case.input)
         .unwrap_or_else(|e| panic!("{}: test_run: {e}", case.name));
@@ -1121,9 +1128,15 @@ fn golden_cases() {
     assert_ne!(hub.session(D.slot, R_D_TO_E).unwrap().last_seen_ns, 0);
     // Sessions that only dropped were not.
     assert_eq!(hub.session(A.slot, R_LOOP).unwrap().last_seen_ns, 0);
-    // Keepalive timestamps: A sent keepalives to B and to the hub.
-    let snap = hub.snapshot();
-    assert_ne!(snap.slots[A.slot as usize].2, 0);
+    // Keepalive timestamps (cleared before every case): a keepalive from A
+    // to B sets A's.
+    hub.clear_slot_times(MAX_TEST_SLOT);
+    assert_eq!(hub.snapshot().slots[A.slot as usize].2, 0);
+    assert_eq!(
+        hub.run(&with_payload(&A, keepalive(R_A_TO_B))).unwrap().0,
+        XDP_TX
+    );
+    assert_ne!(hub.snapshot().slots[A.slot as usize].2, 0);
     eprintln!("{} golden cases passed", cases.len());
 
     // last_seen_ns is refreshed at most once a second: a second frame
@@ -1234,7 +1247,7 @@ fn initiation_ring_full() {
             with_payload(&from, payload.clone())
         })
         .collect();
-    let before = hub.snapshot();
+    let before = hub.before();
     for f in &frames {
         let (action, out) = hub.run(f).expect("test_run");
         assert_eq!(action, XDP_PASS);
@@ -1294,7 +1307,7 @@ fn initiation_budget_per_source() {
     other_port.sport = STRANGER.port + 1;
     let other_port = other_port.build();
     let spoke = with_payload(&A, initiation(0x53));
-    let before = hub.snapshot();
+    let before = hub.before();
     let (action, _) = hub.run_n(&stranger, BUDGET).unwrap();
     assert_eq!(action, XDP_PASS, "within the budget");
     let (action, out) = hub.run(&other_port).unwrap();
@@ -1348,7 +1361,7 @@ fn initiation_copy_budget_per_address() {
     );
     other_port.sport = A.port + 1;
     let other_port = other_port.build();
-    let before = hub.snapshot();
+    let before = hub.before();
     let (action, _) = hub.run_n(&from_a, per_sec - 2).unwrap();
     assert_eq!(action, XDP_PASS);
     let (action, out) = hub.run_n(&other_port, 5).unwrap();
@@ -1390,7 +1403,7 @@ fn proof_reports_from_unknown_sources() {
     let hub_ep = Endpoint::v4(HUB4.octets(), PORT);
     let data = transport(R_A_TO_B, 64);
     let resp = response(0x7777_0001, 0x4242_4242);
-    let before = hub.snapshot();
+    let before = hub.before();
     for (payload, copied) in [(data.clone(), 16), (resp.clone(), 92)] {
         let frame = with_payload(&STRANGER, payload.clone());
         let (action, out) = hub.run(&frame).unwrap();
@@ -1429,7 +1442,7 @@ fn proof_reports_from_unknown_sources() {
     let mut other_port = Frame::from_spoke(&STRANGER, data.clone());
     other_port.sport = STRANGER.port + 1;
     let other_port = other_port.build();
-    let before = hub.snapshot();
+    let before = hub.before();
     hub.run_n(&with_payload(&STRANGER, data.clone()), per_sec - 1)
         .unwrap();
     hub.run_n(&other_port, 3).unwrap();

@@ -70,14 +70,14 @@ pub fn slot_totals<'a>(
     (d, c.last_rx_ns, c.last_keepalive_ns)
 }
 
-/// CLOCK_MONOTONIC in ns (the clock of bpf_ktime_get_ns).
+/// CLOCK_MONOTONIC_COARSE in ns: the clock of bpf_ktime_get_coarse_ns.
 pub fn ktime_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -395,6 +395,29 @@ impl Harness {
         let keys: Vec<Endpoint> = self.copy_budget.keys().filter_map(Result::ok).collect();
         for k in keys {
             let _ = self.copy_budget.remove(&k);
+        }
+    }
+
+    /// Zero slots `0..n`'s `last_rx_ns` and `last_keepalive_ns` (counts
+    /// kept): the program reads the coarse clock, which two runs within one
+    /// tick see unchanged, so "written by this run" is "non-zero after".
+    pub fn clear_slot_times(&mut self, n: u32) {
+        for i in 0..n {
+            let Ok(values) = self.slot_counters.get(&i, 0) else {
+                continue;
+            };
+            let cleared: Vec<SlotCounters> = values
+                .iter()
+                .map(|c| SlotCounters {
+                    last_rx_ns: 0,
+                    last_keepalive_ns: 0,
+                    ..*c
+                })
+                .collect();
+            let values = aya::maps::PerCpuValues::try_from(cleared).expect("one value per CPU");
+            self.slot_counters
+                .set(i, values, 0)
+                .expect("slot counters update");
         }
     }
 }

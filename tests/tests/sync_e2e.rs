@@ -16,7 +16,8 @@
 //!   hub's own namespace), and with a policy a spoke gets only the peers it
 //!   may reach;
 //! - `--conf FILE` rewrites the wg-quick file's [Peer]s, keeping [Interface];
-//!   a spoke with an old `Address = x/32` file gets the tunnel route.
+//!   a spoke with a file from the /24 default (`Address = x/24`) gets the
+//!   route for the whole /16 tunnel network.
 //!
 //! Run as root: `cargo test -p relay-tests --release --test sync_e2e -- --nocapture`.
 
@@ -324,16 +325,16 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
     let key4 = conf_public_key(&text4)?;
     let addr4 = conf_address(&text4)?.to_string();
     hub.wait_for_peers(std::slice::from_ref(&key4))?;
-    // s4 runs a file as older hubs printed it (Address /32): wg-quick
-    // routes only its peers' addresses, and its first sync adds the route
-    // for the tunnel network.
+    // s4 runs a file as hubs printed it while the default network was a
+    // /24: its interface routes only that /24 (and its peers' addresses),
+    // and its first sync adds the route for the whole tunnel network.
     let old_style = text4.replace(
+        &format!("Address = {addr4}/16"),
         &format!("Address = {addr4}/24"),
-        &format!("Address = {addr4}/32"),
     );
     ensure!(
         old_style != text4,
-        "no `Address = {addr4}/24` in s4's file:\n{text4}"
+        "no `Address = {addr4}/16` in s4's file:\n{text4}"
     );
     let w4: WgQuick = topo.spoke_up(3, &old_style)?;
     let up4 = t_add.elapsed();
@@ -505,12 +506,12 @@ fn checks(topo: &Topology, hub: &mut Hub<'_>) -> anyhow::Result<()> {
         );
     }
 
-    let route = ns(3).exec(&["ip", "-4", "route", "show", "exact", "10.88.0.0/24"])?;
+    let route = ns(3).exec(&["ip", "-4", "route", "show", "exact", "10.88.0.0/16"])?;
     ensure!(
         route.contains(&format!("dev {} ", w4.ifname)),
-        "s4 (Address /32) has no route for the tunnel network after its syncs: {route:?}"
+        "s4 (Address /24) has no route for the tunnel network after its syncs: {route:?}"
     );
-    eprintln!("[sync] s4 (Address /32): {}", route.trim());
+    eprintln!("[sync] s4 (Address /24): {}", route.trim());
 
     bad_lists(topo, &mesh, &ifnames)?;
     conf_file(topo, &mesh, &ifnames)?;

@@ -488,7 +488,7 @@ initiations-per-source = 0x10
         assert_eq!(m.value_source("port"), Some(ValueSource::CommandLine));
         assert_eq!(cli.state_dir, PathBuf::from("/srv/relayhub"), "file");
         assert_eq!(cli.endpoint.as_deref(), Some("hub.example.net"));
-        assert_eq!(cli.network.to_string(), "10.88.0.0/24", "default");
+        assert_eq!(cli.network.to_string(), "10.88.0.0/16", "default");
         let r = run_args(cli);
         assert_eq!(r.xdp_mode, AttachMode::Native, "flag beats file");
         assert_eq!(r.wg_iface, "hubwg");

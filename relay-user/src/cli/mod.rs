@@ -45,11 +45,14 @@ pub struct Cli {
     /// UDP port shared by the relay and the hub's own WireGuard.
     #[arg(long, env = "RELAYHUB_PORT", default_value_t = relay_common::wire::DEFAULT_PORT, global = true)]
     pub port: u16,
-    /// Tunnel network; the hub takes its first address.
+    /// Tunnel network; the hub takes its first address. The default holds
+    /// some 65,000 spokes; hubs set up with the earlier default
+    /// 10.88.0.0/24 move to it as they are (their spokes' addresses lie in
+    /// it, and relayhub-sync adds the wider route on the spokes).
     #[arg(
         long,
         env = "RELAYHUB_NETWORK",
-        default_value = "10.88.0.0/24",
+        default_value = "10.88.0.0/16",
         global = true
     )]
     pub network: TunnelNet,
@@ -710,7 +713,7 @@ mod tests {
         let cli = parse(&["run"]).unwrap();
         assert_eq!(cli.state_dir, PathBuf::from("/var/lib/relayhub"));
         assert_eq!(cli.port, 51820);
-        assert_eq!(cli.network.to_string(), "10.88.0.0/24");
+        assert_eq!(cli.network.to_string(), "10.88.0.0/16");
         assert_eq!(cli.endpoint, None);
         assert_eq!(cli.store, StoreSpec::Dir);
         let r = run_args(cli);

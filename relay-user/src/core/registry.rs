@@ -241,7 +241,7 @@ fn mask(prefix: u8) -> u32 {
 
 impl Default for TunnelNet {
     fn default() -> Self {
-        TunnelNet::new(Ipv4Addr::new(10, 88, 0, 0), 24).expect("valid default network")
+        TunnelNet::new(Ipv4Addr::new(10, 88, 0, 0), 16).expect("valid default network")
     }
 }
 
@@ -740,8 +740,14 @@ impl Registry {
         let used: HashSet<u32> = self.spokes.iter().map(|s| u32::from(s.address)).collect();
         let first = u32::from(net.network) + 1;
         let last = u32::from(net.broadcast()) - 1;
+        // In a network wider than /24, no address ending in .0 or .255:
+        // spokes configured when the default network was a /24 (their
+        // Address line says /24) take those for their subnet's network and
+        // broadcast addresses and could not reach such a peer.
+        let wide = net.prefix < 24;
         (first..=last)
             .map(Ipv4Addr::from)
+            .filter(|a| !wide || !matches!(a.octets()[3], 0 | 255))
             .find(|&a| a != net.hub && !used.contains(&u32::from(a)))
             .ok_or(RegistryError::NetworkFull {
                 net: *net,
@@ -1070,9 +1076,10 @@ pub(crate) mod tests {
     #[test]
     fn tunnel_net_parse_display() {
         let n = TunnelNet::default();
-        assert_eq!(n.to_string(), "10.88.0.0/24");
+        assert_eq!(n.to_string(), "10.88.0.0/16");
         assert_eq!(n.hub, Ipv4Addr::new(10, 88, 0, 1));
-        assert_eq!(n, net("10.88.0.0/24"));
+        assert_eq!(n, net("10.88.0.0/16"));
+        let n = net("10.88.0.0/24");
         assert_eq!(net("192.168.0.0/16").hub, Ipv4Addr::new(192, 168, 0, 1));
         assert_eq!(net("10.0.0.0/30").broadcast(), Ipv4Addr::new(10, 0, 0, 3));
         assert_eq!(net("10.0.0.0/30").spoke_capacity(), 1);
@@ -1144,6 +1151,37 @@ pub(crate) mod tests {
         let c = r.get("c").unwrap();
         assert_eq!((c.id, c.address), (3, Ipv4Addr::new(10, 88, 0, 4)));
         assert_eq!(r.get_by_id(3).unwrap().name, "c");
+    }
+
+    /// The default network holds the scale target (10k spokes and more),
+    /// and skips .0 and .255, which spokes from /24 days would not reach.
+    #[test]
+    fn wide_network_skips_dot_zero_and_dot_255() {
+        let n = TunnelNet::default();
+        assert!(n.spoke_capacity() > 65_000);
+        let mut r = Registry::new();
+        let mut last = Ipv4Addr::UNSPECIFIED;
+        for i in 0..600u32 {
+            let mut k = [0u8; 32];
+            k[..4].copy_from_slice(&i.to_be_bytes());
+            k[31] = 1;
+            last = r.add(&format!("s{i}"), Key(k), &n).unwrap().address;
+            assert!(!matches!(last.octets()[3], 0 | 255), "{last}");
+        }
+        // .2-.254 of the first /24 (253), .1-.254 of the next two.
+        assert_eq!(last, Ipv4Addr::new(10, 88, 2, 93));
+        assert!(r.get("s253").unwrap().address == Ipv4Addr::new(10, 88, 1, 1));
+        // A /24 still uses all of its hosts.
+        let n24: TunnelNet = "10.77.0.0/24".parse().unwrap();
+        let mut r = Registry::new();
+        for i in 0..253u8 {
+            r.add(&format!("t{i}"), key(i.wrapping_add(1)), &n24)
+                .unwrap();
+        }
+        assert_eq!(
+            r.get("t252").unwrap().address,
+            Ipv4Addr::new(10, 77, 0, 254)
+        );
     }
 
     #[test]

@@ -860,10 +860,12 @@ fn is_busy(e: &ProgramError) -> bool {
     }
 }
 
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns()`.
+/// CLOCK_MONOTONIC_COARSE in ns: exactly the clock of
+/// `bpf_ktime_get_coarse_ns()`, so times written by the program and by
+/// the controller compare without a tick of skew.
 pub fn ktime_ns() -> u64 {
-    let ts =
-        nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("monotonic clock");
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
+        .expect("monotonic clock");
     ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
 }
 

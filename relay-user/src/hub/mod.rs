@@ -49,6 +49,19 @@ pub const PROBES_PER_INITIATION: usize = 4;
 /// often (a full map walk).
 pub const RECEIVERS_REREAD: Duration = Duration::from_secs(2);
 
+/// How often the hub's WireGuard endpoints are re-read without a reason
+/// (see [`Hub::endpoints_due`]): every tick ([`ENDPOINT_REFRESH`]) for
+/// small hubs, then 1 ms per spoke (10 s at 10,000 spokes), at most
+/// [`ENDPOINT_READ_MAX`]. What it still catches alone: an endpoint whose
+/// handshake aged out (after minutes), and the last handshake times
+/// `status` shows.
+pub fn endpoint_read_period(spokes: usize) -> Duration {
+    (Duration::from_millis(1) * u32::try_from(spokes).unwrap_or(u32::MAX))
+        .clamp(ENDPOINT_REFRESH, ENDPOINT_READ_MAX)
+}
+
+pub const ENDPOINT_READ_MAX: Duration = Duration::from_secs(10);
+
 /// What the hub knows about one registered spoke.
 pub(crate) struct SpokeMeta {
     pub(crate) name: String,
@@ -56,6 +69,9 @@ pub(crate) struct SpokeMeta {
     pub(crate) public_key: wireguard_control::Key,
     pub(crate) health: SpokeHealth,
     pub(crate) last_handshake: Option<SystemTime>,
+    /// Relayed bytes in and out at the last health pass (the console's
+    /// history samples them instead of reading every slot again).
+    pub(crate) relayed_bytes: (u64, u64),
 }
 
 /// Facts about this hub for `/v1/hub`.
@@ -106,6 +122,11 @@ pub(crate) struct Hub {
     /// Endpoints proven by the prover, per slot, and when: they stand until
     /// the hub's WireGuard reports another authenticated endpoint.
     pub(crate) proven: HashMap<u32, (Endpoint, Instant)>,
+    /// When the hub's WireGuard endpoints were last re-read, and whether a
+    /// frame from an unknown source asked for it sooner (see
+    /// [`Hub::endpoints_due`]).
+    pub(crate) endpoints_read: Instant,
+    pub(crate) endpoints_asked: bool,
     /// Receiver index -> the slot that sends frames carrying it (from the
     /// session table; see [`Hub::sender_of`]).
     pub(crate) receivers: HashMap<u32, u32>,
@@ -226,8 +247,8 @@ impl Hub {
         for s in reg.spokes() {
             // Health history survives unless the slot now names another key.
             let kept = old.remove(&s.id).filter(|m| m.public_key == s.public_key);
-            let (health, last_handshake) = kept
-                .map(|m| (m.health, m.last_handshake))
+            let (health, last_handshake, relayed_bytes) = kept
+                .map(|m| (m.health, m.last_handshake, m.relayed_bytes))
                 .unwrap_or_default();
             self.spokes.insert(
                 s.id,
@@ -237,6 +258,7 @@ impl Hub {
                     public_key: s.public_key.clone(),
                     health,
                     last_handshake,
+                    relayed_bytes,
                 },
             );
         }
@@ -435,8 +457,10 @@ impl Hub {
     /// Re-read the hub's authenticated endpoints and mirror them into the
     /// router and the BPF maps.
     pub(crate) fn refresh_endpoints(&mut self) -> anyhow::Result<()> {
-        let peers = self.wg.peers()?;
         let now = Instant::now();
+        self.endpoints_read = now;
+        self.endpoints_asked = false;
+        let peers = self.wg.peers()?;
         for p in &peers {
             let Some(slot) = self.slots.slot_of(&p.public_key.0) else {
                 continue;
@@ -455,6 +479,21 @@ impl Hub {
             }
         }
         self.install_endpoints()
+    }
+
+    /// Whether to re-read the hub's WireGuard endpoints on this tick. A
+    /// read costs the controller and the WireGuard implementation
+    /// O(spokes) (a full peer dump: ~8 us per spoke and read here with
+    /// wireguard-go), so it is not done every tick for a big idle hub:
+    /// whenever a frame came from an unknown source (a new or roaming
+    /// spoke: an initiation or a proof event) or an initiation is held,
+    /// otherwise every [`endpoint_read_period`] (rekeys and keepalives
+    /// from known endpoints change nothing).
+    pub(crate) fn endpoints_due(&self, now: Instant) -> bool {
+        self.endpoints_asked
+            || self.router.held_len() != 0
+            || now.saturating_duration_since(self.endpoints_read)
+                >= endpoint_read_period(self.spokes.len())
     }
 
     /// Mirror the router's endpoints into the BPF maps.
@@ -488,6 +527,11 @@ impl Hub {
     /// for. An initiation from an unknown source is held by the router;
     /// the hub then asks the likely senders to prove they are there.
     pub(crate) fn on_initiation(&mut self, ev: &InitiationEvent, now: Instant) -> bool {
+        // A new or roaming spoke: the hub's WireGuard learns its endpoint
+        // from this initiation (or its first frame) if it is for the hub.
+        if self.router.slot_of(&ev.src).is_none() {
+            self.endpoints_asked = true;
+        }
         let (o, a) = self.router.on_initiation(ev, now);
         let refresh = self.handle(o, a);
         if o == Outcome::ToHub {
@@ -532,6 +576,8 @@ impl Hub {
     /// transport frame names its sender through the session table (a spoke
     /// whose NAT mapping moved), a response may answer a probe.
     pub(crate) fn on_proof_event(&mut self, ev: &ProofEvent, now: Instant) {
+        // The hub's WireGuard may have authenticated this source too.
+        self.endpoints_asked = true;
         match ev.frame[0] {
             MSG_RESPONSE => {
                 if let Some(p) = self.prover.on_response(&ev.src, &ev.frame, now) {
@@ -819,12 +865,14 @@ impl Hub {
                 .collect(),
         };
         self.history.push(at, totals);
-        let spokes = self.spoke_statuses();
+        // From the last health pass (at most a second old): a status of
+        // every spoke would also read the whole session table, which costs
+        // a big idle hub more than anything else it does.
         self.history.push_spokes(
             at,
-            spokes
-                .iter()
-                .map(|s| (s.name.as_str(), s.relayed_in_bytes, s.relayed_out_bytes)),
+            self.spokes
+                .values()
+                .map(|m| (m.name.as_str(), m.relayed_bytes.0, m.relayed_bytes.1)),
         );
     }
 
@@ -836,6 +884,7 @@ impl Hub {
         for (&slot, m) in self.spokes.iter_mut() {
             let c = self.datapath.slot_counters(slot);
             m.health.observe(&c, now);
+            m.relayed_bytes = (c.rx_bytes, c.tx_bytes);
             if follow {
                 let state = self
                     .thresholds
@@ -847,5 +896,19 @@ impl Hub {
             self.publisher
                 .follow_spokes(|n| up.get(n).copied().unwrap_or(false));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_reads_slow_down_with_spokes_only() {
+        assert_eq!(endpoint_read_period(0), ENDPOINT_REFRESH);
+        assert_eq!(endpoint_read_period(100), ENDPOINT_REFRESH);
+        assert_eq!(endpoint_read_period(1_000), Duration::from_secs(1));
+        assert_eq!(endpoint_read_period(10_000), ENDPOINT_READ_MAX);
+        assert_eq!(endpoint_read_period(usize::MAX), ENDPOINT_READ_MAX);
     }
 }

@@ -281,6 +281,8 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
         },
         prover: crate::core::proof::Prover::new(&hub_key.0, crate::core::proof::Limits::default()),
         proven: HashMap::new(),
+        endpoints_read: Instant::now(),
+        endpoints_asked: true,
         receivers: HashMap::new(),
         receivers_read: None,
         probe_turn: 0,
@@ -321,10 +323,19 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("--dns-zone: {e}"))?;
         let names = super::dns::Names::new(zone);
         let addr = SocketAddr::from((cfg.net.hub, cfg.dns_port));
-        let server = super::dns::serve(addr, names.clone()).await?;
-        tracing::info!(%addr, zone = %cfg.dns_zone, "DNS for the spokes' and services' names");
-        hub.names = Some((cfg.dns_zone.clone(), names));
-        Some(server)
+        // Names are a convenience: a hub that cannot serve them (port 53
+        // taken by another resolver on the tunnel address) still relays.
+        match super::dns::serve(addr, names.clone()).await {
+            Ok(server) => {
+                tracing::info!(%addr, zone = %cfg.dns_zone, "DNS for the spokes' and services' names");
+                hub.names = Some((cfg.dns_zone.clone(), names));
+                Some(server)
+            }
+            Err(e) => {
+                tracing::warn!("{e:#}; the hub runs without DNS");
+                None
+            }
+        }
     } else {
         None
     };
@@ -594,7 +605,9 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
             }
             _ = endpoint_tick.tick() => {
                 let mut h = hub.lock().expect("hub lock");
-                if let Err(e) = h.refresh_endpoints() {
+                if h.endpoints_due(Instant::now())
+                    && let Err(e) = h.refresh_endpoints()
+                {
                     tracing::warn!(error = %e, "endpoint refresh");
                 }
                 h.retry_held();

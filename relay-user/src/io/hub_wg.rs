@@ -86,6 +86,26 @@ fn ip(args: &[&str]) -> Result<(), HubWgError> {
     Ok(())
 }
 
+/// Prefixes other than `prefix` with which `address` is on `name`.
+fn stale_prefixes(name: &str, address: Ipv4Addr, prefix: u8) -> Vec<u8> {
+    let Ok(out) = Command::new("ip")
+        .args(["-4", "-o", "address", "show", "dev", name])
+        .output()
+    else {
+        return Vec::new();
+    };
+    let want = address.to_string();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace().skip_while(|w| *w != "inet").skip(1);
+            let (a, p) = w.next()?.split_once('/')?;
+            let p: u8 = p.parse().ok()?;
+            (a == want && p != prefix).then_some(p)
+        })
+        .collect()
+}
+
 /// Checked before anything on the system changes.
 fn interface_name(name: &str) -> Result<InterfaceName, HubWgError> {
     name.parse().map_err(|_| HubWgError::Name(name.into()))
@@ -196,6 +216,13 @@ impl HubWg {
         }
         let cidr = format!("{address}/{prefix}");
         ip(&["address", "replace", &cidr, "dev", name])?;
+        // `replace` keys on address and prefix: the hub's address with the
+        // network it had before (a /24 from the earlier default) would stay.
+        for old in stale_prefixes(name, address, prefix) {
+            let old = format!("{address}/{old}");
+            ip(&["address", "del", &old, "dev", name])?;
+            tracing::info!(iface = name, %old, new = %cidr, "tunnel network changed: old address removed");
+        }
         hub.add_address6(address)?;
         ip(&["link", "set", "dev", name, "up"])?;
         tracing::info!(

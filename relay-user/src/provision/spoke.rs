@@ -475,7 +475,7 @@ mod tests {
         let reg = f.store.registry().load().unwrap();
         let spoke = reg.get("alpha").unwrap();
         assert_eq!(spoke.public_key, private.get_public());
-        assert_eq!(value(&out, "Address"), ["10.88.0.2/24"]);
+        assert_eq!(value(&out, "Address"), ["10.88.0.2/16"]);
         assert_eq!(value(&out, "Endpoint"), ["hub.example.net:51820"]);
         assert_eq!(
             value(&out, "PublicKey"),
