@@ -36,7 +36,7 @@ use relay_user::core::registry::TunnelNet;
 use relay_user::store::registry::RegistryStore;
 
 use crate::packet::{AUX_CPU, HUB_CPU};
-use crate::{bpfraw, sys};
+use crate::sys;
 
 /// Timers as the printed spoke configs set them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -473,13 +473,6 @@ fn scrape(topo: &Topology) -> anyhow::Result<relay_tests::prom::Metrics> {
     Ok(relay_tests::prom::Metrics::parse(&out.stdout))
 }
 
-fn loadavg() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(f64::NAN)
-}
-
 /// One mesh: topology, registry, hub, simulated spokes, warm-up, window.
 fn measure(n: usize, timers: Timers, window: Duration) -> anyhow::Result<Row> {
     eprintln!("== idle mesh: {n} spokes, {} timers ==", timers.name());
@@ -488,17 +481,8 @@ fn measure(n: usize, timers: Timers, window: Duration) -> anyhow::Result<Row> {
         "old timers are simulated up to {OLD_MAX} spokes"
     );
     let topo = Topology::builder().spokes(1).build()?;
-    // As in real.rs: frames the hub sends with XDP_TX reach the router only
-    // if its end of the link runs XDP too; its NAPI runs on the spokes' CPU.
-    let rif = topo.router_hub_if.clone();
-    let _pass = sys::in_netns(&topo.router.name, || {
-        bpfraw::attach(
-            bpfraw::load("pass", &bpfraw::pass())?,
-            &rif,
-            bpfraw::XDP_FLAGS_DRV_MODE,
-        )
-    })?;
-    sys::threaded_napi(&topo.router.name, &rif, AUX_CPU)?;
+    // The router's receive runs on the spokes' CPU.
+    let _pass = sys::router_receives_xdp(&topo, AUX_CPU)?;
     let host = SimHost::new(&topo)?;
 
     let t0 = Instant::now();
@@ -625,7 +609,7 @@ fn window_of(
     let dt = t0.elapsed().as_secs_f64();
     let m1 = scrape(topo)?;
     let dm = tm0.elapsed().as_secs_f64();
-    let load = loadavg();
+    let load = sys::loadavg()[0];
     anyhow::ensure!(s1 > s0, "the simulator thread {} vanished", ready.tid);
     let share = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1e9 / dt;
     let rate = |name: &str, labels: &[(&str, &str)]| {

@@ -178,23 +178,14 @@ pub struct All {
     pub scale: Option<scale::ScaleResults>,
     /// An idle mesh of simulated spokes.
     pub idle: Option<idle::IdleResults>,
-    /// /proc/loadavg's first three fields at the start and at the end.
-    pub load: (String, String),
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
+    /// Load average (1, 5, 15 min) at the start and at the end.
+    pub load: ([f64; 3], [f64; 3]),
 }
 
 fn run(smoke: bool, out: &std::path::Path, no_real: bool, command: &str) -> anyhow::Result<()> {
     relay_tests::cmd::require_root();
     let t0 = Instant::now();
-    let load_start = loadavg();
+    let load_start = sys::loadavg();
     let self_exe = std::env::current_exe()?
         .to_str()
         .context("utf-8 path")?
@@ -282,7 +273,7 @@ fn run(smoke: bool, out: &std::path::Path, no_real: bool, command: &str) -> anyh
         elapsed: t0.elapsed(),
         scale: Some(scale),
         idle: Some(idle),
-        load: (load_start, loadavg()),
+        load: (load_start, sys::loadavg()),
     };
     report::write(&all, out, command)?;
     eprintln!("bench done in {:?}", t0.elapsed());

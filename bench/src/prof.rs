@@ -24,6 +24,39 @@ pub struct Opts {
     pub only: Option<usize>,
 }
 
+/// ns/frame per repetition (interleaved) and the action of the cases
+/// [`synth::test_frames`] (hit, miss unknown source, miss no session) on
+/// `hub`'s program, then of the empty program `pass` on the hit frame
+/// (the test run's own cost); `only`: one case of the four.
+pub fn time_cases(
+    hub: &mut synth::XdpHub,
+    pass: &std::os::fd::OwnedFd,
+    ifindex: u32,
+    repeat: u32,
+    reps: usize,
+    only: Option<usize>,
+) -> anyhow::Result<(Vec<Vec<f64>>, [u32; 4])> {
+    let frames = synth::test_frames(64);
+    let mut ns = vec![Vec::new(); 4];
+    let mut act = [0u32; 4];
+    for _ in 0..reps {
+        for (i, f) in frames.iter().enumerate() {
+            if only.is_some_and(|o| o != i) {
+                continue;
+            }
+            let (t, a) = bpfraw::test_run(hub.prog_fd()?, f, ifindex, repeat)?;
+            ns[i].push(t);
+            act[i] = a;
+        }
+        if only.is_none_or(|o| o == 3) {
+            let (t, a) = bpfraw::test_run(pass.as_fd(), &frames[0], ifindex, repeat)?;
+            ns[3].push(t);
+            act[3] = a;
+        }
+    }
+    Ok((ns, act))
+}
+
 pub fn run(o: &Opts) -> anyhow::Result<()> {
     relay_tests::cmd::require_root();
     let object = match &o.object {
@@ -50,30 +83,12 @@ pub fn run(o: &Opts) -> anyhow::Result<()> {
             // (`prog show` above gives the jited size).
         }
         let pass = bpfraw::load("pass", &bpfraw::pass())?;
-        let frames = synth::test_frames(64);
         let _stats = if stats {
             Some(aya::sys::enable_stats(aya::sys::Stats::RunTime)?)
         } else {
             None
         };
-        let mut ns = vec![Vec::new(); 4];
-        let mut act = [0u32; 4];
-        for _ in 0..reps {
-            for (i, f) in frames.iter().enumerate() {
-                if only.is_some_and(|o| o != i) {
-                    continue;
-                }
-                let (t, a) = bpfraw::test_run(hub.prog_fd()?, f, ifindex, repeat)?;
-                ns[i].push(t);
-                act[i] = a;
-            }
-            if only.is_none_or(|o| o == 3) {
-                let (t, a) = bpfraw::test_run(pass.as_fd(), &frames[0], ifindex, repeat)?;
-                ns[3].push(t);
-                act[3] = a;
-            }
-        }
-        Ok((ns, act))
+        time_cases(&mut hub, &pass, ifindex, repeat, reps, only)
     })?;
     let (ns, act) = rows;
     let empty = med(ns[3].iter().copied());

@@ -13,7 +13,7 @@ use relay_tests::topology::HUB_ADDR;
 use relay_tests::{Hub, HubKind, Topology, cmd, wg};
 
 use crate::packet::{AUX_CPU, HUB_CPU, med};
-use crate::{bpfraw, sys};
+use crate::sys;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RealMode {
@@ -128,19 +128,11 @@ fn one(mode: RealMode, plan: &Plan, self_exe: &str) -> anyhow::Result<RealResult
     } else {
         Topology::builder().spokes(2).build()?
     };
-    let rif = topo.router_hub_if.clone();
-    let _pass = sys::in_netns(&topo.router.name, || {
-        bpfraw::attach(
-            bpfraw::load("pass", &bpfraw::pass())?,
-            &rif,
-            bpfraw::XDP_FLAGS_DRV_MODE,
-        )
-    })?;
     // The router's receive from the hub on the hub's CPU: on the spokes'
     // CPU it preempted them for every few frames the fast hub returned,
     // and the TCP row measured that instead of the hub
     // (notes/bench-tcp-inversion.md in the design notes).
-    sys::threaded_napi(&topo.router.name, &rif, HUB_CPU)?;
+    let _pass = sys::router_receives_xdp(&topo, HUB_CPU)?;
     // SAFETY: single-threaded here; the hub process inherits it.
     match mode {
         RealMode::RelayhubGeneric => unsafe { std::env::set_var("RELAYHUB_XDP_MODE", "generic") },

@@ -116,7 +116,8 @@ pub fn write(all: &All, out: &Path, command: &str) -> anyhow::Result<()> {
     writeln!(
         w,
         "- load average (1, 5, 15 min): {} at the start, {} at the end",
-        all.load.0, all.load.1
+        crate::sys::loadavg_text(all.load.0),
+        crate::sys::loadavg_text(all.load.1)
     )?;
     writeln!(
         w,

@@ -102,7 +102,8 @@ pub struct TableRow {
 /// What `relay-bench scale` (and `relay-bench run`) measure.
 pub struct ScaleResults {
     pub reps: usize,
-    pub load: String,
+    /// Load average (1, 5, 15 min) when the measurement started.
+    pub load: [f64; 3],
     /// The program alone on the bench's 64 spokes, statistics off: hit,
     /// miss unknown source, miss no session, empty program (ns/frame).
     pub alone: [f64; 4],
@@ -136,12 +137,7 @@ pub fn measure(reps: usize, smoke: bool) -> anyhow::Result<ScaleResults> {
     let topo = relay_tests::Topology::builder().spokes(1).build()?;
     sys::prime_hub_neighbour(&topo)?;
     let nic = topo.hub_nic.clone();
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ");
+    let load = sys::loadavg();
     let repeat: u32 = if smoke { 10_000 } else { 1_000_000 };
     sys::in_netns(&topo.hub.name, move || {
         let ifindex = sys::ifindex(&nic)?;
@@ -150,14 +146,7 @@ pub fn measure(reps: usize, smoke: bool) -> anyhow::Result<ScaleResults> {
 
         // The program alone, as `relay-bench prof` times it.
         let mut hub = XdpHub::load(&synth::spokes(64))?;
-        let mut alone = vec![Vec::new(); 4];
-        for _ in 0..reps {
-            let fd = hub.prog_fd()?;
-            for (i, f) in frames.iter().enumerate() {
-                alone[i].push(bpfraw::test_run(fd, f, ifindex, repeat)?.0);
-            }
-            alone[3].push(bpfraw::test_run(pass.as_fd(), &frames[0], ifindex, repeat)?.0);
-        }
+        let (alone, _) = crate::prof::time_cases(&mut hub, &pass, ifindex, repeat, reps, None)?;
         let alone = [0, 1, 2, 3].map(|i| med(alone[i].iter().copied()));
 
         // Both CPUs at once, the same loaded program.
@@ -281,7 +270,8 @@ pub fn markdown(r: &ScaleResults) -> String {
     let _ = writeln!(
         w,
         "BPF_PROG_TEST_RUN, BPF run-time statistics **off** (as a hub runs unless `--bpf-stats`), {} repetitions, load average {} when it started; net = minus the empty program's ns/frame (the test run's own cost).\n",
-        r.reps, r.load
+        r.reps,
+        sys::loadavg_text(r.load)
     );
     let _ = writeln!(w, "| case (64 B payload, 64 spokes) | ns/frame | net |");
     let _ = writeln!(w, "|---|---|---|");

@@ -231,3 +231,38 @@ pub fn idle_since(before: &[(u64, u64)]) -> Vec<f64> {
         .map(|(a, b)| (a.0 - b.0) as f64 / (a.1 - b.1).max(1) as f64)
         .collect()
 }
+
+/// The router's end of the hub link ready for what the hub sends with
+/// XDP_TX: such frames reach a veth peer only if XDP runs there too (an
+/// XDP_PASS program), and the peer's receive runs in a threaded-NAPI
+/// thread pinned to `cpu`. Detached when the returned link drops.
+pub fn router_receives_xdp(
+    topo: &relay_tests::Topology,
+    cpu: usize,
+) -> anyhow::Result<crate::bpfraw::XdpLink> {
+    use crate::bpfraw;
+    let rif = topo.router_hub_if.clone();
+    let link = in_netns(&topo.router.name, || {
+        bpfraw::attach(
+            bpfraw::load("pass", &bpfraw::pass())?,
+            &rif,
+            bpfraw::XDP_FLAGS_DRV_MODE,
+        )
+    })?;
+    threaded_napi(&topo.router.name, &rif, cpu)?;
+    Ok(link)
+}
+
+/// The load average (1, 5, 15 min) from /proc/loadavg; NaN if unreadable.
+pub fn loadavg() -> [f64; 3] {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut f = text
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(f64::NAN));
+    [(); 3].map(|_| f.next().unwrap_or(f64::NAN))
+}
+
+/// [`loadavg`] as /proc/loadavg writes it.
+pub fn loadavg_text(l: [f64; 3]) -> String {
+    format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2])
+}
