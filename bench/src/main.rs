@@ -108,6 +108,17 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "new")]
         timers: idle::Timers,
     },
+    /// Only the phases with real wireguard-go spokes (as in `run`), with
+    /// the drop counters that grew during each TCP run.
+    Real {
+        /// Modes by short name (native, generic, userspace, decrypting,
+        /// direct, cross-xdp, cross-userspace); default: all.
+        #[arg(long, value_delimiter = ',')]
+        modes: Vec<String>,
+        /// The smoke plan (1 s runs, one repetition).
+        #[arg(long)]
+        smoke: bool,
+    },
     /// The userspace index relay baseline (started by `run`).
     Urelay {
         #[arg(long)]
@@ -155,6 +166,20 @@ fn main() -> anyhow::Result<()> {
             command,
         } => run(smoke, &out, no_real, &command),
         Cmd::Scale { reps } => scale::run(reps),
+        Cmd::Real { modes, smoke } => {
+            relay_tests::cmd::require_root();
+            let exe = std::env::current_exe()?;
+            let r = real::run(smoke, exe.to_str().context("utf-8 path")?, &modes)?;
+            for (m, x) in &r.modes {
+                println!(
+                    "{}: TCP {:?} Mbit/s, retransmits {:?}",
+                    m.name(),
+                    x.tcp_mbps,
+                    x.tcp_retransmits
+                );
+            }
+            Ok(())
+        }
         Cmd::Mesh { spokes, ms, reps } => {
             relay_tests::cmd::require_root();
             let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
@@ -251,7 +276,7 @@ fn run(smoke: bool, out: &std::path::Path, no_real: bool, command: &str) -> anyh
         real::RealResults::default()
     } else {
         eprintln!("== real wireguard-go spokes ==");
-        real::run(smoke, &self_exe)?
+        real::run(smoke, &self_exe, &[])?
     };
     drop(stats);
     eprintln!("== the XDP program: statistics off, table scale, both CPUs ==");

@@ -43,6 +43,19 @@ impl RealMode {
         }
     }
 
+    /// Short name for `relay-bench real --modes`.
+    pub fn key(self) -> &'static str {
+        match self {
+            RealMode::RelayhubNative => "native",
+            RealMode::RelayhubGeneric => "generic",
+            RealMode::Userspace => "userspace",
+            RealMode::Decrypting => "decrypting",
+            RealMode::Direct => "direct",
+            RealMode::CrossXdp => "cross-xdp",
+            RealMode::CrossUserspace => "cross-userspace",
+        }
+    }
+
     fn cross_path(self) -> Option<&'static str> {
         match self {
             RealMode::CrossXdp => Some("xdp"),
@@ -57,6 +70,11 @@ pub struct RealResult {
     pub tcp_mbps: Vec<f64>,
     /// Per repetition, each CPU's idle fraction during the TCP run.
     pub tcp_idle: Vec<Vec<f64>>,
+    /// Per repetition, the TCP sender's retransmitted segments.
+    pub tcp_retransmits: Vec<u64>,
+    /// Per repetition, the drop counters that grew during the TCP run
+    /// ([`sys::drop_counters`], namespace prefix stripped).
+    pub tcp_drops: Vec<Vec<(String, u64)>>,
     /// (inner packet size, hub ns per relayed packet per repetition, received pps,
     /// NAPI-thread-only ns per packet per repetition)
     pub udp: Vec<(usize, Vec<f64>, f64, Vec<f64>)>,
@@ -66,7 +84,39 @@ pub struct RealResult {
 pub struct RealResults {
     pub modes: Vec<(RealMode, RealResult)>,
     pub udp_pps: f64,
+    /// Seconds per TCP run.
+    pub tcp_secs: u32,
 }
+
+/// Where a TCP run lost frames, per second (medians over the runs): the
+/// sender's retransmits, then the drops: at the spokes' UDP sockets (a
+/// full receive buffer), and on the links out of the hub, the router and
+/// the spokes (a veth drops what its peer cannot take: a full backlog, or
+/// for the hub's XDP_TX a full ring).
+pub fn tcp_losses(r: &RealResult, secs: u32) -> [f64; 5] {
+    let per_s = |f: &dyn Fn(&str) -> bool| {
+        med(r.tcp_drops.iter().map(|d| {
+            d.iter().filter(|(k, _)| f(k)).map(|(_, v)| *v).sum::<u64>() as f64 / f64::from(secs)
+        }))
+    };
+    let link_out =
+        |ns: &'static str| move |k: &str| k.starts_with(ns) && k.ends_with(".tx_dropped");
+    [
+        med(r
+            .tcp_retransmits
+            .iter()
+            .map(|&n| n as f64 / f64::from(secs))),
+        per_s(&|k| {
+            k.starts_with("-s") && (k.ends_with("/udp4_InErrors") || k.ends_with("/Udp6InErrors"))
+        }),
+        per_s(&link_out("-hub/")),
+        per_s(&link_out("-r/")),
+        per_s(&link_out("-s")),
+    ]
+}
+
+/// wireguard-go's `socketBufferSize` (conn/controlfns.go, 7 << 20).
+pub const WG_GO_SOCKET_BUFFER: &str = "7340032";
 
 struct Plan {
     reps: usize,
@@ -75,7 +125,8 @@ struct Plan {
     udp_pps: f64,
 }
 
-pub fn run(smoke: bool, self_exe: &str) -> anyhow::Result<RealResults> {
+/// `only`: these modes instead of all (by [`RealMode::key`]).
+pub fn run(smoke: bool, self_exe: &str, only: &[String]) -> anyhow::Result<RealResults> {
     let plan = if smoke {
         Plan {
             reps: 1,
@@ -111,11 +162,25 @@ pub fn run(smoke: bool, self_exe: &str) -> anyhow::Result<RealResults> {
             RealMode::CrossUserspace,
         ]
     };
+    // The socket buffers current wireguard-go gives itself (7 MiB, with
+    // SO_RCVBUFFORCE/SO_SNDBUFFORCE since 2023) for every socket of this
+    // phase: Debian's 0.0.20220316 sets none, and with the kernel's
+    // 208 KiB default the receiving spoke's socket overflowed in every
+    // TCP run (RcvbufErrors = the sender's retransmits), most behind the
+    // fastest hub. The row then measured that buffer, not the hub.
+    let _buffers = [
+        sys::SysctlGuard::set("net.core.rmem_default", WG_GO_SOCKET_BUFFER)?,
+        sys::SysctlGuard::set("net.core.wmem_default", WG_GO_SOCKET_BUFFER)?,
+    ];
     let mut out = RealResults {
         udp_pps: plan.udp_pps,
+        tcp_secs: plan.tcp_secs,
         ..Default::default()
     };
     for &m in modes {
+        if !only.is_empty() && !only.iter().any(|k| k == m.key()) {
+            continue;
+        }
         let r = one(m, &plan, self_exe).with_context(|| m.name())?;
         out.modes.push((m, r));
     }
@@ -256,11 +321,23 @@ fn one(mode: RealMode, plan: &Plan, self_exe: &str) -> anyhow::Result<RealResult
     )?;
     let mut res = RealResult::default();
     for _ in 0..plan.reps {
+        let d0 = sys::drop_counters(&topo.prefix);
         let s0 = sys::cpu_times();
-        let (bps, _) = iperf(&topo, dst, &["-t", &plan.tcp_secs.to_string()])?;
+        let r = iperf(&topo, dst, &["-t", &plan.tcp_secs.to_string()])?;
         res.tcp_idle.push(sys::idle_since(&s0));
-        anyhow::ensure!(bps > 0.0, "{}: TCP delivered nothing", mode.name());
-        res.tcp_mbps.push(bps / 1e6);
+        let drops: Vec<(String, u64)> = sys::grown(&d0, &sys::drop_counters(&topo.prefix))
+            .into_iter()
+            .map(|(k, v)| (k.trim_start_matches(topo.prefix.as_str()).to_string(), v))
+            .collect();
+        eprintln!(
+            "    TCP {:.0} Mbit/s, {} retransmits, drops {drops:?}",
+            r.bps / 1e6,
+            r.retransmits
+        );
+        anyhow::ensure!(r.bps > 0.0, "{}: TCP delivered nothing", mode.name());
+        res.tcp_mbps.push(r.bps / 1e6);
+        res.tcp_retransmits.push(r.retransmits);
+        res.tcp_drops.push(drops);
     }
     // The path check counts from here: the UDP runs only.
     let m0 = hub
@@ -283,7 +360,7 @@ fn one(mode: RealMode, plan: &Plan, self_exe: &str) -> anyhow::Result<RealResult
             for _ in 0..plan.reps {
                 let n0 = sys::cpu_ns(&hub_napi);
                 let c0 = sys::cpu_ns(&hub_pids());
-                let (_, pkts) = iperf(
+                let pkts = iperf(
                     &topo,
                     dst,
                     &[
@@ -295,7 +372,8 @@ fn one(mode: RealMode, plan: &Plan, self_exe: &str) -> anyhow::Result<RealResult
                         "-t",
                         &plan.udp_secs.to_string(),
                     ],
-                )?;
+                )?
+                .pkts;
                 let c1 = sys::cpu_ns(&hub_pids());
                 let n1 = sys::cpu_ns(&hub_napi);
                 anyhow::ensure!(pkts > 0, "{}: UDP {inner} B delivered nothing", mode.name());
@@ -360,7 +438,16 @@ fn check_path(
 
 /// iperf3 from spoke 1 to spoke 2 (`dst`, tunnel address). Returns
 /// (received bits/s, received packets for UDP).
-fn iperf(topo: &Topology, dst: Ipv4Addr, extra: &[&str]) -> anyhow::Result<(f64, u64)> {
+/// One iperf3 run's result.
+struct Iperf {
+    bps: f64,
+    /// UDP: datagrams received.
+    pkts: u64,
+    /// TCP: segments the sender retransmitted.
+    retransmits: u64,
+}
+
+fn iperf(topo: &Topology, dst: Ipv4Addr, extra: &[&str]) -> anyhow::Result<Iperf> {
     let cpu = AUX_CPU.to_string();
     let _srv = topo.iperf3_server(1, &dst.to_string(), &["taskset", "-c", &cpu])?;
     let mut argv = vec!["taskset", "-c", &cpu, "iperf3", "-c"];
@@ -375,13 +462,22 @@ fn iperf(topo: &Topology, dst: Ipv4Addr, extra: &[&str]) -> anyhow::Result<(f64,
     let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 -J")?;
     let end = &v["end"];
     if !extra.contains(&"-u") {
-        let s = &end["sum_received"];
-        return Ok((s["bits_per_second"].as_f64().unwrap_or(0.0), 0));
+        return Ok(Iperf {
+            bps: end["sum_received"]["bits_per_second"]
+                .as_f64()
+                .unwrap_or(0.0),
+            pkts: 0,
+            retransmits: end["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
+        });
     }
     let s = &end["sum"];
     let pkts = s["packets"]
         .as_u64()
         .unwrap_or(0)
         .saturating_sub(s["lost_packets"].as_u64().unwrap_or(0));
-    Ok((s["bits_per_second"].as_f64().unwrap_or(0.0), pkts))
+    Ok(Iperf {
+        bps: s["bits_per_second"].as_f64().unwrap_or(0.0),
+        pkts,
+        retransmits: 0,
+    })
 }

@@ -398,6 +398,28 @@ pub fn write(all: &All, out: &Path, command: &str) -> anyhow::Result<()> {
             "\nUDP at {:.0} packets/s offered per size (inner packet sizes, iperf3 -u).",
             all.real.udp_pps
         )?;
+        writeln!(
+            w,
+            "\nWhere the TCP runs lost frames, per second (medians; every socket of this phase has the 7 MiB buffers current wireguard-go sets for itself: net.core.rmem_default and wmem_default, as Debian's wireguard-go 0.0.20220316 sets none; a veth drops what its peer cannot take, a full backlog or, for the hub's XDP_TX, a full ring):\n"
+        )?;
+        writeln!(
+            w,
+            "| mode | TCP retransmits/s | spokes' UDP sockets full/s | out of the hub's link/s | out of the router's hub link/s | out of the spokes' links/s |"
+        )?;
+        writeln!(w, "|---|---|---|---|---|---|")?;
+        for (m, r) in &all.real.modes {
+            let l = crate::real::tcp_losses(r, all.real.tcp_secs.max(1));
+            writeln!(
+                w,
+                "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                m.name(),
+                l[0],
+                l[1],
+                l[2],
+                l[3],
+                l[4]
+            )?;
+        }
     }
 
     if let Some(sc) = &all.scale {
@@ -501,12 +523,8 @@ pub fn write(all: &All, out: &Path, command: &str) -> anyhow::Result<()> {
             )?;
         }
     }
-    if let Some(share) = all.idle.as_ref().and_then(crate::idle::target_share) {
-        writeln!(
-            w,
-            "| idle mesh of 10k spokes ≤ 5 % of a core | {:.1} % |",
-            100.0 * share
-        )?;
+    if let Some(text) = all.idle.as_ref().and_then(crate::idle::target_text) {
+        writeln!(w, "| idle mesh of 10k spokes ≤ 5 % of a core | {text} |")?;
     }
     writeln!(
         w,

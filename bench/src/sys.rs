@@ -266,3 +266,84 @@ pub fn loadavg() -> [f64; 3] {
 pub fn loadavg_text(l: [f64; 3]) -> String {
     format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2])
 }
+
+/// Where frames are lost on the way, as cumulative counters named
+/// `ns/what` (only those that can be non-zero): every namespace whose name
+/// starts with `prefix` — UDP receive errors of its sockets (a full
+/// receive buffer among them) and each link's drop counters from
+/// `ethtool -S` and `ip -s link` — and each CPU's backlog drops
+/// (/proc/net/softnet_stat, shared by all namespaces).
+pub fn drop_counters(prefix: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let namespaces = sh("ip netns list").unwrap_or_default();
+    let script = r#"
+awk '/^Udp:/ {if (!h) {split($0, k); h=1} else {for (i=2;i<=NF;i++) if (k[i]=="InErrors"||k[i]=="RcvbufErrors") print "udp4_" k[i], $i}}' /proc/net/snmp
+awk '$1=="Udp6InErrors"||$1=="Udp6RcvbufErrors" {print $1, $2}' /proc/net/snmp6
+for l in $(ls /sys/class/net); do
+  for c in rx_dropped tx_dropped; do echo "$l.$c $(cat /sys/class/net/$l/statistics/$c)"; done
+  ethtool -S "$l" 2>/dev/null | awk -v l="$l" '/drops|errors/ {sub(":", "", $1); print l "." $1, $2}'
+done
+"#;
+    for ns in namespaces
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+    {
+        for line in ns_sh(ns, script).unwrap_or_default().lines() {
+            let mut f = line.split_whitespace();
+            if let (Some(k), Some(Ok(v))) = (f.next(), f.next().map(str::parse::<u64>)) {
+                out.insert(format!("{ns}/{k}"), v);
+            }
+        }
+    }
+    let softnet = std::fs::read_to_string("/proc/net/softnet_stat").unwrap_or_default();
+    for (cpu, line) in softnet.lines().enumerate() {
+        // Second column: frames dropped because the backlog was full.
+        if let Some(v) = line.split_whitespace().nth(1)
+            && let Ok(v) = u64::from_str_radix(v, 16)
+        {
+            out.insert(format!("cpu{cpu}/backlog_drops"), v);
+        }
+    }
+    out
+}
+
+/// Counters of [`drop_counters`] that grew from `a` to `b`.
+pub fn grown(
+    a: &std::collections::BTreeMap<String, u64>,
+    b: &std::collections::BTreeMap<String, u64>,
+) -> Vec<(String, u64)> {
+    b.iter()
+        .filter_map(|(k, &v)| {
+            let d = v.saturating_sub(a.get(k).copied().unwrap_or(0));
+            (d > 0).then(|| (k.clone(), d))
+        })
+        .collect()
+}
+
+/// A sysctl of the initial namespace set until dropped, then put back.
+pub struct SysctlGuard {
+    path: String,
+    old: String,
+}
+
+impl SysctlGuard {
+    /// `key` in dotted form (`net.core.rmem_default`).
+    pub fn set(key: &str, value: &str) -> anyhow::Result<Self> {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        let old = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        std::fs::write(&path, value).with_context(|| format!("setting {key} = {value}"))?;
+        Ok(Self {
+            path,
+            old: old.trim().to_string(),
+        })
+    }
+}
+
+impl Drop for SysctlGuard {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(&self.path, &self.old) {
+            eprintln!("putting {} back to {}: {e}", self.path, self.old);
+        }
+    }
+}

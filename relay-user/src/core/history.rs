@@ -65,20 +65,26 @@ impl History {
     /// Records each spoke's cumulative relayed bytes (in = from it, out =
     /// to it); spokes not listed are forgotten.
     pub fn push_spokes<'a>(&mut self, at: f64, spokes: impl Iterator<Item = (&'a str, u64, u64)>) {
-        let mut next = HashMap::new();
+        // Updated in place: a big hub samples every spoke every 2 s, and a
+        // fresh map cost it an allocation per spoke each time.
         for (name, i, o) in spokes {
-            let rates = match self.spokes.get(name) {
-                Some(p) => (rate(p.bytes.0, i, at - p.at), rate(p.bytes.1, o, at - p.at)),
-                None => (0.0, 0.0),
-            };
-            let s = SpokeSample {
-                at,
-                bytes: (i, o),
-                rates,
-            };
-            next.insert(name.to_owned(), s);
+            match self.spokes.get_mut(name) {
+                Some(p) => {
+                    p.rates = (rate(p.bytes.0, i, at - p.at), rate(p.bytes.1, o, at - p.at));
+                    p.bytes = (i, o);
+                    p.at = at;
+                }
+                None => {
+                    let s = SpokeSample {
+                        at,
+                        bytes: (i, o),
+                        rates: (0.0, 0.0),
+                    };
+                    self.spokes.insert(name.to_owned(), s);
+                }
+            }
         }
-        self.spokes = next;
+        self.spokes.retain(|_, s| s.at == at);
     }
 
     /// Bytes per second relayed from and to `spoke` over the last sample.
@@ -166,5 +172,12 @@ mod tests {
         assert_eq!(h.spoke_rates("a"), (1000.0, 500.0));
         // b is gone, and so are its rates.
         assert_eq!(h.spoke_rates("b"), (0.0, 0.0));
+        // a keeps its series; b comes back from zero.
+        h.push_spokes(4.0, [("a", 4000, 1000), ("b", 500, 0)].into_iter());
+        assert_eq!(h.spoke_rates("a"), (1000.0, 0.0));
+        assert_eq!(h.spoke_rates("b"), (0.0, 0.0));
+        h.push_spokes(6.0, [("b", 1500, 0)].into_iter());
+        assert_eq!(h.spoke_rates("b"), (500.0, 0.0));
+        assert_eq!(h.spoke_rates("a"), (0.0, 0.0));
     }
 }

@@ -9,6 +9,8 @@
 //! pinned link atomically (`bpf_link_update`): a restart and an upgrade are
 //! the same operation.
 
+mod batch;
+pub use batch::read_sessions_batch;
 pub mod perf;
 mod pins;
 
@@ -17,6 +19,7 @@ use pins::{PINNED_MAPS, incompatible, map_specs};
 
 use std::collections::HashMap as StdHashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -61,6 +64,8 @@ pub enum DatapathError {
     },
     #[error("userspace fallback (cross-family relay): {0}")]
     Fallback(String),
+    #[error("reading the possible CPUs (/sys/devices/system/cpu/possible): {0}")]
+    Cpus(std::io::Error),
     #[error("slot {slot} is beyond the map capacity {max} (raise --max-spokes)")]
     SlotRange { slot: u32, max: u32 },
     #[error("pinning under {path}: {source}")]
@@ -126,6 +131,8 @@ pub struct Datapath {
     sessions: HashMap<MapData, SessionKey, SessionValue>,
     counters: PerCpuArray<MapData, u64>,
     slot_counters: PerCpuArray<MapData, SlotCounters>,
+    /// Possible CPUs (per-CPU values come in this many).
+    ncpus: usize,
     initiations: Option<RingBuf<MapData>>,
     proofs: Option<RingBuf<MapData>>,
     config: Array<MapData, HubConfig>,
@@ -278,6 +285,7 @@ impl Datapath {
             sessions,
             counters,
             slot_counters,
+            ncpus: aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Cpus(e))?,
             initiations: Some(initiations),
             proofs: Some(proofs),
             config,
@@ -717,11 +725,13 @@ impl Datapath {
     /// (`MapData::from_id`).
     pub fn sessions_map_id(&self) -> Result<u32, DatapathError> {
         use aya::maps::IterableMap as _;
-        self.sessions
-            .map()
-            .info()
-            .map(|i| i.id())
-            .map_err(map_err(MAP_SESSIONS))
+        map_id(self.sessions.map(), MAP_SESSIONS)
+    }
+
+    /// The kernel's id of the slot counters, for another handle on them.
+    pub fn slot_counters_map_id(&self) -> Result<u32, DatapathError> {
+        use aya::maps::IterableMap as _;
+        map_id(self.slot_counters.map(), MAP_SLOT_COUNTERS)
     }
 
     pub fn remove_session(&mut self, key: &SessionKey) {
@@ -744,6 +754,35 @@ impl Datapath {
         out
     }
 
+    /// Every slot's counters below `end` into `table`: one batch read
+    /// where the kernel has it, a lookup per slot where not.
+    pub fn read_slot_counters(&self, end: u32, table: &mut SlotTable) {
+        const { assert!(size_of::<SlotCounters>().is_multiple_of(8)) };
+        let end = end.min(self.max_slots);
+        table.sums.clear();
+        table.sums.resize(end as usize, SlotCounters::default());
+        let fd = aya::maps::IterableMap::map(&self.slot_counters)
+            .fd()
+            .as_fd();
+        let sums = &mut table.sums;
+        let read = batch::lookup_percpu(fd, end, self.ncpus, &mut table.scratch, |i, cpus| {
+            if let Some(s) = sums.get_mut(i as usize) {
+                for c in cpus {
+                    s.accumulate(c);
+                }
+            }
+        });
+        if let Err(e) = read {
+            if !table.warned {
+                table.warned = true;
+                tracing::warn!(error = %e, "batch read of the slot counters failed; reading them one by one");
+            }
+            for (slot, s) in table.sums.iter_mut().enumerate() {
+                *s = self.slot_counters(slot as u32);
+            }
+        }
+    }
+
     /// A slot's counters summed over CPUs (timestamps: the latest).
     pub fn slot_counters(&self, slot: u32) -> SlotCounters {
         let mut s = SlotCounters::default();
@@ -753,6 +792,27 @@ impl Datapath {
             }
         }
         s
+    }
+}
+
+/// The kernel's id of `map` (named `name` in errors).
+fn map_id(map: &MapData, name: &'static str) -> Result<u32, DatapathError> {
+    map.info().map(|i| i.id()).map_err(map_err(name))
+}
+
+/// Every slot's counters from one [`Datapath::read_slot_counters`], and
+/// the buffers it reuses.
+#[derive(Default)]
+pub struct SlotTable {
+    sums: Vec<SlotCounters>,
+    scratch: batch::Scratch<SlotCounters>,
+    warned: bool,
+}
+
+impl SlotTable {
+    /// `slot`'s counters summed over CPUs (zero beyond the range read).
+    pub fn get(&self, slot: u32) -> SlotCounters {
+        self.sums.get(slot as usize).copied().unwrap_or_default()
     }
 }
 
@@ -867,77 +927,6 @@ pub fn ktime_ns() -> u64 {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
         .expect("monotonic clock");
     ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
-}
-
-/// Entries one BPF_MAP_LOOKUP_BATCH call returns at most.
-const BATCH: usize = 4096;
-
-/// Every entry of the session table `map` into `out`, by
-/// BPF_MAP_LOOKUP_BATCH (kernel >= 5.6; aya 0.14 has no wrapper): about
-/// 4,096 entries per syscall instead of two syscalls per entry, which is
-/// what makes reading a 100k-entry table every replication tick cheap
-/// (`replica_churn` measures both). An entry may be missed or seen twice
-/// if the program changes the table during the walk, as with any walk;
-/// the next read catches up.
-pub fn read_sessions_batch(
-    map: &MapData,
-    out: &mut Vec<(SessionKey, SessionValue)>,
-) -> std::io::Result<()> {
-    use std::os::fd::{AsFd, AsRawFd};
-    // union bpf_attr, the `batch` member of the *_BATCH commands.
-    #[repr(C)]
-    #[derive(Default)]
-    struct BatchAttr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
-    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-    out.clear();
-    let fd = map.fd().as_fd().as_raw_fd() as u32;
-    let mut keys = vec![SessionKey::default(); BATCH];
-    let mut values = vec![SessionValue::default(); BATCH];
-    // The hash maps' batch cursor is a bucket number (u32); room for more.
-    let mut cursor = [0u64; 2];
-    let mut first = true;
-    loop {
-        let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { cursor.as_ptr() as u64 },
-            out_batch: cursor.as_mut_ptr() as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: BATCH as u32,
-            map_fd: fd,
-            ..Default::default()
-        };
-        // SAFETY: attr points at buffers of `count` keys and values of the
-        // map's key and value types (checked by aya when `map` was typed),
-        // all live for the call; the size passed is attr's own.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>() as u32,
-            )
-        };
-        let n = (attr.count as usize).min(BATCH);
-        out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            // ENOENT: the walk is complete.
-            return match e.raw_os_error() {
-                Some(libc::ENOENT) => Ok(()),
-                _ => Err(e),
-            };
-        }
-        first = false;
-    }
 }
 
 /// Hub mesh: the peer hubs' drop counters (`MESH_HUBS`, `MESH_DROPS`).

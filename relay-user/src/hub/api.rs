@@ -193,11 +193,14 @@ impl Hub {
                 *sessions.entry(v.dst_slot).or_default() += 1;
             }
         }
+        let mut counters = crate::datapath::SlotTable::default();
+        let end = self.spokes.keys().max().map_or(0, |s| s + 1);
+        self.datapath.read_slot_counters(end, &mut counters);
         let mut out: Vec<SpokeStatus> = self
             .spokes
             .iter()
             .map(|(&slot, m)| {
-                let c = self.datapath.slot_counters(slot);
+                let c = counters.get(slot);
                 let silence = age(c.last_rx_ns);
                 let silence_d = crate::core::health::silence(c.last_rx_ns, now_ns);
                 SpokeStatus {

@@ -310,6 +310,7 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
         },
         names: None,
         history: Default::default(),
+        slot_table: Default::default(),
         wg,
     };
     if hub.datapath.adopted() {
