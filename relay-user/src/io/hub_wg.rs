@@ -30,7 +30,7 @@ pub enum HubWgError {
     )]
     Start {
         name: String,
-        backend: &'static str,
+        backend: String,
         source: std::io::Error,
     },
     #[error("WireGuard interface {name}: {source}")]
@@ -63,6 +63,18 @@ pub struct HubWg {
     keep_on_drop: bool,
     /// `--network6`: the peers' IPv6 twins are allowed IPs too.
     net6: Option<Net6>,
+}
+
+/// The backend for logs: "kernel", or the userspace implementation
+/// wireguard-control starts (WG_USERSPACE_IMPLEMENTATION, then
+/// WG_QUICK_USERSPACE_IMPLEMENTATION, else wireguard-go).
+fn backend_label(backend: Backend) -> String {
+    if backend == Backend::Kernel {
+        return "kernel".into();
+    }
+    std::env::var("WG_USERSPACE_IMPLEMENTATION")
+        .or_else(|_| std::env::var("WG_QUICK_USERSPACE_IMPLEMENTATION"))
+        .unwrap_or_else(|_| "wireguard-go".into())
 }
 
 /// A peer endpoint stays trusted this long after its last handshake:
@@ -139,10 +151,7 @@ impl HubWg {
         } else {
             Backend::Userspace
         };
-        let backend_name = match backend {
-            Backend::Kernel => "kernel",
-            _ => "wireguard-go",
-        };
+        let backend_name = backend_label(backend);
         let hub = Self {
             name: iname,
             name_str: name.to_string(),
@@ -158,14 +167,14 @@ impl HubWg {
             .apply(&hub.name, backend)
             .map_err(|source| HubWgError::Start {
                 name: name.into(),
-                backend: backend_name,
+                backend: backend_name.clone(),
                 source,
             })?;
         let cidr = format!("{address}/{prefix}");
         ip(&["address", "add", &cidr, "dev", name])?;
         hub.add_address6(address)?;
         ip(&["link", "set", "dev", name, "up"])?;
-        tracing::info!(iface = name, backend = backend_name, %cidr, ipv6 = ?net6.map(|n| n.host(address)), port, "hub WireGuard up");
+        tracing::info!(iface = name, backend = %backend_name, %cidr, ipv6 = ?net6.map(|n| n.host(address)), port, "hub WireGuard up");
         Ok(hub)
     }
 
@@ -227,7 +236,7 @@ impl HubWg {
         ip(&["link", "set", "dev", name, "up"])?;
         tracing::info!(
             iface = name,
-            backend = if backend == Backend::Kernel { "kernel" } else { "wireguard-go" },
+            backend = %backend_label(backend),
             peers = dev.peers.len(),
             %cidr,
             port,
