@@ -118,6 +118,10 @@ enum Cmd {
         /// The smoke plan (1 s runs, one repetition).
         #[arg(long)]
         smoke: bool,
+        /// Keep the kernel's default socket buffers (208 KiB) instead of
+        /// the 7 MiB current wireguard-go sets for itself.
+        #[arg(long)]
+        kernel_buffers: bool,
     },
     /// The userspace index relay baseline (started by `run`).
     Urelay {
@@ -166,10 +170,19 @@ fn main() -> anyhow::Result<()> {
             command,
         } => run(smoke, &out, no_real, &command),
         Cmd::Scale { reps } => scale::run(reps),
-        Cmd::Real { modes, smoke } => {
+        Cmd::Real {
+            modes,
+            smoke,
+            kernel_buffers,
+        } => {
             relay_tests::cmd::require_root();
             let exe = std::env::current_exe()?;
-            let r = real::run(smoke, exe.to_str().context("utf-8 path")?, &modes)?;
+            let r = real::run(
+                smoke,
+                exe.to_str().context("utf-8 path")?,
+                &modes,
+                kernel_buffers,
+            )?;
             for (m, x) in &r.modes {
                 println!(
                     "{}: TCP {:?} Mbit/s, retransmits {:?}",
@@ -276,7 +289,7 @@ fn run(smoke: bool, out: &std::path::Path, no_real: bool, command: &str) -> anyh
         real::RealResults::default()
     } else {
         eprintln!("== real wireguard-go spokes ==");
-        real::run(smoke, &self_exe, &[])?
+        real::run(smoke, &self_exe, &[], false)?
     };
     drop(stats);
     eprintln!("== the XDP program: statistics off, table scale, both CPUs ==");

@@ -65,6 +65,10 @@ impl RealMode {
     }
 }
 
+/// (inner packet size, hub ns per relayed packet per repetition, received
+/// pps, NAPI-thread-only ns per packet per repetition)
+pub type UdpRow = (usize, Vec<f64>, f64, Vec<f64>);
+
 #[derive(Default, Debug, Clone)]
 pub struct RealResult {
     pub tcp_mbps: Vec<f64>,
@@ -75,9 +79,7 @@ pub struct RealResult {
     /// Per repetition, the drop counters that grew during the TCP run
     /// ([`sys::drop_counters`], namespace prefix stripped).
     pub tcp_drops: Vec<Vec<(String, u64)>>,
-    /// (inner packet size, hub ns per relayed packet per repetition, received pps,
-    /// NAPI-thread-only ns per packet per repetition)
-    pub udp: Vec<(usize, Vec<f64>, f64, Vec<f64>)>,
+    pub udp: Vec<UdpRow>,
 }
 
 #[derive(Default, Debug, Clone)]
@@ -125,8 +127,15 @@ struct Plan {
     udp_pps: f64,
 }
 
-/// `only`: these modes instead of all (by [`RealMode::key`]).
-pub fn run(smoke: bool, self_exe: &str, only: &[String]) -> anyhow::Result<RealResults> {
+/// `only`: these modes instead of all (by [`RealMode::key`]);
+/// `kernel_buffers`: leave the sockets at the kernel's default buffers
+/// (what the rows measured before this bench set wireguard-go's).
+pub fn run(
+    smoke: bool,
+    self_exe: &str,
+    only: &[String],
+    kernel_buffers: bool,
+) -> anyhow::Result<RealResults> {
     let plan = if smoke {
         Plan {
             reps: 1,
@@ -168,10 +177,14 @@ pub fn run(smoke: bool, self_exe: &str, only: &[String]) -> anyhow::Result<RealR
     // 208 KiB default the receiving spoke's socket overflowed in every
     // TCP run (RcvbufErrors = the sender's retransmits), most behind the
     // fastest hub. The row then measured that buffer, not the hub.
-    let _buffers = [
-        sys::SysctlGuard::set("net.core.rmem_default", WG_GO_SOCKET_BUFFER)?,
-        sys::SysctlGuard::set("net.core.wmem_default", WG_GO_SOCKET_BUFFER)?,
-    ];
+    let _buffers = if kernel_buffers {
+        None
+    } else {
+        Some([
+            sys::SysctlGuard::set("net.core.rmem_default", WG_GO_SOCKET_BUFFER)?,
+            sys::SysctlGuard::set("net.core.wmem_default", WG_GO_SOCKET_BUFFER)?,
+        ])
+    };
     let mut out = RealResults {
         udp_pps: plan.udp_pps,
         tcp_secs: plan.tcp_secs,
@@ -436,8 +449,6 @@ fn check_path(
     Ok(())
 }
 
-/// iperf3 from spoke 1 to spoke 2 (`dst`, tunnel address). Returns
-/// (received bits/s, received packets for UDP).
 /// One iperf3 run's result.
 struct Iperf {
     bps: f64,
@@ -447,6 +458,7 @@ struct Iperf {
     retransmits: u64,
 }
 
+/// iperf3 from spoke 1 to spoke 2 (`dst`, tunnel address).
 fn iperf(topo: &Topology, dst: Ipv4Addr, extra: &[&str]) -> anyhow::Result<Iperf> {
     let cpu = AUX_CPU.to_string();
     let _srv = topo.iperf3_server(1, &dst.to_string(), &["taskset", "-c", &cpu])?;

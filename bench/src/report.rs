@@ -66,24 +66,29 @@ fn fixed_ns(all: &All, m: Mode, size: usize) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn real_ns(all: &All, m: RealMode, size: usize) -> f64 {
+/// Median over repetitions of one column of mode `m`'s UDP row at `size`
+/// (`pick`: the whole hub's or the NAPI thread's ns per packet).
+fn real_udp(
+    all: &All,
+    m: RealMode,
+    size: usize,
+    pick: fn(&crate::real::UdpRow) -> &Vec<f64>,
+) -> f64 {
     all.real
         .modes
         .iter()
         .find(|(k, _)| *k == m)
         .and_then(|(_, r)| r.udp.iter().find(|u| u.0 == size))
-        .map(|u| med(u.1.iter().copied()))
+        .map(|u| med(pick(u).iter().copied()))
         .unwrap_or(f64::NAN)
 }
 
+fn real_ns(all: &All, m: RealMode, size: usize) -> f64 {
+    real_udp(all, m, size, |u| &u.1)
+}
+
 fn real_napi_ns(all: &All, m: RealMode, size: usize) -> f64 {
-    all.real
-        .modes
-        .iter()
-        .find(|(k, _)| *k == m)
-        .and_then(|(_, r)| r.udp.iter().find(|u| u.0 == size))
-        .map(|u| med(u.3.iter().copied()))
-        .unwrap_or(f64::NAN)
+    real_udp(all, m, size, |u| &u.3)
 }
 
 fn real_tcp(all: &All, m: RealMode) -> f64 {

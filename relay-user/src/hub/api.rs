@@ -194,8 +194,8 @@ impl Hub {
             }
         }
         let mut counters = crate::datapath::SlotTable::default();
-        let end = self.spokes.keys().max().map_or(0, |s| s + 1);
-        self.datapath.read_slot_counters(end, &mut counters);
+        self.datapath
+            .read_slot_counters(self.spoke_slots_end(), &mut counters);
         let mut out: Vec<SpokeStatus> = self
             .spokes
             .iter()

@@ -877,11 +877,17 @@ impl Hub {
         );
     }
 
+    /// The slot range that covers every registered spoke (what a read of
+    /// all spokes' counters asks for).
+    pub(crate) fn spoke_slots_end(&self) -> u32 {
+        self.spokes.keys().max().map_or(0, |s| s + 1)
+    }
+
     /// Feed every spoke's counters to its health tracker (once a second:
     /// one batch read of the slot counters).
     pub(crate) fn observe_health(&mut self) {
-        let end = self.spokes.keys().max().map_or(0, |s| s + 1);
-        self.datapath.read_slot_counters(end, &mut self.slot_table);
+        self.datapath
+            .read_slot_counters(self.spoke_slots_end(), &mut self.slot_table);
         let now = ktime_ns();
         // Only UDP services without a probe need the spokes' states.
         let follow = self.publisher.follows_spokes();
