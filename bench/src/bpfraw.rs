@@ -11,8 +11,10 @@ use anyhow::{Context, bail};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_XDP: u32 = 37;
@@ -31,6 +33,7 @@ const R5: u8 = 5;
 const R6: u8 = 6;
 const R7: u8 = 7;
 const R8: u8 = 8;
+const R9: u8 = 9;
 const R10: u8 = 10;
 
 fn ldx(size: u8, dst: u8, src: u8, off: i16) -> Insn {
@@ -42,6 +45,7 @@ fn stx(size: u8, dst: u8, src: u8, off: i16) -> Insn {
 const W: u8 = 0x00;
 const H: u8 = 0x08;
 const B: u8 = 0x10;
+const DW: u8 = 0x18;
 fn mov_imm(dst: u8, imm: i32) -> Insn {
     Insn(0xb7, dst, 0, imm)
 }
@@ -109,6 +113,7 @@ fn atomic_add64(dst: u8, src: u8, off: i16) -> Insn {
     Insn(0xdb, (src << 4) | dst, off, 0)
 }
 const MAP_LOOKUP_ELEM: i32 = 1;
+const KTIME_GET_NS: i32 = 5;
 
 /// Instructions with forward jumps to named labels, resolved at the end.
 #[derive(Default)]
@@ -284,15 +289,129 @@ pub fn count_relayed(counter: &Counter, e: &Expect) -> Vec<u8> {
     a.finish()
 }
 
-/// A one-entry BPF array holding a u64, counted into by an XDP program.
+/// The spokes' side of `relay-bench cores`' closed loop, on the far end
+/// of the hub link: a WireGuard transport frame from the hub (`hub_ip`,
+/// `hub_port`) to a synthetic spoke's endpoint is answered as that spoke
+/// would: addresses and ports swapped, the receiver index set to the
+/// spoke's own ([`crate::synth::receiver`] of the slot its port names),
+/// XDP_TX back to the hub, counted in the per-CPU `counter`. Such frames
+/// are dropped instead once `stop` holds a non-zero value (the bench ends
+/// a loop), or once past the deadline the frame's 64-bit WireGuard counter
+/// carries (CLOCK_MONOTONIC ns), so a loop stops by itself even if the
+/// bench dies. Other IPv4 frames are dropped, anything else passed. The UDP checksum
+/// is left alone: the loop's frames carry none (zero, valid over IPv4).
+pub fn mirror(
+    counter: &Counter,
+    stop: &Counter,
+    hub_ip: std::net::Ipv4Addr,
+    hub_port: u16,
+) -> Vec<u8> {
+    let mut a = Asm::default();
+    let [s0, s1] = ld_map_fd(R1, stop.fd.as_raw_fd());
+    a.op(mov_reg(R6, R1))
+        .op(call(KTIME_GET_NS))
+        .op(mov_reg(R7, R0))
+        .op(mov_imm(R8, 0))
+        .op(s0)
+        .op(s1)
+        .op(st_w(R10, -4, 0))
+        .op(mov_reg(R2, R10))
+        .op(add_imm(R2, -4))
+        .op(call(MAP_LOOKUP_ELEM))
+        .jump(jeq_imm(R0, 0, 0), "no_stop")
+        .op(ldx(DW, R8, R0, 0))
+        .label("no_stop")
+        .op(ldx(W, R2, R6, 0))
+        .op(ldx(W, R3, R6, 4))
+        .op(mov_reg(R4, R2))
+        .op(add_imm(R4, 14))
+        .jump(jgt_reg(R4, R3, 0), "pass")
+        .op(ldx(H, R5, R2, 12))
+        .jump(jne_imm(R5, 0x0008, 0), "pass") // ethertype 0x0800, little-endian
+        .op(mov_reg(R4, R2))
+        .op(add_imm(R4, 58)) // through the WireGuard counter
+        .jump(jgt_reg(R4, R3, 0), "drop")
+        .op(ldx(B, R5, R2, 14))
+        .jump(jne_imm(R5, 0x45, 0), "drop")
+        .op(ldx(B, R5, R2, 23))
+        .jump(jne_imm(R5, 17, 0), "drop")
+        .op(ldx(W, R5, R2, 26))
+        .jump(
+            jne32_imm(R5, u32::from_le_bytes(hub_ip.octets()), 0),
+            "drop",
+        )
+        .op(ldx(H, R5, R2, 34))
+        .jump(jne_imm(R5, hub_port.swap_bytes() as i32, 0), "drop")
+        .op(ldx(W, R5, R2, 42))
+        .jump(jne_imm(R5, 4, 0), "drop") // type 4, reserved bytes zero
+        .jump(jne_imm(R8, 0, 0), "drop") // stopped
+        .op(ldx(DW, R5, R2, 50))
+        .jump(jgt_reg(R7, R5, 0), "drop") // past the deadline
+        // The spoke's receiver index: its slot is the port - 40000.
+        .op(ldx(B, R8, R2, 36))
+        .op(alu64_imm(LSH, R8, 8))
+        .op(ldx(B, R9, R2, 37))
+        .op(or_reg(R8, R9))
+        .op(add_imm(R8, -40000))
+        .op(alu32_imm(MUL, R8, 0x9e37_79b9))
+        .op(alu32_imm(XOR, R8, 0x5000_0000))
+        .op(stx(W, R2, R8, 46));
+    let mut v = Vec::new();
+    swap(&mut v, W, 0, 6);
+    swap(&mut v, H, 4, 10);
+    swap(&mut v, W, 26, 30);
+    swap(&mut v, H, 34, 36);
+    for i in v {
+        a.op(i);
+    }
+    let [l0, l1] = ld_map_fd(R1, counter.fd.as_raw_fd());
+    a.op(l0)
+        .op(l1)
+        .op(st_w(R10, -4, 0))
+        .op(mov_reg(R2, R10))
+        .op(add_imm(R2, -4))
+        .op(call(MAP_LOOKUP_ELEM))
+        .jump(jeq_imm(R0, 0, 0), "tx")
+        .op(ldx(DW, R1, R0, 0))
+        .op(add_imm(R1, 1))
+        .op(stx(DW, R0, R1, 0))
+        .label("tx")
+        .op(mov_imm(R0, 3))
+        .op(exit())
+        .label("drop")
+        .op(mov_imm(R0, 1))
+        .op(exit())
+        .label("pass")
+        .op(mov_imm(R0, 2))
+        .op(exit());
+    a.finish()
+}
+
+/// A one-entry BPF array holding a u64, counted into by an XDP program:
+/// shared ([`Counter::new`], atomic adds) or one per CPU
+/// ([`Counter::per_cpu`], plain adds: nothing shared between CPUs).
 pub struct Counter {
     fd: OwnedFd,
+    per_cpu: bool,
 }
 
 impl Counter {
     pub fn new(name: &str) -> anyhow::Result<Counter> {
+        Self::create(name, false)
+    }
+
+    pub fn per_cpu(name: &str) -> anyhow::Result<Counter> {
+        Self::create(name, true)
+    }
+
+    fn create(name: &str, per_cpu: bool) -> anyhow::Result<Counter> {
+        let kind = if per_cpu {
+            BPF_MAP_TYPE_PERCPU_ARRAY
+        } else {
+            BPF_MAP_TYPE_ARRAY
+        };
         let mut a = [0u8; 128];
-        a[0..4].copy_from_slice(&BPF_MAP_TYPE_ARRAY.to_ne_bytes());
+        a[0..4].copy_from_slice(&kind.to_ne_bytes());
         a[4..8].copy_from_slice(&4u32.to_ne_bytes());
         a[8..12].copy_from_slice(&8u32.to_ne_bytes());
         a[12..16].copy_from_slice(&1u32.to_ne_bytes());
@@ -302,19 +421,47 @@ impl Counter {
         // SAFETY: a new fd owned by nobody else.
         Ok(Counter {
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            per_cpu,
         })
     }
 
-    pub fn get(&self) -> anyhow::Result<u64> {
+    /// Set a shared counter's value (a flag for a program).
+    pub fn set(&self, value: u64) -> anyhow::Result<()> {
         let key = 0u32;
-        let mut value = 0u64;
         let mut a = [0u8; 128];
         a[0..4].copy_from_slice(&(self.fd.as_raw_fd() as u32).to_ne_bytes());
         a[8..16].copy_from_slice(&(&key as *const u32 as u64).to_ne_bytes());
-        a[16..24].copy_from_slice(&(&mut value as *mut u64 as u64).to_ne_bytes());
-        bpf(BPF_MAP_LOOKUP_ELEM, &mut a).context("read the sink's counter")?;
-        Ok(value)
+        a[16..24].copy_from_slice(&(&value as *const u64 as u64).to_ne_bytes());
+        bpf(BPF_MAP_UPDATE_ELEM, &mut a).context("write a flag map")?;
+        Ok(())
     }
+
+    /// The count (summed over CPUs for a per-CPU counter).
+    pub fn get(&self) -> anyhow::Result<u64> {
+        Ok(self.per_cpu_values()?.iter().sum())
+    }
+
+    /// One value per possible CPU (one value for a shared counter).
+    pub fn per_cpu_values(&self) -> anyhow::Result<Vec<u64>> {
+        let n = if self.per_cpu { possible_cpus()? } else { 1 };
+        let key = 0u32;
+        let mut values = vec![0u64; n];
+        let mut a = [0u8; 128];
+        a[0..4].copy_from_slice(&(self.fd.as_raw_fd() as u32).to_ne_bytes());
+        a[8..16].copy_from_slice(&(&key as *const u32 as u64).to_ne_bytes());
+        a[16..24].copy_from_slice(&(values.as_mut_ptr() as u64).to_ne_bytes());
+        bpf(BPF_MAP_LOOKUP_ELEM, &mut a).context("read a counter map")?;
+        Ok(values)
+    }
+}
+
+/// The number of possible CPUs: a per-CPU map value holds one slot each.
+fn possible_cpus() -> anyhow::Result<usize> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .context("read /sys/devices/system/cpu/possible")?;
+    // "0-3" or "0"; ranges are contiguous from 0 on Linux.
+    let last = text.trim().rsplit(['-', ',']).next().unwrap_or("0");
+    Ok(last.parse::<usize>().context("parse possible CPUs")? + 1)
 }
 
 /// XDP_PASS.
@@ -481,6 +628,91 @@ mod tests {
     fn frame(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), receiver: u32) -> Vec<u8> {
         let m = transport_with_counter(receiver, 1, 64);
         udp4_frame(MAC, MAC, src.0, src.1, dst.0, dst.1, &m, false)
+    }
+
+    /// BPF_PROG_TEST_RUN once: (action, the frame as the program left it).
+    fn run_out(prog: &OwnedFd, frame: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut a = [0u8; 128];
+        a[0..4].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
+        a[8..12].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        a[12..16].copy_from_slice(&(out.len() as u32).to_ne_bytes());
+        a[16..24].copy_from_slice(&(frame.as_ptr() as u64).to_ne_bytes());
+        a[24..32].copy_from_slice(&(out.as_mut_ptr() as u64).to_ne_bytes());
+        a[32..36].copy_from_slice(&1u32.to_ne_bytes());
+        bpf(BPF_PROG_TEST_RUN, &mut a).expect("test run");
+        let action = u32::from_ne_bytes(a[4..8].try_into().expect("4 bytes"));
+        let len = u32::from_ne_bytes(a[12..16].try_into().expect("4 bytes")) as usize;
+        out.truncate(len);
+        (action, out)
+    }
+
+    /// The loop's far end answers a relayed frame as its destination spoke,
+    /// until the frame's deadline; nothing else is answered.
+    #[test]
+    fn mirror_answers_as_the_destination_until_the_deadline() {
+        testkit::cmd::require_root();
+        let c = Counter::per_cpu("mirror_test").expect("map");
+        let stop = Counter::new("mirror_stop").expect("map");
+        let p = load("mirror_test", &mirror(&c, &stop, HUB_IP, HUB_PORT)).expect("load");
+        let sp = synth::spokes(64);
+        let (a, b) = (sp[2], sp[3]);
+        let hub = (HUB_IP, HUB_PORT);
+        let far = u64::MAX / 2;
+        let at = |src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), receiver, deadline| {
+            let m = transport_with_counter(receiver, deadline, 64);
+            udp4_frame(
+                MAC,
+                [2, 0, 0, 0, 0, 2],
+                src.0,
+                src.1,
+                dst.0,
+                dst.1,
+                &m,
+                true,
+            )
+        };
+        let relayed = at(hub, (b.ip, b.port), synth::receiver(a.slot), far);
+        let (action, out) = run_out(&p, &relayed);
+        assert_eq!(action, 3, "XDP_TX");
+        // B's answer: B's address and port to the hub, B's receiver index,
+        // the Ethernet addresses swapped; the rest as it came.
+        let want = udp4_frame(
+            [2, 0, 0, 0, 0, 2],
+            MAC,
+            b.ip,
+            b.port,
+            HUB_IP,
+            HUB_PORT,
+            &transport_with_counter(synth::receiver(b.slot), far, 64),
+            true,
+        );
+        assert_eq!(out, want);
+        assert_eq!(c.get().expect("counter"), 1);
+        for (what, f) in [
+            (
+                "past its deadline",
+                at(hub, (b.ip, b.port), synth::receiver(a.slot), 1),
+            ),
+            (
+                "not from the hub's port",
+                at((HUB_IP, 1), (b.ip, b.port), synth::receiver(a.slot), far),
+            ),
+            (
+                "from a spoke",
+                at((a.ip, a.port), hub, synth::receiver(a.slot), far),
+            ),
+        ] {
+            assert_eq!(run_out(&p, &f).0, 1, "{what}: XDP_DROP");
+        }
+        assert_eq!(c.get().expect("counter"), 1, "only the answer counted");
+        stop.set(1).expect("stop");
+        assert_eq!(run_out(&p, &relayed).0, 1, "stopped: XDP_DROP");
+        stop.set(0).expect("go on");
+        assert_eq!(run_out(&p, &relayed).0, 3, "going on: XDP_TX");
+        let mut arp = relayed.clone();
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(run_out(&p, &arp).0, 2, "ARP: XDP_PASS");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! its load generator and its userspace-relay baseline. See bench/RESULTS.md.
 
 mod bpfraw;
+mod cores;
 mod hs;
 mod idle;
 mod loadgen;
@@ -71,6 +72,17 @@ enum Cmd {
     Scale {
         #[arg(long, default_value_t = 5)]
         reps: usize,
+    },
+    /// The relay rate with the hub NIC's receive spread over every CPU
+    /// against one CPU: frames circulating between the hub's XDP program
+    /// and a far end that answers as the destination spoke, on a
+    /// multi-queue veth; the reflector as the medium's baseline.
+    Cores {
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// The smoke plan's short windows.
+        #[arg(long)]
+        smoke: bool,
     },
     /// Handshake initiation routing alone (in process, no root needed):
     /// warm rekeys and first contacts for each number of spokes.
@@ -170,6 +182,7 @@ fn main() -> anyhow::Result<()> {
             command,
         } => run(smoke, &out, no_real, &command),
         Cmd::Scale { reps } => scale::run(reps),
+        Cmd::Cores { reps, smoke } => cores::run(reps, smoke),
         Cmd::Real {
             modes,
             smoke,
@@ -216,6 +229,8 @@ pub struct All {
     pub scale: Option<scale::ScaleResults>,
     /// An idle mesh of simulated spokes.
     pub idle: Option<idle::IdleResults>,
+    /// The relay loop on one CPU and on all, end to end.
+    pub cores: Option<cores::CoresResults>,
     /// Load average (1, 5, 15 min) at the start and at the end.
     pub load: ([f64; 3], [f64; 3]),
 }
@@ -294,6 +309,8 @@ fn run(smoke: bool, out: &std::path::Path, no_real: bool, command: &str) -> anyh
     drop(stats);
     eprintln!("== the XDP program: statistics off, table scale, both CPUs ==");
     let scale = scale::measure(if smoke { 1 } else { 5 }, smoke)?;
+    eprintln!("== all cores: the relay loop on one CPU and on every CPU ==");
+    let cores = cores::measure(if smoke { 1 } else { 5 }, smoke)?;
     eprintln!("== an idle mesh of simulated spokes ==");
     let idle = if smoke {
         idle::results(&[20], 2)?
@@ -311,6 +328,7 @@ fn run(smoke: bool, out: &std::path::Path, no_real: bool, command: &str) -> anyh
         elapsed: t0.elapsed(),
         scale: Some(scale),
         idle: Some(idle),
+        cores: Some(cores),
         load: (load_start, sys::loadavg()),
     };
     report::write(&all, out, command)?;

@@ -21,6 +21,9 @@ const APT_PACKAGES: &[(&str, Option<&str>, Need)] = &[
     ("libxml2-dev", None, Need::Build),
     // etcd-client's build script compiles etcd's protobuf definitions.
     ("protobuf-compiler", Some("protoc"), Need::Build),
+    // Its well-known types (google/protobuf/*.proto) that etcd's import: a
+    // Recommends of protobuf-compiler, which --no-install-recommends skips.
+    ("libprotobuf-dev", None, Need::Build),
     // The hub's own WireGuard where the kernel has no module, and `ip`.
     ("wireguard-go", Some("wireguard-go"), Need::Run),
     ("wireguard-tools", Some("wg"), Need::Run),
