@@ -1,8 +1,10 @@
 //! Tiny XDP programs assembled by hand, so the bench needs no second eBPF
 //! crate: the reflector (mode 5: swap addresses, XDP_TX, no lookup), a
 //! sink that counts the relayed frames it expects and drops IPv4 (the far
-//! end of the hub link during packet-rate runs) and a pass program (veth
-//! peers need *some* XDP program for XDP_TX frames to arrive). Loaded with
+//! end of the hub link during packet-rate runs), the far end of
+//! `relay-bench cores`' relay loop that answers as the destination spoke
+//! ([`mirror`]) and a pass program (veth peers need *some* XDP program for
+//! XDP_TX frames to arrive). Loaded with
 //! BPF_PROG_LOAD, attached with a BPF link (detached when [`XdpLink`] drops).
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -138,6 +140,18 @@ impl Asm {
         self.labels.push((name, self.v.len()));
         self
     }
+    /// [`finish`](Self::finish) after the "drop" (XDP_DROP) and "pass"
+    /// (XDP_PASS) exits; what comes before falls through into "drop".
+    fn finish_with_exits(&mut self) -> Vec<u8> {
+        self.label("drop")
+            .op(mov_imm(R0, 1))
+            .op(exit())
+            .label("pass")
+            .op(mov_imm(R0, 2))
+            .op(exit());
+        self.finish()
+    }
+
     fn finish(&mut self) -> Vec<u8> {
         for &(at, name) in &self.jumps {
             let (_, to) = self
@@ -196,6 +210,49 @@ pub fn reflector(port: u16) -> Vec<u8> {
     encode(&v)
 }
 
+/// Emit: r0 = the value at key 0 of `map` (a pointer), or to `if_none`
+/// when the lookup fails. Clobbers r1-r5 (a helper call).
+fn lookup_key0(a: &mut Asm, map: &Counter, if_none: &'static str) {
+    let [l0, l1] = ld_map_fd(R1, map.fd.as_raw_fd());
+    a.op(l0)
+        .op(l1)
+        .op(st_w(R10, -4, 0))
+        .op(mov_reg(R2, R10))
+        .op(add_imm(R2, -4))
+        .op(call(MAP_LOOKUP_ELEM))
+        .jump(jeq_imm(R0, 0, 0), if_none);
+}
+
+/// Emit: data in r2 and its end in r3 (from the context in `ctx`); not
+/// IPv4: to "pass"; IPv4 but not a UDP frame of at least `len` bytes from
+/// `hub_ip`:`hub_port` (IHL 5) carrying a WireGuard transport header: to
+/// "drop". Clobbers r4 and r5.
+fn transport_from_hub(a: &mut Asm, ctx: u8, len: i32, hub_ip: std::net::Ipv4Addr, hub_port: u16) {
+    a.op(ldx(W, R2, ctx, 0))
+        .op(ldx(W, R3, ctx, 4))
+        .op(mov_reg(R4, R2))
+        .op(add_imm(R4, 14))
+        .jump(jgt_reg(R4, R3, 0), "pass")
+        .op(ldx(H, R5, R2, 12))
+        .jump(jne_imm(R5, 0x0008, 0), "pass") // ethertype 0x0800, little-endian
+        .op(mov_reg(R4, R2))
+        .op(add_imm(R4, len))
+        .jump(jgt_reg(R4, R3, 0), "drop")
+        .op(ldx(B, R5, R2, 14))
+        .jump(jne_imm(R5, 0x45, 0), "drop")
+        .op(ldx(B, R5, R2, 23))
+        .jump(jne_imm(R5, 17, 0), "drop")
+        .op(ldx(W, R5, R2, 26))
+        .jump(
+            jne32_imm(R5, u32::from_le_bytes(hub_ip.octets()), 0),
+            "drop",
+        )
+        .op(ldx(H, R5, R2, 34))
+        .jump(jne_imm(R5, hub_port.swap_bytes() as i32, 0), "drop")
+        .op(ldx(W, R5, R2, 42))
+        .jump(jne_imm(R5, 4, 0), "drop"); // type 4, reserved bytes zero
+}
+
 /// What a relayed frame must look like to count as delivered.
 pub struct Expect {
     /// The hub's address and port: the source of every relayed frame.
@@ -216,31 +273,9 @@ pub struct Expect {
 /// relay must. Any other frame that reaches the interface is not a relay.
 pub fn count_relayed(counter: &Counter, e: &Expect) -> Vec<u8> {
     let mut a = Asm::default();
-    a.op(ldx(W, R2, R1, 0))
-        .op(ldx(W, R3, R1, 4))
-        .op(mov_reg(R4, R2))
-        .op(add_imm(R4, 14))
-        .jump(jgt_reg(R4, R3, 0), "pass")
-        .op(ldx(H, R5, R2, 12))
-        .jump(jne_imm(R5, 0x0008, 0), "pass") // ethertype 0x0800, little-endian
-        .op(mov_reg(R4, R2))
-        .op(add_imm(R4, 50)) // through the receiver index
-        .jump(jgt_reg(R4, R3, 0), "drop")
-        .op(ldx(B, R5, R2, 14))
-        .jump(jne_imm(R5, 0x45, 0), "drop")
-        .op(ldx(B, R5, R2, 23))
-        .jump(jne_imm(R5, 17, 0), "drop")
-        .op(ldx(W, R5, R2, 26))
-        .jump(
-            jne32_imm(R5, u32::from_le_bytes(e.hub_ip.octets()), 0),
-            "drop",
-        )
-        .op(ldx(H, R5, R2, 34))
-        .jump(jne_imm(R5, e.hub_port.swap_bytes() as i32, 0), "drop")
-        .op(ldx(W, R5, R2, 42))
-        .jump(jne_imm(R5, 4, 0), "drop") // type 4, reserved bytes zero
-        // d = destination port - 40000: the destination spoke's slot.
-        .op(ldx(B, R6, R2, 36))
+    transport_from_hub(&mut a, R1, 50, e.hub_ip, e.hub_port);
+    // d = destination port - 40000: the destination spoke's slot.
+    a.op(ldx(B, R6, R2, 36))
         .op(alu64_imm(LSH, R6, 8))
         .op(ldx(B, R7, R2, 37))
         .op(or_reg(R6, R7))
@@ -270,23 +305,9 @@ pub fn count_relayed(counter: &Counter, e: &Expect) -> Vec<u8> {
         .op(alu32_imm(XOR, R6, 0x5000_0000))
         .op(ldx(W, R7, R2, 46))
         .jump(jne_reg(R7, R6, 0), "drop");
-    let [l0, l1] = ld_map_fd(R1, counter.fd.as_raw_fd());
-    a.op(l0)
-        .op(l1)
-        .op(st_w(R10, -4, 0))
-        .op(mov_reg(R2, R10))
-        .op(add_imm(R2, -4))
-        .op(call(MAP_LOOKUP_ELEM))
-        .jump(jeq_imm(R0, 0, 0), "drop")
-        .op(mov_imm(R1, 1))
-        .op(atomic_add64(R0, R1, 0))
-        .label("drop")
-        .op(mov_imm(R0, 1))
-        .op(exit())
-        .label("pass")
-        .op(mov_imm(R0, 2))
-        .op(exit());
-    a.finish()
+    lookup_key0(&mut a, counter, "drop");
+    a.op(mov_imm(R1, 1)).op(atomic_add64(R0, R1, 0));
+    a.finish_with_exits()
 }
 
 /// The spokes' side of `relay-bench cores`' closed loop, on the far end
@@ -307,44 +328,15 @@ pub fn mirror(
     hub_port: u16,
 ) -> Vec<u8> {
     let mut a = Asm::default();
-    let [s0, s1] = ld_map_fd(R1, stop.fd.as_raw_fd());
     a.op(mov_reg(R6, R1))
         .op(call(KTIME_GET_NS))
         .op(mov_reg(R7, R0))
-        .op(mov_imm(R8, 0))
-        .op(s0)
-        .op(s1)
-        .op(st_w(R10, -4, 0))
-        .op(mov_reg(R2, R10))
-        .op(add_imm(R2, -4))
-        .op(call(MAP_LOOKUP_ELEM))
-        .jump(jeq_imm(R0, 0, 0), "no_stop")
-        .op(ldx(DW, R8, R0, 0))
-        .label("no_stop")
-        .op(ldx(W, R2, R6, 0))
-        .op(ldx(W, R3, R6, 4))
-        .op(mov_reg(R4, R2))
-        .op(add_imm(R4, 14))
-        .jump(jgt_reg(R4, R3, 0), "pass")
-        .op(ldx(H, R5, R2, 12))
-        .jump(jne_imm(R5, 0x0008, 0), "pass") // ethertype 0x0800, little-endian
-        .op(mov_reg(R4, R2))
-        .op(add_imm(R4, 58)) // through the WireGuard counter
-        .jump(jgt_reg(R4, R3, 0), "drop")
-        .op(ldx(B, R5, R2, 14))
-        .jump(jne_imm(R5, 0x45, 0), "drop")
-        .op(ldx(B, R5, R2, 23))
-        .jump(jne_imm(R5, 17, 0), "drop")
-        .op(ldx(W, R5, R2, 26))
-        .jump(
-            jne32_imm(R5, u32::from_le_bytes(hub_ip.octets()), 0),
-            "drop",
-        )
-        .op(ldx(H, R5, R2, 34))
-        .jump(jne_imm(R5, hub_port.swap_bytes() as i32, 0), "drop")
-        .op(ldx(W, R5, R2, 42))
-        .jump(jne_imm(R5, 4, 0), "drop") // type 4, reserved bytes zero
-        .jump(jne_imm(R8, 0, 0), "drop") // stopped
+        .op(mov_imm(R8, 0));
+    lookup_key0(&mut a, stop, "no_stop");
+    a.op(ldx(DW, R8, R0, 0)).label("no_stop");
+    // Through the WireGuard counter (the deadline).
+    transport_from_hub(&mut a, R6, 58, hub_ip, hub_port);
+    a.jump(jne_imm(R8, 0, 0), "drop") // stopped
         .op(ldx(DW, R5, R2, 50))
         .jump(jgt_reg(R7, R5, 0), "drop") // past the deadline
         // The spoke's receiver index: its slot is the port - 40000.
@@ -364,27 +356,14 @@ pub fn mirror(
     for i in v {
         a.op(i);
     }
-    let [l0, l1] = ld_map_fd(R1, counter.fd.as_raw_fd());
-    a.op(l0)
-        .op(l1)
-        .op(st_w(R10, -4, 0))
-        .op(mov_reg(R2, R10))
-        .op(add_imm(R2, -4))
-        .op(call(MAP_LOOKUP_ELEM))
-        .jump(jeq_imm(R0, 0, 0), "tx")
-        .op(ldx(DW, R1, R0, 0))
+    lookup_key0(&mut a, counter, "tx");
+    a.op(ldx(DW, R1, R0, 0))
         .op(add_imm(R1, 1))
         .op(stx(DW, R0, R1, 0))
         .label("tx")
         .op(mov_imm(R0, 3))
-        .op(exit())
-        .label("drop")
-        .op(mov_imm(R0, 1))
-        .op(exit())
-        .label("pass")
-        .op(mov_imm(R0, 2))
         .op(exit());
-    a.finish()
+    a.finish_with_exits()
 }
 
 /// A one-entry BPF array holding a u64, counted into by an XDP program:
@@ -579,6 +558,16 @@ pub fn test_run(
     ifindex: u32,
     repeat: u32,
 ) -> std::io::Result<(f64, u32)> {
+    test_run_out(prog, frame, ifindex, repeat).map(|(ns, action, _)| (ns, action))
+}
+
+/// [`test_run`], also returning the frame as the last run left it.
+pub fn test_run_out(
+    prog: BorrowedFd<'_>,
+    frame: &[u8],
+    ifindex: u32,
+    repeat: u32,
+) -> std::io::Result<(f64, u32, Vec<u8>)> {
     let md: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
     let mut out = vec![0u8; frame.len() + 256];
     let mut a = [0u8; 128];
@@ -592,8 +581,10 @@ pub fn test_run(
     a[48..56].copy_from_slice(&(md.as_ptr() as u64).to_ne_bytes());
     bpf(BPF_PROG_TEST_RUN, &mut a)?;
     let retval = u32::from_ne_bytes(a[4..8].try_into().expect("4 bytes"));
+    let len = u32::from_ne_bytes(a[12..16].try_into().expect("4 bytes")) as usize;
     let duration = u32::from_ne_bytes(a[36..40].try_into().expect("4 bytes"));
-    Ok((duration as f64, retval))
+    out.truncate(len);
+    Ok((duration as f64, retval, out))
 }
 
 #[cfg(test)]
@@ -632,18 +623,7 @@ mod tests {
 
     /// BPF_PROG_TEST_RUN once: (action, the frame as the program left it).
     fn run_out(prog: &OwnedFd, frame: &[u8]) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; frame.len() + 256];
-        let mut a = [0u8; 128];
-        a[0..4].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
-        a[8..12].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        a[12..16].copy_from_slice(&(out.len() as u32).to_ne_bytes());
-        a[16..24].copy_from_slice(&(frame.as_ptr() as u64).to_ne_bytes());
-        a[24..32].copy_from_slice(&(out.as_mut_ptr() as u64).to_ne_bytes());
-        a[32..36].copy_from_slice(&1u32.to_ne_bytes());
-        bpf(BPF_PROG_TEST_RUN, &mut a).expect("test run");
-        let action = u32::from_ne_bytes(a[4..8].try_into().expect("4 bytes"));
-        let len = u32::from_ne_bytes(a[12..16].try_into().expect("4 bytes")) as usize;
-        out.truncate(len);
+        let (_, action, out) = test_run_out(prog.as_fd(), frame, 1, 1).expect("test run");
         (action, out)
     }
 
