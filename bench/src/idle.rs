@@ -106,11 +106,32 @@ pub struct Row {
     sim_cookies: f64,
     sim_problems: String,
     wg_go: bool,
+    /// The hub's share in each of [`SLICES`] equal parts of the window:
+    /// how much the figure moves within one run.
+    hub_slices: Vec<f64>,
 }
+
+/// Parts of the measurement window sampled on their own.
+const SLICES: u32 = 3;
 
 impl Row {
     fn hub(&self) -> f64 {
         self.ctl + self.wg + self.napi
+    }
+
+    /// "lo-hi" of the window's parts, in % of a core.
+    fn slice_range(&self) -> String {
+        let lo = self
+            .hub_slices
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min);
+        let hi = self.hub_slices.iter().copied().fold(0.0, f64::max);
+        if self.hub_slices.is_empty() {
+            "-".into()
+        } else {
+            format!("{:.2}-{:.2}", 100.0 * lo, 100.0 * hi)
+        }
     }
 }
 
@@ -241,13 +262,16 @@ pub fn markdown(r: &IdleResults) -> String {
     let mut w = String::new();
     let _ = writeln!(
         w,
-        "| spokes | timers | hub packets/s in | out | initiations to the hub/s | relayed initiations/s | XDP relayed/s | hub CPU (% of one core) | controller | hub WireGuard | NIC NAPI | simulator | load |"
+        "| spokes | timers | hub packets/s in | out | initiations to the hub/s | relayed initiations/s | XDP relayed/s | hub CPU (% of one core) | in thirds of the window | controller | hub WireGuard | NIC NAPI | simulator | load |"
     );
-    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        w,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for r in &r.rows {
         let _ = writeln!(
             w,
-            "| {} | {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.1} | **{:.2}** | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} |",
+            "| {} | {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.1} | **{:.2}** | {} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} |",
             r.n,
             r.timers.name(),
             r.in_pps,
@@ -256,6 +280,7 @@ pub fn markdown(r: &IdleResults) -> String {
             r.hs_relayed,
             r.xdp_pps,
             100.0 * r.hub(),
+            r.slice_range(),
             100.0 * r.ctl,
             100.0 * r.wg,
             100.0 * r.napi,
@@ -305,8 +330,9 @@ pub fn target_share(r: &IdleResults) -> Option<f64> {
 pub fn target_text(r: &IdleResults) -> Option<String> {
     let x = target_row(r)?;
     Some(format!(
-        "{:.1} % in all: relayhub {:.1} % (controller {:.2}, NIC NAPI {:.2}), the hub's wireguard-go {:.1} % ({:.0} handshakes/s with the spokes, one per spoke every ~2 min)",
+        "{:.1} % in all ({} % in thirds of the window): relayhub {:.1} % (controller {:.2}, NIC NAPI {:.2}), the hub's wireguard-go {:.1} % ({:.0} handshakes/s with the spokes, one per spoke every ~2 min)",
         100.0 * x.hub(),
+        x.slice_range(),
         100.0 * (x.ctl + x.napi),
         100.0 * x.ctl,
         100.0 * x.napi,
@@ -440,6 +466,7 @@ impl SimHost {
 }
 
 /// CPU time (ns) of the hub's parts.
+#[derive(Clone, Copy)]
 struct HubCpu {
     ctl: u64,
     wg: u64,
@@ -622,7 +649,16 @@ fn window_of(
     let n0 = nic_packets(&topo.hub.name, &topo.hub_nic)?;
     let k0 = counters.snapshot();
     let t0 = Instant::now();
-    std::thread::sleep(window);
+    let mut hub_slices = Vec::new();
+    let (mut cs, mut ts) = (c0, t0);
+    for _ in 0..SLICES {
+        std::thread::sleep(window / SLICES);
+        let c = hub_cpu(&ctl, &wg, napi);
+        let t = Instant::now();
+        let ns = (c.ctl + c.wg + c.napi).saturating_sub(cs.ctl + cs.wg + cs.napi);
+        hub_slices.push(ns as f64 / 1e9 / (t - ts).as_secs_f64());
+        (cs, ts) = (c, t);
+    }
     let c1 = hub_cpu(&ctl, &wg, napi);
     let s1 = sys::thread_ns(me, ready.tid);
     let n1 = nic_packets(&topo.hub.name, &topo.hub_nic)?;
@@ -674,6 +710,7 @@ fn window_of(
         sim_cookies: d(Counters::RECV + 3),
         sim_problems: problems.join(", "),
         wg_go: !wg.is_empty(),
+        hub_slices,
     })
 }
 
