@@ -422,7 +422,12 @@ impl Counter {
 
     /// One value per possible CPU (one value for a shared counter).
     pub fn per_cpu_values(&self) -> anyhow::Result<Vec<u64>> {
-        let n = if self.per_cpu { possible_cpus()? } else { 1 };
+        // A per-CPU value holds one slot per possible CPU.
+        let n = if self.per_cpu {
+            aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?
+        } else {
+            1
+        };
         let key = 0u32;
         let mut values = vec![0u64; n];
         let mut a = [0u8; 128];
@@ -432,15 +437,6 @@ impl Counter {
         bpf(BPF_MAP_LOOKUP_ELEM, &mut a).context("read a counter map")?;
         Ok(values)
     }
-}
-
-/// The number of possible CPUs: a per-CPU map value holds one slot each.
-fn possible_cpus() -> anyhow::Result<usize> {
-    let text = std::fs::read_to_string("/sys/devices/system/cpu/possible")
-        .context("read /sys/devices/system/cpu/possible")?;
-    // "0-3" or "0"; ranges are contiguous from 0 on Linux.
-    let last = text.trim().rsplit(['-', ',']).next().unwrap_or("0");
-    Ok(last.parse::<usize>().context("parse possible CPUs")? + 1)
 }
 
 /// XDP_PASS.

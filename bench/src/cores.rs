@@ -160,11 +160,7 @@ impl Link {
         .context("create the multi-queue hub link")?;
         wire.sh(&format!("ip link set {WIRE_IF} up"))?;
         let wire_mac = sys::mac_of(&wire.name, WIRE_IF)?;
-        let mac = wire_mac
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":");
+        let mac = testkit::frame::mac(wire_mac);
         // The relay's FIB lookup needs forwarding on and a resolved next
         // hop: the spokes' addresses are behind the wire.
         hub.sh(&format!(

@@ -121,17 +121,11 @@ impl Row {
 
     /// "lo-hi" of the window's parts, in % of a core.
     fn slice_range(&self) -> String {
-        let lo = self
-            .hub_slices
-            .iter()
-            .copied()
-            .fold(f64::INFINITY, f64::min);
-        let hi = self.hub_slices.iter().copied().fold(0.0, f64::max);
         if self.hub_slices.is_empty() {
-            "-".into()
-        } else {
-            format!("{:.2}-{:.2}", 100.0 * lo, 100.0 * hi)
+            return "-".into();
         }
+        let (lo, hi) = crate::packet::spread(self.hub_slices.iter().copied());
+        format!("{:.2}-{:.2}", 100.0 * lo, 100.0 * hi)
     }
 }
 

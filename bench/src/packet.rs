@@ -113,11 +113,7 @@ impl<'t> Bench<'t> {
     pub fn new(topo: &'t Topology, n_spokes: u32) -> anyhow::Result<Self> {
         let hub_mac = sys::mac_of(&topo.hub.name, &topo.hub_nic)?;
         let gen_mac = sys::mac_of(&topo.router.name, &topo.router_hub_if)?;
-        let mac = gen_mac
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":");
+        let mac = testkit::frame::mac(gen_mac);
         // The hub's next hop must never need ARP (the sink drops IPv4 only,
         // but keep the path deterministic); the router discards what the
         // hub relays to synthetic spokes.
