@@ -93,7 +93,11 @@ pub const FAMILY_V6: u8 = 6;
 
 /// An IPv4 or IPv6 UDP endpoint. IPv4 addresses sit in `addr[0..4]`, the
 /// rest zero, so one key type serves both families.
-#[repr(C)]
+///
+/// Aligned to 4 (the layout is the same: 20 bytes, no padding) so that the
+/// XDP program may move it in 32-bit words on its stack, where the verifier
+/// rejects misaligned access.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Endpoint {
     /// Network byte order.

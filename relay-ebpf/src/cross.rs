@@ -229,7 +229,7 @@ fn v6_to_v4(
     let h = check_or_short!(ctx, V4::WG_OFF);
     // SAFETY: every offset is < V4::WG_OFF (checked); map values as above.
     unsafe {
-        mem::copy(h, macs.as_ptr(), 12);
+        mem::copy_bytes(h, macs.as_ptr(), 12);
         let udp = h.add(V4::UDP_OFF);
         put16(udp, new_sport);
         put16(udp.add(2), dst.port);

@@ -134,8 +134,8 @@ pub fn forward<I: Ip>(ctx: &XdpContext, ip_len: u16, dst_slot: u32, now: u64) ->
         BPF_FIB_LKUP_RET_SUCCESS => {
             // SAFETY: 12 bytes checked.
             unsafe {
-                mem::copy(h, p.dmac.as_ptr(), 6);
-                mem::copy(h.add(6), p.smac.as_ptr(), 6);
+                mem::copy16(h, p.dmac.as_ptr(), 6);
+                mem::copy16(h.add(6), p.smac.as_ptr(), 6);
             }
             if let Some(c) = cached {
                 // SAFETY: this CPU's map value; the destination comes from
@@ -148,8 +148,8 @@ pub fn forward<I: Ip>(ctx: &XdpContext, ip_len: u16, dst_slot: u32, now: u64) ->
                     (*c).out_ifindex = p.ifindex;
                     (*c).max_len = ip_len;
                     (*c).family = I::FAMILY;
-                    mem::copy((*c).dmac.as_mut_ptr(), p.dmac.as_ptr(), 6);
-                    mem::copy((*c).smac.as_mut_ptr(), p.smac.as_ptr(), 6);
+                    mem::copy16((*c).dmac.as_mut_ptr(), p.dmac.as_ptr(), 6);
+                    mem::copy16((*c).smac.as_mut_ptr(), p.smac.as_ptr(), 6);
                 }
             }
             Ok(send(p.ifindex, ifindex))

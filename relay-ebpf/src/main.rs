@@ -6,9 +6,13 @@
 //! that XDP_TX frames are delivered).
 #![no_std]
 #![no_main]
+// `unaligned_volatile_store` (see mem.rs).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod counters;
 mod cross;
+mod csum;
 mod fallback;
 mod forward;
 mod initiation;
@@ -40,7 +44,7 @@ use crate::{
     forward::Next,
     lookup::MeshDrop,
     maps::{CONFIG, COPY_BUDGET},
-    parse::{ETH_P_IP, ETH_P_IPV6, Ip, L3, Ports, V4, V6, be16, fill_endpoint, read},
+    parse::{ETH_LEN, ETH_P_IP, ETH_P_IPV6, Ip, L3, Ports, V4, V6, fill_endpoint},
 };
 
 #[xdp]
@@ -56,17 +60,22 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn try_relay(ctx: &XdpContext) -> Result<u32, ()> {
-    let eth = read::<14>(ctx, 0)?;
-    match be16(eth[12], eth[13]) {
+    let eth = parse::check(ctx, 0, ETH_LEN)?;
+    // SAFETY: the Ethernet header was checked.
+    match unsafe { mem::load_be16(eth.add(12)) } {
         ETH_P_IP => relay_ip::<V4>(ctx),
         ETH_P_IPV6 => relay_ip::<V6>(ctx),
         _ => Ok(XDP_PASS),
     }
 }
 
+/// The little-endian 32-bit field at `off` of the WireGuard header `h`
+/// (16 bytes checked).
 #[inline(always)]
-fn le32(b: &[u8; 16], off: usize) -> u32 {
-    u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
+fn le32(h: *const u8, off: usize) -> u32 {
+    // SAFETY: every caller's offset + 4 is within the 16 checked bytes;
+    // misaligned access is allowed.
+    u32::from_le(unsafe { core::ptr::read_unaligned(h.add(off).cast::<u32>()) })
 }
 
 #[inline(always)]
@@ -108,12 +117,8 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
     // SAFETY: offsets inside the checked header.
     let (src_ep, dport) = unsafe {
         let udp = h.add(I::UDP_OFF);
-        fill_endpoint::<I>(
-            src_ep.as_mut_ptr(),
-            h.add(I::SRC_OFF),
-            be16(*udp, *udp.add(1)),
-        );
-        (src_ep.assume_init_ref(), be16(*udp.add(2), *udp.add(3)))
+        fill_endpoint::<I>(src_ep.as_mut_ptr(), h.add(I::SRC_OFF), mem::load_be16(udp));
+        (src_ep.assume_init_ref(), mem::load_be16(udp.add(2)))
     };
     // From a peer hub: only for spokes homed there, never to this hub's
     // own WireGuard.
@@ -170,12 +175,13 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
         return Ok(XDP_PASS);
     };
     // Types 2, 3 and 4 are at least 32 bytes long.
-    let hdr = read::<16>(ctx, I::WG_OFF)?;
+    let hdr = parse::check(ctx, I::WG_OFF, 16)?;
     let receiver = if msg.kind == MSG_RESPONSE {
-        le32(&hdr, RESPONSE_RECEIVER_OFF)
+        le32(hdr, RESPONSE_RECEIVER_OFF)
     } else {
-        le32(&hdr, RECEIVER_OFF)
+        le32(hdr, RECEIVER_OFF)
     };
+    let sender = le32(hdr, SENDER_OFF);
     let keepalive = msg.kind == MSG_TRANSPORT && msg.len == KEEPALIVE_LEN;
 
     let Some(session) = lookup::session(slot, receiver) else {
@@ -242,7 +248,7 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
         None
     };
     if msg.kind == MSG_RESPONSE {
-        match lookup::learn_response(dst_slot, le32(&hdr, SENDER_OFF), slot, now) {
+        match lookup::learn_response(dst_slot, sender, slot, now) {
             lookup::Learned::Yes => {
                 inc(counter::RESPONSE_LEARNED);
                 // Once per handshake, not per frame; skipped unless the

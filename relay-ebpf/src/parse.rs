@@ -16,7 +16,10 @@ use relay_common::{
     },
 };
 
-use crate::mem;
+use crate::{
+    csum::{fold64, sum32},
+    mem,
+};
 
 pub const ETH_LEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
@@ -149,37 +152,39 @@ impl Ip for V4 {
     /// count as PASS_UNSUPPORTED.
     #[inline(always)]
     fn parse(ctx: &XdpContext, ports: Ports) -> Result<L3, ()> {
-        let ip = read::<20>(ctx, ETH_LEN)?;
-        if ip[0] >> 4 != 4 || ip[9] != IPPROTO_UDP {
+        let ip = check(ctx, ETH_LEN, Self::IP_LEN)?;
+        // SAFETY: the 20 bytes of the fixed header were checked.
+        let (vihl, proto, frag, tot_len) = unsafe {
+            (
+                *ip,
+                *ip.add(9),
+                mem::load_be16(ip.add(6)),
+                mem::load_be16(ip.add(2)) as usize,
+            )
+        };
+        if vihl >> 4 != 4 || proto != IPPROTO_UDP {
             return Ok(L3::Ignore);
         }
-        let ihl = (ip[0] & 0x0f) as usize;
-        let frag = be16(ip[6], ip[7]);
+        let ihl = (vihl & 0x0f) as usize;
         if ihl < 5 || frag & 0x1fff != 0 {
             return Ok(L3::Ignore);
         }
-        let dport = read::<2>(ctx, ETH_LEN + ihl * 4 + 2)?;
-        if !ports.relays(be16(dport[0], dport[1])) {
+        let dport = check(ctx, ETH_LEN + ihl * 4 + 2, 2)?;
+        // SAFETY: 2 bytes checked.
+        if !ports.relays(unsafe { mem::load_be16(dport) }) {
             return Ok(L3::Ignore);
         }
         if ihl != 5 || frag & 0x2000 != 0 {
             return Ok(L3::Unsupported);
         }
-        let tot_len = be16(ip[2], ip[3]) as usize;
         if tot_len < Self::IP_LEN + UDP_LEN || ETH_LEN + tot_len > frame_len(ctx) {
             return Ok(L3::Malformed);
         }
         // The rewrite recomputes the header checksum: check it first, or a
         // corrupted header the kernel would drop would leave valid.
-        let mut sum = 0u32;
-        let mut i = 0;
-        while i < 20 {
-            sum += u32::from(be16(ip[i], ip[i + 1]));
-            i += 2;
-        }
-        sum = (sum & 0xffff) + (sum >> 16);
-        sum = (sum & 0xffff) + (sum >> 16);
-        if sum != 0xffff {
+        let ip = check(ctx, ETH_LEN, Self::IP_LEN)?;
+        // SAFETY: 20 bytes checked.
+        if fold64(unsafe { sum32(ip, 5) }) != 0xffff {
             return Ok(L3::Malformed);
         }
         Ok(L3::Udp {

@@ -39,7 +39,7 @@ pub fn report<I: Ip>(ctx: &XdpContext, kind: u8, len: usize, now: u64) -> Result
     } else {
         let head = read::<TRANSPORT_HEAD>(ctx, I::WG_OFF)?;
         // SAFETY: both are stack arrays of at least TRANSPORT_HEAD bytes.
-        unsafe { mem::copy(msg.as_mut_ptr(), head.as_ptr(), TRANSPORT_HEAD) };
+        unsafe { mem::copy_bytes(msg.as_mut_ptr(), head.as_ptr(), TRANSPORT_HEAD) };
     }
     let Some(mut entry) = PROOFS.reserve::<ProofEvent>(0) else {
         counters::inc(counter::PROOF_RING_FULL);
@@ -62,7 +62,7 @@ pub fn report<I: Ip>(ctx: &XdpContext, kind: u8, len: usize, now: u64) -> Result
         );
         addr_of_mut!((*ev).len).write(len as u32);
         let frame = addr_of_mut!((*ev).frame).cast::<u8>();
-        mem::copy(frame, msg.as_ptr(), RESPONSE_LEN);
+        mem::copy_bytes(frame, msg.as_ptr(), RESPONSE_LEN);
     }
     entry.submit(0);
     counters::inc(counter::PROOF_REPORTED);

@@ -8,20 +8,15 @@ use aya_ebpf::programs::XdpContext;
 use relay_common::Endpoint;
 
 use crate::{
+    csum::{fold64, sum32},
     mem,
     parse::{ETH_LEN, Ip, be16, check},
 };
 
+pub use crate::csum::fold;
+
 /// Outgoing TTL / hop limit of relayed frames.
 pub const RELAY_TTL: u8 = 64;
-
-/// Fold a 32-bit one's complement accumulator to 16 bits.
-#[inline(always)]
-pub fn fold(mut acc: u32) -> u16 {
-    acc = (acc & 0xffff) + (acc >> 16);
-    acc = (acc & 0xffff) + (acc >> 16);
-    acc as u16
-}
 
 /// Sum of the `n` big-endian 16-bit words at `p` (complemented words when
 /// `not`, i.e. subtracting them).
@@ -57,7 +52,8 @@ pub fn put16(p: *mut u8, v: u16) {
 /// header and port words change from (src, dst, sport, dport) to (dst,
 /// dst', sport', dport'), so the sum changes by dst' - src + sport' +
 /// dport' - sport - dport. IPv4 with checksum 0 ("none") stays 0; a
-/// computed 0 is sent as 0xffff.
+/// computed 0 is sent as 0xffff. All sums work on words as they lie in
+/// memory (see `csum::sum32`).
 #[inline(always)]
 pub fn rewrite<I: Ip>(ctx: &XdpContext, dst: &Endpoint, sport: u16) -> Result<(), ()> {
     let h = check(ctx, 0, I::WG_OFF)?;
@@ -68,39 +64,38 @@ pub fn rewrite<I: Ip>(ctx: &XdpContext, dst: &Endpoint, sport: u16) -> Result<()
         let dst_addr = h.add(I::DST_OFF);
         let udp = h.add(I::UDP_OFF);
         let new_addr = dst.addr.as_ptr();
-        let words = I::ADDR_LEN / 2;
+        let words = I::ADDR_LEN / 4;
 
-        let csum = be16(*udp.add(6), *udp.add(7));
+        let csum = mem::load16(udp.add(6));
         if !(I::ZERO_CSUM_OK && csum == 0) {
-            let old_sport = be16(*udp, *udp.add(1));
-            let old_dport = be16(*udp.add(2), *udp.add(3));
-            let acc = (!csum) as u32
-                + sum_words(src_addr, words, true)
-                + sum_words(new_addr, words, false)
-                + (!old_sport) as u32
-                + (!old_dport) as u32
-                + sport as u32
-                + dst.port as u32;
-            let c = match !fold(acc) {
+            let (s, d) = (sport.to_be_bytes(), dst.port.to_be_bytes());
+            let new_ports = u32::from_ne_bytes([s[0], s[1], d[0], d[1]]);
+            let old_ports = core::ptr::read_unaligned(udp.cast::<u32>());
+            // `!x` of a word subtracts it; the source words likewise, with
+            // the sum complemented (n words: n * 0xffff_ffff - sum).
+            let acc = u64::from(!csum)
+                + (words as u64 * 0xffff_ffff - sum32(src_addr, words))
+                + sum32(new_addr, words)
+                + u64::from(!old_ports)
+                + u64::from(new_ports);
+            let c = match !fold64(acc) {
                 0 => 0xffff,
                 c => c,
             };
-            put16(udp.add(6), c);
+            mem::store16(udp.add(6), c);
         }
 
         mem::copy(src_addr, dst_addr, I::ADDR_LEN);
         mem::copy(dst_addr, new_addr, I::ADDR_LEN);
-        put16(udp, sport);
-        put16(udp.add(2), dst.port);
+        mem::store_be16(udp, sport);
+        mem::store_be16(udp.add(2), dst.port);
         *h.add(I::TTL_OFF) = RELAY_TTL;
 
         if I::HEADER_CSUM {
             // IPv4 header checksum, recomputed over the 20 bytes.
             let ip = h.add(ETH_LEN);
-            *ip.add(10) = 0;
-            *ip.add(11) = 0;
-            let c = !fold(sum_words(ip, 10, false));
-            put16(ip.add(10), c);
+            mem::store16(ip.add(10), 0);
+            mem::store16(ip.add(10), !fold64(sum32(ip, 5)));
         }
     }
     Ok(())

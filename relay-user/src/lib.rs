@@ -25,5 +25,5 @@ pub mod io;
 pub mod provision;
 pub mod store;
 
-/// The compiled XDP object (built by build.rs with aya-build).
+/// The compiled XDP object (built by build.rs).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/relay"));

@@ -119,7 +119,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// `cargo install` puts bpf-linker in $CARGO_HOME/bin; aya-build and our
+/// `cargo install` puts bpf-linker in $CARGO_HOME/bin; the eBPF build and our
 /// checks find it through PATH, which may lack that directory (sudo, CI).
 fn cargo_bin_on_path() {
     let cargo_home = std::env::var_os("CARGO_HOME")
@@ -282,7 +282,7 @@ fn lint_steps(steps: &mut Steps) {
     });
     // relay-ebpf only builds for the BPF target (on the host: "unwinding
     // panics are not supported without std"), so clippy it there, with
-    // nightly like aya-build does.
+    // nightly like relay-user's build.rs does.
     steps.step("clippy", || {
         cmd::run(cargo().args([
             "clippy",
@@ -360,7 +360,7 @@ fn test(args: &[String]) -> Result<()> {
     };
     steps.step("unit + in-kernel tests", || {
         let mut c = cargo();
-        // relay-ebpf only links for the BPF target (aya-build builds it).
+        // relay-ebpf only links for the BPF target (relay-user's build.rs builds it).
         c.args(["test", "--workspace", "--release"])
             .args(["--exclude", "relay-ebpf", "--exclude", "relay-tests"])
             .arg("--")

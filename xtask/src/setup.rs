@@ -58,7 +58,8 @@ const APT_PACKAGES: &[(&str, Option<&str>, Need)] = &[
     ("python3-venv", Some("python3"), Need::Guests),
 ];
 
-/// rust-src: aya-build compiles core for the BPF target (-Z build-std=core).
+/// rust-src: relay-user's build.rs compiles core for the BPF target
+/// (-Z build-std=core).
 /// clippy: `cargo xtask lint` checks relay-ebpf for the BPF target.
 const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "clippy"];
 
@@ -69,7 +70,7 @@ const BPFFS: &str = "/sys/fs/bpf";
 /// What a subcommand needs; each level includes the ones before it.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Need {
-    /// Building and linting relayhub: nightly with rust-src (aya-build) and
+    /// Building and linting relayhub: nightly with rust-src (the eBPF build) and
     /// clippy, and bpf-linker.
     Build,
     /// Running the hub: wireguard-go, iproute2, bpffs.
