@@ -180,8 +180,9 @@ impl Ip for V4 {
         if tot_len < Self::IP_LEN + UDP_LEN || ETH_LEN + tot_len > frame_len(ctx) {
             return Ok(L3::Malformed);
         }
-        // The rewrite recomputes the header checksum: check it first, or a
-        // corrupted header the kernel would drop would leave valid.
+        // The cross-family rebuild writes a fresh header and the rewrite
+        // updates the checksum from this one: check it first, or a
+        // corrupted header the kernel would drop could leave valid.
         let ip = check(ctx, ETH_LEN, Self::IP_LEN)?;
         // SAFETY: 20 bytes checked.
         if fold64(unsafe { sum32(ip, 5) }) != 0xffff {

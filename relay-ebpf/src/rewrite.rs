@@ -66,23 +66,35 @@ pub fn rewrite<I: Ip>(ctx: &XdpContext, dst: &Endpoint, sport: u16) -> Result<()
         let new_addr = dst.addr.as_ptr();
         let words = I::ADDR_LEN / 4;
 
+        // What the addresses add to any sum over them: src -> dst, dst ->
+        // dst' is dst' - src. `!x` of a word subtracts it: the source words
+        // summed complemented (n words: n * 0xffff_ffff - sum).
+        let addr_delta =
+            (words as u64 * 0xffff_ffff - sum32(src_addr, words)) + sum32(new_addr, words);
+
         let csum = mem::load16(udp.add(6));
         if !(I::ZERO_CSUM_OK && csum == 0) {
             let (s, d) = (sport.to_be_bytes(), dst.port.to_be_bytes());
             let new_ports = u32::from_ne_bytes([s[0], s[1], d[0], d[1]]);
             let old_ports = core::ptr::read_unaligned(udp.cast::<u32>());
-            // `!x` of a word subtracts it; the source words likewise, with
-            // the sum complemented (n words: n * 0xffff_ffff - sum).
-            let acc = u64::from(!csum)
-                + (words as u64 * 0xffff_ffff - sum32(src_addr, words))
-                + sum32(new_addr, words)
-                + u64::from(!old_ports)
-                + u64::from(new_ports);
+            let acc = u64::from(!csum) + addr_delta + u64::from(!old_ports) + u64::from(new_ports);
             let c = match !fold64(acc) {
                 0 => 0xffff,
                 c => c,
             };
             mem::store16(udp.add(6), c);
+        }
+        if I::HEADER_CSUM {
+            // IPv4 header checksum, updated the same way for the addresses
+            // and the TTL (the word TTL | protocol). parse::V4 checked the
+            // old one, so the update is exact.
+            let ip = h.add(ETH_LEN);
+            let hc = mem::load16(ip.add(10));
+            let ttl_proto = mem::load16(ip.add(8));
+            let new_ttl_proto = u16::from_ne_bytes([RELAY_TTL, *ip.add(9)]);
+            let acc =
+                u64::from(!hc) + addr_delta + u64::from(!ttl_proto) + u64::from(new_ttl_proto);
+            mem::store16(ip.add(10), !fold64(acc));
         }
 
         mem::copy(src_addr, dst_addr, I::ADDR_LEN);
@@ -90,13 +102,6 @@ pub fn rewrite<I: Ip>(ctx: &XdpContext, dst: &Endpoint, sport: u16) -> Result<()
         mem::store_be16(udp, sport);
         mem::store_be16(udp.add(2), dst.port);
         *h.add(I::TTL_OFF) = RELAY_TTL;
-
-        if I::HEADER_CSUM {
-            // IPv4 header checksum, recomputed over the 20 bytes.
-            let ip = h.add(ETH_LEN);
-            mem::store16(ip.add(10), 0);
-            mem::store16(ip.add(10), !fold64(sum32(ip, 5)));
-        }
     }
     Ok(())
 }
