@@ -61,6 +61,14 @@ pub const MAP_PROOF_BUDGET: &str = "PROOF_BUDGET";
 /// controller.
 pub const PROOF_REPORTS_PER_SEC: u32 = 8;
 pub const PROOFS_RING_BYTES: u32 = 64 * 1024;
+/// `PerCpuArray<SourceCache>`: a per-CPU cache of [`MAP_ENDPOINT_SLOTS`]
+/// lookups, indexed by a hash of the source endpoint. Not pinned.
+pub const MAP_SOURCE_CACHE: &str = "SOURCE_CACHE";
+/// Entries of [`MAP_SOURCE_CACHE`] per CPU (direct-mapped, as the next-hop
+/// cache).
+pub const SOURCE_CACHE_ENTRIES: u32 = 4096;
+/// A cached source slot is used for this long, then looked up again.
+pub const SOURCE_CACHE_TTL_NS: u64 = 1_000_000_000;
 /// Entries of [`MAP_NEXTHOPS`] per CPU (direct-mapped: slots that share an
 /// entry evict each other, which only costs a lookup).
 pub const NEXTHOP_ENTRIES: u32 = 1024;
@@ -472,6 +480,21 @@ pub struct NextHop {
     pub smac: [u8; 6],
 }
 
+/// Value of [`MAP_SOURCE_CACHE`]: a frame from some endpoint came from
+/// `slot`, as `ENDPOINT_SLOTS` said at `stamp_ns`. A hit still needs the
+/// slot active with that very endpoint in `SLOTS`, so a spoke that moved
+/// or left stops matching at once; only an endpoint handed from one slot
+/// to another while the first still names it (a NAT reusing a mapping)
+/// can be seen as the old slot's, for at most [`SOURCE_CACHE_TTL_NS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SourceCache {
+    /// `bpf_ktime_get_coarse_ns()` of the lookup; 0 = empty.
+    pub stamp_ns: u64,
+    pub slot: u32,
+    pub _pad: u32,
+}
+
 /// Ring buffer record: a copy of an initiation for the controller.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -544,4 +567,5 @@ const _: () = {
     assert!(core::mem::size_of::<FallbackMeta>() == 28);
     assert!(core::mem::size_of::<ProofEvent>() == 20 + 20 + 4 + 92);
     assert!(core::mem::size_of::<NextHop>() == 48);
+    assert!(core::mem::size_of::<SourceCache>() == 16);
 };

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use relay_common::{
     Endpoint, FallbackMeta, HubConfig, INITIATIONS_RING_BYTES, MAX_ENDPOINTS, MAX_MESH_PEERS,
     MAX_SESSIONS, MAX_SLOTS, MeshDrops, NEXTHOP_ENTRIES, NextHop, PROOFS_RING_BYTES, PassWindow,
-    SessionKey, SessionValue, SlotCounters, SpokeSlot, counter,
+    SOURCE_CACHE_ENTRIES, SessionKey, SessionValue, SlotCounters, SourceCache, SpokeSlot, counter,
 };
 
 /// Authenticated spoke endpoint -> slot.
@@ -43,6 +43,12 @@ pub static INITIATIONS: RingBuf = RingBuf::with_byte_size(INITIATIONS_RING_BYTES
 /// Frames for the controller's userspace relay (one perf buffer per CPU).
 #[map]
 pub static FALLBACK: PerfEventArray<FallbackMeta> = PerfEventArray::new(0);
+
+/// Per-CPU cache of source endpoint -> slot (see relay-common
+/// `SourceCache`).
+#[map]
+pub static SOURCE_CACHE: PerCpuArray<SourceCache> =
+    PerCpuArray::with_max_entries(SOURCE_CACHE_ENTRIES, 0);
 
 /// Per-CPU next-hop cache (see relay-common `NextHop`).
 #[map]

@@ -1877,11 +1877,8 @@ fn cross_family_fallback() {
 /// The next-hop cache: within its lifetime a relayed frame gets the cached
 /// gateway MAC even after the neighbour entry changed; afterwards the new
 /// one. The thread is pinned to one CPU (the cache is per CPU).
-#[test]
-fn next_hop_cache_expires() {
-    if !is_root() {
-        return;
-    }
+/// Per-CPU caches are filled and read on the CPU the test run executes on.
+fn pin_to_cpu0() {
     // SAFETY: plain syscalls on this thread's own affinity mask.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -1892,6 +1889,68 @@ fn next_hop_cache_expires() {
             "pin to CPU 0"
         );
     }
+}
+
+/// The per-CPU source cache never outlives what the slots say: once a
+/// spoke moves or is deactivated, its old endpoint is nobody's at once,
+/// well within an entry's lifetime.
+#[test]
+fn source_cache_follows_slot_changes() {
+    if !is_root() {
+        return;
+    }
+    pin_to_cpu0();
+    let ns = Entered::new();
+    let (ifindex, _) = topology(&ns, true);
+    let mut hub = Hub::load(ifindex);
+    let a_to_b = |from: &Spoke| Frame::from_spoke(from, transport(R_A_TO_B, 64));
+    let relayed_from = |name: &str, from: &Spoke| {
+        let input = a_to_b(from);
+        Case::new(name, input.build(), XDP_TX)
+            .output(input.relayed_to(&B, GW_MAC, HUB_MAC).build())
+            .counters(&relayed(RELAYED_TRANSPORT, 96, false, &A, &B))
+            .slot(A.slot, rx(96, false))
+            .slot(B.slot, tx(96))
+            .rx_seen(A.slot)
+    };
+    let unknown = |name: &str, from: &Spoke| {
+        pass_case(
+            name,
+            a_to_b(from).build(),
+            &[(SEEN, 1), (PASS_UNKNOWN_SOURCE, 1), (PROOF_REPORTED, 1)],
+        )
+    };
+    let started = std::time::Instant::now();
+    check_case(&mut hub, &relayed_from("A->B, fills A's entry", &A));
+    check_case(&mut hub, &relayed_from("A->B, from the entry", &A));
+
+    // A moves, as the controller moves a spoke: reverse entry first.
+    let moved = Spoke::v4(A.slot, [203, 0, 113, 11], 40001);
+    hub.endpoint_slots.remove(&A.endpoint()).unwrap();
+    hub.add_spoke(&moved, true);
+    check_case(&mut hub, &unknown("from A's old endpoint", &A));
+    check_case(
+        &mut hub,
+        &relayed_from("A->B from A's new endpoint", &moved),
+    );
+    check_case(&mut hub, &relayed_from("again, from the entry", &moved));
+
+    // Deactivated (the endpoint still indexed): nobody's at once.
+    hub.add_spoke(&moved, false);
+    check_case(&mut hub, &unknown("from deactivated A", &moved));
+    assert!(
+        started.elapsed() < std::time::Duration::from_nanos(relay_common::SOURCE_CACHE_TTL_NS),
+        "the checks ran within one entry lifetime ({:?}), or they prove nothing",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn next_hop_cache_expires() {
+    if !is_root() {
+        return;
+    }
+    pin_to_cpu0();
     let ns = Entered::new();
     let (ifindex, _) = topology(&ns, true);
     let mut hub = Hub::load(ifindex);
