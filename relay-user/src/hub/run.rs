@@ -41,7 +41,8 @@ pub const ENDPOINT_REFRESH: Duration = Duration::from_millis(200);
 /// handshake arrives, also when another hub's CLI added them.
 pub const REGISTRY_POLL: Duration = Duration::from_millis(250);
 pub const SESSION_SWEEP: Duration = Duration::from_secs(10);
-/// Health samples: one counter read per spoke each time.
+/// Health samples: one counter read per spoke each time, at most this
+/// often (see [`health_sample_period`](super::health_sample_period)).
 pub const HEALTH_SAMPLE: Duration = Duration::from_secs(1);
 /// The hub's own addresses (the source of cross-family frames) are re-read
 /// this often: renumbering the underlay needs no restart.
@@ -283,6 +284,7 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
         proven: HashMap::new(),
         endpoints_read: Instant::now(),
         endpoints_asked: true,
+        health_read: None,
         receivers: HashMap::new(),
         receivers_read: None,
         probe_turn: 0,
@@ -620,7 +622,10 @@ pub async fn run(cfg: RunConfig, object: &[u8]) -> anyhow::Result<()> {
                 hub.lock().expect("hub lock").refresh_hub_addresses();
             }
             _ = health_tick.tick() => {
-                hub.lock().expect("hub lock").observe_health();
+                let mut hub = hub.lock().expect("hub lock");
+                if hub.health_due(Instant::now()) {
+                    hub.observe_health();
+                }
             }
             _ = history_tick.tick() => {
                 hub.lock().expect("hub lock").sample_history();
