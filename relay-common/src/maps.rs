@@ -69,6 +69,23 @@ pub const MAP_SOURCE_CACHE: &str = "SOURCE_CACHE";
 pub const SOURCE_CACHE_ENTRIES: u32 = 4096;
 /// A cached source slot is used for this long, then looked up again.
 pub const SOURCE_CACHE_TTL_NS: u64 = 1_000_000_000;
+/// A cached "no spoke has this endpoint" is used for this long. The
+/// controller empties an endpoint's entries when it installs the endpoint
+/// ([`source_cache_index`]), so this only bounds a race with that.
+pub const SOURCE_CACHE_STRANGER_TTL_NS: u64 = 10_000_000;
+
+/// The [`MAP_SOURCE_CACHE`] entry of `ep`: its five words (as they lie in
+/// memory) folded and spread by a multiplicative hash. The XDP program and
+/// the controller (which empties entries) must agree on it.
+pub const fn source_cache_index(ep: &Endpoint) -> u32 {
+    source_cache_index_of(ep.words())
+}
+
+/// [`source_cache_index`] of an endpoint's [`Endpoint::words`].
+pub const fn source_cache_index_of(w: [u32; 5]) -> u32 {
+    let x = w[0] ^ w[1] ^ w[2] ^ w[3] ^ w[4];
+    x.wrapping_mul(0x9e37_79b1) >> (32 - SOURCE_CACHE_ENTRIES.trailing_zeros())
+}
 /// Entries of [`MAP_NEXTHOPS`] per CPU (direct-mapped: slots that share an
 /// entry evict each other, which only costs a lookup).
 pub const NEXTHOP_ENTRIES: u32 = 1024;
@@ -139,6 +156,20 @@ impl Endpoint {
             family: FAMILY_V6,
             _pad: 0,
         }
+    }
+
+    /// The 20 bytes as five words, as they lie in memory (the XDP program
+    /// reads them so).
+    pub const fn words(&self) -> [u32; 5] {
+        let a = &self.addr;
+        let p = self.port.to_ne_bytes();
+        [
+            u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+            u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+            u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+            u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+            u32::from_ne_bytes([p[0], p[1], self.family, self._pad]),
+        ]
     }
 
     pub const fn is_set(&self) -> bool {
@@ -480,19 +511,25 @@ pub struct NextHop {
     pub smac: [u8; 6],
 }
 
-/// Value of [`MAP_SOURCE_CACHE`]: a frame from some endpoint came from
-/// `slot`, as `ENDPOINT_SLOTS` said at `stamp_ns`. A hit still needs the
-/// slot active with that very endpoint in `SLOTS`, so a spoke that moved
-/// or left stops matching at once; only an endpoint handed from one slot
-/// to another while the first still names it (a NAT reusing a mapping)
-/// can be seen as the old slot's, for at most [`SOURCE_CACHE_TTL_NS`].
+/// Value of [`MAP_SOURCE_CACHE`]: frames from `endpoint` came from `slot`
+/// (or from no spoke: [`NO_SLOT`]), as `ENDPOINT_SLOTS` said at
+/// `stamp_ns`. A spoke hit still needs the slot active with that very
+/// endpoint in `SLOTS`, so a spoke that moved or left stops matching at
+/// once; only an endpoint handed from one slot to another while the first
+/// still names it (a NAT reusing a mapping) can be seen as the old slot's,
+/// for at most [`SOURCE_CACHE_TTL_NS`]. A stranger entry holds for
+/// [`SOURCE_CACHE_STRANGER_TTL_NS`] and remembers until when the address's
+/// proof-report budget is spent, so a flood from one address costs neither
+/// hash lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SourceCache {
     /// `bpf_ktime_get_coarse_ns()` of the lookup; 0 = empty.
     pub stamp_ns: u64,
+    /// Strangers: no proof reports before this (the budget's window end).
+    pub quiet_until_ns: u64,
+    pub endpoint: Endpoint,
     pub slot: u32,
-    pub _pad: u32,
 }
 
 /// Ring buffer record: a copy of an initiation for the controller.
@@ -552,6 +589,7 @@ mod pod {
     unsafe impl aya::Pod for PassWindow {}
     unsafe impl aya::Pod for SlotCounters {}
     unsafe impl aya::Pod for MeshDrops {}
+    unsafe impl aya::Pod for SourceCache {}
 }
 
 const _: () = {
@@ -567,5 +605,30 @@ const _: () = {
     assert!(core::mem::size_of::<FallbackMeta>() == 28);
     assert!(core::mem::size_of::<ProofEvent>() == 20 + 20 + 4 + 92);
     assert!(core::mem::size_of::<NextHop>() == 48);
-    assert!(core::mem::size_of::<SourceCache>() == 16);
+    assert!(core::mem::size_of::<SourceCache>() == 40);
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The controller computes entries with `words`; the XDP program reads
+    /// the key's memory.
+    #[test]
+    fn endpoint_words_are_its_memory() {
+        for ep in [
+            Endpoint::v4([203, 0, 113, 10], 40000),
+            Endpoint::v6(
+                [
+                    0x20, 0x01, 0x0d, 0xb8, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 0xff, 0xfe,
+                ],
+                51820,
+            ),
+        ] {
+            // SAFETY: Endpoint is 20 bytes of plain data, no padding.
+            let mem: [u32; 5] = unsafe { core::mem::transmute(ep) };
+            assert_eq!(ep.words(), mem);
+            assert!(source_cache_index(&ep) < SOURCE_CACHE_ENTRIES);
+        }
+    }
+}

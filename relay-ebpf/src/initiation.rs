@@ -60,7 +60,19 @@ pub fn queue<I: Ip>(ctx: &XdpContext, src_slot: u32) -> Result<(), ()> {
 /// others would only keep it busy rejecting them while real spokes wait.
 #[inline(always)]
 pub fn may_pass<I: Ip>(ctx: &XdpContext, per_sec: u32, now: u64) -> Result<bool, ()> {
-    take::<I>(ctx, &INIT_BUDGET, per_sec, now)
+    Ok(matches!(
+        take::<I>(ctx, &INIT_BUDGET, per_sec, now)?,
+        Budget::Taken
+    ))
+}
+
+/// What [`take`] found.
+pub enum Budget {
+    Taken,
+    /// Spent for the rest of the address's window, which ends at `until`.
+    Spent {
+        until: u64,
+    },
 }
 
 /// Take one from the source address's budget of `per_sec` a second in
@@ -73,7 +85,7 @@ pub fn take<I: Ip>(
     budget: &LruHashMap<Endpoint, PassWindow>,
     per_sec: u32,
     now: u64,
-) -> Result<bool, ()> {
+) -> Result<Budget, ()> {
     let h = check(ctx, 0, I::WG_OFF)?;
     let mut key = MaybeUninit::<Endpoint>::uninit();
     // SAFETY: the source address is inside the checked header.
@@ -87,12 +99,14 @@ pub fn take<I: Ip>(
             if now.wrapping_sub((*w).start_ns) >= SECOND_NS {
                 (*w).start_ns = now;
                 (*w).count = 1;
-                Ok(true)
+                Ok(Budget::Taken)
             } else if (*w).count < per_sec {
                 (*w).count += 1;
-                Ok(true)
+                Ok(Budget::Taken)
             } else {
-                Ok(false)
+                Ok(Budget::Spent {
+                    until: (*w).start_ns + SECOND_NS,
+                })
             }
         },
         None => {
@@ -103,7 +117,7 @@ pub fn take<I: Ip>(
             };
             // A full map evicts the least recently used window.
             let _ = budget.insert(key, w, 0);
-            Ok(true)
+            Ok(Budget::Taken)
         }
     }
 }

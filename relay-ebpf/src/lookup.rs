@@ -1,9 +1,10 @@
 //! Map lookups: source endpoint -> slot, relay sessions, destinations.
 
 use aya_ebpf::bindings::BPF_NOEXIST;
+use core::ptr::addr_of_mut;
 use relay_common::{
-    Endpoint, MeshDrops, SESSION_FROM_RESPONSE, SLOT_ACTIVE, SOURCE_CACHE_ENTRIES,
-    SOURCE_CACHE_TTL_NS, SessionKey, SessionValue, SpokeSlot,
+    Endpoint, MeshDrops, NO_SLOT, SESSION_FROM_RESPONSE, SLOT_ACTIVE, SOURCE_CACHE_STRANGER_TTL_NS,
+    SOURCE_CACHE_TTL_NS, SessionKey, SessionValue, SourceCache, SpokeSlot, source_cache_index_of,
 };
 
 use crate::maps::{ENDPOINT_SLOTS, MESH_DROPS, MESH_HUBS, SESSIONS, SLOTS, SOURCE_CACHE};
@@ -11,22 +12,40 @@ use crate::maps::{ENDPOINT_SLOTS, MESH_DROPS, MESH_HUBS, SESSIONS, SLOTS, SOURCE
 /// Refresh a session's `last_seen_ns` at most this often.
 const REFRESH_NS: u64 = 1_000_000_000;
 
+/// This CPU's `SOURCE_CACHE` entry for `src`.
+#[inline(always)]
+pub fn source_entry(src: &Endpoint) -> Option<*mut SourceCache> {
+    SOURCE_CACHE.get_ptr_mut(source_cache_index_of(words(src)))
+}
+
 /// The active slot of an authenticated spoke endpoint and its flags
 /// (`SLOT_REMOTE`: homed on a peer hub, the endpoint is that hub's mesh
 /// port).
 ///
-/// Through the per-CPU `SOURCE_CACHE`: a hit costs a multiply, an array
-/// entry and a compare with the slot's endpoint, where `ENDPOINT_SLOTS`
-/// costs a jhash of the 20-byte key, a bucket walk and a `memcmp` call
-/// (about a tenth of a hit's time in the profile). A wrong or stale entry
-/// only costs that lookup: the slot must still hold this endpoint.
+/// Through `entry` (see [`source_entry`]): a hit costs an array entry and
+/// a compare with the slot's endpoint, where `ENDPOINT_SLOTS` costs a
+/// jhash of the 20-byte key, a bucket walk and a `memcmp` call (about a
+/// tenth of a relayed frame's time in the profile). A spoke entry must
+/// still find its slot active with this very endpoint; a stranger entry
+/// is only kept for `SOURCE_CACHE_STRANGER_TTL_NS` (the controller also
+/// empties it when it installs the endpoint). A wrong or evicted entry
+/// only costs the lookup.
 #[inline(always)]
-pub fn source_slot(src: &Endpoint, now: u64) -> Option<(u32, u32)> {
-    let cached = SOURCE_CACHE.get_ptr_mut(source_cache_index(src));
-    if let Some(c) = cached {
+pub fn source_slot(
+    src: &Endpoint,
+    entry: Option<*mut SourceCache>,
+    now: u64,
+) -> Option<(u32, u32)> {
+    if let Some(c) = entry {
         // SAFETY: this CPU's map value, valid for the program run.
         let (stamp, slot) = unsafe { ((*c).stamp_ns, (*c).slot) };
-        if now.wrapping_sub(stamp) < SOURCE_CACHE_TTL_NS
+        let age = now.wrapping_sub(stamp);
+        if slot == NO_SLOT {
+            // SAFETY: as above.
+            if age < SOURCE_CACHE_STRANGER_TTL_NS && same_endpoint(unsafe { &(*c).endpoint }, src) {
+                return None;
+            }
+        } else if age < SOURCE_CACHE_TTL_NS
             && let Some(s) = SLOTS.get(slot)
             && s.flags & SLOT_ACTIVE != 0
             && same_endpoint(&s.endpoint, src)
@@ -35,34 +54,68 @@ pub fn source_slot(src: &Endpoint, now: u64) -> Option<(u32, u32)> {
         }
     }
     // SAFETY: the value is a plain u32 read right away.
-    let slot = *unsafe { ENDPOINT_SLOTS.get(src) }?;
-    let s = SLOTS.get(slot)?;
-    if s.flags & SLOT_ACTIVE == 0 {
-        return None;
-    }
-    if let Some(c) = cached
-        && same_endpoint(&s.endpoint, src)
-    {
-        // SAFETY: as above.
-        unsafe {
-            (*c).stamp_ns = now;
-            (*c).slot = slot;
+    let found = unsafe { ENDPOINT_SLOTS.get(src) }
+        .copied()
+        .and_then(|slot| Some((slot, SLOTS.get(slot)?)));
+    match found {
+        Some((slot, s)) if s.flags & SLOT_ACTIVE != 0 => {
+            if let Some(c) = entry
+                && same_endpoint(&s.endpoint, src)
+            {
+                fill(c, src, slot, now);
+            }
+            Some((slot, s.flags))
+        }
+        _ => {
+            if let Some(c) = entry {
+                // A stranger's budget window outlives its entry.
+                // SAFETY: as above.
+                let keep = unsafe { (*c).slot == NO_SLOT && same_endpoint(&(*c).endpoint, src) };
+                if !keep {
+                    // SAFETY: as above.
+                    unsafe { (*c).quiet_until_ns = 0 };
+                }
+                fill(c, src, NO_SLOT, now);
+            }
+            None
         }
     }
-    Some((slot, s.flags))
 }
 
-/// `SOURCE_CACHE` index of `src`: its words folded and spread by a
-/// multiplicative hash (a source can only evict others' entries, which
-/// costs them a lookup).
 #[inline(always)]
-fn source_cache_index(src: &Endpoint) -> u32 {
-    let w = words(src);
-    let x = w[0] ^ w[1] ^ w[2] ^ w[3] ^ w[4];
-    x.wrapping_mul(0x9e37_79b1) >> (32 - SOURCE_CACHE_ENTRIES.trailing_zeros())
+fn fill(c: *mut SourceCache, src: &Endpoint, slot: u32, now: u64) {
+    // SAFETY: this CPU's map value; Endpoint is 4-byte aligned in both.
+    unsafe {
+        (*c).stamp_ns = now;
+        (*c).slot = slot;
+        core::ptr::write(addr_of_mut!((*c).endpoint).cast::<[u32; 5]>(), words(src));
+    }
 }
 
-/// An endpoint's 20 bytes as five words (it is 4-byte aligned).
+/// Whether frames from the stranger `src` may not be reported now: its
+/// address's proof budget is spent until the end of the window seen last
+/// (see [`spent`]).
+#[inline(always)]
+pub fn quiet(entry: Option<*mut SourceCache>, now: u64) -> bool {
+    // SAFETY: this CPU's map value; source_slot just filled it for `src`.
+    entry.is_some_and(|c| unsafe { (*c).slot == NO_SLOT && now < (*c).quiet_until_ns })
+}
+
+/// The stranger's proof budget is spent until `until`.
+#[inline(always)]
+pub fn spent(entry: Option<*mut SourceCache>, until: u64) {
+    if let Some(c) = entry {
+        // SAFETY: as above.
+        unsafe {
+            if (*c).slot == NO_SLOT {
+                (*c).quiet_until_ns = until;
+            }
+        }
+    }
+}
+
+/// An endpoint's 20 bytes as five words (it is 4-byte aligned); the same
+/// as `Endpoint::words`, read in place.
 #[inline(always)]
 fn words(ep: &Endpoint) -> [u32; 5] {
     // SAFETY: Endpoint is 20 bytes, repr(C), aligned to 4, no padding.

@@ -129,7 +129,8 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
     // less per frame than bpf_ktime_get_ns, whose rdtsc is slow in VMs.
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let (src_slot, src_flags) = match lookup::source_slot(src_ep, now) {
+    let src_entry = lookup::source_entry(src_ep);
+    let (src_slot, src_flags) = match lookup::source_slot(src_ep, src_entry, now) {
         Some((slot, flags)) => (Some(slot), flags),
         None => (None, 0),
     };
@@ -149,7 +150,12 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
         // A peer hub's initiations all come from its one address, on
         // behalf of all its spokes, and were budgeted per source there:
         // not held to one address's budget here.
-        if mesh || initiation::take::<I>(ctx, &COPY_BUDGET, INITIATION_COPIES_PER_SEC, now)? {
+        if mesh
+            || matches!(
+                initiation::take::<I>(ctx, &COPY_BUDGET, INITIATION_COPIES_PER_SEC, now)?,
+                initiation::Budget::Taken
+            )
+        {
             initiation::queue::<I>(ctx, src_slot.unwrap_or(NO_SLOT))?;
         } else {
             inc(counter::INITIATIONS_NOT_COPIED);
@@ -169,8 +175,11 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
 
     let Some(slot) = src_slot else {
         inc(counter::PASS_UNKNOWN_SOURCE);
-        if msg.kind == MSG_TRANSPORT || msg.kind == MSG_RESPONSE {
-            proof::report::<I>(ctx, msg.kind, msg.len, now)?;
+        if (msg.kind == MSG_TRANSPORT || msg.kind == MSG_RESPONSE)
+            && !lookup::quiet(src_entry, now)
+            && let Some(until) = proof::report::<I>(ctx, msg.kind, msg.len, now)?
+        {
+            lookup::spent(src_entry, until);
         }
         return Ok(XDP_PASS);
     };

@@ -13,7 +13,8 @@ use relay_common::{
 };
 
 use crate::{
-    counters, initiation,
+    counters,
+    initiation::{self, Budget},
     maps::{PROOF_BUDGET, PROOFS},
     mem,
     parse::{Ip, be16, check, fill_endpoint, read},
@@ -23,11 +24,14 @@ use crate::{
 const TRANSPORT_HEAD: usize = 16;
 
 /// Report a response or transport frame (`kind`, `len` checked by
-/// `parse::wireguard`) from an unknown source.
+/// `parse::wireguard`) from an unknown source. `Some(until)`: the source
+/// address's budget is spent until then.
 #[inline(always)]
-pub fn report<I: Ip>(ctx: &XdpContext, kind: u8, len: usize, now: u64) -> Result<(), ()> {
-    if !initiation::take::<I>(ctx, &PROOF_BUDGET, PROOF_REPORTS_PER_SEC, now)? {
-        return Ok(());
+pub fn report<I: Ip>(ctx: &XdpContext, kind: u8, len: usize, now: u64) -> Result<Option<u64>, ()> {
+    if let Budget::Spent { until } =
+        initiation::take::<I>(ctx, &PROOF_BUDGET, PROOF_REPORTS_PER_SEC, now)?
+    {
+        return Ok(Some(until));
     }
     let h = check(ctx, 0, I::WG_OFF)?;
     // Copied to the stack first: a copy straight from the packet was
@@ -43,7 +47,7 @@ pub fn report<I: Ip>(ctx: &XdpContext, kind: u8, len: usize, now: u64) -> Result
     }
     let Some(mut entry) = PROOFS.reserve::<ProofEvent>(0) else {
         counters::inc(counter::PROOF_RING_FULL);
-        return Ok(());
+        return Ok(None);
     };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` is the reserved record; header offsets are inside the
@@ -66,5 +70,5 @@ pub fn report<I: Ip>(ctx: &XdpContext, kind: u8, len: usize, now: u64) -> Result
     }
     entry.submit(0);
     counters::inc(counter::PROOF_REPORTED);
-    Ok(())
+    Ok(None)
 }

@@ -1893,7 +1893,8 @@ fn pin_to_cpu0() {
 
 /// The per-CPU source cache never outlives what the slots say: once a
 /// spoke moves or is deactivated, its old endpoint is nobody's at once,
-/// well within an entry's lifetime.
+/// well within an entry's lifetime; an endpoint remembered as a stranger's
+/// is a spoke's as soon as it is installed.
 #[test]
 fn source_cache_follows_slot_changes() {
     if !is_root() {
@@ -1924,8 +1925,14 @@ fn source_cache_follows_slot_changes() {
     check_case(&mut hub, &relayed_from("A->B, fills A's entry", &A));
     check_case(&mut hub, &relayed_from("A->B, from the entry", &A));
 
-    // A moves, as the controller moves a spoke: reverse entry first.
+    // A's next endpoint, while no spoke has it: a stranger, remembered.
     let moved = Spoke::v4(A.slot, [203, 0, 113, 11], 40001);
+    check_case(
+        &mut hub,
+        &unknown("from A's next endpoint, a stranger", &moved),
+    );
+    // A moves, as the controller moves a spoke: reverse entry first (and
+    // the new endpoint's stranger entries emptied, as the controller does).
     hub.endpoint_slots.remove(&A.endpoint()).unwrap();
     hub.add_spoke(&moved, true);
     check_case(&mut hub, &unknown("from A's old endpoint", &A));

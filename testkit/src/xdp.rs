@@ -6,14 +6,15 @@ use std::collections::BTreeMap;
 
 use aya::{
     Ebpf, EbpfLoader, TestRun, TestRunOptions,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf},
     programs::{ProgramError, Xdp},
 };
 use relay_common::{
     Endpoint, HubConfig, InitiationEvent, MAP_CONFIG, MAP_COPY_BUDGET, MAP_COUNTERS,
     MAP_ENDPOINT_SLOTS, MAP_INITIATIONS, MAP_MESH_DROPS, MAP_MESH_HUBS, MAP_PROOF_BUDGET,
-    MAP_PROOFS, MAP_SESSIONS, MAP_SLOT_COUNTERS, MAP_SLOTS, MeshDrops, PROG_RELAY, PassWindow,
-    ProofEvent, SLOT_ACTIVE, SessionKey, SessionValue, SlotCounters, SpokeSlot, counter,
+    MAP_PROOFS, MAP_SESSIONS, MAP_SLOT_COUNTERS, MAP_SLOTS, MAP_SOURCE_CACHE, MeshDrops,
+    PROG_RELAY, PassWindow, ProofEvent, SLOT_ACTIVE, SessionKey, SessionValue, SlotCounters,
+    SourceCache, SpokeSlot, counter, source_cache_index,
 };
 
 pub const XDP_ABORTED: u32 = 0;
@@ -95,6 +96,8 @@ pub fn raise_memlock() {
 /// config), taken out of a loaded object.
 pub struct RelayMaps {
     pub endpoint_slots: HashMap<MapData, Endpoint, u32>,
+    /// Absent from objects built before the source cache (`--object`).
+    pub source_cache: Option<PerCpuArray<MapData, SourceCache>>,
     pub slots: Array<MapData, SpokeSlot>,
     pub sessions: HashMap<MapData, SessionKey, SessionValue>,
     pub config: Array<MapData, HubConfig>,
@@ -102,11 +105,16 @@ pub struct RelayMaps {
 
 impl RelayMaps {
     pub fn take(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+        let source_cache = match ebpf.take_map(MAP_SOURCE_CACHE) {
+            Some(m) => Some(PerCpuArray::try_from(m)?),
+            None => None,
+        };
         let mut take = |n: &str| {
             ebpf.take_map(n)
                 .ok_or_else(|| anyhow::anyhow!("map {n} missing"))
         };
         Ok(Self {
+            source_cache,
             endpoint_slots: HashMap::try_from(take(MAP_ENDPOINT_SLOTS)?)?,
             slots: Array::try_from(take(MAP_SLOTS)?)?,
             sessions: HashMap::try_from(take(MAP_SESSIONS)?)?,
@@ -126,9 +134,36 @@ impl RelayMaps {
         )
     }
 
+    /// Empty every source-cache entry on every CPU.
+    pub fn clear_source_cache(&mut self) -> Result<(), MapError> {
+        let Some(cache) = self.source_cache.as_mut() else {
+            return Ok(());
+        };
+        let ncpus = aya::util::nr_cpus().map_err(|(_, e)| MapError::IoError(e))?;
+        for i in 0..relay_common::SOURCE_CACHE_ENTRIES {
+            let empty = PerCpuValues::try_from(vec![SourceCache::default(); ncpus])
+                .map_err(MapError::IoError)?;
+            cache.set(i, empty, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Empty `ep`'s source-cache entry on every CPU, as the controller
+    /// does when it installs an endpoint.
+    pub fn forget_source(&mut self, ep: &Endpoint) -> Result<(), MapError> {
+        let Some(cache) = self.source_cache.as_mut() else {
+            return Ok(());
+        };
+        let ncpus = aya::util::nr_cpus().map_err(|(_, e)| MapError::IoError(e))?;
+        let empty = PerCpuValues::try_from(vec![SourceCache::default(); ncpus])
+            .map_err(MapError::IoError)?;
+        cache.set(source_cache_index(ep), empty, 0)
+    }
+
     /// Slot `slot` with endpoint `ep` (also indexed in ENDPOINT_SLOTS).
     pub fn set_spoke(&mut self, slot: u32, ep: Endpoint, active: bool) -> Result<(), MapError> {
         self.endpoint_slots.insert(ep, slot, 0)?;
+        self.forget_source(&ep)?;
         self.set_slot(slot, ep, active)
     }
 
@@ -136,6 +171,7 @@ impl RelayMaps {
     /// spoke homed on a peer hub).
     pub fn set_spoke_flags(&mut self, slot: u32, ep: Endpoint, flags: u32) -> Result<(), MapError> {
         self.endpoint_slots.insert(ep, slot, 0)?;
+        self.forget_source(&ep)?;
         self.slots.set(
             slot,
             SpokeSlot {
@@ -382,12 +418,16 @@ impl Harness {
         v
     }
 
-    /// Forget every source's proof budget window.
+    /// Forget every source's proof budget window, and the source cache,
+    /// whose stranger entries remember spent budgets.
     pub fn clear_proof_budget(&mut self) {
         let keys: Vec<Endpoint> = self.proof_budget.keys().filter_map(Result::ok).collect();
         for k in keys {
             let _ = self.proof_budget.remove(&k);
         }
+        self.maps
+            .clear_source_cache()
+            .expect("clear the source cache");
     }
 
     /// Forget every source's initiation copy budget window.

@@ -24,7 +24,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aya::maps::perf::PerfEventArrayBuffer;
-use aya::maps::{Array, HashMap, MapData, MapInfo, PerCpuArray, PerfEventArray, RingBuf};
+use aya::maps::{
+    Array, HashMap, MapData, MapInfo, PerCpuArray, PerCpuValues, PerfEventArray, RingBuf,
+};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::xdp::XdpLink;
 use aya::programs::{ProgramError, Xdp, XdpMode};
@@ -32,9 +34,9 @@ use aya::{Ebpf, EbpfLoader};
 use relay_common::{
     CROSS_VIA_USERSPACE, Endpoint, FALLBACK_PAGES_PER_CPU, HUB_V4_SET, HUB_V6_SET, HubConfig,
     MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINT_SLOTS, MAP_FALLBACK, MAP_INITIATIONS, MAP_MESH_DROPS,
-    MAP_MESH_HUBS, MAP_PROOFS, MAP_SESSIONS, MAP_SLOT_COUNTERS, MAP_SLOTS, MAX_MESH_PEERS,
-    MeshDrops, PROG_RELAY, SLOT_ACTIVE, SLOT_MESH_SHIFT, SLOT_REMOTE, SessionKey, SessionValue,
-    SlotCounters, SpokeSlot, counter,
+    MAP_MESH_HUBS, MAP_PROOFS, MAP_SESSIONS, MAP_SLOT_COUNTERS, MAP_SLOTS, MAP_SOURCE_CACHE,
+    MAX_MESH_PEERS, MeshDrops, PROG_RELAY, SLOT_ACTIVE, SLOT_MESH_SHIFT, SLOT_REMOTE, SessionKey,
+    SessionValue, SlotCounters, SourceCache, SpokeSlot, counter, source_cache_index,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +133,8 @@ pub struct Datapath {
     sessions: HashMap<MapData, SessionKey, SessionValue>,
     counters: PerCpuArray<MapData, u64>,
     slot_counters: PerCpuArray<MapData, SlotCounters>,
+    /// The program's per-CPU source cache (see [`Datapath::forget_source`]).
+    source_cache: PerCpuArray<MapData, SourceCache>,
     /// Possible CPUs (per-CPU values come in this many).
     ncpus: usize,
     initiations: Option<RingBuf<MapData>>,
@@ -246,6 +250,8 @@ impl Datapath {
         let counters = PerCpuArray::try_from(take(MAP_COUNTERS)?).map_err(map_err(MAP_COUNTERS))?;
         let slot_counters =
             PerCpuArray::try_from(take(MAP_SLOT_COUNTERS)?).map_err(map_err(MAP_SLOT_COUNTERS))?;
+        let source_cache =
+            PerCpuArray::try_from(take(MAP_SOURCE_CACHE)?).map_err(map_err(MAP_SOURCE_CACHE))?;
         let initiations =
             RingBuf::try_from(take(MAP_INITIATIONS)?).map_err(map_err(MAP_INITIATIONS))?;
         let proofs = RingBuf::try_from(take(MAP_PROOFS)?).map_err(map_err(MAP_PROOFS))?;
@@ -285,6 +291,7 @@ impl Datapath {
             sessions,
             counters,
             slot_counters,
+            source_cache,
             ncpus: aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Cpus(e))?,
             initiations: Some(initiations),
             proofs: Some(proofs),
@@ -665,6 +672,25 @@ impl Datapath {
         self.proofs.take()
     }
 
+    /// `ep`'s source-cache entry on every CPU (diagnostics, tests).
+    pub fn source_entries(&self, ep: &Endpoint) -> Vec<SourceCache> {
+        self.source_cache
+            .get(&source_cache_index(ep), 0)
+            .map(|v| v.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Empty `ep`'s source-cache entry on every CPU, so that frames from a
+    /// just-installed endpoint are not taken for a stranger's (an entry
+    /// would say so for at most `SOURCE_CACHE_STRANGER_TTL_NS` anyway,
+    /// which is what a failure here costs).
+    fn forget_source(&mut self, ep: &Endpoint) {
+        let empty = vec![SourceCache::default(); self.ncpus];
+        if let Ok(values) = PerCpuValues::try_from(empty) {
+            let _ = self.source_cache.set(source_cache_index(ep), values, 0);
+        }
+    }
+
     /// Point `slot` at `endpoint` (or deactivate it), keeping the reverse
     /// map consistent. `old` is the endpoint previously installed.
     pub fn set_spoke_endpoint(
@@ -690,6 +716,7 @@ impl Datapath {
                 self.endpoint_slots
                     .insert(ep, slot, 0)
                     .map_err(map_err(MAP_ENDPOINT_SLOTS))?;
+                self.forget_source(&ep);
                 SpokeSlot {
                     endpoint: ep,
                     flags: self.slot_flags(slot),
