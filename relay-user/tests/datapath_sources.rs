@@ -9,27 +9,17 @@ use std::net::Ipv4Addr;
 use aya::{TestRun, TestRunOptions, programs::Xdp};
 use relay_common::{Endpoint, NO_SLOT, PROG_RELAY, SourceCache};
 use relay_user::datapath::{Capacity, Datapath};
-use testkit::{Addr, Csum, Frame, wg::transport, xdp::xdp_md};
+use testkit::{
+    Addr, Csum, Frame,
+    wg::transport,
+    xdp::{pin_to_cpu0, xdp_md},
+};
 
 const PORT: u16 = 51820;
 
 fn is_root() -> bool {
     // SAFETY: plain syscall.
     unsafe { libc::geteuid() == 0 }
-}
-
-/// Per-CPU entries are filled on the CPU the test run executes on.
-fn pin_to_cpu0() {
-    // SAFETY: plain syscalls on this thread's own affinity mask.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "pin to CPU 0"
-        );
-    }
 }
 
 #[test]

@@ -35,7 +35,7 @@ use testkit::{
     netns::Entered,
     wg::{cookie_reply, initiation, keepalive, response, transport, wg_header},
     xdp::{
-        Harness, SlotDelta, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
+        Harness, SlotDelta, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, pin_to_cpu0,
         topo::{self, GW_MAC, GW2_MAC, HUB_MAC, HUB2_MAC},
     },
 };
@@ -1877,20 +1877,6 @@ fn cross_family_fallback() {
 /// The next-hop cache: within its lifetime a relayed frame gets the cached
 /// gateway MAC even after the neighbour entry changed; afterwards the new
 /// one. The thread is pinned to one CPU (the cache is per CPU).
-/// Per-CPU caches are filled and read on the CPU the test run executes on.
-fn pin_to_cpu0() {
-    // SAFETY: plain syscalls on this thread's own affinity mask.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "pin to CPU 0"
-        );
-    }
-}
-
 /// The per-CPU source cache never outlives what the slots say: once a
 /// spoke moves or is deactivated, its old endpoint is nobody's at once,
 /// well within an entry's lifetime; an endpoint remembered as a stranger's

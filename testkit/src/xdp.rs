@@ -92,6 +92,21 @@ pub fn raise_memlock() {
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
 }
 
+/// Pin this thread to CPU 0: per-CPU maps (the program's caches) are
+/// filled and read on the CPU a test run executes on.
+pub fn pin_to_cpu0() {
+    // SAFETY: plain syscalls on this thread's own affinity mask.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pin to CPU 0"
+        );
+    }
+}
+
 /// The control maps the controller fills (endpoints, slots, sessions,
 /// config), taken out of a loaded object.
 pub struct RelayMaps {
