@@ -66,19 +66,42 @@ fn main() -> anyhow::Result<()> {
         .env_remove("RUSTC")
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env_remove("RUSTC_WRAPPER")
-        // Progress and errors on stderr, which cargo shows on failure;
         // stdout is for build-script directives only.
         .stdout(Stdio::null());
-    let status = cmd
-        .status()
+    let out = cmd
+        .output()
         .with_context(|| format!("running {cmd:?} (is rustup installed? `cargo xtask setup`)"))?;
-    if !status.success() {
-        bail!("building the XDP program failed ({status}): {cmd:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        // Cargo shows a failed build script's stderr.
+        eprintln!("{stderr}");
+        bail!("building the XDP program failed ({}): {cmd:?}", out.status);
     }
+    forward_warnings(&stderr);
     copy(
         &target_dir.join(target).join("release").join(BINARY),
         &out_dir.join(BINARY),
     )
+}
+
+/// The nested build's compiler warnings as cargo warnings (cargo shows a
+/// build script's own output only when it fails), without the one every
+/// build prints for the unstable target feature and the per-crate counts.
+fn forward_warnings(stderr: &str) {
+    let mut keep = false;
+    for line in stderr.lines() {
+        if line.starts_with("warning") || line.starts_with("error") {
+            keep = line.starts_with("warning")
+                && !line.contains("unstable feature specified for `-Ctarget-feature`")
+                && !line.contains(" generated ");
+        } else if line.trim_start().starts_with(char::is_uppercase) {
+            // Cargo's progress ("Compiling ...", "Finished ...").
+            keep = false;
+        }
+        if keep {
+            println!("cargo:warning={line}");
+        }
+    }
 }
 
 fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {

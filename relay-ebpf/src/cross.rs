@@ -22,10 +22,11 @@ use aya_ebpf::{
 use relay_common::{Endpoint, FAMILY_V4, HUB_V4_SET, HUB_V6_SET, HubConfig, counter};
 
 use crate::{
+    csum::{fold, sum_words},
     maps::CONFIG,
     mem,
-    parse::{ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP, Ip, V4, V6, be16, check, read},
-    rewrite::{RELAY_TTL, fold, put16, sum_words},
+    parse::{ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP, Ip, V4, V6, check, read},
+    rewrite::RELAY_TTL,
 };
 
 /// Bytes the IP header grows by from IPv4 to IPv6.
@@ -132,7 +133,7 @@ fn v4_to_v6(
     {
         let h = check_or_short!(ctx, V4::WG_OFF);
         // SAFETY: inside the checked header.
-        let csum = unsafe { be16(*h.add(V4::UDP_OFF + 6), *h.add(V4::UDP_OFF + 7)) };
+        let csum = unsafe { mem::load_be16(h.add(V4::UDP_OFF + 6)) };
         if csum == 0 {
             // IPv6 needs a checksum; summing the payload is not done here.
             return counter::NO_CHECKSUM;
@@ -154,9 +155,9 @@ fn v4_to_v6(
         let udp = h.add(V6::UDP_OFF);
         let old_src = h.add(OLD_IP + 12);
         let old_dst = h.add(OLD_IP + 16);
-        let csum = be16(*udp.add(6), *udp.add(7));
-        let sport = be16(*udp, *udp.add(1));
-        let dport = be16(*udp.add(2), *udp.add(3));
+        let csum = mem::load_be16(udp.add(6));
+        let sport = mem::load_be16(udp);
+        let dport = mem::load_be16(udp.add(2));
         let acc = (!csum) as u32
             + addr_sum::<2, true>(old_src)
             + addr_sum::<2, true>(old_dst)
@@ -168,9 +169,9 @@ fn v4_to_v6(
             + dst.port as u32;
         let c = finish(acc);
 
-        put16(udp, new_sport);
-        put16(udp.add(2), dst.port);
-        put16(udp.add(6), c);
+        mem::store_be16(udp, new_sport);
+        mem::store_be16(udp.add(2), dst.port);
+        mem::store_be16(udp.add(6), c);
 
         // IPv6 header (overwrites the old IPv4 addresses, used above).
         let ip = h.add(ETH_LEN);
@@ -178,12 +179,12 @@ fn v4_to_v6(
         *ip.add(1) = 0;
         *ip.add(2) = 0;
         *ip.add(3) = 0;
-        put16(ip.add(4), ip_payload_len as u16);
+        mem::store_be16(ip.add(4), ip_payload_len as u16);
         *ip.add(6) = IPPROTO_UDP;
         *ip.add(7) = RELAY_TTL;
         mem::copy(h.add(V6::SRC_OFF), cfg.hub_v6.as_ptr(), 16);
         mem::copy(h.add(V6::DST_OFF), dst.addr.as_ptr(), 16);
-        put16(h.add(12), ETH_P_IPV6);
+        mem::store_be16(h.add(12), ETH_P_IPV6);
     }
     DONE
 }
@@ -203,9 +204,9 @@ fn v6_to_v4(
         // SAFETY: inside the checked header; map values as above.
         unsafe {
             let udp = h.add(V6::UDP_OFF);
-            let csum = be16(*udp.add(6), *udp.add(7));
-            let sport = be16(*udp, *udp.add(1));
-            let dport = be16(*udp.add(2), *udp.add(3));
+            let csum = mem::load_be16(udp.add(6));
+            let sport = mem::load_be16(udp);
+            let dport = mem::load_be16(udp.add(2));
             let acc = (!csum) as u32
                 + addr_sum::<8, true>(h.add(V6::SRC_OFF))
                 + addr_sum::<8, true>(h.add(V6::DST_OFF))
@@ -231,14 +232,14 @@ fn v6_to_v4(
     unsafe {
         mem::copy_bytes(h, macs.as_ptr(), 12);
         let udp = h.add(V4::UDP_OFF);
-        put16(udp, new_sport);
-        put16(udp.add(2), dst.port);
-        put16(udp.add(6), c);
+        mem::store_be16(udp, new_sport);
+        mem::store_be16(udp.add(2), dst.port);
+        mem::store_be16(udp.add(6), c);
 
         let ip = h.add(ETH_LEN);
         *ip = 0x45;
         *ip.add(1) = 0;
-        put16(ip.add(2), (ip_payload_len + V4::IP_LEN) as u16);
+        mem::store_be16(ip.add(2), (ip_payload_len + V4::IP_LEN) as u16);
         // Identification 0 with DF (RFC 6864: atomic datagram).
         *ip.add(4) = 0;
         *ip.add(5) = 0;
@@ -251,8 +252,8 @@ fn v6_to_v4(
         mem::copy(h.add(V4::SRC_OFF), cfg.hub_v4.as_ptr(), 4);
         mem::copy(h.add(V4::DST_OFF), dst.addr.as_ptr(), 4);
         let hc = !fold(sum_words(ip, 10, false));
-        put16(ip.add(10), hc);
-        put16(h.add(12), ETH_P_IP);
+        mem::store_be16(ip.add(10), hc);
+        mem::store_be16(h.add(12), ETH_P_IP);
     }
     DONE
 }

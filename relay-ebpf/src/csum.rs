@@ -1,4 +1,8 @@
-//! Internet checksum arithmetic (RFC 1071), on words as they lie in memory.
+//! Internet checksum arithmetic (RFC 1071): on words as they lie in memory
+//! for the relay's rewrite, on big-endian 16-bit words for the
+//! cross-family rebuild.
+
+use crate::mem;
 
 /// Fold a 32-bit one's complement accumulator to 16 bits.
 #[inline(always)]
@@ -6,6 +10,23 @@ pub fn fold(mut acc: u32) -> u16 {
     acc = (acc & 0xffff) + (acc >> 16);
     acc = (acc & 0xffff) + (acc >> 16);
     acc as u16
+}
+
+/// Sum of the `n` big-endian 16-bit words at `p` (complemented words when
+/// `not`, i.e. subtracting them), in host order: for the cross-family
+/// rebuild, which mixes sums over the two families' headers.
+///
+/// # Safety
+/// `p` readable for `2 * n` bytes.
+#[inline(always)]
+pub unsafe fn sum_words(p: *const u8, n: usize, not: bool) -> u32 {
+    let mut acc = 0u32;
+    for i in 0..n {
+        // SAFETY: caller's range.
+        let w = unsafe { mem::load_be16(p.add(2 * i)) };
+        acc += if not { !w } else { w } as u32;
+    }
+    acc
 }
 
 /// One's complement sum of the `n` 32-bit words at `p`, as loaded (host

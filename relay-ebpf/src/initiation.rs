@@ -11,7 +11,7 @@ use crate::{
     counters,
     maps::{INIT_BUDGET, INITIATIONS},
     mem,
-    parse::{Ip, be16, check, fill_endpoint},
+    parse::{Ip, check, fill_endpoint},
 };
 
 const SECOND_NS: u64 = 1_000_000_000;
@@ -34,12 +34,12 @@ pub fn queue<I: Ip>(ctx: &XdpContext, src_slot: u32) -> Result<(), ()> {
         fill_endpoint::<I>(
             addr_of_mut!((*ev).src),
             h.add(I::SRC_OFF),
-            be16(*udp, *udp.add(1)),
+            mem::load_be16(udp),
         );
         fill_endpoint::<I>(
             addr_of_mut!((*ev).dst),
             h.add(I::DST_OFF),
-            be16(*udp.add(2), *udp.add(3)),
+            mem::load_be16(udp.add(2)),
         );
         addr_of_mut!((*ev).src_slot).write(src_slot);
         addr_of_mut!((*ev).ifindex).write(ctx.ingress_ifindex() as u32);
@@ -60,10 +60,7 @@ pub fn queue<I: Ip>(ctx: &XdpContext, src_slot: u32) -> Result<(), ()> {
 /// others would only keep it busy rejecting them while real spokes wait.
 #[inline(always)]
 pub fn may_pass<I: Ip>(ctx: &XdpContext, per_sec: u32, now: u64) -> Result<bool, ()> {
-    Ok(matches!(
-        take::<I>(ctx, &INIT_BUDGET, per_sec, now)?,
-        Budget::Taken
-    ))
+    Ok(take::<I>(ctx, &INIT_BUDGET, per_sec, now)?.taken())
 }
 
 /// What [`take`] found.
@@ -73,6 +70,13 @@ pub enum Budget {
     Spent {
         until: u64,
     },
+}
+
+impl Budget {
+    #[inline(always)]
+    pub fn taken(&self) -> bool {
+        matches!(self, Self::Taken)
+    }
 }
 
 /// Take one from the source address's budget of `per_sec` a second in

@@ -92,9 +92,10 @@ fn fill(c: *mut SourceCache, src: &Endpoint, slot: u32, now: u64) {
     }
 }
 
-/// Whether frames from the stranger `src` may not be reported now: its
-/// address's proof budget is spent until the end of the window seen last
-/// (see [`spent`]).
+/// Whether a stranger's frame may not be reported now: its address's proof
+/// budget is spent until the end of the window seen last (see [`spent`]).
+/// `entry` is the one [`source_slot`] just answered "no spoke" from, so
+/// it is that stranger's.
 #[inline(always)]
 pub fn quiet(entry: Option<*mut SourceCache>, now: u64) -> bool {
     // SAFETY: this CPU's map value; source_slot just filled it for `src`.

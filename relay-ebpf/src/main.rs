@@ -150,11 +150,7 @@ fn relay_ip<I: Ip>(ctx: &XdpContext) -> Result<u32, ()> {
         // A peer hub's initiations all come from its one address, on
         // behalf of all its spokes, and were budgeted per source there:
         // not held to one address's budget here.
-        if mesh
-            || matches!(
-                initiation::take::<I>(ctx, &COPY_BUDGET, INITIATION_COPIES_PER_SEC, now)?,
-                initiation::Budget::Taken
-            )
+        if mesh || initiation::take::<I>(ctx, &COPY_BUDGET, INITIATION_COPIES_PER_SEC, now)?.taken()
         {
             initiation::queue::<I>(ctx, src_slot.unwrap_or(NO_SLOT))?;
         } else {

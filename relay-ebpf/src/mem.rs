@@ -125,7 +125,7 @@ pub unsafe fn store_be16(p: *mut u8, v: u16) {
 }
 
 /// The 16-bit word at `p` as it lies in memory (for checksums, which work
-/// on words as loaded: see `rewrite::sum32`).
+/// on words as loaded: see `csum::sum32`).
 ///
 /// # Safety
 /// `p` readable for 2 bytes.

@@ -17,7 +17,7 @@ use crate::{
     initiation::{self, Budget},
     maps::{PROOF_BUDGET, PROOFS},
     mem,
-    parse::{Ip, be16, check, fill_endpoint, read},
+    parse::{Ip, check, fill_endpoint, read},
 };
 
 /// Transport header bytes the controller needs (type, receiver, counter).
@@ -57,12 +57,12 @@ pub fn report<I: Ip>(ctx: &XdpContext, kind: u8, len: usize, now: u64) -> Result
         fill_endpoint::<I>(
             addr_of_mut!((*ev).src),
             h.add(I::SRC_OFF),
-            be16(*udp, *udp.add(1)),
+            mem::load_be16(udp),
         );
         fill_endpoint::<I>(
             addr_of_mut!((*ev).dst),
             h.add(I::DST_OFF),
-            be16(*udp.add(2), *udp.add(3)),
+            mem::load_be16(udp.add(2)),
         );
         addr_of_mut!((*ev).len).write(len as u32);
         let frame = addr_of_mut!((*ev).frame).cast::<u8>();

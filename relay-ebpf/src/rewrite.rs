@@ -10,38 +10,11 @@ use relay_common::Endpoint;
 use crate::{
     csum::{fold64, sum32},
     mem,
-    parse::{ETH_LEN, Ip, be16, check},
+    parse::{ETH_LEN, Ip, check},
 };
-
-pub use crate::csum::fold;
 
 /// Outgoing TTL / hop limit of relayed frames.
 pub const RELAY_TTL: u8 = 64;
-
-/// Sum of the `n` big-endian 16-bit words at `p` (complemented words when
-/// `not`, i.e. subtracting them).
-///
-/// # Safety
-/// `p` readable for `2 * n` bytes.
-#[inline(always)]
-pub unsafe fn sum_words(p: *const u8, n: usize, not: bool) -> u32 {
-    let mut acc = 0u32;
-    for i in 0..n {
-        let w = unsafe { be16(*p.add(2 * i), *p.add(2 * i + 1)) };
-        acc += if not { !w } else { w } as u32;
-    }
-    acc
-}
-
-#[inline(always)]
-pub fn put16(p: *mut u8, v: u16) {
-    let b = v.to_be_bytes();
-    // SAFETY: callers pass pointers inside the checked header.
-    unsafe {
-        *p = b[0];
-        *p.add(1) = b[1];
-    }
-}
 
 /// Rewrite a frame for relaying to `dst`: new source = the old destination
 /// address (the hub's) and port `sport` (the hub port, or a mesh port when

@@ -107,6 +107,12 @@ pub fn pin_to_cpu0() {
     }
 }
 
+/// An empty source-cache entry for every CPU.
+fn empty_source_entries() -> Result<PerCpuValues<SourceCache>, MapError> {
+    let ncpus = aya::util::nr_cpus().map_err(|(_, e)| MapError::IoError(e))?;
+    PerCpuValues::try_from(vec![SourceCache::default(); ncpus]).map_err(MapError::IoError)
+}
+
 /// The control maps the controller fills (endpoints, slots, sessions,
 /// config), taken out of a loaded object.
 pub struct RelayMaps {
@@ -154,11 +160,8 @@ impl RelayMaps {
         let Some(cache) = self.source_cache.as_mut() else {
             return Ok(());
         };
-        let ncpus = aya::util::nr_cpus().map_err(|(_, e)| MapError::IoError(e))?;
         for i in 0..relay_common::SOURCE_CACHE_ENTRIES {
-            let empty = PerCpuValues::try_from(vec![SourceCache::default(); ncpus])
-                .map_err(MapError::IoError)?;
-            cache.set(i, empty, 0)?;
+            cache.set(i, empty_source_entries()?, 0)?;
         }
         Ok(())
     }
@@ -169,10 +172,7 @@ impl RelayMaps {
         let Some(cache) = self.source_cache.as_mut() else {
             return Ok(());
         };
-        let ncpus = aya::util::nr_cpus().map_err(|(_, e)| MapError::IoError(e))?;
-        let empty = PerCpuValues::try_from(vec![SourceCache::default(); ncpus])
-            .map_err(MapError::IoError)?;
-        cache.set(source_cache_index(ep), empty, 0)
+        cache.set(source_cache_index(ep), empty_source_entries()?, 0)
     }
 
     /// Slot `slot` with endpoint `ep` (also indexed in ENDPOINT_SLOTS).
