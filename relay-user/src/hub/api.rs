@@ -359,7 +359,12 @@ impl http::Api for HubApi {
             .collect();
         let services = hub.service_statuses();
         let policy = hub.policy_lines();
-        let rates = |n: &str| hub.history.spoke_rates(n);
+        let by_name: HashMap<&str, (f64, f64)> = hub
+            .spokes
+            .values()
+            .map(|m| (m.name.as_str(), m.relayed.rates()))
+            .collect();
+        let rates = |n: &str| by_name.get(n).copied().unwrap_or_default();
         crate::hub::console::page(&crate::hub::console::Console {
             hub: &status,
             health: hub.health_state(),

@@ -86,9 +86,9 @@ pub(crate) struct SpokeMeta {
     pub(crate) public_key: wireguard_control::Key,
     pub(crate) health: SpokeHealth,
     pub(crate) last_handshake: Option<SystemTime>,
-    /// Relayed bytes in and out at the last health pass (the console's
-    /// history samples them instead of reading every slot again).
-    pub(crate) relayed_bytes: (u64, u64),
+    /// Relayed bytes in and out at the last health pass, and the rates
+    /// between the last two (the console's).
+    pub(crate) relayed: crate::core::history::SpokeRates,
 }
 
 /// Facts about this hub for `/v1/hub`.
@@ -269,8 +269,8 @@ impl Hub {
         for s in reg.spokes() {
             // Health history survives unless the slot now names another key.
             let kept = old.remove(&s.id).filter(|m| m.public_key == s.public_key);
-            let (health, last_handshake, relayed_bytes) = kept
-                .map(|m| (m.health, m.last_handshake, m.relayed_bytes))
+            let (health, last_handshake, relayed) = kept
+                .map(|m| (m.health, m.last_handshake, m.relayed))
                 .unwrap_or_default();
             self.spokes.insert(
                 s.id,
@@ -280,7 +280,7 @@ impl Hub {
                     public_key: s.public_key.clone(),
                     health,
                     last_handshake,
-                    relayed_bytes,
+                    relayed,
                 },
             );
         }
@@ -885,15 +885,6 @@ impl Hub {
                 .collect(),
         };
         self.history.push(at, totals);
-        // From the last health pass (at most a second old): a status of
-        // every spoke would also read the whole session table, which costs
-        // a big idle hub more than anything else it does.
-        self.history.push_spokes(
-            at,
-            self.spokes
-                .values()
-                .map(|m| (m.name.as_str(), m.relayed_bytes.0, m.relayed_bytes.1)),
-        );
     }
 
     /// The slot range that covers every registered spoke (what a read of
@@ -919,13 +910,14 @@ impl Hub {
         self.datapath
             .read_slot_counters(self.spoke_slots_end(), &mut self.slot_table);
         let now = ktime_ns();
+        let at = self.facts.started.elapsed().as_secs_f64();
         // Only UDP services without a probe need the spokes' states.
         let follow = self.publisher.follows_spokes();
         let mut up = HashMap::new();
         for (&slot, m) in self.spokes.iter_mut() {
             let c = self.slot_table.get(slot);
             m.health.observe(&c, now);
-            m.relayed_bytes = (c.rx_bytes, c.tx_bytes);
+            m.relayed.sample(at, (c.rx_bytes, c.tx_bytes));
             if follow {
                 let state = self
                     .thresholds
