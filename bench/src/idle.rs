@@ -323,15 +323,26 @@ pub fn target_share(r: &IdleResults) -> Option<f64> {
 /// implementation (its handshakes with the spokes).
 pub fn target_text(r: &IdleResults) -> Option<String> {
     let x = target_row(r)?;
+    // What a hub WireGuard may spend per handshake for the whole hub to
+    // hold 5 %: the implementation, not relayhub, sets that part.
+    let per_handshake = if x.hs_to_hub > 0.0 {
+        format!(
+            ": {:.0} us of its CPU per handshake; the whole hub holds 5 % with a hub WireGuard that takes under {:.0} us",
+            1e6 * x.wg / x.hs_to_hub,
+            1e6 * (0.05 - x.ctl - x.napi).max(0.0) / x.hs_to_hub
+        )
+    } else {
+        String::new()
+    };
     Some(format!(
-        "{:.1} % in all ({} % in thirds of the window): relayhub {:.1} % (controller {:.2}, NIC NAPI {:.2}), the hub's wireguard-go {:.1} % ({:.0} handshakes/s with the spokes, one per spoke every ~2 min)",
+        "{:.1} % in all ({} % in thirds of the window): relayhub {:.1} % (controller {:.2}, NIC NAPI {:.2}), the hub's wireguard-go {:.1} % ({:.0} handshakes/s with the spokes, one per spoke every ~2 min{per_handshake})",
         100.0 * x.hub(),
         x.slice_range(),
         100.0 * (x.ctl + x.napi),
         100.0 * x.ctl,
         100.0 * x.napi,
         100.0 * x.wg,
-        x.hs_to_hub
+        x.hs_to_hub,
     ))
 }
 
@@ -351,11 +362,10 @@ fn print_table(rows: &[Row], computed: &[Computed], secs: u64) {
         "idle mesh, hub cost over a {secs} s window (shares of one core; hub = relayhub controller + hub WireGuard + NIC NAPI)\n"
     );
     print!("{}", markdown(&r));
-    if let Some(share) = target_share(&r) {
+    if let (Some(share), Some(text)) = (target_share(&r), target_text(&r)) {
         println!(
-            "\n10k spokes <= 5 % of a core: {} ({:.2} %)",
+            "\n10k spokes <= 5 % of a core: {}: {text}",
             if share <= TARGET_CORE { "PASS" } else { "FAIL" },
-            100.0 * share
         );
     }
     for r in rows {
