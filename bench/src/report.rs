@@ -66,6 +66,11 @@ fn fixed_ns(all: &All, m: Mode, size: usize) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// The results of real-spoke mode `m`, if it ran.
+fn real(all: &All, m: RealMode) -> Option<&crate::real::RealResult> {
+    all.real.modes.iter().find(|(k, _)| *k == m).map(|(_, r)| r)
+}
+
 /// Median over repetitions of one column of mode `m`'s UDP row at `size`
 /// (`pick`: the whole hub's or the NAPI thread's ns per packet).
 fn real_udp(
@@ -74,11 +79,8 @@ fn real_udp(
     size: usize,
     pick: fn(&crate::real::UdpRow) -> &Vec<f64>,
 ) -> f64 {
-    all.real
-        .modes
-        .iter()
-        .find(|(k, _)| *k == m)
-        .and_then(|(_, r)| r.udp.iter().find(|u| u.0 == size))
+    real(all, m)
+        .and_then(|r| r.udp.iter().find(|u| u.0 == size))
         .map(|u| med(pick(u).iter().copied()))
         .unwrap_or(f64::NAN)
 }
@@ -92,27 +94,21 @@ fn real_napi_ns(all: &All, m: RealMode, size: usize) -> f64 {
 }
 
 fn real_tcp(all: &All, m: RealMode) -> f64 {
-    all.real
-        .modes
-        .iter()
-        .find(|(k, _)| *k == m)
-        .map(|(_, r)| med(r.tcp_mbps.iter().copied()))
+    real(all, m)
+        .map(|r| med(r.tcp_mbps.iter().copied()))
         .unwrap_or(f64::NAN)
 }
 
-/// Median share of `cpu` left idle during `m`'s TCP runs (0..1).
-fn real_tcp_idle(all: &All, m: RealMode, cpu: usize) -> f64 {
-    all.real
-        .modes
+/// Median share of `cpu` left idle during a mode's TCP runs (0..1).
+fn tcp_idle(r: &crate::real::RealResult, cpu: usize) -> f64 {
+    med(r
+        .tcp_idle
         .iter()
-        .find(|(k, _)| *k == m)
-        .map(|(_, r)| {
-            med(r
-                .tcp_idle
-                .iter()
-                .map(|v| v.get(cpu).copied().unwrap_or(f64::NAN)))
-        })
-        .unwrap_or(f64::NAN)
+        .map(|v| v.get(cpu).copied().unwrap_or(f64::NAN)))
+}
+
+fn real_tcp_idle(all: &All, m: RealMode, cpu: usize) -> f64 {
+    real(all, m).map_or(f64::NAN, |r| tcp_idle(r, cpu))
 }
 
 pub fn write(all: &All, out: &Path, command: &str) -> anyhow::Result<()> {
@@ -393,7 +389,7 @@ pub fn write(all: &All, out: &Path, command: &str) -> anyhow::Result<()> {
                 .find(|u| u.0 == 1420)
                 .map(|u| ms(u.3.iter().copied()))
                 .unwrap_or("–".into());
-            let idle = |c: usize| real_tcp_idle(all, *m, c);
+            let idle = |c: usize| tcp_idle(r, c);
             writeln!(
                 w,
                 "| {} | {} | {:.2} | {:.0} % / {:.0} % | {} | {} | {} | {} |",

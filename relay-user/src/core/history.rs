@@ -1,7 +1,8 @@
 //! The last minutes of relay throughput and drops (a sample every
 //! [`SAMPLE_EVERY`]), and each spoke's relay rates (a sample every health
-//! pass), sans IO: cumulative counters in, rates out. The console draws its chart from these,
-//! so a hub needs no Prometheus to show what it did lately.
+//! pass), sans IO: cumulative counters in, rates out. The console draws
+//! its chart from these, so a hub needs no Prometheus to show what it did
+//! lately.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -43,7 +44,7 @@ fn rate(a: u64, b: u64, secs: f64) -> f64 {
 /// sample before. Kept with the spoke and updated in place by the health
 /// pass: a map of every spoke by name, sampled on its own tick, cost a hub
 /// of 10,000 idle spokes a sixth of its controller's time (hashing names).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct SpokeRates {
     /// Seconds after the hub started; None before the first sample.
     at: Option<f64>,
